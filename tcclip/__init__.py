@@ -1,0 +1,20 @@
+"""tcclip: TC-CLIP (Temporally Contextualized CLIP) for video action recognition."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model", "predict"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import tcclip` (and the CLI's --help) stays fast and torch-free until needed.
+    if name == "load_model":
+        from tcclip.model.checkpoint import load_model
+
+        return load_model
+    if name == "predict":
+        from tcclip.inference import predict
+
+        return predict
+    raise AttributeError(f"module 'tcclip' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Video data: decoding, sampling, transforms, datasets, datamodules and splits."""
