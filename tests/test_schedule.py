@@ -1,0 +1,120 @@
+"""Learning-rate schedule, gradient accumulation from the global batch, parameter groups (spec section 6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tcclip.schedule import (
+    accumulation_steps,
+    param_groups,
+    schedule_steps,
+    warmup_cosine_lr,
+    warmup_cosine_scheduler,
+)
+
+
+def test_warmup_is_linear_from_zero() -> None:
+    lrs = [warmup_cosine_lr(s, base_lr=1e-3, lr_min=1e-5, warmup_steps=4, total_steps=20) for s in range(4)]
+    assert lrs == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
+
+
+def test_cosine_runs_over_the_whole_schedule_after_warmup() -> None:
+    base, low = 1e-3, 1e-5
+    for step in (4, 10, 15, 19):
+        expected = low + 0.5 * (base - low) * (1 + math.cos(math.pi * step / 20))
+        assert warmup_cosine_lr(step, base_lr=base, lr_min=low, warmup_steps=4, total_steps=20) == pytest.approx(
+            expected
+        )
+    # Half-way through the run the cosine is at the middle between peak and floor.
+    assert warmup_cosine_lr(10, base_lr=base, lr_min=low, warmup_steps=4, total_steps=20) == pytest.approx(
+        (base + low) / 2
+    )
+
+
+def test_floor_is_reached_and_kept() -> None:
+    for step in (20, 21, 1000):
+        assert warmup_cosine_lr(step, base_lr=1e-3, lr_min=1e-5, warmup_steps=4, total_steps=20) == 1e-5
+
+
+def test_scheduler_steps_x10_group_to_the_same_absolute_floor() -> None:
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-2}])
+    sched = warmup_cosine_scheduler(opt, lr_min=1e-5, warmup_steps=2, total_steps=6)
+    seen = []
+    for _ in range(8):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for step, lrs in enumerate(seen):
+        expected = [warmup_cosine_lr(step, base_lr=b, lr_min=1e-5, warmup_steps=2, total_steps=6) for b in (1e-3, 1e-2)]
+        assert lrs == pytest.approx(expected)
+    assert seen[0] == [0.0, 0.0]
+    assert seen[-1] == pytest.approx([1e-5, 1e-5])
+
+
+def test_scheduler_state_round_trips() -> None:
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = warmup_cosine_scheduler(opt, lr_min=0.0, warmup_steps=3, total_steps=10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    opt2 = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched2 = warmup_cosine_scheduler(opt2, lr_min=0.0, warmup_steps=3, total_steps=10)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
+
+
+def test_schedule_steps_count_optimiser_steps() -> None:
+    # 10 batches per epoch with accumulation 4 -> steps at batches 4, 8 and the incomplete 10th: 3 per epoch.
+    assert schedule_steps(10, 4, max_epochs=50, warmup_epochs=5) == (15, 150)
+    assert schedule_steps(8, 1, max_epochs=12, warmup_epochs=2) == (16, 96)
+
+
+@pytest.mark.parametrize(
+    ("total", "per_device", "world", "expected"),
+    [(64, 8, 1, 8), (64, 8, 8, 1), (64, 4, 2, 8), (256, 16, 4, 4), (8, 8, 1, 1)],
+)
+def test_accumulation_matches_the_effective_batch(total: int, per_device: int, world: int, expected: int) -> None:
+    steps = accumulation_steps(total, per_device, world)
+    assert steps == expected
+    assert steps * per_device * world == total
+
+
+def test_accumulation_refuses_an_indivisible_batch() -> None:
+    with pytest.raises(ValueError, match="not divisible.*batch_size"):
+        accumulation_steps(64, 6, 1)
+    with pytest.raises(ValueError, match="not divisible"):
+        accumulation_steps(64, 8, 16)
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(2, 2)
+        self.prompt = nn.Parameter(torch.zeros(3))
+        self.frozen = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+
+def test_param_groups_x10_for_new_parameters_and_decay_everywhere() -> None:
+    m = _Tiny()
+    groups = param_groups(
+        m.named_parameters(), lr=1e-3, weight_decay=1e-3, lr_10x=True, is_new_parameter=lambda n: n == "prompt"
+    )
+    assert [g["name"] for g in groups] == ["clip", "new"]
+    assert groups[0]["params"] == [m.backbone.weight, m.backbone.bias]
+    assert groups[1]["params"] == [m.prompt]
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert all(g["weight_decay"] == 1e-3 for g in groups)
+
+
+def test_param_groups_without_lr_10x_is_one_group() -> None:
+    groups = param_groups(
+        _Tiny().named_parameters(), lr=1e-3, weight_decay=1e-3, lr_10x=False, is_new_parameter=lambda n: True
+    )
+    assert len(groups) == 1 and len(groups[0]["params"]) == 3 and groups[0]["lr"] == 1e-3
