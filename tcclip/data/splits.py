@@ -1,0 +1,464 @@
+"""Official split and label files (download + verify) and split making for custom datasets.
+
+The official TC-CLIP annotation lists and label files are not part of this repository (their licence differs).
+``data_splits/manifest.json`` pins every file (path, size, sha256) at one upstream commit; ``tcclip splits download``
+fetches them from GitHub (or copies them from a local mirror), verifies them and writes them atomically to
+``data_splits/files`` (or ``$TCCLIP_SPLITS_DIR``), where the DataModules look for them.
+
+``tcclip splits make`` builds few-shot and base/novel splits of a custom dataset in the same formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tcclip.data.labels import Annotation, read_annotations, read_class_names, write_annotations, write_csv_labels
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MANIFEST_PATH = REPO_ROOT / "data_splits" / "manifest.json"
+SPLITS_DIR_ENV = "TCCLIP_SPLITS_DIR"
+DEFAULT_SPLITS_DIR = REPO_ROOT / "data_splits" / "files"
+DOWNLOAD_TIMEOUT_S = 60
+
+
+class SplitFilesError(FileNotFoundError):
+    """An official split/label file is missing or does not match the manifest."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Manifest and verification
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    """Path inside the upstream repository (under ``labels/`` or ``datasets_splits/``)."""
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    commit: str
+    url_template: str
+    """Raw-file URL with ``{commit}`` and ``{path}`` placeholders."""
+    files: tuple[ManifestEntry, ...]
+
+    def url(self, entry: ManifestEntry) -> str:
+        return self.url_template.format(commit=self.commit, path=entry.path)
+
+    def entry(self, path: str) -> ManifestEntry | None:
+        return next((e for e in self.files if e.path == path), None)
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
+    """Load ``data_splits/manifest.json`` (or another manifest file)."""
+    path = Path(path) if path is not None else MANIFEST_PATH
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: split manifest not found. Fix: run from a checkout of the tcclip repository, "
+            "or pass --manifest pointing to data_splits/manifest.json."
+        )
+    data = json.loads(path.read_text())
+    files = tuple(ManifestEntry(f["path"], int(f["size"]), f["sha256"]) for f in data["files"])
+    return Manifest(commit=data["commit"], url_template=data["url_template"], files=files)
+
+
+def build_manifest(mirror: str | os.PathLike, commit: str, url_template: str) -> dict:
+    """Manifest dict for every file under ``labels/`` and ``datasets_splits/`` of a mirror folder (maintainers)."""
+    mirror = Path(mirror)
+    files = [
+        {"path": p.relative_to(mirror).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        for top in ("datasets_splits", "labels")
+        for p in sorted((mirror / top).rglob("*"))
+        if p.is_file()
+    ]
+    return {"source": "naver-ai/tc-clip", "commit": commit, "url_template": url_template, "files": files}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_valid(path: Path, entry: ManifestEntry) -> bool:
+    """True if ``path`` exists with the manifest's size and sha256."""
+    return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
+
+
+def default_splits_dir() -> Path:
+    """``$TCCLIP_SPLITS_DIR`` if set, else ``<repo>/data_splits/files``."""
+    env = os.environ.get(SPLITS_DIR_ENV)
+    return Path(env).expanduser() if env else DEFAULT_SPLITS_DIR
+
+
+def download_command(splits_dir: Path) -> str:
+    """The one command that puts the official files into ``splits_dir``."""
+    same = Path(splits_dir).resolve() == default_splits_dir().resolve()
+    return "tcclip splits download" + ("" if same else f" --dest {splits_dir}")
+
+
+def require_split_file(splits_dir: str | os.PathLike, rel_path: str, manifest: Manifest | None = None) -> Path:
+    """Path of an official file inside ``splits_dir``; a clear error (with the command to fix it) if absent or bad.
+
+    Files named in the manifest are checked against their sha256 so that a half-written or edited file never
+    silently changes an experiment; other files (custom lists) only need to exist.
+    """
+    splits_dir = Path(splits_dir)
+    path = splits_dir / rel_path
+    if not path.is_file():
+        raise SplitFilesError(
+            f"{path}: split file not found. Fix: run `{download_command(splits_dir)}` to fetch the official split "
+            f"and label files (or set data.splits_dir / ${SPLITS_DIR_ENV} to the folder that has them)."
+        )
+    if manifest is None and MANIFEST_PATH.is_file():
+        manifest = load_manifest()
+    entry = manifest.entry(rel_path) if manifest is not None else None
+    if entry is not None and not is_valid(path, entry):
+        raise SplitFilesError(
+            f"{path}: does not match the pinned checksum (modified or partly downloaded). "
+            f"Fix: run `{download_command(splits_dir)}` to fetch it again."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DownloadReport:
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Already present and valid."""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason)."""
+
+
+def select_entries(manifest: Manifest, only: Sequence[str] = ()) -> list[ManifestEntry]:
+    """Manifest entries whose path matches any of the glob patterns ``only`` (all if empty)."""
+    if not only:
+        return list(manifest.files)
+    return [e for e in manifest.files if any(fnmatch.fnmatch(e.path, pat) or pat in e.path for pat in only)]
+
+
+def download_splits(
+    dest: str | os.PathLike,
+    mirror: str | os.PathLike | None = None,
+    only: Sequence[str] = (),
+    manifest: Manifest | None = None,
+    on_file: Callable[[ManifestEntry, str], None] | None = None,
+) -> DownloadReport:
+    """Fetch (or copy from ``mirror``) every selected manifest file into ``dest`` and verify it.
+
+    Files already valid are skipped; each file is written to a temporary file and moved into place only once its
+    checksum matches, so an interrupted run never leaves a bad file behind.
+
+    Args:
+        on_file: called after each file with its entry and the outcome ("fetched", "skipped" or "failed").
+    """
+    manifest = manifest or load_manifest()
+    dest = Path(dest)
+    report = DownloadReport()
+    for entry in select_entries(manifest, only):
+        target = dest / entry.path
+        outcome = "skipped"
+        if is_valid(target, entry):
+            report.skipped.append(entry.path)
+        else:
+            try:
+                _fetch_one(entry, target, manifest, mirror)
+                report.fetched.append(entry.path)
+                outcome = "fetched"
+            except (OSError, ValueError) as e:  # network, file system and checksum errors; reported, not raised
+                report.failed.append((entry.path, str(e)))
+                outcome = "failed"
+        if on_file is not None:
+            on_file(entry, outcome)
+    return report
+
+
+def _fetch_one(entry: ManifestEntry, target: Path, manifest: Manifest, mirror: str | os.PathLike | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if mirror is not None:
+                source = Path(mirror) / entry.path
+                if not source.is_file():
+                    raise FileNotFoundError(f"not in the mirror folder ({source})")
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            else:
+                with urllib.request.urlopen(manifest.url(entry), timeout=DOWNLOAD_TIMEOUT_S) as response:
+                    shutil.copyfileobj(response, out)
+        got = sha256_file(tmp)
+        if got != entry.sha256:
+            raise ValueError(f"checksum mismatch (sha256 {got[:12]}..., expected {entry.sha256[:12]}...)")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Making splits for a custom dataset
+# --------------------------------------------------------------------------------------------------------------------
+
+FEW_SHOT_NAME = "train_few_shot_{shots}.txt"
+B2N_DIR = "base2novel"
+B2N_TRAIN_NAME = "fs_base_s{seed}_train.txt"
+
+
+def _by_class(annotations: Sequence[Annotation]) -> dict[int, list[Annotation]]:
+    groups: dict[int, list[Annotation]] = defaultdict(list)
+    for a in annotations:
+        groups[a.label].append(a)
+    return groups
+
+
+def sample_per_class(
+    annotations: Sequence[Annotation], classes: Sequence[int], shots: int, rng: np.random.Generator, source: str = ""
+) -> list[Annotation]:
+    """``shots`` videos of every class in ``classes`` (in that order), drawn without replacement.
+
+    Within a class the drawn videos keep their order in the list, so outputs are easy to diff.
+    """
+    groups = _by_class(annotations)
+    picked: list[Annotation] = []
+    for c in classes:
+        videos = groups.get(c, [])
+        if len(videos) < shots:
+            raise ValueError(
+                f"{source}: class {c} has {len(videos)} videos, fewer than the {shots} shots asked for. "
+                "Fix: ask for fewer shots, or add videos of that class to the list."
+            )
+        chosen = np.sort(rng.choice(len(videos), size=shots, replace=False))
+        picked.extend(videos[i] for i in chosen)
+    return picked
+
+
+def split_classes(num_classes: int, method: str = "first-half", seed: int = 0) -> tuple[list[int], list[int]]:
+    """Base and novel class ids (each ascending). Base gets ceil(N/2) classes, as in the official splits.
+
+    ``first-half``: base = ids 0..ceil(N/2)-1. ``seeded``: a random half chosen with ``seed``.
+    """
+    num_base = math.ceil(num_classes / 2)
+    if method == "first-half":
+        order = np.arange(num_classes)
+    elif method == "seeded":
+        order = np.random.default_rng([seed, 2]).permutation(num_classes)
+    else:
+        raise ValueError(f"unknown class split {method!r}; use 'first-half' or 'seeded'")
+    return sorted(order[:num_base].tolist()), sorted(order[num_base:].tolist())
+
+
+def _relabel(annotations: Sequence[Annotation], classes: Sequence[int]) -> list[Annotation]:
+    # Official base/novel lists number classes by their position in the base/novel label file.
+    new_id = {c: i for i, c in enumerate(classes)}
+    return [Annotation(a.path, new_id[a.label]) for a in annotations if a.label in new_id]
+
+
+def make_splits(
+    full_list: str | os.PathLike,
+    labels: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shots: Sequence[int] = (2, 4, 8, 16),
+    seed: int = 0,
+    base_novel: bool = False,
+    eval_list: str | os.PathLike | None = None,
+    class_split: str = "first-half",
+    base_seeds: Sequence[int] = (1, 2, 3),
+    base_shots: int = 16,
+) -> list[Path]:
+    """Write few-shot and (optionally) base/novel splits of a custom dataset in the official formats.
+
+    Output (inside ``out_dir``):
+      - ``train_few_shot_{K}.txt``: K videos of every class from ``full_list`` (an independent draw per K).
+      - with ``base_novel``: ``base2novel/base_labels.csv`` and ``novel_labels.csv`` (classes in ascending original
+        id order), ``base2novel/fs_base_s{n}_train.txt`` (``base_shots`` videos per base class, seed ``n``),
+        and, if ``eval_list`` is given, ``base2novel/base_val.txt`` / ``novel_val.txt`` (the eval list restricted to
+        base / novel classes). Labels in these lists are re-indexed to the position of the class in the base / novel
+        label file, as in the official files.
+
+    Draws use ``numpy.random.default_rng([seed, kind, k])``, so each file depends only on the seed and its own K/n.
+
+    Returns:
+        The written files.
+    """
+    class_names = read_class_names(labels)
+    annotations = read_annotations(full_list, num_classes=len(class_names))
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    all_classes = list(range(len(class_names)))
+    for k in shots:
+        picked = sample_per_class(annotations, all_classes, k, np.random.default_rng([seed, 0, k]), str(full_list))
+        written.append(out_dir / FEW_SHOT_NAME.format(shots=k))
+        write_annotations(written[-1], picked)
+    if not base_novel:
+        return written
+
+    base, novel = split_classes(len(class_names), class_split, seed)
+    b2n = out_dir / B2N_DIR
+    for name, classes in (("base", base), ("novel", novel)):
+        written.append(b2n / f"{name}_labels.csv")
+        write_csv_labels(written[-1], [class_names[c] for c in classes])
+    for n in base_seeds:
+        picked = sample_per_class(annotations, base, base_shots, np.random.default_rng([seed, 1, n]), str(full_list))
+        written.append(b2n / B2N_TRAIN_NAME.format(seed=n))
+        write_annotations(written[-1], _relabel(picked, base))
+    if eval_list is not None:
+        eval_annotations = read_annotations(eval_list, num_classes=len(class_names))
+        for name, classes in (("base", base), ("novel", novel)):
+            written.append(b2n / f"{name}_val.txt")
+            write_annotations(written[-1], _relabel(eval_annotations, classes))
+    else:
+        log.info("no eval list given: base2novel/base_val.txt and novel_val.txt were not written")
+    return written
+
+
+def make_synthetic_protocol_splits(synth_dir: str | os.PathLike, shots: Sequence[int] | None = None) -> Path:
+    """Few-shot and base/novel splits for a synthetic dataset (``labels.csv``, ``train.txt``, ``test.txt``).
+
+    Writes into ``<synth_dir>/splits`` and returns that folder. Shots default to the powers of two (2, 4, 8, 16) that
+    every class of ``train.txt`` can supply, so any protocol's grid can run on the synthetic data.
+    """
+    synth_dir = Path(synth_dir)
+    out_dir = synth_dir / "splits"
+    labels = synth_dir / "labels.csv"
+    train = synth_dir / "train.txt"
+    num_classes = len(read_class_names(labels))
+    counts = np.bincount([a.label for a in read_annotations(train, num_classes)], minlength=num_classes)
+    smallest = int(counts.min())
+    if smallest < 1:
+        raise ValueError(f"{train}: some classes have no training video; the synthetic dataset is too small.")
+    if shots is None:
+        shots = [k for k in (2, 4, 8, 16) if k <= smallest] or [1]
+    make_splits(
+        train,
+        labels,
+        out_dir,
+        shots=shots,
+        seed=0,
+        base_novel=num_classes >= 2,
+        eval_list=synth_dir / "test.txt",
+        base_shots=min(16, smallest),
+    )
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line: tcclip splits download|make
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcclip splits", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dl = sub.add_parser("download", help="fetch and verify the official split and label files")
+    dl.add_argument(
+        "--dest",
+        type=Path,
+        default=None,
+        help=f"target folder (default: ${SPLITS_DIR_ENV} or data_splits/files)",
+    )
+    dl.add_argument("--mirror", type=Path, default=None, help="copy from this local folder instead of GitHub")
+    dl.add_argument("--only", action="append", default=[], metavar="PATTERN", help="glob/substring of paths (repeat)")
+    dl.add_argument("--manifest", type=Path, default=None, help="manifest file (default: data_splits/manifest.json)")
+
+    mk = sub.add_parser("make", help="make few-shot and base/novel splits of a custom dataset")
+    mk.add_argument("--list", type=Path, required=True, dest="full_list", help="full training annotation list")
+    mk.add_argument("--labels", type=Path, required=True, help="label CSV (id,name) of that list")
+    mk.add_argument("--out", type=Path, required=True, help="output folder")
+    mk.add_argument("--shots", default="2,4,8,16", help="comma-separated shots per class (default 2,4,8,16)")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--base-novel", action="store_true", help="also write base/novel splits")
+    mk.add_argument("--eval-list", type=Path, default=None, help="test list to split into base_val/novel_val")
+    mk.add_argument("--class-split", choices=("first-half", "seeded"), default="first-half")
+    mk.add_argument("--base-shots", type=int, default=16, help="videos per base class in fs_base_s{n}_train.txt")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tcclip splits download|make``; returns the exit code."""
+    from rich.console import Console
+
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    if args.command == "make":
+        try:
+            shots = [int(s) for s in args.shots.split(",") if s.strip()]
+            files = make_splits(
+                args.full_list,
+                args.labels,
+                args.out,
+                shots=shots,
+                seed=args.seed,
+                base_novel=args.base_novel,
+                eval_list=args.eval_list,
+                class_split=args.class_split,
+                base_shots=args.base_shots,
+            )
+        except (ValueError, OSError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            return 2
+        for f in files:
+            console.print(f"wrote {f}")
+        return 0
+    return _download_cli(args, console)
+
+
+def _download_cli(args: argparse.Namespace, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    try:
+        manifest = load_manifest(args.manifest)
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    dest = args.dest if args.dest is not None else default_splits_dir()
+    entries = select_entries(manifest, args.only)
+    if not entries:
+        console.print(f"[red]error:[/red] no manifest file matches --only {args.only}")
+        return 2
+    source = f"mirror {args.mirror}" if args.mirror else f"naver-ai/tc-clip@{manifest.commit[:10]}"
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task(f"split files from {source}", total=len(entries))
+        report = download_splits(
+            dest, args.mirror, args.only, manifest, on_file=lambda entry, outcome: progress.advance(task)
+        )
+    console.print(
+        f"{len(report.fetched)} fetched, {len(report.skipped)} already valid, {len(report.failed)} failed -> {dest}"
+    )
+    for path, reason in report.failed:
+        console.print(f"[red]failed[/red] {path}: {reason}")
+    if report.failed:
+        hint = "check the network or the --mirror folder" if args.mirror is None else "check the --mirror folder"
+        console.print(f"Fix: {hint}, then run the same command again (valid files are kept).")
+        return 1
+    return 0
