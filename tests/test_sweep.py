@@ -1,0 +1,195 @@
+"""Protocol grids, the task script (resume, skip finished cells), SLURM arrays, evaluation-only checkpoint lookup.
+
+The task script runs here with a fake `tcclip` (a few lines of bash that write what the real one would), so the
+script's logic is tested without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tcclip import sweep
+from tcclip.sweep import Selection, SlurmOptions, SweepSettings, build_grid, find_eval_checkpoint, render_script
+
+FAKE_TCCLIP = r"""#!/usr/bin/env bash
+# Fake tcclip: logs its command line, writes a last.ckpt (fit) or a results.json one folder down (test).
+echo "$*" >> "$FAKE_LOG"
+cmd=$1; shift
+root=""; prev=""
+for a in "$@"; do [[ $prev == --trainer.default_root_dir ]] && root=$a; prev=$a; done
+if [[ $cmd == fit ]]; then
+  mkdir -p "$root/checkpoints" && touch "$root/checkpoints/last.ckpt"
+  if [[ -n ${FAKE_DIE:-} ]]; then exit 3; fi
+elif [[ $cmd == test ]]; then
+  mkdir -p "$root/version_0" && echo '{"sets": {"test": {"top1": 42.0, "top5": 90.0}}}' > "$root/version_0/results.json"
+fi
+"""
+
+
+@pytest.fixture()
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tcclip = bin_dir / "tcclip"
+    tcclip.write_text(FAKE_TCCLIP)
+    sbatch = bin_dir / "sbatch"
+    # Fake sbatch: logs its arguments, answers with a job id like `sbatch --parsable`.
+    sbatch.write_text(
+        '#!/usr/bin/env bash\necho "$*" >> "$FAKE_SBATCH_LOG"\necho $((1000 + $(wc -l < "$FAKE_SBATCH_LOG")))\n'
+    )
+    for f in (tcclip, sbatch):
+        f.chmod(0o755)
+    log, sbatch_log = tmp_path / "tcclip.log", tmp_path / "sbatch.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_SBATCH_LOG", str(sbatch_log))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for protocol in sweep.PROTOCOLS:
+        for cell in build_grid(protocol):
+            for name in filter(None, [cell.fit_config, *(e.config for e in cell.evaluations)]):
+                (configs / name).touch()
+    return {"tcclip": tcclip, "log": log, "sbatch_log": sbatch_log, "configs": configs, "root": tmp_path}
+
+
+def _settings(fake: dict[str, Path], **kw) -> SweepSettings:
+    base = {"runs_dir": fake["root"] / "runs", "config_dir": fake["configs"], "tcclip": (str(fake["tcclip"]),)}
+    return SweepSettings(workdir=fake["root"], **(base | kw))
+
+
+def test_grids_match_the_paper_tables() -> None:
+    sizes = {p: len(build_grid(p)) for p in sweep.PROTOCOLS}
+    # few-shot: (3 datasets x 3 variants - SSv2 LLM) x 4 K; base-to-novel: (4 x 3 - SSv2 LLM - K400 P) x 3 seeds.
+    assert sizes == {"zero_shot": 2, "few_shot": 32, "base2novel": 30, "fully_supervised": 1}
+    for protocol in sweep.PROTOCOLS:
+        names = [c.name for c in build_grid(protocol)]
+        assert len(set(names)) == len(names)
+    few = {c.name: c for c in build_grid("few_shot")}
+    assert few["hmdb51_k8_llm"].fit_config == "few_shot_hmdb_k8_llm.yaml"
+    assert few["ssv2_k16_pretrained"].requires == "zero_shot/k400_plain"
+    zs = build_grid("zero_shot")[0]
+    assert [e.dataset for e in zs.evaluations] == ["hmdb51", "ucf101", "k600"]
+
+
+def test_selection_by_dataset_k_variant_and_pattern() -> None:
+    few = build_grid("few_shot")
+    chosen = Selection(datasets=("hmdb51",), shots=(8,), variants=("plain", "llm")).apply(few)
+    assert [c.name for c in chosen] == ["hmdb51_k8_plain", "hmdb51_k8_llm"]
+    assert [c.name for c in Selection(only=("ucf101_k2_*",)).apply(few)] == [f"ucf101_k2_{v}" for v in sweep.VARIANTS]
+    zero = Selection(datasets=("k600",)).apply(build_grid("zero_shot"))
+    assert [[e.name for e in c.evaluations] for c in zero] == [["k600"], ["k600"]]
+
+
+def _bash_n(text: str, tmp_path: Path) -> None:
+    script = tmp_path / "check.sh"
+    script.write_text(text)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> None:
+    cells = Selection(datasets=("hmdb51", "ucf101"), variants=("plain",)).apply(build_grid("few_shot"))
+    opts = SlurmOptions(
+        nodes=2, gpus_per_node=4, partition="gpu", account="proj", time="12:00:00", extra_sbatch=("qos=high",)
+    )
+    text = render_script(cells, SweepSettings(tcclip=("tcclip",)), opts)
+    _bash_n(text, tmp_path)
+    sbatch = re.findall(r"^#SBATCH (.*)$", text, flags=re.M)
+    for line in (
+        "--array=0-7",
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gres=gpu:4",
+        "--partition=gpu",
+        "--account=proj",
+        "--time=12:00:00",
+        "--signal=SIGUSR1@90",
+        "--requeue",
+        "--qos=high",
+    ):
+        assert line in sbatch
+    assert text.splitlines()[0] == "#!/usr/bin/env bash" and text.index("#SBATCH") < text.index("set -euo")
+    fit = next(line for line in text.splitlines() if " fit " in line and "srun" in line)
+    assert fit.strip().startswith("srun --kill-on-bad-exit=1 tcclip fit")
+    for flag in ("--trainer.devices=4", "--trainer.num_nodes=2", "SLURMEnvironment", "auto_requeue=true"):
+        assert flag in fit
+    assert "hpc_ckpt_*.ckpt" in text and "--ckpt_path" in text  # resumes from Lightning's requeue checkpoint
+
+
+def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> None:
+    args = ["--grid", "few_shot", "--datasets", "hmdb51", "--shots", "2", "--slurm", "--partition", "gpu"]
+    args += ["--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]
+    assert sweep.main(args) == 0
+    first, second = fake["sbatch_log"].read_text().splitlines()
+    assert first.startswith("--parsable ") and "tcclip-few_shot-prerequisites" in first
+    assert second.startswith("--parsable --dependency=afterok:1001 ")
+    script = Path(second.split()[-1]).read_text()
+    assert "#SBATCH --array=0-2" in script and "init=$(final_checkpoint" in script
+
+
+def test_dry_run_prints_scripts_without_submitting(fake: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    args = ["--grid", "base2novel", "--datasets", "ucf101", "--variants", "plain", "--slurm", "--dry-run"]
+    assert sweep.main([*args, "--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --array=0-2" in out and "srun --kill-on-bad-exit=1 tcclip fit" in out
+    assert not fake["sbatch_log"].exists()
+
+
+def test_task_script_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, Path]) -> None:
+    settings = _settings(fake)
+    cells = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
+    script = fake["root"] / "task.sh"
+    script.write_text(render_script(cells, settings))
+    run = lambda **env: subprocess.run(["bash", str(script), "0"], env={**os.environ, **env}, capture_output=True)  # noqa: E731
+    assert run(FAKE_DIE="1").returncode == 3  # the fit dies after writing last.ckpt
+    assert run().returncode == 0
+    fits = [line for line in fake["log"].read_text().splitlines() if line.startswith("fit ")]
+    assert "--ckpt_path" not in fits[0] and fits[1].endswith(
+        f"--ckpt_path {settings.run_dir(cells[0])}/checkpoints/last.ckpt"
+    )
+    result = settings.results_path(cells[0], cells[0].evaluations[0])
+    assert json.loads(result.read_text())["sets"]["test"]["top1"] == 42.0
+    calls = len(fake["log"].read_text().splitlines())
+    assert b"nothing to do" in run().stdout
+    assert len(fake["log"].read_text().splitlines()) == calls
+
+
+def test_local_sweep_runs_cells_and_collects(fake: dict[str, Path]) -> None:
+    args = ["--grid", "few_shot", "--datasets", "ucf101", "--variants", "plain,pretrained", "--shots", "2,4"]
+    args += ["--runs-dir", str(fake["root"] / "runs"), "--results-dir", str(fake["root"] / "results")]
+    args += ["--config-dir", str(fake["configs"]), "--tcclip", str(fake["tcclip"])]
+    assert sweep.main(args) == 0
+    log = fake["log"].read_text().splitlines()
+    assert log[0].startswith("fit --config") and "zero_shot_k400.yaml" in log[0]  # the pretrained source first
+    init = [line for line in log if "--model.init_args.init_checkpoint" in line]
+    assert len(init) == 2 and all("zero_shot/k400_plain/checkpoints/last.ckpt" in line for line in init)
+    table = (fake["root"] / "results" / "few_shot.md").read_text()
+    assert "| TC-CLIP (P) | UCF-101 | 42.0 / 94.1 (-52.1) | 42.0 / 95.6 (-53.6) |" in table
+    calls = len(log)
+    assert sweep.main(args) == 0  # everything finished: nothing runs again
+    assert len(fake["log"].read_text().splitlines()) == calls
+
+
+def test_eval_only_finds_our_and_official_checkpoints(tmp_path: Path) -> None:
+    few = {c.name: c for c in build_grid("few_shot")}
+    b2n = {c.name: c for c in build_grid("base2novel")}
+    for name in (
+        "few_shot_hmdb51_8shot_tc_clip.pth",
+        "few_shot_hmdb51_8shot_llm_tc_clip.pth",
+        "base2novel_k400_base2_tc_clip.pth",
+        "ucf101_k4_pretrained.ckpt",
+    ):
+        (tmp_path / name).touch()
+    assert find_eval_checkpoint(few["hmdb51_k8_plain"], tmp_path).name == "few_shot_hmdb51_8shot_tc_clip.pth"
+    assert find_eval_checkpoint(few["hmdb51_k8_llm"], tmp_path).name == "few_shot_hmdb51_8shot_llm_tc_clip.pth"
+    assert find_eval_checkpoint(b2n["k400_s2_plain"], tmp_path).name == "base2novel_k400_base2_tc_clip.pth"
+    assert find_eval_checkpoint(few["ucf101_k4_pretrained"], tmp_path).name == "ucf101_k4_pretrained.ckpt"
+    assert find_eval_checkpoint(few["hmdb51_k2_plain"], tmp_path) is None
+    settings = SweepSettings(ckpt_dir=tmp_path, tcclip=("tcclip",))
+    text = render_script([few["hmdb51_k8_plain"]], settings)
+    assert " fit " not in text.split("case")[-1] and "init_checkpoint" in text.split("case")[-1]
