@@ -282,7 +282,8 @@ class VPTextEncoder(nn.Module):
         levels = tuple(prompt_generation_levels)
         if levels and max(levels) > text.layers:
             raise ValueError(
-                f"prompt_generation_layer_level {levels} names a block beyond the {text.layers} text blocks"
+                f"prompt_generation_layer_level {list(levels)} goes beyond the {text.layers} text blocks of this CLIP; "
+                f"use levels in 1..{text.layers}, e.g. prompt_generation_layer_level=[{text.layers}] for the last block"
             )
         if levels and n_ctx < 1:
             raise ValueError("video-conditional prompting needs n_ctx >= 1 learnable prompt positions")
