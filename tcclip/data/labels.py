@@ -30,6 +30,7 @@ __all__ = [
     "read_json_labels",
     "write_annotations",
     "write_csv_labels",
+    "write_json_labels",
 ]
 
 
@@ -171,6 +172,11 @@ def write_csv_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
     writer.writerow(["id", "name"])
     writer.writerows([i, name] for i, name in enumerate(names))
     _write_text(Path(path), buf.getvalue())
+
+
+def write_json_labels(path: str | os.PathLike, descriptions: Sequence[str]) -> None:
+    """Write a ``{"id": "description"}`` label JSON."""
+    _write_text(Path(path), json.dumps({str(i): d for i, d in enumerate(descriptions)}, indent=1) + "\n")
 
 
 def _read_text(path: Path) -> str:

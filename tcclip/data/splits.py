@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tcclip.data.labels import Annotation, read_annotations, read_class_names, write_annotations, write_csv_labels
+from tcclip.data.labels import (
+    Annotation,
+    read_annotations,
+    read_class_names,
+    write_annotations,
+    write_csv_labels,
+    write_json_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +134,20 @@ def require_split_file(splits_dir: str | os.PathLike, rel_path: str, manifest: M
     """
     splits_dir = Path(splits_dir)
     path = splits_dir / rel_path
+    if manifest is None and MANIFEST_PATH.is_file():
+        manifest = load_manifest()
+    entry = manifest.entry(rel_path) if manifest is not None else None
+    if not path.is_file() and manifest is not None and entry is None:
+        raise SplitFilesError(
+            f"{path}: list not found, and it is not one of the official files (`tcclip splits download` cannot fetch "
+            "it). Fix: write it yourself ('<relative video path> <label>' per line) or choose another list "
+            "(e.g. data.train_list)."
+        )
     if not path.is_file():
         raise SplitFilesError(
             f"{path}: split file not found. Fix: run `{download_command(splits_dir)}` to fetch the official split "
             f"and label files (or set data.splits_dir / ${SPLITS_DIR_ENV} to the folder that has them)."
         )
-    if manifest is None and MANIFEST_PATH.is_file():
-        manifest = load_manifest()
-    entry = manifest.entry(rel_path) if manifest is not None else None
     if entry is not None and not is_valid(path, entry):
         raise SplitFilesError(
             f"{path}: does not match the pinned checksum (modified or partly downloaded). "
@@ -240,22 +253,28 @@ def _by_class(annotations: Sequence[Annotation]) -> dict[int, list[Annotation]]:
 
 
 def sample_per_class(
-    annotations: Sequence[Annotation], classes: Sequence[int], shots: int, rng: np.random.Generator, source: str = ""
+    annotations: Sequence[Annotation],
+    classes: Sequence[int],
+    shots: int,
+    rng: np.random.Generator,
+    source: str = "",
+    allow_fewer: bool = False,
 ) -> list[Annotation]:
     """``shots`` videos of every class in ``classes`` (in that order), drawn without replacement.
 
-    Within a class the drawn videos keep their order in the list, so outputs are easy to diff.
+    Within a class the drawn videos keep their order in the list, so outputs are easy to diff. A class with fewer
+    videos is an error, or, with ``allow_fewer``, contributes all of them.
     """
     groups = _by_class(annotations)
     picked: list[Annotation] = []
     for c in classes:
         videos = groups.get(c, [])
-        if len(videos) < shots:
+        if len(videos) < shots and not (allow_fewer and videos):
             raise ValueError(
                 f"{source}: class {c} has {len(videos)} videos, fewer than the {shots} shots asked for. "
                 "Fix: ask for fewer shots, or add videos of that class to the list."
             )
-        chosen = np.sort(rng.choice(len(videos), size=shots, replace=False))
+        chosen = np.sort(rng.choice(len(videos), size=min(shots, len(videos)), replace=False))
         picked.extend(videos[i] for i in chosen)
     return picked
 
@@ -292,6 +311,7 @@ def make_splits(
     class_split: str = "first-half",
     base_seeds: Sequence[int] = (1, 2, 3),
     base_shots: int = 16,
+    allow_fewer: bool = False,
 ) -> list[Path]:
     """Write few-shot and (optionally) base/novel splits of a custom dataset in the official formats.
 
@@ -304,6 +324,7 @@ def make_splits(
         label file, as in the official files.
 
     Draws use ``numpy.random.default_rng([seed, kind, k])``, so each file depends only on the seed and its own K/n.
+    With ``allow_fewer`` a class with fewer videos than asked contributes all it has (else it is an error).
 
     Returns:
         The written files.
@@ -314,7 +335,8 @@ def make_splits(
     written: list[Path] = []
     all_classes = list(range(len(class_names)))
     for k in shots:
-        picked = sample_per_class(annotations, all_classes, k, np.random.default_rng([seed, 0, k]), str(full_list))
+        rng = np.random.default_rng([seed, 0, k])
+        picked = sample_per_class(annotations, all_classes, k, rng, str(full_list), allow_fewer)
         written.append(out_dir / FEW_SHOT_NAME.format(shots=k))
         write_annotations(written[-1], picked)
     if not base_novel:
@@ -326,7 +348,8 @@ def make_splits(
         written.append(b2n / f"{name}_labels.csv")
         write_csv_labels(written[-1], [class_names[c] for c in classes])
     for n in base_seeds:
-        picked = sample_per_class(annotations, base, base_shots, np.random.default_rng([seed, 1, n]), str(full_list))
+        rng = np.random.default_rng([seed, 1, n])
+        picked = sample_per_class(annotations, base, base_shots, rng, str(full_list), allow_fewer)
         written.append(b2n / B2N_TRAIN_NAME.format(seed=n))
         write_annotations(written[-1], _relabel(picked, base))
     if eval_list is not None:
@@ -339,34 +362,38 @@ def make_splits(
     return written
 
 
-def make_synthetic_protocol_splits(synth_dir: str | os.PathLike, shots: Sequence[int] | None = None) -> Path:
-    """Few-shot and base/novel splits for a synthetic dataset (``labels.csv``, ``train.txt``, ``test.txt``).
+def make_synthetic_protocol_splits(synth_dir: str | os.PathLike) -> Path:
+    """Protocol lists for a synthetic dataset (``labels.csv``, ``train.txt``, ``test.txt``), for smoke runs.
 
-    Writes into ``<synth_dir>/splits`` and returns that folder. Shots default to the powers of two (2, 4, 8, 16) that
-    every class of ``train.txt`` can supply, so any protocol's grid can run on the synthetic data.
+    Writes into ``<synth_dir>/splits`` and returns that folder: ``train_few_shot_{2,4,8,16}.txt`` (a class with fewer
+    training videos gives all of them), ``base2novel/`` (3 seeds, up to 16 videos per base class, evaluated on
+    ``test.txt``) and stand-in "LLM" descriptions (``llm_labels.json``, ``base2novel/{base,novel}_llm_labels.json``,
+    one sentence built from each class name) so the LLM variants can run too.
     """
     synth_dir = Path(synth_dir)
     out_dir = synth_dir / "splits"
     labels = synth_dir / "labels.csv"
-    train = synth_dir / "train.txt"
-    num_classes = len(read_class_names(labels))
-    counts = np.bincount([a.label for a in read_annotations(train, num_classes)], minlength=num_classes)
-    smallest = int(counts.min())
-    if smallest < 1:
-        raise ValueError(f"{train}: some classes have no training video; the synthetic dataset is too small.")
-    if shots is None:
-        shots = [k for k in (2, 4, 8, 16) if k <= smallest] or [1]
+    class_names = read_class_names(labels)
     make_splits(
-        train,
+        synth_dir / "train.txt",
         labels,
         out_dir,
-        shots=shots,
-        seed=0,
-        base_novel=num_classes >= 2,
+        shots=(2, 4, 8, 16),
+        base_novel=len(class_names) >= 2,
         eval_list=synth_dir / "test.txt",
-        base_shots=min(16, smallest),
+        allow_fewer=True,
     )
+    files = {"llm_labels.json": class_names}
+    if len(class_names) >= 2:
+        for part in ("base", "novel"):
+            files[f"{B2N_DIR}/{part}_llm_labels.json"] = read_class_names(out_dir / B2N_DIR / f"{part}_labels.csv")
+    for name, names in files.items():
+        write_json_labels(out_dir / name, [f"{n}: a video in which a shape does this: {_words(n)}" for n in names])
     return out_dir
+
+
+def _words(camel: str) -> str:
+    return "".join(f" {c.lower()}" if c.isupper() else c for c in camel).strip()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -399,6 +426,7 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--eval-list", type=Path, default=None, help="test list to split into base_val/novel_val")
     mk.add_argument("--class-split", choices=("first-half", "seeded"), default="first-half")
     mk.add_argument("--base-shots", type=int, default=16, help="videos per base class in fs_base_s{n}_train.txt")
+    mk.add_argument("--allow-fewer", action="store_true", help="classes with too few videos give all they have")
     return parser
 
 
@@ -421,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eval_list=args.eval_list,
                 class_split=args.class_split,
                 base_shots=args.base_shots,
+                allow_fewer=args.allow_fewer,
             )
         except (ValueError, OSError) as e:
             console.print(f"[red]error:[/red] {e}")

@@ -1,0 +1,379 @@
+"""`VideoDataModule`: one protocol of one dataset family as Lightning dataloaders.
+
+A family (``tcclip.data.families``) only says which annotation list and label files make up each protocol
+(:meth:`VideoDataModule.protocol_splits`); everything else (datasets, transforms, samplers, broken videos) lives
+here. After construction the class names are known without touching any video:
+
+- ``train_class_names``: class names of the training list (for an evaluation-only protocol, those of the first
+  test set), so LightningCLI can link them into the model;
+- ``val_sets`` / ``test_sets``: one :class:`EvalSet` per evaluation list, in the order of the loaders returned by
+  ``val_dataloader()`` / ``test_dataloader()``.
+
+Batches are ``{"video": float [B, V, T, 3, S, S], "label": long [B], "index": long [B]}`` with V = 1 in training and
+V = num_clip * num_crop in evaluation. Evaluation batches leave out videos that cannot be read (see
+``tcclip.data.dataset``), so they can be smaller than ``batch_size`` and, rarely, empty; evaluation loaders under DDP
+use :class:`~tcclip.data.distributed.EvalDistributedSampler` so every video is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
+from tcclip.data.distributed import EvalDistributedSampler
+from tcclip.data.labels import read_class_names
+from tcclip.data.splits import default_splits_dir, require_split_file
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("zero_shot", "few_shot", "base2novel", "fully_supervised", "temporal", "static")
+DATA_ROOT_ENV = "TCCLIP_DATA_ROOT"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation list: its name (a key of ``results.json`` "sets") and the class names it is scored over."""
+
+    name: str
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """An annotation list and the label files that go with it, relative to the splits directory."""
+
+    name: str
+    """"train", or the evaluation set's name ("split1", "base", "novel", "val", ...)."""
+    annotations: str
+    labels: str
+    """Label CSV (class names)."""
+    llm_labels: str | None = None
+    """LLM-rephrased descriptions (JSON), if the release has them."""
+
+
+@dataclass(frozen=True)
+class ProtocolSplits:
+    train: SplitFiles | None
+    """None for evaluation-only protocols (zero-shot targets)."""
+    val: tuple[SplitFiles, ...]
+    test: tuple[SplitFiles, ...]
+
+
+class VideoDataModule(LightningDataModule):
+    """Base DataModule; subclasses implement :meth:`protocol_splits` (a table of paths).
+
+    Args:
+        root: dataset root (video paths in the lists are relative to it); default ``$TCCLIP_DATA_ROOT``.
+        protocol: one of zero_shot, few_shot, base2novel, fully_supervised, temporal, static.
+        shots: training videos per class in the few-shot protocol (official: 2, 4, 8, 16).
+        seed: base-to-novel training split (official: 1, 2, 3).
+        llm_labels: use the LLM-rephrased class descriptions instead of the class names.
+        num_frames: frames per video (T).
+        input_size: frame size after cropping (S).
+        batch_size: videos per training batch on each device.
+        eval_batch_size: videos per evaluation batch (default: batch_size).
+        num_workers: DataLoader worker processes.
+        num_clip: temporal views per video in evaluation.
+        num_crop: spatial crops per view in evaluation (1 = centre crop, 3 = three crops along the long side).
+        backend: video decoder: decord, pyav or torchcodec.
+        splits_dir: folder with the official ``labels/`` and ``datasets_splits/`` (default ``$TCCLIP_SPLITS_DIR``
+            or ``data_splits/files``; fill it with ``tcclip splits download``).
+        max_broken_fraction: stop when more than this fraction of a list cannot be read.
+        run_dir: where ``broken_videos.txt`` goes (default: the trainer's log dir, else a temporary folder).
+        train_list: replace the protocol's training list (path relative to ``splits_dir``, or absolute); may contain
+            ``{shots}`` and ``{seed}``.
+        flip: random horizontal flip in training.
+    """
+
+    dataset_name: ClassVar[str] = "videos"
+    """Short name of the family (the "dataset" field of results.json)."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        protocol: str = "few_shot",
+        shots: int = 16,
+        seed: int = 1,
+        llm_labels: bool = False,
+        num_frames: int = 16,
+        input_size: int = 224,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        num_clip: int = 2,
+        num_crop: int = 1,
+        backend: str = "decord",
+        splits_dir: str | None = None,
+        max_broken_fraction: float = 0.01,
+        run_dir: str | None = None,
+        train_list: str | None = None,
+        flip: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"data.protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+        self._root = root
+        self.protocol = protocol
+        self.shots = shots
+        self.seed = seed
+        self.llm_labels = llm_labels
+        self.num_frames = num_frames
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_clip = num_clip
+        self.num_crop = num_crop
+        self.backend = backend
+        self.splits_dir = self._resolve_splits_dir(splits_dir)
+        self.max_broken_fraction = max_broken_fraction
+        self.run_dir = run_dir
+        self.train_list = train_list
+        self.flip = flip
+
+        self.splits = self.protocol_splits()
+        if self.train_list is not None and self.splits.train is not None:
+            override = self.train_list.format(shots=shots, seed=seed)
+            self.splits = ProtocolSplits(_replace_list(self.splits.train, override), self.splits.val, self.splits.test)
+        for split in (self.splits.train, *self.splits.val, *self.splits.test):  # fail now, not after an epoch
+            if split is not None:
+                self._file(split.annotations)
+        self.val_sets = [EvalSet(s.name, self._class_names(s)) for s in self.splits.val]
+        self.test_sets = [EvalSet(s.name, self._class_names(s)) for s in self.splits.test]
+        if self.splits.train is not None:
+            self.train_class_names = self._class_names(self.splits.train)
+        else:  # evaluation-only protocol: the model is built with the first test set's classes
+            self.train_class_names = list(self.test_sets[0].class_names)
+        self._datasets: dict[str, list[VideoDataset]] = {}
+
+    # -- what a family provides ---------------------------------------------------------------------------------------
+    def protocol_splits(self) -> ProtocolSplits:
+        """The lists and label files of ``self.protocol`` (uses ``self.shots`` / ``self.seed`` where relevant)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement protocol_splits()")
+
+    def unsupported(self, supported: Sequence[str]) -> ValueError:
+        """The error for a protocol this family has no official splits for."""
+        return ValueError(
+            f"{type(self).__name__} has no {self.protocol!r} splits; use data.protocol one of {', '.join(supported)}"
+        )
+
+    # -- paths --------------------------------------------------------------------------------------------------------
+    def _resolve_splits_dir(self, splits_dir: str | None) -> Path:
+        return Path(splits_dir).expanduser() if splits_dir else default_splits_dir()
+
+    @property
+    def root(self) -> Path:
+        """Dataset root: the ``root`` argument, else ``$TCCLIP_DATA_ROOT``."""
+        root = self._root or os.environ.get(DATA_ROOT_ENV)
+        if not root:
+            raise ValueError(
+                f"{type(self).__name__}: no dataset root. Fix: pass data.init_args.root (the folder the video paths "
+                f"in the lists are relative to) or set ${DATA_ROOT_ENV}."
+            )
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"{type(self).__name__}: dataset root {root} is not a folder. Fix: data.root.")
+        return root
+
+    def _file(self, rel_path: str) -> Path:
+        return require_split_file(self.splits_dir, rel_path)
+
+    def _class_names(self, split: SplitFiles) -> list[str]:
+        if not self.llm_labels:
+            return read_class_names(self._file(split.labels))
+        if split.llm_labels is None:
+            raise ValueError(
+                f"{type(self).__name__} ({self.protocol}, {split.name}) has no LLM-rephrased label file. "
+                "Fix: set data.llm_labels: false."
+            )
+        return read_class_names(self._file(split.llm_labels))
+
+    # -- Lightning hooks ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for part in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
+            if part not in self._datasets:
+                self._datasets[part] = self._build(part)
+
+    def _build(self, part: str) -> list[VideoDataset]:
+        from tcclip.data.transforms import TestTransform, TrainTransform
+
+        broken_log = BrokenVideoLog(self._run_dir())
+        common = {"root": self.root, "num_frames": self.num_frames, "backend": self.backend, "broken_log": broken_log}
+        common["max_broken_fraction"] = self.max_broken_fraction
+        if part == "train":
+            if self.splits.train is None:
+                raise ValueError(f"{type(self).__name__} has nothing to train on in the {self.protocol} protocol")
+            split = self.splits.train
+            transform = TrainTransform(self.input_size, flip=self.flip)
+            num_classes = len(self.train_class_names)
+            return [
+                VideoDataset(self._file(split.annotations), transform=transform, train=True, split="train",
+                             num_classes=num_classes, **common)
+            ]  # fmt: skip
+        transform = TestTransform(self.input_size, num_crop=self.num_crop)
+        splits, sets = (self.splits.val, self.val_sets) if part == "val" else (self.splits.test, self.test_sets)
+        return [
+            VideoDataset(self._file(s.annotations), transform=transform, train=False, num_clip=self.num_clip,
+                         split=f"{part}/{s.name}", num_classes=len(e.class_names), **common)
+            for s, e in zip(splits, sets, strict=True)
+        ]  # fmt: skip
+
+    def _run_dir(self) -> Path:
+        if self.run_dir is None:
+            trainer = self.trainer
+            log_dir = (trainer.log_dir or trainer.default_root_dir) if trainer is not None else None
+            self.run_dir = log_dir or tempfile.mkdtemp(prefix="tcclip-data-")
+        return Path(self.run_dir)
+
+    def datasets(self, part: str) -> list[VideoDataset]:
+        """The datasets of "train", "val" or "test" (built on first use)."""
+        if part not in self._datasets:
+            self._datasets[part] = self._build(part)
+        return self._datasets[part]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets("train")[0]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            drop_last=len(dataset) >= self.batch_size,  # official: drop the ragged batch; tiny lists keep theirs
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(d) for d in self.datasets("val")]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(d) for d in self.datasets("test")]
+
+    def _eval_loader(self, dataset: VideoDataset) -> DataLoader:
+        world_size, rank = self._world()
+        sampler = EvalDistributedSampler(dataset, num_replicas=world_size, rank=rank) if world_size > 1 else None
+        views = self.num_clip * self.num_crop
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=EvalCollate((views, self.num_frames, 3, self.input_size, self.input_size)),
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.world_size, self.trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def broken_counts(self) -> dict[str, int]:
+        """Unreadable videos found so far, per list ("train", "val/<set>", "test/<set>")."""
+        if self.run_dir is None:
+            return {}
+        counts: dict[str, int] = {}
+        for split, _ in BrokenVideoLog(Path(self.run_dir)).entries():
+            counts[split] = counts.get(split, 0) + 1
+        return counts
+
+
+def _replace_list(split: SplitFiles, annotations: str) -> SplitFiles:
+    return SplitFiles(split.name, annotations, split.labels, split.llm_labels)
+
+
+# -- helpers shared by the family tables -------------------------------------------------------------------------------
+OFFICIAL_SHOTS = (2, 4, 8, 16)
+OFFICIAL_SEEDS = (1, 2, 3)
+
+
+def check_choice(name: str, value: int, allowed: Sequence[int], family: str) -> int:
+    if value not in allowed:
+        raise ValueError(
+            f"{family}: data.{name}={value} has no official split; choose one of {', '.join(map(str, allowed))}"
+        )
+    return value
+
+
+def base2novel_splits(
+    folder: str, seed: int, base_labels: str, novel_labels: str, base_llm: str | None, novel_llm: str | None
+) -> ProtocolSplits:
+    """Official base-to-novel layout: train ``fs_base_s{seed}_train.txt``; validate on base; test on base and novel."""
+    lists = f"datasets_splits/base2novel_splits/{folder}"
+    base = SplitFiles("base", f"{lists}/base_val.txt", base_labels, base_llm)
+    novel = SplitFiles("novel", f"{lists}/novel_val.txt", novel_labels, novel_llm)
+    train = SplitFiles("train", f"{lists}/fs_base_s{seed}_train.txt", base_labels, base_llm)
+    return ProtocolSplits(train, (base,), (base, novel))
+
+
+class VideoListDataModule(VideoDataModule):
+    """Your own annotation lists and label files, given directly (format: ``tcclip.data.labels``).
+
+    Paths are relative to ``splits_dir`` when it is given, else used as written. Evaluation sets are named after
+    their list's file name (``val1.txt`` -> "val1").
+
+    Args:
+        train_list: training list (optional: evaluation-only runs need none).
+        val_lists: lists evaluated during fit / validate.
+        test_lists: lists evaluated by test (default: val_lists).
+        labels: label file (CSV or JSON) of every list.
+        val_labels: per-list label files for val_lists (e.g. base / novel), instead of ``labels``.
+        test_labels: the same for test_lists.
+        **kwargs: the common VideoDataModule arguments (root, protocol, num_frames, ...).
+    """
+
+    dataset_name = "custom"
+
+    def __init__(
+        self,
+        labels: str,
+        train_list: str | None = None,
+        val_lists: list[str] | None = None,
+        test_lists: list[str] | None = None,
+        val_labels: list[str] | None = None,
+        test_labels: list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        self._lists = (labels, val_lists or [], test_lists or val_lists or [], val_labels, test_labels)
+        self._list_train = train_list
+        super().__init__(train_list=train_list, **kwargs)
+
+    def _resolve_splits_dir(self, splits_dir: str | None) -> Path:
+        return Path(splits_dir).expanduser() if splits_dir else Path()
+
+    def _file(self, rel_path: str) -> Path:
+        path = self.splits_dir / rel_path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: list or label file not found. Fix: check data.init_args paths.")
+        return path
+
+    def protocol_splits(self) -> ProtocolSplits:
+        labels, val_lists, test_lists, val_labels, test_labels = self._lists
+
+        def eval_splits(lists: list[str], per_list: list[str] | None, what: str) -> tuple[SplitFiles, ...]:
+            if per_list is not None and len(per_list) != len(lists):
+                raise ValueError(f"data.{what}_labels has {len(per_list)} files for {len(lists)} {what} lists")
+            names = [Path(p).stem for p in lists]
+            names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+            label_files = per_list or [labels] * len(lists)
+            return tuple(SplitFiles(n, p, f, f) for n, p, f in zip(names, lists, label_files, strict=True))
+
+        train = SplitFiles("train", self._list_train, labels, labels) if self._list_train else None
+        val, test = eval_splits(val_lists, val_labels, "val"), eval_splits(test_lists, test_labels, "test")
+        if train is None and not test:
+            raise ValueError("VideoListDataModule needs a train_list or at least one val/test list")
+        return ProtocolSplits(train, val, test)
