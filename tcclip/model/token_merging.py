@@ -1,0 +1,105 @@
+"""Context summarisation by bipartite soft matching (Token Merging, Bolya et al. 2023), as spec 2.3e defines it.
+
+Everything is batched: tokens [B, n, D] with sizes [B, n, 1] (how many seed tokens each one stands for) and,
+optionally, source maps [B, n, S] (0/1: which of S original tokens each one contains). Only the few merge steps
+are a Python loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["bipartite_merge", "merge_schedule", "summarise"]
+
+
+def merge_schedule(num_tokens: int, num_out: int, r: int) -> list[int]:
+    """How many tokens each step merges to go from `num_tokens` down to `num_out` (spec 2.3e schedule).
+
+    First floor((num_tokens - num_out) / r) steps of min(r, count // 2), then, while the count is above
+    `num_out`, steps of min(count - num_out, count // 2). Empty when `num_tokens <= num_out`.
+    """
+    steps: list[int] = []
+    count = num_tokens
+    for _ in range(max(0, (num_tokens - num_out) // r)):
+        steps.append(min(r, count // 2))
+        count -= steps[-1]
+    while count > num_out:
+        steps.append(min(count - num_out, count // 2))
+        count -= steps[-1]
+    return steps
+
+
+def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, n, C], index [B, m] -> [B, m, C]."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def bipartite_merge(
+    x: Tensor, size: Tensor, r: int, source: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One bipartite soft matching step merging `r` tokens away (spec 2.3e).
+
+    Set A = even positions, set B = odd positions. Each A token picks its most cosine-similar B token (the first
+    on an exact tie); the A tokens are ranked by that score, best first (stable: earlier A first on a tie), and the
+    first `r` merge into their B token as a size-weighted mean.
+
+    Args:
+        x: [B, n, D] tokens.
+        size: [B, n, 1] sizes.
+        r: tokens to merge away, at most n // 2.
+        source: optional [B, n, S] 0/1 source maps; a merged token's map is the OR of its parts'.
+
+    Returns:
+        (x, size, source) with n - r tokens: the unmerged A tokens in ranked order, then all B tokens in order.
+    """
+    n = x.shape[1]
+    if not 0 <= r <= n // 2:
+        raise ValueError(f"cannot merge {r} of {n} tokens in one bipartite step (at most {n // 2})")
+    metric = x / x.norm(dim=-1, keepdim=True)  # unit-norm copy: dot products are cosine similarities
+    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [B, nA, nB]
+    best_b = scores.argmax(dim=-1)  # [B, nA], first maximum on a tie
+    best_score = scores.gather(-1, best_b.unsqueeze(-1)).squeeze(-1)  # [B, nA]
+    order = best_score.sort(dim=-1, descending=True, stable=True).indices  # [B, nA], best first
+    merged_a, kept_a = order[:, :r], order[:, r:]
+    dst = best_b.gather(1, merged_a)  # [B, r] the B token each merged A token joins
+
+    x_a, x_b = x[:, 0::2], x[:, 1::2]
+    size_a, size_b = size[:, 0::2], size[:, 1::2]
+    size_merged = _gather_tokens(size_a, merged_a)  # [B, r, 1]
+    weighted_b = (x_b * size_b).scatter_add(
+        1, dst.unsqueeze(-1).expand(-1, -1, x.shape[-1]), _gather_tokens(x_a, merged_a) * size_merged
+    )  # [B, nB, D] sum of size * token over each B token and the A tokens joining it
+    new_size_b = size_b.scatter_add(1, dst.unsqueeze(-1), size_merged)  # [B, nB, 1]
+
+    x_out = torch.cat([_gather_tokens(x_a, kept_a), weighted_b / new_size_b], dim=1)
+    size_out = torch.cat([_gather_tokens(size_a, kept_a), new_size_b], dim=1)
+    if source is None:
+        return x_out, size_out, None
+    source_a, source_b = source[:, 0::2], source[:, 1::2]
+    source_b = source_b.scatter_reduce(
+        1,
+        dst.unsqueeze(-1).expand(-1, -1, source.shape[-1]),
+        _gather_tokens(source_a, merged_a),
+        reduce="amax",
+        include_self=True,
+    )  # [B, nB, S] OR of the 0/1 maps
+    return x_out, size_out, torch.cat([_gather_tokens(source_a, kept_a), source_b], dim=1)
+
+
+def summarise(x: Tensor, num_out: int, r: int, source: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Merge tokens [B, n, D] down to `num_out` with the spec's schedule, every token starting at size 1.
+
+    Args:
+        x: [B, n, D] tokens (the seed tokens, frame by frame).
+        num_out: K, tokens to keep (no merging when n <= K).
+        r: tokens merged per full step (tome_r).
+        source: optional [B, n, S] 0/1 source maps to carry along.
+
+    Returns:
+        ([B, min(n, K), D] tokens, their [B, min(n, K), S] source maps or None).
+    """
+    size = x.new_ones(x.shape[0], x.shape[1], 1)
+    for step in merge_schedule(x.shape[1], num_out, r):
+        x, size, source = bipartite_merge(x, size, step, source)
+    return x, source
