@@ -149,7 +149,9 @@ class TCCLIPConfig:
         if self.model not in ("tc_clip", "vifi_clip", "clip"):
             raise ValueError(f"model must be tc_clip, vifi_clip or clip, got {self.model!r}")
         if self.positional_embedding_type not in ("space", "joint"):
-            raise ValueError(f"positional_embedding_type must be space or joint, got {self.positional_embedding_type!r}")
+            raise ValueError(
+                f"positional_embedding_type must be space or joint, got {self.positional_embedding_type!r}"
+            )
         if not 0.0 < self.seed_token_a <= 1.0:
             raise ValueError(f"seed_token_a must be in (0, 1], got {self.seed_token_a}")
         if self.context_token_k < 1 or self.tome_r < 1 or self.num_frames < 1:
