@@ -1,0 +1,175 @@
+"""Callbacks of the experiment suite: the results file, predictions file and per-epoch seeding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.json"
+
+
+def _atomic_write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """HM = 2ab / (a + b), the base-to-novel summary (0 when both are 0)."""
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def summarize_sets(sets: dict[str, dict[str, Any]], protocol: str | None) -> dict[str, float]:
+    """Summary over evaluation sets: mean and population std of top-1 (zero-shot: the three test splits); for
+    base-to-novel also base, novel and their harmonic mean (sets whose names contain "base" / "novel")."""
+    top1 = [s["top1"] for s in sets.values()]
+    summary: dict[str, float] = {}
+    if top1:
+        summary["mean_top1"] = statistics.fmean(top1)
+        summary["std_top1"] = statistics.pstdev(top1)
+    if protocol == "base2novel":
+        base = [s["top1"] for name, s in sets.items() if "base" in name.lower()]
+        novel = [s["top1"] for name, s in sets.items() if "novel" in name.lower()]
+        if len(base) == 1 and len(novel) == 1:
+            summary.update(base=base[0], novel=novel[0], hm=harmonic_mean(base[0], novel[0]))
+    return summary
+
+
+def results_payload(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
+    """The contract's results dict for the last evaluation of `module` (None before any)."""
+    results = getattr(module, "eval_results", None)
+    if not results:
+        return None
+    datamodule = trainer.datamodule
+    protocol = getattr(datamodule, "protocol", None)
+    hparams = module.hparams
+    if hparams.get("init_checkpoint"):
+        variant = "pretrained"
+    elif getattr(datamodule, "llm_labels", False):
+        variant = "llm"
+    else:
+        variant = "plain"
+    tracker = getattr(module, "best_last", None)
+    best_last = tracker.state_dict() if tracker is not None else {"best": None, "last": None}
+    wise = results.get("wise_ft")
+    if wise is not None:
+        wise = {**wise, "summary": summarize_sets(wise["sets"], protocol)}
+    return {
+        "protocol": protocol,
+        "dataset": getattr(datamodule, "dataset_name", None) or type(datamodule).__name__.lower(),
+        "variant": variant,
+        # Families carry default shots / seed; they mean something in their protocol only.
+        "shots": getattr(datamodule, "shots", None) if protocol == "few_shot" else None,
+        "seed": getattr(datamodule, "seed", None) if protocol == "base2novel" else None,
+        "stage": trainer.state.fn.value if trainer.state.fn is not None else None,
+        "checkpoint": trainer.ckpt_path or hparams.get("init_checkpoint"),
+        "sets": results["sets"],
+        "summary": summarize_sets(results["sets"], protocol),
+        "wise_ft": wise,
+        "best": best_last["best"],
+        "last": best_last["last"],
+    }
+
+
+class ResultsJSON(Callback):
+    """Write `<log_dir>/results.json` after every validation (also during fit, with best/last) and test run."""
+
+    def __init__(self, filename: str = RESULTS_FILE) -> None:
+        self.filename = filename
+
+    def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        log_dir = trainer.log_dir  # collective: every rank calls it
+        payload = results_payload(trainer, module)
+        if payload is None or not trainer.is_global_zero:
+            return
+        path = Path(log_dir or trainer.default_root_dir) / self.filename
+        _atomic_write_json(path, payload)
+        log.info("results written to %s", path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+
+class PredictionsJSON(BasePredictionWriter):
+    """Write `<log_dir>/predictions.json` (one file per process in DDP): every video's top-k classes and, when the
+    data has labels, the top-1 accuracy."""
+
+    def __init__(self, top_k: int = 5, filename: str = PREDICTIONS_FILE) -> None:
+        super().__init__(write_interval="epoch")
+        self.top_k = top_k
+        self.filename = filename
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any] | None,
+    ) -> None:
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        # One list of batch outputs per dataloader; a single dataloader gives a flat list.
+        per_loader = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+        loaders = [prediction_records(batches, self.top_k) for batches in per_loader]
+        name = self.filename if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.json"
+        _atomic_write_json(log_dir / name, {"dataloaders": loaders})
+
+
+def prediction_records(batches: Sequence[dict[str, Any]], top_k: int) -> dict[str, Any]:
+    """Per-video records of predict_step outputs, plus the accuracy when labels are known."""
+    videos, correct, labelled = [], 0, 0
+    for out in batches:
+        names = out["class_names"]
+        probs, indices = out["probs"], out["index"].tolist()
+        top_p, top_i = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        labels = out.get("label")
+        for row, index in enumerate(indices):
+            record = {
+                "index": index,
+                "top": [[names[c], round(float(p), 6)] for c, p in zip(top_i[row].tolist(), top_p[row], strict=True)],
+            }
+            if labels is not None:
+                label = int(labels[row])
+                record["label"] = names[label]
+                correct += int(top_i[row, 0] == label)
+                labelled += 1
+            videos.append(record)
+    summary = {"num_videos": len(videos)}
+    if labelled:
+        summary["top1"] = 100.0 * correct / labelled
+    return {**summary, "videos": videos}
+
+
+class EpochSeed(Callback):
+    """Reseed every RNG at the start of each training epoch with `seed + epoch`.
+
+    Data order, augmentations and mixup of an epoch then depend on the epoch number only, so a run resumed from an
+    end-of-epoch checkpoint (`--ckpt_path last`) continues exactly like the uninterrupted run.
+
+    Args:
+        seed: base seed; null takes the run's `seed_everything` value (env `PL_GLOBAL_SEED`), else 0.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed_everything(base + trainer.current_epoch, workers=True, verbose=False)
