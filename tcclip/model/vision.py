@@ -1,0 +1,410 @@
+"""Vision encoders: TC-CLIP's temporally contextualised ViT (spec 2) and the plain per-frame CLIP ViT (spec 4).
+
+Both keep CLIP's parameter names with the attention split into `q_proj`, `k_proj`, `v_proj`, `out_proj`, the layout
+of the official checkpoints, and work in any floating dtype (float64 after `.double()` for exactness checks, spec 9).
+
+Shapes: B videos, T frames, N = 1 + P tokens per frame (class token first), D width, H heads, K context tokens,
+s seed tokens per frame, E joint embedding width.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from tcclip.model.config import CLIPVisionCfg, TCCLIPConfig
+from tcclip.model.text import LayerNorm, QuickGELU
+from tcclip.model.token_merging import summarise
+
+__all__ = [
+    "FrameVisionEncoder",
+    "TCAttention",
+    "TCVisionEncoder",
+    "VisionBlock",
+    "VisionOutput",
+    "clip_to_vision_state",
+]
+
+
+@dataclass
+class VisionOutput:
+    """What a vision encoder returns for a batch of videos."""
+
+    video_embedding: Tensor
+    """[B, E] mean over T of the last layer's class tokens after ln_post + proj, L2-normalised."""
+    context_tokens: list[Tensor]
+    """One [B, K, E] per requested readout layer (after ln_post + proj), in the requested order."""
+    seed_indices: list[Tensor] | None = None
+    """return_details only: one [B, T, s] per layer, patch indices 0..P-1 of each frame's seeds, best first."""
+    merge_sources: list[Tensor] | None = None
+    """return_details only: one [B, K, T*P] 0/1 per layer: input patch t*P+p was merged into context token k."""
+
+
+def _mlp(width: int, mlp_ratio: float) -> nn.Sequential:
+    hidden = int(width * mlp_ratio)
+    return nn.Sequential(
+        OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))])
+    )
+
+
+class TCAttention(nn.Module):
+    """Per-frame multi-head attention whose keys/values are the frame's tokens plus the video's context tokens.
+
+    With no context tokens this is CLIP's attention, one frame at a time. With context tokens (spec 2.3b) the
+    queries of frame t attend over [frame t's N tokens ; the K context tokens], and the optional local-global bias
+    adds b_local (per head) to the frame-key logits and b_global to the context-key logits.
+    """
+
+    def __init__(self, width: int, heads: int, local_global_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+        if local_global_bias:
+            # [heads, 1, 2]: (b_local, b_global) per head; not in CLIP, so it keeps this initialisation.
+            self.local_global_bias_table = nn.Parameter(torch.empty(heads, 1, 2))
+            nn.init.trunc_normal_(self.local_global_bias_table, std=0.02)
+        else:
+            self.register_parameter("local_global_bias_table", None)
+        self.fused_attn = True
+        """Attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU); the context
+        keys and values are then copied next to each frame's. False: explicit logits, with the frame keys and the
+        shared context keys kept apart (never repeated per frame). Both are exact."""
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """[..., M, D] -> [..., H, M, D/H]."""
+        return x.unflatten(-1, (self.heads, -1)).transpose(-3, -2)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, class_scores: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention output for the frame tokens, and optionally the class-token attention over the patches.
+
+        Args:
+            x: [B, T, N, D] layer-normed frame tokens (the queries).
+            context: [B, K, D] layer-normed context tokens (keys/values shared by all frames), or None.
+            class_scores: also return the class-token query's attention probabilities on the frame's P patch keys,
+                averaged over heads (spec 2.3c).
+
+        Returns:
+            ([B, T, N, D] output, [B, T, P] class-token scores or None).
+        """
+        b, t, n, d = x.shape
+        scale = (d // self.heads) ** -0.5
+        q = self._split_heads(self.q_proj(x))  # [B, T, H, N, dh]
+        k = self._split_heads(self.k_proj(x))
+        v = self._split_heads(self.v_proj(x))
+        k_ctx = v_ctx = bias = None
+        if context is not None:
+            # Context keys/values are computed once per video and shared by all frames.
+            k_ctx = self._split_heads(self.k_proj(context))  # [B, H, K, dh]
+            v_ctx = self._split_heads(self.v_proj(context))
+            if self.local_global_bias_table is not None:
+                bias = self.local_global_bias_table.to(q.dtype).squeeze(1)  # [H, 2]: (b_local, b_global)
+
+        if context is None:
+            out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), scale=scale)
+            out = out.unflatten(0, (b, t))  # [B, T, H, N, dh]
+        elif self.fused_attn:
+            out = self._fused_context_attention(q, k, v, k_ctx, v_ctx, bias, scale)
+        else:
+            out = self._explicit_context_attention(q, k, v, k_ctx, v_ctx, bias, scale)
+        out = self.out_proj(out.transpose(-3, -2).flatten(-2))  # [B, T, N, D]
+
+        scores = None
+        if class_scores:
+            scores = self._class_patch_scores(q[:, :, :, 0], k, k_ctx, bias, scale)
+        return out, scores
+
+    @staticmethod
+    def _fused_context_attention(
+        q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor, v_ctx: Tensor, bias: Tensor | None, scale: float
+    ) -> Tensor:
+        b, t, h, n, dh = q.shape
+        num_ctx = k_ctx.shape[-2]
+        # SDPA needs one key tensor per frame: [frame keys ; context keys] (the copy of the shared context part is
+        # the price of the fused kernels; see fused_attn).
+        keys = torch.cat([k, k_ctx.unsqueeze(1).expand(b, t, h, num_ctx, dh)], dim=-2).flatten(0, 1)
+        values = torch.cat([v, v_ctx.unsqueeze(1).expand(b, t, h, num_ctx, dh)], dim=-2).flatten(0, 1)
+        mask = None
+        if bias is not None:
+            # [1, H, 1, N + K]: b_local on the frame keys, b_global on the context keys, broadcast over queries.
+            mask = torch.cat([bias[:, :1].expand(h, n), bias[:, 1:].expand(h, num_ctx)], dim=-1)[None, :, None]
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), keys, values, attn_mask=mask, scale=scale)
+        return out.unflatten(0, (b, t))  # [B, T, H, N, dh]
+
+    @staticmethod
+    def _explicit_context_attention(
+        q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor, v_ctx: Tensor, bias: Tensor | None, scale: float
+    ) -> Tensor:
+        n = q.shape[-2]
+        logits_frame = (q @ k.transpose(-2, -1)) * scale  # [B, T, H, N, N]
+        logits_ctx = torch.einsum("bthnd,bhkd->bthnk", q, k_ctx) * scale  # [B, T, H, N, K], context keys not copied
+        if bias is not None:
+            logits_frame = logits_frame + bias[:, 0, None, None]
+            logits_ctx = logits_ctx + bias[:, 1, None, None]
+        probs = torch.cat([logits_frame, logits_ctx], dim=-1).softmax(dim=-1)  # one softmax over N + K keys
+        return probs[..., :n] @ v + torch.einsum("bthnk,bhkd->bthnd", probs[..., n:], v_ctx)
+
+    @staticmethod
+    def _class_patch_scores(
+        q_cls: Tensor, k: Tensor, k_ctx: Tensor | None, bias: Tensor | None, scale: float
+    ) -> Tensor:
+        """Head-averaged attention probabilities of each frame's class query on its P patch keys: [B, T, P].
+
+        Normalised over all keys the query sees (frame and context, bias included), as in the attention itself.
+
+        Args:
+            q_cls: [B, T, H, dh] class-token queries.
+            k: [B, T, H, N, dh] frame keys.
+            k_ctx: [B, H, K, dh] context keys or None.
+        """
+        logits = torch.einsum("bthd,bthnd->bthn", q_cls, k) * scale  # [B, T, H, N]
+        if k_ctx is not None:
+            logits_ctx = torch.einsum("bthd,bhkd->bthk", q_cls, k_ctx) * scale  # [B, T, H, K]
+            if bias is not None:
+                logits, logits_ctx = logits + bias[:, 0, None], logits_ctx + bias[:, 1, None]
+            logits = torch.cat([logits, logits_ctx], dim=-1)
+        n = k.shape[-2]
+        return logits.softmax(dim=-1)[..., 1:n].mean(dim=2)  # patch columns (not the class key), mean over heads
+
+
+@dataclass
+class _LayerResult:
+    frames: Tensor
+    context: Tensor | None
+    seeds: Tensor | None
+    sources: Tensor | None
+
+
+class VisionBlock(nn.Module):
+    """CLIP's pre-norm residual block with split q/k/v attention, run plainly or as a TC layer."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, local_global_bias: bool = False) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(width)
+        self.attn = TCAttention(width, heads, local_global_bias)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = _mlp(width, mlp_ratio)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """Plain CLIP block on every frame: [B, T, N, D] -> [B, T, N, D]."""
+        frames = frames + self.attn(self.ln_1(frames))[0]
+        return frames + self.mlp(self.ln_2(frames))
+
+    def forward_tc(
+        self,
+        frames: Tensor,
+        context: Tensor | None,
+        num_seeds: int,
+        num_context: int,
+        tome_r: int,
+        track_sources: bool,
+    ) -> _LayerResult:
+        """One TC layer (spec 2.3 a-f).
+
+        Args:
+            frames: [B, T, N, D] frame tokens.
+            context: [B, K, D] context tokens of the previous layer, or None (layer 0).
+            num_seeds: s, seed tokens per frame.
+            num_context: K, context tokens to produce.
+            tome_r: tokens merged per bipartite step.
+            track_sources: also return the seed indices and the merge source maps.
+        """
+        b, t, n, d = frames.shape
+        num_patches = n - 1
+        h_context = None if context is None else self.ln_1(context)
+        attended, scores = self.attn(self.ln_1(frames), h_context, class_scores=True)
+        frames = frames + attended  # d. the incoming context tokens served as keys/values only
+
+        # c. Seeds: the s patches with the highest class-token attention in each frame, best first.
+        seeds = scores.topk(num_seeds, dim=-1, sorted=True).indices  # [B, T, s]
+        # e. Seed tokens frame by frame, each frame's in seed order, merged down to K context tokens.
+        seed_tokens = frames[:, :, 1:].gather(2, seeds.unsqueeze(-1).expand(-1, -1, -1, d))  # [B, T, s, D]
+        sources = None
+        if track_sources:
+            patch_ids = seeds + torch.arange(t, device=seeds.device)[:, None] * num_patches  # t*P + p, [B, T, s]
+            sources = frames.new_zeros(b, t * num_seeds, t * num_patches)
+            sources.scatter_(2, patch_ids.reshape(b, t * num_seeds, 1), 1.0)  # one-hot rows
+        new_context, sources = summarise(seed_tokens.flatten(1, 2), num_context, tome_r, sources)  # [B, K, D]
+
+        # f. MLP residual on the frame tokens and the new context tokens (token-wise, so applied to each).
+        frames = frames + self.mlp(self.ln_2(frames))
+        new_context = new_context + self.mlp(self.ln_2(new_context))
+        return _LayerResult(frames, new_context, seeds if track_sources else None, sources)
+
+
+class VisionTransformer(nn.Module):
+    """Holds the blocks under the name `resblocks`, as CLIP and the official checkpoints do."""
+
+    def __init__(self, blocks: Sequence[VisionBlock]) -> None:
+        super().__init__()
+        self.resblocks = nn.ModuleList(blocks)
+
+
+def clip_to_vision_state(
+    clip_state: Mapping[str, Tensor], layers: int, joint_frames: int | None = None
+) -> dict[str, Tensor]:
+    """CLIP's `visual.*` tensors (OpenAI layout) renamed to the vision encoders' layout.
+
+    `in_proj_weight` / `in_proj_bias` are split into q, k, v (three equal row blocks, in that order, spec 1).
+    With `joint_frames=T` the positional table becomes the joint [T, N, D] table, CLIP's repeated T times.
+    The local-global bias is not in CLIP and is absent from the result.
+    """
+    prefix = "visual."
+    visual = {k[len(prefix) :]: v for k, v in clip_state.items() if k.startswith(prefix)}
+    out: dict[str, Tensor] = {}
+    for name, tensor in visual.items():
+        if name.endswith(".attn.in_proj_weight") or name.endswith(".attn.in_proj_bias"):
+            base, kind = name.rsplit(".in_proj_", 1)
+            for part, chunk in zip(("q", "k", "v"), tensor.chunk(3, dim=0), strict=True):
+                out[f"{base}.{part}_proj.{kind}"] = chunk.clone()
+        elif name == "positional_embedding" and joint_frames is not None:
+            out[name] = tensor.unsqueeze(0).repeat(joint_frames, 1, 1)  # [T, N, D]
+        else:
+            out[name] = tensor.clone()
+    found = {int(k.split(".")[2]) for k in out if k.startswith("transformer.resblocks.")}
+    if found != set(range(layers)):
+        raise ValueError(f"the CLIP state dict has vision blocks {sorted(found)}, the encoder has {layers}")
+    return out
+
+
+class _CLIPViT(nn.Module):
+    """CLIP ViT parts shared by both encoders: patch/class/positional embedding, blocks, ln_post, proj."""
+
+    def __init__(self, vision: CLIPVisionCfg, embed_dim: int, joint_frames: int | None, bias_from_layer: int | None):
+        super().__init__()
+        width, scale = vision.width, vision.width**-0.5
+        num_tokens = 1 + vision.num_patches
+        self.patch_size = vision.patch_size
+        self.joint_frames = joint_frames
+        self.conv1 = nn.Conv2d(3, width, kernel_size=vision.patch_size, stride=vision.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        pos_shape = (num_tokens, width) if joint_frames is None else (joint_frames, num_tokens, width)
+        self.positional_embedding = nn.Parameter(scale * torch.randn(pos_shape))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = VisionTransformer(
+            [
+                VisionBlock(width, vision.heads, vision.mlp_ratio, bias_from_layer is not None and i >= bias_from_layer)
+                for i in range(vision.layers)
+            ]
+        )
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+        self.gradient_checkpointing = False
+        """Recompute each block's activations in the backward pass instead of storing them (saves memory)."""
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.resblocks
+
+    def _run_block(self, fn, *args):
+        """Call a block, through activation checkpointing when it is on and gradients are being recorded."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def embed(self, video: Tensor) -> Tensor:
+        """Spec 2.1-2.2: [B, T, 3, H, W] pixels -> [B, T, N, D] tokens after ln_pre."""
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
+        b, t = video.shape[:2]
+        patches = self.conv1(video.flatten(0, 1))  # [B*T, D, H/p, W/p]
+        patches = patches.flatten(2).transpose(1, 2).unflatten(0, (b, t))  # [B, T, P, D], row-major patches
+        cls = self.class_embedding.to(patches.dtype).expand(b, t, 1, -1)
+        x = torch.cat([cls, patches], dim=2)  # [B, T, N, D]
+        pos = self.positional_embedding.to(x.dtype)
+        if pos.shape[-2] != x.shape[2]:
+            raise ValueError(f"frames give {x.shape[2] - 1} patches, the positional table has {pos.shape[-2] - 1}")
+        if pos.dim() == 3 and pos.shape[0] != t:
+            raise ValueError(f"the joint positional embedding is for {pos.shape[0]} frames, the video has {t}")
+        return self.ln_pre(x + pos)  # [N, D] broadcasts over frames; [T, N, D] is per frame
+
+    def readout(self, tokens: Tensor) -> Tensor:
+        """Spec 2.4: ln_post then proj, [..., D] -> [..., E]."""
+        return self.ln_post(tokens) @ self.proj
+
+    def load_from_clip(self, clip_state: Mapping[str, Tensor]) -> None:
+        """Load CLIP's vision weights (OpenAI layout, `load_clip_state_dict`); the local-global bias is kept."""
+        mapped = clip_to_vision_state(clip_state, len(self.blocks), self.joint_frames)
+        missing, unexpected = self.load_state_dict(mapped, strict=False)
+        not_in_clip = [k for k in missing if not k.endswith(".attn.local_global_bias_table")]
+        if not_in_clip or unexpected:
+            raise ValueError(
+                f"CLIP vision weights do not fit the encoder: missing {not_in_clip[:3]}, unexpected {unexpected[:3]}"
+            )
+
+
+class TCVisionEncoder(_CLIPViT):
+    """TC-CLIP's vision encoder (spec 2): every layer summarises seed tokens of all frames into K context tokens
+    that the next layer's frames attend to."""
+
+    def __init__(self, vision: CLIPVisionCfg, embed_dim: int, cfg: TCCLIPConfig) -> None:
+        joint = cfg.num_frames if cfg.positional_embedding_type == "joint" else None
+        super().__init__(vision, embed_dim, joint, 1 if cfg.local_global_bias else None)
+        self.num_seeds = cfg.num_seeds(vision.num_patches)
+        if self.num_seeds < 1:
+            raise ValueError(
+                f"seed_token_a={cfg.seed_token_a} keeps no seed of {vision.num_patches} patches; raise seed_token_a"
+            )
+        self.context_token_k = cfg.context_token_k
+        self.tome_r = cfg.tome_r
+
+    def forward(self, video: Tensor, readout_layers: Sequence[int] = (), return_details: bool = False) -> VisionOutput:
+        """Encode videos.
+
+        Args:
+            video: [B, T, 3, H, W] normalised pixels.
+            readout_layers: 0-based layer indices whose context tokens are returned (after ln_post + proj).
+            return_details: also return every layer's seed indices and merge source maps.
+        """
+        num_layers = len(self.blocks)
+        if any(not 0 <= i < num_layers for i in readout_layers):
+            raise ValueError(f"readout_layers {list(readout_layers)} must be in 0..{num_layers - 1}")
+        frames = self.embed(video)
+        context = None
+        context_by_layer: dict[int, Tensor] = {}
+        seeds, sources = [], []
+        for i, block in enumerate(self.blocks):
+            result = self._run_block(
+                block.forward_tc, frames, context, self.num_seeds, self.context_token_k, self.tome_r, return_details
+            )
+            frames, context = result.frames, result.context
+            if i in readout_layers:
+                context_by_layer[i] = self.readout(context)  # [B, K, E]
+            if return_details:
+                seeds.append(result.seeds)
+                sources.append(result.sources)
+        embedding = self.readout(frames[:, :, 0]).mean(dim=1)  # last layer's class tokens, mean over T
+        return VisionOutput(
+            video_embedding=F.normalize(embedding, dim=-1),
+            context_tokens=[context_by_layer[i] for i in readout_layers],
+            seed_indices=seeds if return_details else None,
+            merge_sources=sources if return_details else None,
+        )
+
+
+class FrameVisionEncoder(_CLIPViT):
+    """CLIP's image encoder applied to every frame, frame embeddings averaged (ViFi-CLIP, vanilla CLIP; spec 4)."""
+
+    def __init__(self, vision: CLIPVisionCfg, embed_dim: int, cfg: TCCLIPConfig | None = None) -> None:
+        joint = cfg.num_frames if cfg is not None and cfg.positional_embedding_type == "joint" else None
+        super().__init__(vision, embed_dim, joint, None)
+
+    def forward(self, video: Tensor, readout_layers: Sequence[int] = (), return_details: bool = False) -> VisionOutput:
+        """Encode videos [B, T, 3, H, W]; there are no context tokens, seeds or merges."""
+        if readout_layers:
+            raise ValueError("the per-frame encoder has no context tokens to read out")
+        frames = self.embed(video)
+        for block in self.blocks:
+            frames = self._run_block(block, frames)
+        embedding = self.readout(frames[:, :, 0]).mean(dim=1)  # per-frame embeddings, mean over T
+        return VisionOutput(video_embedding=F.normalize(embedding, dim=-1), context_tokens=[])
