@@ -101,6 +101,7 @@ def create_model(
             `clip_backbone.load_clip_state_dict`), or None for random CLIP weights drawn from torch's RNG (tests:
             call `torch.manual_seed` first for a reproducible model).
     """
+    clip_state = load_clip_state_dict(cfg.arch, clip_weights)  # first: the same seed gives the same CLIP weights
     model = build_model(cfg, class_names)
-    load_clip_weights(model, load_clip_state_dict(cfg.arch, clip_weights))
+    load_clip_weights(model, clip_state)
     return model

@@ -232,21 +232,24 @@ class PromptLearner(nn.Module):
     def set_class_names(self, names: Sequence[str]) -> None:
         """Tokenise the prompts of `names` and rebuild the fixed prompt embeddings (non-persistent buffers)."""
         names = list(names)
-        device = self.token_embedding.weight.device
         rows = [self.tokenize(n) for n in names]
-        tokens = torch.tensor(rows, dtype=torch.long).reshape(len(names), self.context_length)
+        # The end token has the largest id; its last position is computed here so forward needs no device sync.
+        self.num_positions_used = max((max(range(len(r)), key=r.__getitem__) + 1 for r in rows), default=0)
         self._class_names = names
-        # Argmax of the ids is the end token (the largest id); computed here once so forward needs no device sync.
-        self.num_positions_used = int(tokens.argmax(-1).max()) + 1 if names else 0
-        self.register_buffer("tokenized_prompts", tokens.to(device), persistent=False)
+        # Normal tensors even when called under torch.inference_mode (e.g. from an evaluation loop), so that a later
+        # training step can use them.
+        with torch.inference_mode(False):
+            tokens = torch.tensor(rows, dtype=torch.long, device="cpu").reshape(len(names), self.context_length)
+            self.register_buffer("tokenized_prompts", tokens.to(self.token_embedding.weight.device), persistent=False)
         self._rebuild_fixed_embeddings()
 
     @torch.no_grad()
     def _rebuild_fixed_embeddings(self) -> None:
-        tokens = self.tokenized_prompts.to(self.token_embedding.weight.device)
-        embedding = self.token_embedding(tokens)  # [C, context_length, W]
-        self.register_buffer("token_prefix", embedding[:, :1].clone(), persistent=False)  # start token
-        self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx :].clone(), persistent=False)
+        with torch.inference_mode(False):
+            tokens = self.tokenized_prompts.to(self.token_embedding.weight.device)
+            embedding = self.token_embedding(tokens)  # [C, context_length, W]
+            self.register_buffer("token_prefix", embedding[:, :1].clone(), persistent=False)  # start token
+            self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx :].clone(), persistent=False)
 
     def forward(self) -> Tensor:
         """Prompt embeddings [C, context_length, W]: start token, learnable vectors, the rest of the prompt."""
