@@ -75,9 +75,11 @@ class TCAttention(nn.Module):
         else:
             self.register_parameter("local_global_bias_table", None)
         self.fused_attn = True
-        """Attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU); the context
-        keys and values are then copied next to each frame's. False: explicit logits, with the frame keys and the
-        shared context keys kept apart (never repeated per frame). Both are exact."""
+        """True: F.scaled_dot_product_attention (fused kernels on GPU). SDPA takes one key tensor per frame, so the
+        context keys/values (projected once per video) are copied next to each frame's: 2*T*K*D extra elements per
+        video and layer, about a third of the frames' q/k/v. False: explicit logits with the frame keys and the
+        shared context keys kept apart (never repeated), at the cost of holding the [T, H, N, N+K] probabilities,
+        several times more memory. Both are exact (float64 agreement is tested)."""
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """[..., M, D] -> [..., H, M, D/H]."""
