@@ -282,6 +282,16 @@ class VideoDataModule(LightningDataModule):
             return torch.distributed.get_world_size(), torch.distributed.get_rank()
         return 1, 0
 
+    def annotation_files(self, parts: Sequence[str] = ("train", "val", "test")) -> list[tuple[str, Path]]:
+        """(list name, file) of the lists used by ``parts``: "train", "val/<set>", "test/<set>"."""
+        files = []
+        if "train" in parts and self.splits.train is not None:
+            files.append(("train", self._file(self.splits.train.annotations)))
+        for part, splits in (("val", self.splits.val), ("test", self.splits.test)):
+            if part in parts:
+                files.extend((f"{part}/{s.name}", self._file(s.annotations)) for s in splits)
+        return files
+
     def broken_counts(self) -> dict[str, int]:
         """Unreadable videos found so far, per list ("train", "val/<set>", "test/<set>")."""
         if self.run_dir is None:

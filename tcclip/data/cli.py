@@ -1,0 +1,197 @@
+"""``tcclip data synth|check``: make the synthetic dataset; find every unreadable video before a long run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PARTS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "all": ("train", "val", "test")}
+
+
+@dataclass(frozen=True)
+class VideoCheck:
+    path: str
+    """Path relative to the root, as in the list."""
+    lists: tuple[str, ...]
+    """Names of the lists that contain it."""
+    error: str | None = None
+    num_frames: int = 0
+
+
+def check_video(root: str, rel_path: str, backend: str, num_frames: int) -> tuple[str | None, int]:
+    """Open a video and decode the frames a test view would use plus its last frame: (error or None, frames)."""
+    from tcclip.data.sampling import test_indices
+    from tcclip.data.video_reader import VideoDecodeError, open_video
+
+    try:
+        reader = open_video(Path(root) / rel_path, backend=backend)
+        count = len(reader)
+        indices = sorted({*test_indices(count, num_frames)[0], count - 1})
+        frames = reader.get_frames(indices)
+        if frames.shape[0] != len(indices):
+            return f"decoded {frames.shape[0]} of {len(indices)} frames", count
+        return None, count
+    except (VideoDecodeError, OSError, IndexError) as e:  # unreadable input; anything else is a bug and propagates
+        return f"{type(e).__name__}: {e}", 0
+
+
+def _check_one(args: tuple[str, str, str, int]) -> tuple[str | None, int]:
+    return check_video(*args)
+
+
+def collect_videos(lists: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
+    """Every distinct video path of the given (name, annotation list) pairs -> the names of its lists."""
+    from tcclip.data.labels import read_annotations
+
+    owners: dict[str, list[str]] = {}
+    for name, path in lists:
+        for a in read_annotations(path):
+            names = owners.setdefault(a.path, [])
+            if name not in names:
+                names.append(name)
+    return owners
+
+
+def check_lists(
+    lists: Sequence[tuple[str, Path]],
+    root: Path,
+    backend: str = "decord",
+    num_frames: int = 16,
+    workers: int | None = None,
+    on_done: Any = None,
+) -> list[VideoCheck]:
+    """Check every video of the given (name, annotation list) pairs once, in parallel processes.
+
+    Args:
+        on_done: called with no argument after each video (progress).
+    """
+    owners = collect_videos(lists)
+    videos = list(owners)
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    jobs = [(str(root), v, backend, num_frames) for v in videos]
+    results: list[tuple[str | None, int]] = []
+    if workers == 1:
+        for job in jobs:
+            results.append(_check_one(job))
+            if on_done:
+                on_done()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(_check_one, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1))):
+                results.append(result)
+                if on_done:
+                    on_done()
+    return [VideoCheck(v, tuple(owners[v]), err, n) for v, (err, n) in zip(videos, results, strict=True)]
+
+
+def load_datamodule(configs: Sequence[Path], overrides: dict[str, Any] | None = None) -> Any:
+    """Build the DataModule of LightningCLI config files (their ``data: {class_path, init_args}`` section)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    for config in configs:
+        section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+        if section is None:
+            continue
+        if not isinstance(section, dict) or "class_path" not in section:
+            raise ValueError(f"{config}: the data section needs class_path and init_args (LightningCLI subclass form)")
+        if section["class_path"] != data.get("class_path"):
+            data = {"class_path": section["class_path"], "init_args": {}}
+        data["init_args"].update(section.get("init_args") or {})
+    if not data:
+        raise ValueError(f"no 'data:' section in {', '.join(map(str, configs))}. Fix: pass the run's config file(s).")
+    module_name, _, class_name = data["class_path"].rpartition(".")
+    if not module_name:  # a short name, as LightningCLI allows: look among the families
+        module_name = "tcclip.data.families" if class_name != "VideoListDataModule" else "tcclip.data.datamodule"
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**(data["init_args"] | (overrides or {})))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcclip data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("synth", help="write the synthetic dataset (see `tcclip data synth --help`)", add_help=False)
+    check = sub.add_parser("check", help="decode every video of a config's splits (or of one list)")
+    check.add_argument("--config", "-c", type=Path, action="append", default=[], help="LightningCLI YAML (repeat)")
+    check.add_argument("--stage", choices=tuple(PARTS), default="all", help="which lists of the config (default all)")
+    check.add_argument("--list", type=Path, action="append", default=[], dest="lists", help="annotation list (repeat)")
+    check.add_argument("--root", type=Path, default=None, help="dataset root (overrides the config's)")
+    check.add_argument("--backend", default=None, help="decord, pyav or torchcodec (default: the config's / decord)")
+    check.add_argument("--num-frames", type=int, default=None, help="frames per view to decode (default: config's)")
+    check.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
+    check.add_argument("--out", type=Path, default=None, help="also write the broken videos to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tcclip data synth ...`` / ``tcclip data check ...``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:
+        return _synth(argv[1:])
+    args = _parser().parse_args(argv)
+    return _check(args)
+
+
+def _synth(argv: list[str]) -> int:
+    from tcclip.data.splits import make_synthetic_protocol_splits
+    from tcclip.data.synth import synth_main
+
+    code = synth_main(argv)
+    if code == 0 and "--help" not in argv and "-h" not in argv:
+        out = argparse.ArgumentParser(add_help=False)
+        out.add_argument("--out", type=Path)
+        folder = out.parse_known_args(argv)[0].out
+        if folder is not None:
+            make_synthetic_protocol_splits(folder)  # so the Synthetic DataModule can run every protocol
+    return code
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    try:
+        if args.config:
+            overrides = {"root": str(args.root)} if args.root else {}
+            dm = load_datamodule(args.config, overrides)
+            lists, root = dm.annotation_files(PARTS[args.stage]), dm.root
+            backend, num_frames = args.backend or dm.backend, args.num_frames or dm.num_frames
+        elif args.lists and args.root:
+            lists, root = [(str(p), p) for p in args.lists], args.root
+            backend, num_frames = args.backend or "decord", args.num_frames or 16
+        else:
+            console.print("[red]error:[/red] give --config CONFIG.yaml, or --list FILE --root DIR")
+            return 2
+        total = len(collect_videos(lists))
+    except (ValueError, OSError, ImportError, AttributeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as progress:
+        task = progress.add_task(f"checking videos under {root}", total=total)
+        results = check_lists(lists, Path(root), backend, num_frames, args.workers, lambda: progress.advance(task))
+    broken = [r for r in results if r.error is not None]
+    if broken:
+        table = Table("video", "lists", "reason", title=f"{len(broken)} unreadable videos", title_justify="left")
+        for r in broken:
+            table.add_row(r.path, ", ".join(r.lists), r.error)
+        console.print(table)
+        if args.out:
+            args.out.write_text("".join(f"{r.path}\t{','.join(r.lists)}\t{r.error}\n" for r in broken))
+            console.print(f"broken list written to {args.out}")
+    names = ", ".join(name for name, _ in lists)
+    console.print(f"{len(results) - len(broken)} of {len(results)} videos readable ({names}; backend {backend})")
+    return 1 if broken else 0
