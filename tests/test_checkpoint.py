@@ -221,7 +221,10 @@ def test_save_model_round_trip(model, tmp_path):
 def test_lightning_checkpoint_loads(model, tmp_path):
     ckpt = lightning_checkpoint(model)
     ckpt["state_dict"]["val_top1.total"] = torch.zeros(())  # a LightningModule's own tensors are not the network's
+    ckpt["tcclip"] = {"train_class_names": NAMES, "best": None}  # what TCCLIPModule.on_save_checkpoint adds
+    ckpt["datamodule_hyper_parameters"] = {"root": Path("/data/k400")}  # paths are data, allowed
     torch.save(ckpt, tmp_path / "last.ckpt")
+    assert load_model(tmp_path / "last.ckpt", None).class_names == NAMES
     loaded = load_model(tmp_path / "last.ckpt", ["walk", "run"])
     assert loaded.class_names == ["walk", "run"]
     model_state = model.state_dict()

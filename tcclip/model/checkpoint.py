@@ -75,9 +75,12 @@ class CheckpointError(ValueError):
 def _allowed_globals() -> list[Any]:
     """The non-tensor classes that an official checkpoint's pickled omegaconf config needs, and nothing else.
 
-    All are plain data containers: omegaconf's config containers, their metadata records and value nodes, and the
-    builtin types / `typing.Any` that omegaconf stores as metadata (`ref_type`, `object_type`, `key_type`).
+    All are plain data containers: omegaconf's config containers, their metadata records and value nodes, the
+    builtin types / `typing.Any` that omegaconf stores as metadata (`ref_type`, `object_type`, `key_type`), and the
+    pathlib paths that a `PathNode` (or a Lightning checkpoint's hyper-parameters) may hold.
     """
+    import pathlib
+
     from omegaconf import DictConfig, ListConfig, nodes
     from omegaconf.base import ContainerMetadata, Metadata
 
@@ -105,6 +108,10 @@ def _allowed_globals() -> list[Any]:
         type(None),
         collections.defaultdict,
         collections.OrderedDict,
+        pathlib.PurePosixPath,
+        pathlib.PosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.WindowsPath,
     ]
 
 
@@ -329,7 +336,9 @@ def _read_any(path: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], list[
             log.info(
                 "%s: %d state_dict entries outside '%s' are not network weights; not loaded", path, skipped, "model."
             )
-        names = hparams.get("class_names")
+        # The training classes, where the Lightning module stores them (`TCCLIPModule.on_save_checkpoint`).
+        ours = obj.get("tcclip")
+        names = hparams.get("class_names") or (ours.get("train_class_names") if isinstance(ours, Mapping) else None)
         return "lightning", state, dict(hparams["model_config"]), list(names) if names else None
     if "model_config" in obj and isinstance(obj.get("state_dict"), Mapping):
         names = obj.get("class_names")
