@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from jsonargparse import ArgumentParser
+from lightning.pytorch import LightningModule, Trainer
 
 from tcclip.data.datamodule import VideoDataModule, VideoListDataModule
 from tcclip.data.families import HMDB51, UCF101, Kinetics400, Kinetics600, SSv2, Synthetic
@@ -133,3 +137,31 @@ def test_video_list_datamodule(data_synth):
     )
     assert [s.name for s in dm.val_sets] == ["val", "test"] and [s.name for s in dm.test_sets] == ["val", "test"]
     assert dm.train_class_names == ["MoveLeft", "MoveRight", "MoveUp"]
+
+
+class _TinyModule(LightningModule):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, num_classes)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self.head(batch["video"].mean(dim=(1, 2, 4, 5))), batch["label"])
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        assert batch["video"].shape[1:] == (2, 2, 3, 16, 16)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_fit_writes_broken_videos_to_the_log_dir(data_synth, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(data_synth, root)
+    (root / read_annotations(root / "train.txt")[0].path).write_bytes(b"junk" * 64)
+    dm = _synthetic(root, protocol="base2novel", num_frames=2, input_size=16, max_broken_fraction=0.5)
+    trainer = Trainer(
+        max_epochs=1, limit_val_batches=1, logger=False, default_root_dir=tmp_path / "run", accelerator="cpu",
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(_TinyModule(len(dm.train_class_names)), dm)
+    assert Path(dm.run_dir) == tmp_path / "run" and dm.broken_counts() == {"train": 1}
