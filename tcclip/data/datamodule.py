@@ -201,10 +201,9 @@ class VideoDataModule(LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for part in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
-            if part not in self._datasets:
-                self._datasets[part] = self._build(part)
+        parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for part in parts.get(stage or "", ("train", "val", "test")):
+            self.datasets(part)
 
     def _build(self, part: str) -> list[VideoDataset]:
         from tcclip.data.transforms import TestTransform, TrainTransform
