@@ -166,3 +166,15 @@ def test_missing_class_names_is_an_error():
 def test_level_beyond_the_text_tower_is_an_error():
     with pytest.raises(ValueError, match=r"prompt_generation_layer_level=\[2\]"):
         TCCLIP(CFG.replace(prompt_generation_layer_level=(12,)))
+
+
+def test_prefix_cache_not_shared_between_autocast_and_full_precision():
+    model = tiny().eval()
+    clip = video()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(clip)
+        full = model(clip)
+        model._text_cache = None
+        fresh = model(clip)
+    assert full.dtype == torch.float32 and torch.equal(full, fresh)

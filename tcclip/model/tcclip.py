@@ -26,26 +26,37 @@ NEW_PARAMETER_PREFIXES = ("prompt_learner.", "text_encoder.prompt_generation_lay
 class _TextCache:
     """The text-prefix result of the last no-grad call, with what it was computed from.
 
-    Valid while every input tensor is still the same storage at the same version: an optimizer step or
-    `load_state_dict` bumps the version counter (in-place writes), `.to()` / `.double()` / `set_class_names` make
-    new storage. The aliases kept here hold the old storages alive, so an address cannot be reused by another
-    tensor while the entry exists.
+    Valid while every input tensor is still the same storage at the same version and the autocast setting is the
+    same: an optimizer step or `load_state_dict` bumps the version counter (in-place writes), `.to()` /
+    `.double()` / `set_class_names` make new storage. The aliases kept here hold the old storages alive, so an
+    address cannot be reused by another tensor while the entry exists.
     """
 
     def __init__(self, inputs: Sequence[Tensor], value: Tensor) -> None:
         self.aliases = [t.detach() for t in inputs]
         self.versions = [_version(t) for t in inputs]
+        self.autocast = _autocast_state(inputs[0].device)
         self.value = value
 
     def matches(self, inputs: Sequence[Tensor]) -> bool:
-        return len(inputs) == len(self.aliases) and all(
-            t.data_ptr() == a.data_ptr()
-            and t.dtype == a.dtype
-            and t.device == a.device
-            and t.shape == a.shape
-            and _version(t) == v
-            for t, a, v in zip(inputs, self.aliases, self.versions, strict=True)
+        return (
+            len(inputs) == len(self.aliases)
+            and _autocast_state(inputs[0].device) == self.autocast
+            and all(
+                t.data_ptr() == a.data_ptr()
+                and t.dtype == a.dtype
+                and t.device == a.device
+                and t.shape == a.shape
+                and _version(t) == v
+                for t, a, v in zip(inputs, self.aliases, self.versions, strict=True)
+            )
         )
+
+
+def _autocast_state(device: torch.device) -> tuple[bool, torch.dtype | None]:
+    if not torch.is_autocast_enabled(device.type):
+        return (False, None)
+    return (True, torch.get_autocast_dtype(device.type))
 
 
 def _version(t: Tensor) -> int:
