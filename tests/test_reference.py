@@ -293,3 +293,19 @@ def test_frame_baselines_match_reference(kind: str) -> None:
     with torch.no_grad():
         logits = model(video)
     _assert_close(logits, ref.logits, what=f"{kind} logits")
+
+
+@pytest.mark.slow
+def test_tc_clip_vit_b16_shapes_match_reference() -> None:
+    """Real ViT-B/16 shapes (E == text width, so the prompt-generation MHA is fused; 12 layers; P = 196)."""
+    cfg = TCCLIPConfig(arch="ViT-B-16", num_frames=2, context_token_k=24, tome_r=20)  # 116 seeds -> 24 in 5 steps
+    names = CLASS_NAMES[:2]
+    model = _fast_model(cfg, names, seed=3)
+    video = _video(cfg, batch=1, seed=0)
+    ref = reference_forward(model.state_dict(), cfg, names, video)
+    with torch.no_grad():
+        logits = model(video)
+        details = model.image_encoder(video, readout_layers=[cfg.clip.vision.layers - 1], return_details=True)
+    assert torch.equal(details.seed_indices[-1].long().cpu(), ref.seed_indices[-1])
+    _assert_close(details.context_tokens[0], ref.context_tokens[-1], what="last-layer context tokens")
+    _assert_close(logits, ref.logits, what="logits")
