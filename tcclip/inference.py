@@ -1,0 +1,454 @@
+"""Run a trained model on video files: `tcclip.predict(...)` and the `tcclip predict VIDEO ... --checkpoint` command.
+
+The videos go through the test pipeline of spec section 5 (deterministic frame sampling, short-side resize and
+centre crop, normalisation); with several views the per-view softmax probabilities are averaged (the spec sums them,
+which ranks the classes the same way; the mean stays a probability).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
+)
+"""File endings that a folder given to `tcclip predict` is searched for."""
+
+VideoInput = str | Path | Tensor
+"""A video file, or its decoded frames as uint8 [F, H, W, 3]."""
+
+
+class Prediction(NamedTuple):
+    """One class of a video's top-k: unpacks as a `(label, probability)` pair."""
+
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Views:
+    """Test views per video: `clips` temporal clips (evenly shifted samplings) times `crops` spatial crops."""
+
+    clips: int = 1
+    crops: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clips < 1 or self.crops not in (1, 3):
+            raise ValueError(f"views need clips >= 1 and crops 1 or 3, got {self.clips}x{self.crops}")
+
+    @property
+    def count(self) -> int:
+        return self.clips * self.crops
+
+    @classmethod
+    def parse(cls, views: str | Views) -> Views:
+        """`"2x1"` (clips x crops), `"4"` (clips, one crop) or a `Views`."""
+        if isinstance(views, Views):
+            return views
+        parts = str(views).lower().split("x")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (1, 2):
+            raise ValueError(f"views must look like 2x1 (temporal clips x spatial crops), got {views!r}")
+        return cls(*numbers)
+
+    def __str__(self) -> str:
+        return f"{self.clips}x{self.crops}"
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _transform(input_size: int, crops: int, num_frames: int):
+    from tcclip.data.transforms import TestTransform
+
+    return TestTransform(input_size, num_crop=crops, num_frames=num_frames)
+
+
+def default_backend() -> str:
+    """The preferred video decoder that is installed here (decord where it exists, else PyAV)."""
+    from tcclip.data.video_reader import available_backends
+
+    return available_backends()[0]
+
+
+def sample_frames(
+    video: VideoInput, num_frames: int, clips: int, backend: str | None = None
+) -> tuple[Tensor, list[int]]:
+    """Decode the frames of `clips` test samplings of `num_frames` each.
+
+    Returns:
+        uint8 frames [clips * num_frames, H, W, 3] (clip-major) and their indices in the video.
+    """
+    from tcclip.data.sampling import test_indices
+
+    if isinstance(video, Tensor):
+        if video.dtype != torch.uint8 or video.dim() != 4 or video.shape[-1] != 3:
+            raise ValueError(f"decoded frames must be uint8 [F, H, W, 3], got {video.dtype} {list(video.shape)}")
+        indices = [i for clip in test_indices(video.shape[0], num_frames, clips) for i in clip]
+        return video[indices], indices
+
+    from tcclip.data.video_reader import VideoDecodeError, open_video
+
+    reader = open_video(video, backend=backend or default_backend())
+    if len(reader) < 1:
+        raise VideoDecodeError(f"{video}: the video has no frames")
+    indices = [i for clip in test_indices(len(reader), num_frames, clips) for i in clip]
+    return reader.get_frames(indices), indices
+
+
+def load_clip_views(
+    video: VideoInput, num_frames: int, input_size: int, views: str | Views = "2x1", backend: str | None = None
+) -> Tensor:
+    """One video as the model's test input: float [V, T, 3, S, S], normalised, V = clips * crops."""
+    views = Views.parse(views)
+    frames, _ = sample_frames(video, num_frames, views.clips, backend)
+    return _transform(input_size, views.crops, num_frames)(frames)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+def model_num_frames(model: nn.Module) -> int:
+    return int(model.cfg.num_frames)
+
+
+def model_input_size(model: nn.Module) -> int:
+    return int(model.cfg.clip.vision.image_size)
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no autograd for the duration, restoring the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def use_labels(model: nn.Module, labels: Sequence[str] | None) -> list[str]:
+    """Give the model this class list (re-encoding the prompts only when it changed); returns the active list."""
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if not labels:
+            raise ValueError("the label list is empty; pass at least one class name")
+        if list(model.class_names) != labels:
+            model.set_class_names(labels)
+    names = list(model.class_names)
+    if not names:
+        raise ValueError("the model has no class names yet: pass labels=[...] (or --labels / --label-file)")
+    return names
+
+
+def video_probabilities(model: nn.Module, clips: Tensor) -> Tensor:
+    """Class probabilities of a batch of videos, each given as several views.
+
+    Args:
+        model: a classifier `video [B, T, 3, S, S] -> logits [B, C]`.
+        clips: float [B, V, T, 3, S, S], normalised.
+
+    Returns:
+        float [B, C] on the CPU: the mean over views of each view's softmax.
+    """
+    device, dtype = _device_dtype(model)
+    batch, views = clips.shape[:2]
+    logits = model(clips.flatten(0, 1).to(device=device, dtype=dtype))  # [B*V, C]
+    probs = logits.float().softmax(-1).view(batch, views, -1)  # [B, V, C]
+    return probs.mean(1).cpu()
+
+
+def top_k_predictions(probabilities: Tensor, class_names: Sequence[str], k: int) -> list[Prediction]:
+    """The k most probable classes of one video, most probable first."""
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
+    return [Prediction(class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+
+def predict(
+    model: nn.Module,
+    video: VideoInput | Sequence[VideoInput],
+    labels: Sequence[str] | None = None,
+    top_k: int = 5,
+    views: str | Views = "2x1",
+    backend: str | None = None,
+    batch_size: int = 8,
+) -> list[Prediction] | list[list[Prediction]]:
+    """Classify one video or several.
+
+    Example:
+        >>> model = tcclip.load_model("tc_clip_k400.ckpt", class_names=["archery", "bowling"])
+        >>> tcclip.predict(model, "clip.mp4", top_k=2)
+        [Prediction(label='archery', probability=0.91), Prediction(label='bowling', probability=0.09)]
+
+    Args:
+        model: a model from `tcclip.load_model` (any device).
+        video: a file path, decoded uint8 frames [F, H, W, 3], or a list of those.
+        labels: class names to score; replaces the model's list (`set_class_names`) when different.
+        top_k: how many classes to return per video.
+        views: test views per video, `"clips x crops"` (see `Views`).
+        backend: video decoder, `decord`, `pyav` or `torchcodec` (default: the first installed).
+        batch_size: videos per forward pass (each counts `views` clips).
+
+    Returns:
+        For one video, its top-k `(label, probability)` pairs; for a list, one such list per video.
+
+    Raises:
+        VideoDecodeError: a video cannot be read (the command-line tool reports these and goes on instead).
+    """
+    single = isinstance(video, str | Path | Tensor)
+    videos = [video] if single else list(video)
+    names = use_labels(model, labels)
+    views = Views.parse(views)
+    results: list[list[Prediction]] = []
+    with evaluating(model):
+        for start in range(0, len(videos), batch_size):
+            batch = [
+                load_clip_views(v, model_num_frames(model), model_input_size(model), views, backend)
+                for v in videos[start : start + batch_size]
+            ]
+            probs = video_probabilities(model, torch.stack(batch))
+            results.extend(top_k_predictions(p, names, top_k) for p in probs)
+    return results[0] if single else results
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def expand_video_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders searched recursively for videos, glob patterns expanded (`**` allowed).
+
+    Returns:
+        The video paths (in the order given, each folder's and pattern's sorted, without repeats) and
+        `(input, reason)` for every input that names no video.
+    """
+    found: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+            if not matches:
+                problems.append((item, f"folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})"))
+        elif path.exists():
+            matches = [path]
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                problems.append((item, "the pattern matches no file"))
+        else:
+            matches = []
+            problems.append((item, "no such file or folder"))
+        found.extend(matches)
+    return list(dict.fromkeys(found)), problems
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `tcclip predict` and `tcclip explain` share: checkpoint, classes, device, decoder."""
+    parser.add_argument("--checkpoint", required=True, help="our .ckpt / save_model file, or an official TC-CLIP .pth")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--labels", help="class names separated by commas, e.g. 'riding a bike,swimming'")
+    labels.add_argument(
+        "--label-file", help="CSV with an id,name header, or JSON {id: name} (default: the checkpoint's own classes)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--backend", choices=("decord", "pyav", "torchcodec"), help="video decoder (default: the first installed)"
+    )
+    parser.add_argument(
+        "--clip-weights", help="where an official checkpoint's token embedding comes from (default: openai)"
+    )
+
+
+def read_labels(labels: str | None, label_file: str | None) -> list[str] | None:
+    """Class names from `--labels a,b,c` or `--label-file F`; None when neither is given."""
+    if labels is not None:
+        names = [name.strip() for name in labels.split(",") if name.strip()]
+        if not names:
+            raise ValueError("--labels is empty; give class names separated by commas, e.g. --labels 'run,jump'")
+        return names
+    if label_file is None:
+        return None
+    from tcclip.data.labels import read_class_names
+
+    return read_class_names(label_file)
+
+
+def load_model_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser, err) -> nn.Module | None:
+    """The model that `add_model_arguments`' options ask for, on its device; None (reported) if it cannot load."""
+    from tcclip.model.checkpoint import load_model
+
+    try:
+        class_names = read_labels(args.labels, args.label_file)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    overrides = {} if args.clip_weights is None else {"clip_weights": args.clip_weights}
+    try:
+        model = load_model(args.checkpoint, class_names, **overrides)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:  # CheckpointError is a ValueError
+        err.print(f"[red]cannot load {args.checkpoint}:[/] {error}", highlight=False)
+        return None
+    return model.to(resolve_device(args.device))
+
+
+class _VideoFiles(torch.utils.data.Dataset):
+    """Decodes one file per item; a failure becomes the item's error message instead of an exception."""
+
+    def __init__(
+        self, paths: Sequence[Path], num_frames: int, input_size: int, views: Views, backend: str | None
+    ) -> None:
+        self.paths = list(paths)
+        self.num_frames, self.input_size, self.views, self.backend = num_frames, input_size, views, backend
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
+        try:
+            clips = load_clip_views(self.paths[i], self.num_frames, self.input_size, self.views, self.backend)
+        # A broken or unsupported file must not stop the other videos: any decoder error is reported per video.
+        except (RuntimeError, OSError, ValueError, IndexError) as err:
+            return i, None, str(err) or type(err).__name__
+        return i, clips, None
+
+
+def _keep_list(batch: list) -> list:
+    return batch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcclip predict",
+        description="Classify video files with a trained checkpoint (ours or an official TC-CLIP .pth).",
+        epilog="Example: tcclip predict clips/ --checkpoint tc_clip.ckpt --label-file labels.csv --top-k 3",
+    )
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or "
+                        "glob patterns such as 'clips/**/*.mp4' (quote them)")  # fmt: skip
+    add_model_arguments(parser)
+    parser.add_argument("--top-k", type=int, default=5, help="classes shown per video (default 5)")
+    parser.add_argument(
+        "--views", default="2x1", help="temporal clips x spatial crops (1 or 3) per video (default 2x1)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per video instead of tables")
+    parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default 4)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _table(video: Path, predictions: Sequence[Prediction]):
+    from rich.table import Table
+
+    table = Table(title=str(video), title_justify="left", show_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for rank, (label, prob) in enumerate(predictions, 1):
+        table.add_row(str(rank), label, f"{prob:.4f}")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`tcclip predict VIDEO [VIDEO ...] --checkpoint CKPT [--labels a,b | --label-file F]`; 1 if any video failed."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    out, err = Console(), Console(stderr=True)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err)])
+    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
+        parser.error("--top-k and --batch-size must be >= 1 and --workers >= 0")
+    try:
+        views = Views.parse(args.views)
+    except ValueError as error:
+        parser.error(str(error))
+
+    paths, problems = expand_video_paths(args.videos)
+    failed = 0
+    for item, reason in problems:
+        failed += 1
+        _report_failure(out, err, item, reason, args.json)
+    if not paths:
+        err.print(f"[red]no videos to classify[/] ({failed} input(s) named none)")
+        return 1
+
+    model = load_model_from_args(args, parser, err)
+    if model is None:
+        return 2
+    names = list(model.class_names)
+
+    dataset = _VideoFiles(paths, model_num_frames(model), model_input_size(model), views, args.backend)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_keep_list
+    )
+    progress = Progress(
+        TextColumn("classifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=args.quiet or len(paths) < 2,
+    )
+    with progress, evaluating(model):
+        task = progress.add_task("videos", total=len(paths))
+        for batch in loader:
+            good = [(i, clips) for i, clips, _ in batch if clips is not None]
+            probs = video_probabilities(model, torch.stack([c for _, c in good])) if good else []
+            ranked = {i: top_k_predictions(p, names, args.top_k) for (i, _), p in zip(good, probs, strict=True)}
+            for i, _, error in batch:  # in input order, failures where they occur
+                if error is not None:
+                    failed += 1
+                    _report_failure(out, err, str(paths[i]), error, args.json)
+                elif args.json:
+                    record = {"video": str(paths[i]), "predictions": [p._asdict() for p in ranked[i]]}
+                    out.file.write(json.dumps(record) + "\n")
+                else:
+                    out.print(_table(paths[i], ranked[i]))
+                    out.print()
+            progress.advance(task, len(batch))
+    out.file.flush()
+    done = len(paths) + len(problems) - failed
+    if failed:
+        err.print(f"[red]{failed} of {len(paths) + len(problems)} input(s) failed[/], {done} classified")
+        return 1
+    if len(paths) > 1:
+        err.print(f"{done} videos classified")
+    return 0
+
+
+def _report_failure(out, err, video: str, reason: str, as_json: bool) -> None:
+    err.print(f"[red]cannot read {video}:[/] {reason}", highlight=False)
+    if as_json:
+        out.file.write(json.dumps({"video": video, "error": reason}) + "\n")
