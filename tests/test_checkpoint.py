@@ -209,6 +209,14 @@ def test_override_contradicting_the_checkpoint_is_an_error(model, tmp_path):
     assert load_model(path, NAMES, num_frames=5, context_length=40).cfg.num_frames == 5  # allowed to differ
 
 
+def test_overrides_fill_what_an_official_config_does_not_say(model, clip_file, tmp_path):
+    path = official_file(tmp_path / "tc.pth", to_official_state_dict(model), config={"model_arch": "test-tiny"})
+    settings = {"num_frames": 3, "context_token_k": 4, "tome_r": 4, "n_ctx": 3, "prompt_generation_layer_level": (2,)}
+    assert_same_logits(load_model(path, NAMES, clip_weights=clip_file, **settings), model)
+    with pytest.raises(CheckpointError, match=r"arch='test-tiny'.*arch='ViT-B-16'"):
+        load_model(path, NAMES, clip_weights=clip_file, arch="ViT-B-16", **settings)
+
+
 # -- our formats -----------------------------------------------------------------------------------------------
 
 

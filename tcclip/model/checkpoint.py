@@ -317,7 +317,7 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str
 
 
 def _read_any(path: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], list[str] | None]:
-    """(kind, state dict in our names, our config dict, stored class names) of any supported checkpoint."""
+    """(kind, state dict in our names, the TCCLIPConfig fields it specifies, stored class names) of a checkpoint."""
     obj = safe_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got a {type(obj).__name__}")
@@ -346,7 +346,7 @@ def _read_any(path: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], list[
     if isinstance(obj.get("model"), Mapping):
         state = _strip_official_keys(obj["model"], str(path))
         config = official_config_to_tcclip(_config_to_dict(obj.get("config"), str(path)))
-        return "official", state, TCCLIPConfig(**config).to_dict(), None
+        return "official", state, config, None  # only the settings the official config names
     raise CheckpointError(
         f"{path}: unknown checkpoint layout (top-level keys {sorted(map(str, obj))}); expected an official TC-CLIP "
         "checkpoint ('model', 'config'), a tcclip Lightning checkpoint ('state_dict', 'hyper_parameters') or a file "
@@ -355,7 +355,10 @@ def _read_any(path: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], list[
 
 
 def _apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], source: str) -> TCCLIPConfig:
-    """The checkpoint's config with `overrides`; an override that contradicts it is an error (ALLOWED_TO_DIFFER)."""
+    """The checkpoint's config with `overrides`; an override that contradicts it is an error (ALLOWED_TO_DIFFER).
+
+    Fields the checkpoint does not specify (an official config without that key) take the override freely.
+    """
     names = {f.name for f in fields(TCCLIPConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -365,6 +368,9 @@ def _apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], sourc
     for name in overrides:
         old, new = getattr(saved, name), getattr(wanted, name)
         if old == new:
+            continue
+        if name not in config:
+            log.info("%s: %s=%r (the checkpoint does not say)", source, name, new)
             continue
         joint_frames = name == "num_frames" and saved.positional_embedding_type == "joint"
         if name not in ALLOWED_TO_DIFFER or joint_frames:
