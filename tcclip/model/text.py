@@ -23,7 +23,7 @@ _CAPITAL = re.compile(r"([A-Z])")
 
 
 def process_class_name(name: str, parse_camel_case: bool = True) -> str:
-    """Turn a dataset class name into words (spec 3.1): `ApplyEyeMakeup` -> `Apply Eye Make Up`, `_` -> space."""
+    """Turn a dataset class name into words (spec 3.1): `ApplyEyeMakeup` -> `Apply Eye Makeup`, `_` -> space."""
     if parse_camel_case:
         name = _CAPITAL.sub(r" \1", name).strip()
     return name.replace("_", " ")
@@ -137,6 +137,11 @@ class PromptGenerationLayer(nn.Module):
         self.ln_2.load_state_dict(block.ln_2.state_dict())
 
 
+def _rebuild_after_load(module: PromptLearner, incompatible_keys: object) -> None:
+    """load_state_dict post-hook (a module-level function, so the module stays picklable)."""
+    module._rebuild_fixed_embeddings()
+
+
 class PromptLearner(nn.Module):
     """Learnable prompt vectors plus the fixed token embeddings of each class prompt (spec 3.2).
 
@@ -197,7 +202,7 @@ class PromptLearner(nn.Module):
         self.reset_ctx()
         self.set_class_names(class_names)
         # Loading weights (e.g. CLIP's token table) must refresh the fixed prompt embeddings built from the table.
-        self.register_load_state_dict_post_hook(lambda module, _: module._rebuild_fixed_embeddings())
+        self.register_load_state_dict_post_hook(_rebuild_after_load)
 
     @torch.no_grad()
     def reset_ctx(self) -> None:
