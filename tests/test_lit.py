@@ -1,0 +1,228 @@
+"""TCCLIPModule pieces: loss, multi-view aggregation, metrics, best/last, WiSE-FT, freezing, optimiser, results."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tcclip.callbacks import harmonic_mean, results_payload, summarize_sets
+from tcclip.lit import (
+    BestLastTracker,
+    SetMetrics,
+    TCCLIPModule,
+    load_init_checkpoint,
+    multi_view_probabilities,
+    soft_target_cross_entropy,
+)
+from tcclip.model.config import TCCLIPConfig
+
+TINY = TCCLIPConfig(arch="test-tiny", num_frames=4, context_token_k=8, tome_r=4, prompt_generation_layer_level=(2,))
+
+
+@pytest.fixture(scope="module")
+def module() -> TCCLIPModule:
+    return TCCLIPModule(model_config=TINY, clip_weights=None, lr=1e-3, lr_min=1e-5, warmup_epochs=1)
+
+
+class _ViewLogits(nn.Module):
+    """Logits that depend only on the view's first pixel: view v of video b gives logits[b, v]."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits  # [B, V, C]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        view = int(video[0, 0, 0, 0, 0])
+        return self.logits[:, view]
+
+
+def test_multi_view_probabilities_average_per_view_softmax() -> None:
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 0.0, 5.0]], [[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]])  # [B=2, V=2, C=3]
+    video = torch.zeros(2, 2, 1, 3, 2, 2)
+    video[:, 1] = 1.0  # the fake model reads the view index from the first pixel
+    probs = multi_view_probabilities(_ViewLogits(logits), video)
+    expected = logits.softmax(-1).sum(1) / 2
+    torch.testing.assert_close(probs, expected)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+
+
+def test_multi_view_probabilities_need_a_view_axis() -> None:
+    with pytest.raises(ValueError, match="B, V, T, 3, S, S"):
+        multi_view_probabilities(nn.Identity(), torch.zeros(2, 4, 3, 8, 8))
+
+
+def test_soft_target_cross_entropy_matches_torch() -> None:
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    targets = torch.softmax(torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), -1)
+    torch.testing.assert_close(soft_target_cross_entropy(logits, targets), F.cross_entropy(logits, targets))
+
+
+def test_set_metrics_top1_top5_per_class_and_count() -> None:
+    metrics = SetMetrics(num_classes=6)
+    probs = torch.eye(6)[[0, 1, 2, 0]] + 0.01 * torch.arange(6)  # predictions 0, 1, 2, 0; then 5, 4, 3 ...
+    labels = torch.tensor([0, 1, 3, 3])
+    metrics.update(probs, labels)
+    out = metrics.compute()
+    assert out["top1"] == 50.0
+    assert out["top5"] == 100.0  # class 3 is in the top 5 of both misses
+    assert out["num_videos"] == 4
+    per_class = out["per_class_top1"]
+    assert per_class[:2] == [100.0, 100.0] and per_class[3] == 0.0
+    assert all(math.isnan(per_class[c]) for c in (2, 4, 5))  # classes without videos
+    assert out["confusion"][3].tolist() == [1, 0, 1, 0, 0, 0]
+
+
+def test_set_metrics_top5_with_fewer_classes() -> None:
+    metrics = SetMetrics(num_classes=3)
+    metrics.update(torch.tensor([[0.1, 0.2, 0.7]]), torch.tensor([0]))
+    out = metrics.compute()
+    assert (out["top1"], out["top5"]) == (0.0, 100.0)
+
+
+def test_best_last_tracker() -> None:
+    tracker = BestLastTracker()
+    for epoch, top1 in enumerate([10.0, 30.0, 30.0, 20.0]):
+        tracker.update(epoch, top1)
+    assert tracker.best == {"epoch": 1, "top1": 30.0}  # ties keep the earlier epoch
+    assert tracker.last == {"epoch": 3, "top1": 20.0}
+    restored = BestLastTracker()
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.state_dict() == tracker.state_dict()
+
+
+def test_hparams_hold_the_model_config_as_a_dict(module: TCCLIPModule) -> None:
+    assert module.hparams["model_config"] == TINY.to_dict()
+    assert TCCLIPConfig.from_dict(module.hparams["model_config"]) == TINY
+
+
+def test_wise_ft_model_mixes_clip_and_finetuned_weights(module: TCCLIPModule) -> None:
+    clip_state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    with torch.no_grad():  # pretend fine-tuning moved every trainable tensor by +1
+        for param in module.model.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    try:
+        wise = module.wise_ft_model(0.7).state_dict()
+        clip_name = "image_encoder.transformer.resblocks.0.attn.q_proj.weight"
+        torch.testing.assert_close(wise[clip_name], clip_state[clip_name] + 0.7)
+        for kept in ("prompt_learner.ctx", "image_encoder.transformer.resblocks.1.attn.local_global_bias_table"):
+            torch.testing.assert_close(wise[kept], clip_state[kept] + 1.0)
+        # The module's own network is untouched.
+        torch.testing.assert_close(module.model.state_dict()[clip_name], clip_state[clip_name] + 1.0)
+    finally:
+        module.model.load_state_dict(clip_state)
+
+
+def test_random_clip_weights_are_reproducible(module: TCCLIPModule) -> None:
+    other = TCCLIPModule(model_config=TINY, clip_weights=None)
+    name = "image_encoder.conv1.weight"
+    torch.testing.assert_close(other.model.state_dict()[name], module.model.state_dict()[name])
+
+
+def test_freeze_image_keeps_tc_clip_additions_trainable() -> None:
+    m = TCCLIPModule(model_config=TINY, clip_weights=None, freeze_image=True)
+    trainable = {n for n, p in m.model.named_parameters() if p.requires_grad}
+    assert "image_encoder.conv1.weight" not in trainable
+    assert "image_encoder.transformer.resblocks.1.attn.local_global_bias_table" in trainable
+    assert "text_encoder.ln_final.weight" in trainable and "logit_scale" in trainable
+
+
+def test_freeze_backbone_leaves_only_the_new_parts() -> None:
+    m = TCCLIPModule(model_config=TINY, clip_weights=None, freeze_image=True, freeze_text=True)
+    for name, param in m.model.named_parameters():
+        assert param.requires_grad == (m.model.keeps_finetuned_in_wise_ft(name) and "token_embedding" not in name), name
+
+
+class _FakeTrainer:
+    """What configure_optimizers / setup read from the Trainer (weak-referenceable, unlike SimpleNamespace)."""
+
+    def __init__(self, **kw) -> None:
+        self.__dict__.update(kw)
+
+
+def test_configure_optimizers_x10_groups_and_warmup_from_zero(module: TCCLIPModule) -> None:
+    module.trainer = _FakeTrainer(
+        estimated_stepping_batches=40, num_training_batches=8, accumulate_grad_batches=2, max_epochs=10
+    )
+    try:
+        conf = module.configure_optimizers()
+    finally:
+        module.trainer = None
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    assert [g["name"] for g in optimizer.param_groups] == ["clip", "new"]
+    assert [g["initial_lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-8
+    assert all(g["weight_decay"] == 0.001 for g in optimizer.param_groups)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.0, 0.0]
+    # 8 batches / 2 accumulation = 4 steps per epoch: 4 warm-up steps of 40.
+    factors = scheduler.lr_lambdas[0]
+    assert (factors.warmup_steps, factors.total_steps) == (4, 40)
+
+
+def test_gradient_accumulation_from_total_batch(module: TCCLIPModule) -> None:
+    module.trainer = _FakeTrainer(world_size=2, accumulate_grad_batches=1)
+    try:
+        module.hparams.total_batch_size = 64
+        module._set_gradient_accumulation(SimpleNamespace(batch_size=8))
+        assert module.trainer.accumulate_grad_batches == 4
+        with pytest.raises(ValueError, match="not divisible"):
+            module._set_gradient_accumulation(SimpleNamespace(batch_size=6))
+    finally:
+        module.hparams.total_batch_size = None
+        module.trainer = None
+
+
+def test_init_checkpoint_loads_our_lightning_checkpoint(module: TCCLIPModule, tmp_path) -> None:
+    source = TCCLIPModule(model_config=TINY, clip_weights=None)
+    with torch.no_grad():
+        source.model.prompt_learner.ctx.add_(3.0)
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    target = TCCLIPModule(model_config=TINY, clip_weights=None)
+    load_init_checkpoint(target.model, path)
+    torch.testing.assert_close(target.model.prompt_learner.ctx, source.model.prompt_learner.ctx)
+
+
+def test_init_checkpoint_of_another_network_is_refused(tmp_path) -> None:
+    other = TCCLIPModule(model_config=TINY.replace(local_global_bias=False), clip_weights=None)
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": other.state_dict()}, path)
+    with pytest.raises(ValueError, match="does not match"):
+        load_init_checkpoint(TCCLIPModule(model_config=TINY, clip_weights=None).model, path)
+
+
+def test_summaries_mean_std_and_harmonic_mean() -> None:
+    sets = {"split1": {"top1": 50.0}, "split2": {"top1": 54.0}, "split3": {"top1": 52.0}}
+    summary = summarize_sets(sets, "zero_shot")
+    assert summary["mean_top1"] == pytest.approx(52.0)
+    assert summary["std_top1"] == pytest.approx(math.sqrt(8 / 3))
+    b2n = summarize_sets({"base": {"top1": 80.0}, "novel": {"top1": 60.0}}, "base2novel")
+    assert b2n["hm"] == pytest.approx(harmonic_mean(80.0, 60.0)) == pytest.approx(2 * 80 * 60 / 140)
+
+
+def test_results_payload_follows_the_contract(module: TCCLIPModule) -> None:
+    module.eval_results = {"stage": "test", "sets": {"split1": {"top1": 60.0, "top5": 90.0, "num_videos": 3}}}
+    module.eval_results["wise_ft"] = None
+    module.best_last.update(0, 55.0)
+    datamodule = SimpleNamespace(protocol="few_shot", dataset_name="hmdb51", shots=8, seed=1, llm_labels=True)
+    trainer = SimpleNamespace(datamodule=datamodule, state=SimpleNamespace(fn=SimpleNamespace(value="test")))
+    trainer.ckpt_path = "x.ckpt"
+    payload = results_payload(trainer, module)
+    assert {k: payload[k] for k in ("protocol", "dataset", "variant", "shots", "seed", "stage", "checkpoint")} == {
+        "protocol": "few_shot",
+        "dataset": "hmdb51",
+        "variant": "llm",
+        "shots": 8,
+        "seed": None,
+        "stage": "test",
+        "checkpoint": "x.ckpt",
+    }
+    assert payload["sets"]["split1"]["top1"] == 60.0
+    assert payload["best"] == {"epoch": 0, "top1": 55.0} and payload["last"] == {"epoch": 0, "top1": 55.0}
+    assert payload["wise_ft"] is None
