@@ -43,7 +43,7 @@ VARIANT_SUFFIX: dict[str, str] = {"plain": "", "llm": "_llm", "pretrained": "_pr
 # zero-shot protocol).
 PRETRAINED_SOURCE = "zero_shot/k400_plain"
 # Fit option through which a cell starts from another model's weights (the LightningModule's init argument).
-INIT_CHECKPOINT_OPTION = "--model.init_args.init_checkpoint"
+INIT_CHECKPOINT_OPTION = "--model.init_checkpoint"
 # Trainer options that make every SLURM task a (multi-node) DDP job that requeues itself when preempted.
 SLURM_PLUGIN = "lightning.pytorch.plugins.environments.SLURMEnvironment"
 
@@ -186,6 +186,7 @@ class SweepSettings:
     smoke_data_dir: Path | None = None
     """Set in smoke mode: the synthetic dataset every cell trains and evaluates on, with a tiny model."""
     smoke_steps: int = 2
+    """Smoke mode: training batches per cell (one epoch)."""
     ckpt_dir: Path | None = None
     """Evaluation-only mode: evaluate the checkpoints in this folder instead of training."""
     pretrained_ckpt: Path | None = None
@@ -211,21 +212,37 @@ def fit_done(cell: Cell, settings: SweepSettings) -> bool:
     return (settings.run_dir(cell) / "fit.done").is_file()
 
 
-def smoke_overrides(cell: Cell, evaluation: Evaluation | None, settings: SweepSettings) -> list[str]:
+# Smoke mode: the synthetic dataset under the cell's protocol (the data module keeps protocol, shots, seed and LLM
+# labels from the cell's config), the test-tiny CLIP with random weights, one short epoch on the CPU.
+SMOKE_DATA = "tcclip.data.families.Synthetic"
+SMOKE_MODEL = (
+    "--model.model_config.arch=test-tiny",
+    "--model.model_config.context_token_k=8",
+    "--model.model_config.tome_r=4",
+    "--model.model_config.prompt_generation_layer_level=[2]",
+    "--model.clip_weights=null",
+    "--model.total_batch_size=null",
+    "--model.log_confusion_matrix=false",
+)
+
+
+def smoke_overrides(settings: SweepSettings) -> list[str]:
     """Arguments that turn a cell into a smoke run: synthetic videos, tiny random model, a few CPU steps."""
     assert settings.smoke_data_dir is not None
-    data = settings.smoke_data_dir
-    args = [
-        "--model.init_args.arch=test-tiny",
-        "--model.init_args.clip_weights=null",
-        "--data.init_args.root",
-        str(data),
-        f"--trainer.max_steps={settings.smoke_steps}",
+    return [
+        f"--data.class_path={SMOKE_DATA}",
+        f"--data.init_args.root={settings.smoke_data_dir}",
+        "--data.init_args.num_frames=4",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.eval_batch_size=8",
+        "--data.init_args.num_workers=0",
+        *SMOKE_MODEL,
+        "--trainer.max_epochs=1",
+        f"--trainer.limit_train_batches={settings.smoke_steps}",
+        "--trainer.limit_val_batches=2",
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
-        "--trainer.logger=false",
     ]
-    return args
 
 
 _OFFICIAL_SUFFIXES = (".pth", ".pt")
@@ -390,7 +407,7 @@ def cell_commands(cell: Cell, settings: SweepSettings) -> list[str]:
     else:
         fit_args = ["--config", cfg / str(cell.fit_config), *common]
         if settings.smoke_data_dir is not None:
-            fit_args += smoke_overrides(cell, None, settings)
+            fit_args += smoke_overrides(settings)
         if cell.requires is not None:
             if settings.pretrained_ckpt is not None:
                 lines.append(f"init={shlex.quote(str(settings.pretrained_ckpt))}")
@@ -405,7 +422,7 @@ def cell_commands(cell: Cell, settings: SweepSettings) -> list[str]:
         out = f'"$run"/eval/{shlex.quote(evaluation.name)}'
         args = ["--config", cfg / evaluation.config, *common]
         if settings.smoke_data_dir is not None:
-            args += smoke_overrides(cell, evaluation, settings)
+            args += smoke_overrides(settings)
         ckpt_part = _q(test_ckpt) if test_ckpt else '--ckpt_path "$ckpt"'
         lines.append(f"test_cell {out} {_q(args)} {ckpt_part}")
     return lines
@@ -591,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--collect", action="store_true", help="only collect tables and plots from existing runs")
     mode.add_argument("--no-collect", action="store_true", help="do not collect tables after a local run")
     mode.add_argument("--smoke", action="store_true", help="synthetic data, tiny model, a few CPU steps per cell")
-    mode.add_argument("--smoke-steps", type=int, default=2)
+    mode.add_argument("--smoke-steps", type=int, default=2, help="smoke mode: training batches per cell")
     mode.add_argument("--ckpt-dir", type=Path, help="evaluate the checkpoints in this folder instead of training")
     mode.add_argument("--pretrained-ckpt", type=Path, help="model the pretrained variant starts from")
     where = p.add_argument_group("paths")
@@ -646,7 +663,10 @@ def prepare_smoke_data(settings: SweepSettings, console) -> None:
     if (data / "labels.csv").is_file():
         return
     console.print(f"smoke: writing the synthetic dataset to {data}")
-    subprocess.run([*settings.tcclip, "data", "synth", "--out", str(data)], check=True, cwd=settings.workdir)
+    command = [*settings.tcclip, "data", "synth", "--out", str(data)]
+    proc = subprocess.run(command, cwd=settings.workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"tcclip sweep: `{_q(command)}` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -713,9 +733,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.slurm and not args.dry_run and not args.no_collect:
             from tcclip.results import collect_protocol
 
-            table = collect_protocol(protocol, cells, settings, results_dir)
-            console.print(table.markdown, markup=False)
-            console.print(f"{protocol}: wrote {', '.join(str(p) for p in table.files)}", markup=False)
+            note = "Smoke run: synthetic data, tiny random model; not comparable with the paper" if args.smoke else ""
+            table = collect_protocol(protocol, cells, settings, results_dir, note=note)
+            console.out(table.markdown, highlight=False)  # no wrapping: it is a markdown table
+            console.out(f"{protocol}: wrote {', '.join(str(p) for p in table.files)}", highlight=False)
             if table.missing:
                 console.print(f"[yellow]{protocol}: {len(table.missing)} cells without results[/yellow]")
     return status
