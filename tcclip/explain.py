@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import Tensor, nn
 
 from tcclip.inference import (
@@ -256,14 +257,15 @@ def _layer_name(expl: Explanation) -> str:
 def _seeds_title(expl: Explanation) -> str:
     seeds, patches = expl.seed_indices.shape[1], expl.grid_size**2
     return (
-        f"Seed patches, {_layer_name(expl)}: per frame the {seeds} of {patches} patches its class token attends to most"
+        f"Seed patches, {_layer_name(expl)}: in colour, the {seeds} of {patches} patches per frame\n"
+        "that the frame's class token attends to most; grey: not a seed"
     )
 
 
 def _tokens_title(expl: Explanation) -> str:
     return (
-        f"Context tokens, {_layer_name(expl)}: one colour per token ({expl.num_tokens}), "
-        "patches from all frames merged into it; grey: in no token"
+        f"Context tokens, {_layer_name(expl)}: one colour per token ({expl.num_tokens} tokens),\n"
+        "on the seed patches of all frames that were merged into it"
     )
 
 
@@ -377,9 +379,10 @@ def save_explanation(expl: Explanation, out_dir: str | Path, formats: Sequence[s
         "frame_indices": expl.frame_indices,
         "seed_indices": expl.seed_indices.tolist(),
         "token_of_patch": token_map(expl.merge_sources, expl.num_frames, expl.grid_size).tolist(),
-        "predictions": [p._asdict() for p in expl.predictions],
+        "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in expl.predictions],
     }
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    # one key a line, arrays kept on their line: readable and still plain JSON
+    path.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n")
     written.append(path)
     return written
 
@@ -411,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
     model = load_model_from_args(args, parser, err)
@@ -420,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         expl = explain(model, args.video, layer=args.layer, top_k=args.top_k, backend=args.backend)
     except (RuntimeError, OSError, ValueError) as error:
-        err.print(f"[red]cannot explain {args.video}:[/] {error}", highlight=False)
+        err.print(f"[red]cannot explain {escape(args.video)}:[/] {escape(str(error))}", highlight=False)
         return 1
     formats = ("png", "gif") if args.format == "both" else (args.format,)
     for path in save_explanation(expl, args.out, formats):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from rich.markup import escape
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ def load_model_from_args(args: argparse.Namespace, parser: argparse.ArgumentPars
     try:
         model = load_model(args.checkpoint, class_names, **overrides)
     except (OSError, ValueError, RuntimeError, KeyError) as error:  # CheckpointError is a ValueError
-        err.print(f"[red]cannot load {args.checkpoint}:[/] {error}", highlight=False)
+        err.print(f"[red]cannot load {escape(args.checkpoint)}:[/] {escape(str(error))}", highlight=False)
         return None
     return model.to(resolve_device(args.device))
 
@@ -364,10 +365,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _table(video: Path, predictions: Sequence[Prediction]):
+def _table(predictions: Sequence[Prediction]):
     from rich.table import Table
 
-    table = Table(title=str(video), title_justify="left", show_edge=False)
+    table = Table(show_edge=False)
     table.add_column("#", justify="right")
     table.add_column("label")
     table.add_column("probability", justify="right")
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    out, err = Console(), Console(stderr=True)
+    out, err = Console(), Console(stderr=True, soft_wrap=True)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err)])
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
@@ -432,10 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     failed += 1
                     _report_failure(out, err, str(paths[i]), error, args.json)
                 elif args.json:
-                    record = {"video": str(paths[i]), "predictions": [p._asdict() for p in ranked[i]]}
+                    record = {"video": str(paths[i]), "predictions": [_as_json(p) for p in ranked[i]]}
                     out.file.write(json.dumps(record) + "\n")
                 else:
-                    out.print(_table(paths[i], ranked[i]))
+                    out.print(str(paths[i]), style="bold", soft_wrap=True, highlight=False)
+                    out.print(_table(ranked[i]))
                     out.print()
             progress.advance(task, len(batch))
     out.file.flush()
@@ -449,6 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report_failure(out, err, video: str, reason: str, as_json: bool) -> None:
-    err.print(f"[red]cannot read {video}:[/] {reason}", highlight=False)
+    where = "" if video in reason else f"{video}: "  # decoder errors already name the file
+    err.print(f"[red]failed:[/] {escape(where + reason)}", highlight=False)
     if as_json:
         out.file.write(json.dumps({"video": video, "error": reason}) + "\n")
+
+
+def _as_json(prediction: Prediction) -> dict[str, str | float]:
+    return {"label": prediction.label, "probability": round(prediction.probability, 6)}

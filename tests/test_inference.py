@@ -164,12 +164,17 @@ def test_cli_json_lines_through_the_tcclip_command(ckpt, videos, tmp_path, capsy
     ]
 
 
-def test_cli_exit_code_zero_when_all_videos_read(ckpt, videos, capsys):
-    code = inference.main(
-        [str(videos / "a.mp4"), "--checkpoint", str(ckpt), "--labels", "left, right", "--workers", "0", "--json"]
-    )
+def test_cli_without_labels_uses_the_checkpoint_classes_and_exits_zero(ckpt, videos, capsys):
+    code = inference.main([str(videos / "a.mp4"), "--checkpoint", str(ckpt), "--workers", "0", "--json"])
     (line,) = capsys.readouterr().out.splitlines()
-    assert code == 0 and [p["label"] for p in json.loads(line)["predictions"]] in (["left", "right"], ["right", "left"])
+    assert code == 0 and {p["label"] for p in json.loads(line)["predictions"]} == set(CLASSES)
+
+
+def test_read_labels():
+    assert inference.read_labels(" riding a bike,swimming ,, ", None) == ["riding a bike", "swimming"]
+    assert inference.read_labels(None, None) is None
+    with pytest.raises(ValueError, match="--labels is empty"):
+        inference.read_labels(" , ", None)
 
 
 def test_tcclip_exposes_the_api():
