@@ -275,11 +275,12 @@ def find_eval_checkpoint(cell: Cell, ckpt_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def checkpoint_args(path: Path | str) -> list[str]:
-    """How `tcclip test` evaluates a checkpoint: ours through Lightning's ckpt_path, official ones as weights."""
+def checkpoint_args(path: Path | str, pretrained: bool = False) -> list[str]:
+    """How `tcclip test` evaluates a checkpoint: official ones as the module's init weights, ours through Lightning's
+    ckpt_path (for the pretrained variant also as init weights, in place of the config's zero-shot model)."""
     if str(path).endswith(_OFFICIAL_SUFFIXES):
         return [INIT_CHECKPOINT_OPTION, str(path)]
-    return ["--ckpt_path", str(path)]
+    return ["--ckpt_path", str(path)] + ([INIT_CHECKPOINT_OPTION, str(path)] if pretrained else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -396,6 +397,8 @@ def cell_commands(cell: Cell, settings: SweepSettings) -> list[str]:
     ]
     cfg = settings.config_dir
     common = [*settings.extra_args, *cell.overrides]
+    if settings.smoke_data_dir is not None:
+        common += smoke_overrides(settings)
     if settings.ckpt_dir is not None:
         ckpt = find_eval_checkpoint(cell, settings.ckpt_dir)
         if ckpt is None:
@@ -403,28 +406,24 @@ def cell_commands(cell: Cell, settings: SweepSettings) -> list[str]:
                 f"{cell.key}: no checkpoint for this cell in {settings.ckpt_dir}; name it {cell.name}.ckpt "
                 "(ours) or keep the official name, or leave the cell out with --only"
             )
-        test_ckpt = checkpoint_args(ckpt)
+        test_ckpt = _q(checkpoint_args(ckpt, pretrained=cell.requires is not None))
     else:
-        fit_args = ["--config", cfg / str(cell.fit_config), *common]
-        if settings.smoke_data_dir is not None:
-            fit_args += smoke_overrides(settings)
+        init = []
         if cell.requires is not None:
             if settings.pretrained_ckpt is not None:
                 lines.append(f"init={shlex.quote(str(settings.pretrained_ckpt))}")
             else:
                 source = settings.run_dir(find_cell(cell.requires))
                 lines.append(f"init=$(final_checkpoint {shlex.quote(str(source))})")
-            fit_args += [INIT_CHECKPOINT_OPTION]
-        lines.append(f'fit_cell "$run" {_q(fit_args)}' + (' "$init"' if cell.requires is not None else ""))
+            init = [f'{INIT_CHECKPOINT_OPTION} "$init"']
+        lines.append(" ".join(['fit_cell "$run"', _q(["--config", cfg / str(cell.fit_config), *common]), *init]))
         lines.append('ckpt=$(final_checkpoint "$run")')
-        test_ckpt = []
+        # The init checkpoint goes to the test too: the module loads it before the trained weights replace it, and
+        # the results file then names the variant.
+        test_ckpt = " ".join(['--ckpt_path "$ckpt"', *init])
     for evaluation in cell.evaluations:
         out = f'"$run"/eval/{shlex.quote(evaluation.name)}'
-        args = ["--config", cfg / evaluation.config, *common]
-        if settings.smoke_data_dir is not None:
-            args += smoke_overrides(settings)
-        ckpt_part = _q(test_ckpt) if test_ckpt else '--ckpt_path "$ckpt"'
-        lines.append(f"test_cell {out} {_q(args)} {ckpt_part}")
+        lines.append(f"test_cell {out} {_q(['--config', cfg / evaluation.config, *common])} {test_ckpt}")
     return lines
 
 

@@ -166,8 +166,9 @@ def test_local_sweep_runs_cells_and_collects(fake: dict[str, Path]) -> None:
     assert sweep.main(args) == 0
     log = fake["log"].read_text().splitlines()
     assert log[0].startswith("fit --config") and "zero_shot_k400.yaml" in log[0]  # the pretrained source first
-    init = [line for line in log if "--model.init_checkpoint" in line]
-    assert len(init) == 2 and all("zero_shot/k400_plain/checkpoints/last.ckpt" in line for line in init)
+    init = [line.split()[0] for line in log if "--model.init_checkpoint" in line]
+    assert init == ["fit", "test", "fit", "test"]  # both pretrained cells start from the zero-shot model
+    assert all("zero_shot/k400_plain/checkpoints/last.ckpt" in line for line in log if "init_checkpoint" in line)
     table = (fake["root"] / "results" / "few_shot.md").read_text()
     assert "| TC-CLIP (P) | UCF-101 | 42.0 / 94.1 (-52.1) | 42.0 / 95.6 (-53.6) |" in table
     calls = len(log)
