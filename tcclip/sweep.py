@@ -752,6 +752,13 @@ def _run_protocol(
 ) -> int:
     todo = [c for c in cells if not cell_done(c, settings)]
     console.print(f"{protocol}: {len(cells)} cells selected, {len(cells) - len(todo)} finished earlier")
+    if settings.ckpt_dir is not None:
+        # Evaluation only: a folder often holds a few of the grid's checkpoints; evaluate those.
+        without = [c for c in todo if find_eval_checkpoint(c, settings.ckpt_dir) is None]
+        if without:
+            names = ", ".join(c.name for c in without)
+            console.print(f"[yellow]{protocol}: no checkpoint in {settings.ckpt_dir} for {names}: skipped[/yellow]")
+        todo = [c for c in todo if c not in without]
     if not todo:
         return 0
     first = prerequisites(todo, settings)

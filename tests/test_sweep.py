@@ -194,3 +194,19 @@ def test_eval_only_finds_our_and_official_checkpoints(tmp_path: Path) -> None:
     settings = SweepSettings(ckpt_dir=tmp_path, tcclip=("tcclip",))
     text = render_script([few["hmdb51_k8_plain"]], settings)
     assert " fit " not in text.split("case")[-1] and "init_checkpoint" in text.split("case")[-1]
+
+
+def test_eval_only_sweep_tests_the_checkpoints_it_finds(fake: dict[str, Path]) -> None:
+    ckpts = fake["root"] / "ckpts"
+    ckpts.mkdir()
+    (ckpts / "few_shot_ucf101_2shot_tc_clip.pth").touch()
+    (ckpts / "ucf101_k4_plain.ckpt").touch()
+    args = ["--grid", "few_shot", "--datasets", "ucf101", "--variants", "plain", "--ckpt-dir", str(ckpts)]
+    args += ["--runs-dir", str(fake["root"] / "runs"), "--results-dir", str(fake["root"] / "results")]
+    assert sweep.main([*args, "--config-dir", str(fake["configs"]), "--tcclip", str(fake["tcclip"])]) == 0
+    log = fake["log"].read_text().splitlines()
+    assert [line.split()[0] for line in log] == ["test", "test"]  # no training
+    assert f"--model.init_checkpoint {ckpts}/few_shot_ucf101_2shot_tc_clip.pth" in log[0]
+    assert f"--ckpt_path {ckpts}/ucf101_k4_plain.ckpt" in log[1]
+    table = (fake["root"] / "results" / "few_shot.md").read_text()
+    assert "| TC-CLIP | UCF-101 | 42.0 / 85.9 (-43.9) | 42.0 / 89.9 (-47.9) | — / 92.5 | — / 94.6 |" in table
