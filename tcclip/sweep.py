@@ -543,6 +543,23 @@ def run_local(
 # SLURM writer.
 
 
+SLURM_JOB_MARKER = "slurm_job"
+"""File in a cell's run directory holding the SLURM array task (`JOBID_INDEX`) that was submitted for it."""
+
+
+def queued_job(cell: Cell, settings: SweepSettings) -> str | None:
+    """The SLURM task submitted earlier for `cell` if it is still pending or running (`squeue`), else None."""
+    marker = settings.run_dir(cell) / SLURM_JOB_MARKER
+    if not marker.is_file():
+        return None
+    job = marker.read_text().strip()
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    return job if proc.returncode == 0 and proc.stdout.strip() else None
+
+
 def submit_array(
     cells: Sequence[Cell],
     settings: SweepSettings,
@@ -572,6 +589,10 @@ def submit_array(
     if proc.returncode != 0:
         raise RuntimeError(f"sbatch {path} failed with exit code {proc.returncode}: {proc.stderr.strip()}")
     job_id = proc.stdout.strip().split(";")[0]  # --parsable prints "id[;cluster]"
+    for index, cell in enumerate(cells):
+        marker = settings.run_dir(cell) / SLURM_JOB_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{job_id}_{index}\n")
     if out is not None:
         out(f"submitted {path} as job array {job_id} ({len(cells)} cells)")
     return job_id
@@ -772,14 +793,25 @@ def _run_protocol(
     if args.smoke and not args.dry_run:
         prepare_smoke_data(settings, console)
     if args.slurm:
+        # A cell already queued by an earlier `tcclip sweep --slurm` is not submitted twice (two jobs in one run
+        # directory would overwrite each other's checkpoints); cells that need it wait for that job.
+        for cell in [*first, *todo]:
+            job = submitted.get(cell.key) or queued_job(cell, settings)
+            if job is not None:
+                submitted[cell.key] = job
+        queued = [c.name for c in todo if c.key in submitted]
+        if queued:
+            console.print(f"{protocol}: already queued, not submitted again: {', '.join(queued)}")
+            todo = [c for c in todo if c.key not in submitted]
         depends = sorted({submitted[c.key] for c in first if c.key in submitted})
         new_first = [c for c in first if c.key not in submitted]
         if new_first:
             job = submit_array(new_first, settings, slurm, f"{protocol}-prerequisites", (), args.dry_run, console.out)
             submitted.update((c.key, job) for c in new_first)
             depends.append(job)
-        job = submit_array(todo, settings, slurm, protocol, depends, args.dry_run, console.out)
-        submitted.update((c.key, job) for c in todo)
+        if todo:
+            job = submit_array(todo, settings, slurm, protocol, depends, args.dry_run, console.out)
+            submitted.update((c.key, job) for c in todo)
         return 0
     text = render_script([*first, *todo], settings, title=protocol)
     if args.dry_run:

@@ -43,7 +43,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     sbatch.write_text(
         '#!/usr/bin/env bash\necho "$*" >> "$FAKE_SBATCH_LOG"\necho $((1000 + $(wc -l < "$FAKE_SBATCH_LOG")))\n'
     )
-    for f in (tcclip, sbatch):
+    squeue = bin_dir / "squeue"
+    squeue.write_text('#!/usr/bin/env bash\necho "$3"\n')  # Fake squeue: every job asked about is still queued.
+    for f in (tcclip, sbatch, squeue):
         f.chmod(0o755)
     log, sbatch_log = tmp_path / "tcclip.log", tmp_path / "sbatch.log"
     monkeypatch.setenv("FAKE_LOG", str(log))
@@ -130,6 +132,10 @@ def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> N
     assert second.startswith("--parsable --dependency=afterok:1001 ")
     script = Path(second.split()[-1]).read_text()
     assert "#SBATCH --array=0-2" in script and "init=$(final_checkpoint" in script
+    # A second sweep needing the same K400 model waits for the queued job instead of training it again.
+    assert sweep.main([args[0], "base2novel", "--datasets", "ucf101", "--seeds", "1", *args[6:]]) == 0
+    third = fake["sbatch_log"].read_text().splitlines()[2:]
+    assert len(third) == 1 and third[0].startswith("--parsable --dependency=afterok:1001_0 ")
 
 
 def test_dry_run_prints_scripts_without_submitting(fake: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
