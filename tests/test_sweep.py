@@ -20,6 +20,7 @@ from tcclip.sweep import Selection, SlurmOptions, SweepSettings, build_grid, fin
 FAKE_TCCLIP = r"""#!/usr/bin/env bash
 # Fake tcclip: logs its command line, writes a last.ckpt (fit) or a results.json one folder down (test).
 echo "$*" >> "$FAKE_LOG"
+echo "${CUDA_VISIBLE_DEVICES:-unset}" >> "$FAKE_LOG.gpus"
 cmd=$1; shift
 root=""; prev=""
 for a in "$@"; do [[ $prev == --trainer.default_root_dir ]] && root=$a; prev=$a; done
@@ -216,3 +217,11 @@ def test_eval_only_sweep_tests_the_checkpoints_it_finds(fake: dict[str, Path]) -
     assert f"--ckpt_path {ckpts}/ucf101_k4_plain.ckpt" in log[1]
     table = (fake["root"] / "results" / "few_shot.md").read_text()
     assert "| TC-CLIP | UCF-101 | 42.0 / 85.9 (-43.9) | 42.0 / 89.9 (-47.9) | — / 92.5 | — / 94.6 |" in table
+
+
+def test_local_runner_pins_one_gpu_per_cell(fake: dict[str, Path]) -> None:
+    args = ["--grid", "base2novel", "--datasets", "hmdb51", "--variants", "plain", "--gpus", "0,1", "--no-collect"]
+    args += ["--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]
+    assert sweep.main([*args, "--tcclip", str(fake["tcclip"])]) == 0
+    gpus = Path(f"{fake['log']}.gpus").read_text().split()
+    assert len(gpus) == 3 * 2 and set(gpus) <= {"0", "1"}  # 3 seeds x (fit, test), each on one of the two GPUs
