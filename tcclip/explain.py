@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from tcclip.inference import (
     Prediction,
     VideoInput,
-    _transform,
     add_model_arguments,
     evaluating,
     load_model_from_args,
+    make_test_transform,
     model_input_size,
     model_num_frames,
     sample_frames,
@@ -118,7 +118,7 @@ def explain(
     """
     names = use_labels(model, labels)
     frames, indices = sample_frames(video, model_num_frames(model), clips=1, backend=backend)
-    clip = _transform(model_input_size(model), 1, model_num_frames(model))(frames)  # [1, T, 3, S, S]
+    clip = make_test_transform(model_input_size(model), 1, model_num_frames(model))(frames)  # [1, T, 3, S, S]
     param = next(model.parameters())
     with evaluating(model):
         logits, details = model.forward_details(clip.to(device=param.device, dtype=param.dtype))

@@ -76,7 +76,8 @@ class Views:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def _transform(input_size: int, crops: int, num_frames: int):
+def make_test_transform(input_size: int, crops: int, num_frames: int):
+    """The spec's test transform (resize, crop(s), normalise) for clips of `num_frames`."""
     from tcclip.data.transforms import TestTransform
 
     return TestTransform(input_size, num_crop=crops, num_frames=num_frames)
@@ -107,11 +108,11 @@ def sample_frames(
 
     from tcclip.data.video_reader import VideoDecodeError, open_video
 
-    reader = open_video(video, backend=backend or default_backend())
-    if len(reader) < 1:
-        raise VideoDecodeError(f"{video}: the video has no frames")
-    indices = [i for clip in test_indices(len(reader), num_frames, clips) for i in clip]
-    return reader.get_frames(indices), indices
+    with open_video(video, backend=backend or default_backend()) as reader:
+        if len(reader) < 1:
+            raise VideoDecodeError(video, "the video has no frames")
+        indices = [i for clip in test_indices(len(reader), num_frames, clips) for i in clip]
+        return reader.get_frames(indices), indices
 
 
 def load_clip_views(
@@ -120,7 +121,7 @@ def load_clip_views(
     """One video as the model's test input: float [V, T, 3, S, S], normalised, V = clips * crops."""
     views = Views.parse(views)
     frames, _ = sample_frames(video, num_frames, views.clips, backend)
-    return _transform(input_size, views.crops, num_frames)(frames)
+    return make_test_transform(input_size, views.crops, num_frames)(frames)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -219,6 +220,8 @@ def predict(
     Raises:
         VideoDecodeError: a video cannot be read (the command-line tool reports these and goes on instead).
     """
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
     single = isinstance(video, str | Path | Tensor)
     videos = [video] if single else list(video)
     names = use_labels(model, labels)
