@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per video instead of tables")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default 4)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this one)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2; 0: decode in this one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
