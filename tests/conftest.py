@@ -39,3 +39,36 @@ def data_synth(tmp_path_factory) -> Path:
 # ====================================================================================================================
 # end of the data block
 # ====================================================================================================================
+
+
+# ====================================================================================================================
+# Data core: decoding, sampling, transforms, mixup, synthetic videos
+# (owner: tcclip/data/{video_reader,sampling,transforms,mixup,synth}.py)
+# ====================================================================================================================
+
+STAMPED_FRAME_COUNTS = {"mp4": 17, "avi": 20, "webm": 23}
+"""Frames of each stamped test video: different, odd-ish counts so off-by-one errors show."""
+
+
+@pytest.fixture(scope="session")
+def stamped_videos(tmp_path_factory) -> dict[str, tuple[Path, int]]:
+    """One 32x32 synthetic video per container, every frame carrying its index (``read_index_stamp``).
+
+    Returns ``{"mp4" | "avi" | "webm": (path, number of frames)}``; H.264 with B-frames, MPEG-4 part 2
+    (Xvid tag), VP9 with hidden alt-ref frames, key frames every 8 frames.
+    """
+    import numpy as np
+
+    from tcclip.data.synth import render_video, write_video
+
+    root = tmp_path_factory.mktemp("stamped_videos")
+    videos = {}
+    for k, (ext, count) in enumerate(STAMPED_FRAME_COUNTS.items()):
+        frames = render_video("MoveRight", count, 32, 32, np.random.default_rng(k), stamp=True)
+        videos[ext] = (write_video(root / f"stamped.{ext}", frames), count)
+    return videos
+
+
+# ====================================================================================================================
+# end of the data core block
+# ====================================================================================================================

@@ -48,6 +48,10 @@ import torch
 
 DEFAULT_BACKEND = "decord"
 
+# Decoder handles inherited through fork. Their destructors would tear down threads that exist only in the parent
+# (decord aborts the process with std::system_error), so they are kept alive, unused, for the life of the child.
+_INHERITED_HANDLES: list[Any] = []
+
 
 class VideoDecodeError(RuntimeError):
     """A video could not be decoded as asked; ``path`` and ``reason`` say which and why.
@@ -157,6 +161,11 @@ class VideoReader(ABC):
 
     def close(self) -> None:
         """Release the decoder; the reader reopens it if used again."""
+        self._drop_handle()
+
+    def _drop_handle(self) -> None:
+        if self._handle is not None and self._handle_pid != os.getpid():
+            _INHERITED_HANDLES.append(self._handle)
         self._handle, self._handle_pid = None, None
 
     def __enter__(self) -> VideoReader:
@@ -176,6 +185,7 @@ class VideoReader(ABC):
     # -- lazily opened, per-process decoder -------------------------------------------------------------------
     def _get_handle(self) -> Any:
         if self._handle is None or self._handle_pid != os.getpid():
+            self._drop_handle()
             if self.verify and self._num_frames is None and not self._open_verifies:
                 probe_frame_count(self.path)
             self._handle = self._open()

@@ -1,0 +1,172 @@
+"""Video readers: exact frames from every backend and container, clear errors, safe in DataLoader workers."""
+
+from __future__ import annotations
+
+import pickle
+
+import av
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tcclip.data.synth import read_index_stamp
+from tcclip.data.video_reader import BACKENDS, VideoDecodeError, available_backends, open_video
+
+EXTS = ("mp4", "avi", "webm")
+USABLE = available_backends()
+
+
+def _backend(name: str) -> str:
+    if name not in USABLE:
+        pytest.skip(f"video backend {name!r} cannot decode on this machine")
+    return name
+
+
+def _stamps(frames: torch.Tensor) -> list[int]:
+    return [read_index_stamp(f.numpy()) for f in frames]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("ext", EXTS)
+def test_every_frame_decodes_with_its_own_index(stamped_videos, backend, ext):
+    path, count = stamped_videos[ext]
+    reader = open_video(path, _backend(backend))
+    assert len(reader) == count
+    frames = reader.get_frames(range(count))
+    assert frames.dtype == torch.uint8 and frames.shape == (count, 32, 32, 3) and frames.is_contiguous()
+    assert _stamps(frames) == list(range(count))
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("ext", EXTS)
+def test_frames_come_back_in_the_order_asked_with_repeats(stamped_videos, backend, ext):
+    path, count = stamped_videos[ext]
+    indices = [count - 1, 0, 9, 9, 2, count // 2, 15, 1, count - 1]  # both ends, across key frames, unsorted
+    frames = open_video(path, _backend(backend)).get_frames(indices)
+    assert _stamps(frames) == indices
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_decord_and_pyav_agree_on_pixels(stamped_videos, ext):
+    _backend("decord")
+    path, count = stamped_videos[ext]
+    a = open_video(path, "decord").get_frames(range(count)).int()
+    b = open_video(path, "pyav").get_frames(range(count)).int()
+    assert (a - b).abs().max() <= 2  # same FFmpeg decoders; only colour conversion could differ
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_missing_file(tmp_path, backend):
+    path = tmp_path / "nope.mp4"
+    with pytest.raises(VideoDecodeError, match="file not found") as info:
+        open_video(path, backend)
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("content", [b"", b"\x00\x01 not a video " * 100], ids=["empty", "garbage"])
+def test_unreadable_files(tmp_path, backend, content):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        open_video(path, _backend(backend)).get_frames([0])
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("ext", EXTS)
+def test_truncated_files_raise(stamped_videos, tmp_path, backend, ext):
+    """A file cut at 60%: MP4 loses its index, AVI and WebM lose frames; never a silently shorter video."""
+    data = stamped_videos[ext][0].read_bytes()
+    path = tmp_path / f"cut.{ext}"
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(VideoDecodeError, match=f"cut.{ext}"):
+        reader = open_video(path, _backend(backend))
+        reader.get_frames(range(len(reader)))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_zero_frames(tmp_path, backend):
+    path = tmp_path / "zero.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()
+    with pytest.raises(VideoDecodeError, match="no frames"):
+        len(open_video(path, _backend(backend)))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_no_video_stream(tmp_path, backend):
+    path = tmp_path / "audio.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(VideoDecodeError, match="no video stream"):
+        len(open_video(path, _backend(backend)))
+
+
+def test_bad_indices_and_backend_names(stamped_videos):
+    path, count = stamped_videos["mp4"]
+    reader = open_video(path, "pyav")
+    with pytest.raises(IndexError, match=r"\[0, 17\)"):
+        reader.get_frames([0, count])
+    with pytest.raises(IndexError):
+        reader.get_frames([-1])
+    with pytest.raises(ValueError, match="at least one index"):
+        reader.get_frames([])
+    with pytest.raises(ValueError, match="choose one of decord, pyav, torchcodec"):
+        open_video(path, "opencv")
+
+
+def test_torchcodec_unavailable_is_a_clear_error(stamped_videos):
+    if "torchcodec" in USABLE:
+        pytest.skip("torchcodec works here")
+    with pytest.raises(ModuleNotFoundError, match="pip install torchcodec"):
+        len(open_video(stamped_videos["mp4"][0], "torchcodec"))
+
+
+def test_decode_error_pickles_with_path_and_reason():
+    err = pickle.loads(pickle.dumps(VideoDecodeError("/data/a.avi", "truncated")))
+    assert (err.path, err.reason, str(err)) == (
+        "/data/a.avi",
+        "truncated",
+        "cannot decode video /data/a.avi: truncated",
+    )
+    assert str(VideoDecodeError("/data/b.avi: no frames")) == "/data/b.avi: no frames"  # one-argument form
+
+
+class _Stamps(Dataset):
+    """Holds readers created (and used) in the parent process, the misuse the readers must survive."""
+
+    def __init__(self, videos: dict, backend: str) -> None:
+        self.readers = [open_video(path, backend) for path, _ in videos.values()]
+        self.lengths = [len(r) for r in self.readers]  # opens the decoders in the parent
+
+    def __len__(self) -> int:
+        return 2 * len(self.readers)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        reader = self.readers[i % len(self.readers)]
+        indices = [(3 * i + k) % len(reader) for k in range(4)]
+        return torch.tensor(_stamps(reader.get_frames(indices))) - torch.tensor(indices)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_readers_work_in_forked_dataloader_workers(stamped_videos, backend):
+    dataset = _Stamps(stamped_videos, _backend(backend))
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="fork")
+    errors = torch.cat(list(loader))
+    assert errors.shape == (len(dataset), 4) and not errors.any()
+
+
+def test_reader_pickles_and_reopens(stamped_videos):
+    path, count = stamped_videos["webm"]
+    reader = open_video(path, USABLE[0])
+    reader.get_frames([0])
+    clone = pickle.loads(pickle.dumps(reader))
+    assert len(clone) == count and _stamps(clone.get_frames([count - 1])) == [count - 1]
