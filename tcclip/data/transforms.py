@@ -18,7 +18,8 @@ Training (:class:`TrainTransform`), with one set of random parameters per video:
 5. colour jitter with p = 0.8: brightness, contrast, saturation factors uniform in [1 - x, 1 + x] for
    x = 0.4, 0.4, 0.2, hue shift uniform in [-0.1, 0.1], applied in a random order (torchvision's
    ``ColorJitter`` semantics). One draw per video by default so that motion is not confused with
-   flicker; ``jitter_per_frame=True`` draws per frame as the official code does;
+   flicker; ``jitter_per_frame=True`` draws per frame as the official code does. The ops are
+   torchvision's tensor versions on uint8 (close to, not bit-identical with, the official PIL ones);
 6. grayscale (3 equal channels) with p = 0.2;
 7. normalise.
 
