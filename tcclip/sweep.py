@@ -826,8 +826,8 @@ def _run_protocol(
         console.print(f"[{done}/{total}] {outcome.cell.key}: {ok} in {outcome.seconds:.1f} s")
         if outcome.returncode != 0:
             tail = outcome.log.read_text(errors="replace").splitlines()[-15:]
-            console.print("\n".join(f"    {line}" for line in tail), markup=False)
-            console.print(f"    (full log: {outcome.log})", markup=False)
+            console.out("\n".join(f"    {line}" for line in tail), highlight=False)
+            console.out(f"    (full log: {outcome.log})", highlight=False)
 
     outcomes = run_local([first, todo], script, settings, gpus=args.gpus, jobs=args.jobs, report=report)
     failed = [o for o in outcomes if o.returncode != 0]
