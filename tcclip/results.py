@@ -66,6 +66,11 @@ def compare(ours: float | None, paper: float | None) -> str:
     return f"{fmt(ours)} / {fmt(paper)}{diff}"
 
 
+def _first_set(*values: float | None) -> float | None:
+    """The first value that is not None (0.0 is a value)."""
+    return next((v for v in values if v is not None), None)
+
+
 def _diff(ours: float | None, paper: float | None) -> float | None:
     return None if ours is None or paper is None else round(ours - paper, 2)
 
@@ -189,7 +194,7 @@ def _few_shot(cells: Sequence[Cell], settings: SweepSettings, missing: list[str]
         label = [VARIANT_LABEL[variant], DATASET_LABEL[dataset]]
         best_body.append(label + [compare(by_k[k]["top1"], by_k[k]["paper"]) if k in by_k else "" for k in shots])
         last_body.append(
-            label + [fmt(by_k[k]["last_top1"] or by_k[k]["test_top1"]) if k in by_k else "" for k in shots]
+            label + [fmt(_first_set(by_k[k]["last_top1"], by_k[k]["test_top1"])) if k in by_k else "" for k in shots]
         )
     table = _markdown_table(header, best_body)
     table += "\n\nLast epoch (final model; the paper reports only the best epoch):\n\n" + _markdown_table(

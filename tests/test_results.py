@@ -104,3 +104,14 @@ def test_broken_results_file_names_the_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"results.json:1: not valid JSON"):
         load_results(path)
+
+
+def test_zero_accuracy_is_a_value_not_a_gap(tmp_path: Path) -> None:
+    settings = SweepSettings(runs_dir=tmp_path)
+    cells = [c for c in build_grid("few_shot") if c.name == "ssv2_k2_plain"]
+    _write(
+        settings, cells[0], "test", {"test": _top(5.0)}, best={"epoch": 0, "top1": 0.0}, last={"epoch": 1, "top1": 0.0}
+    )
+    table = collect_protocol("few_shot", cells, settings, None)
+    assert "| TC-CLIP | SSv2 | 0.0 / 7.3 (-7.3) |" in table.markdown
+    assert table.markdown.rstrip().endswith("| TC-CLIP | SSv2 | 0.0 |")
