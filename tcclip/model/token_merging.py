@@ -35,6 +35,36 @@ def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def _merge_sums(sums: Tensor, size: Tensor, r: int, source: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One bipartite step on size-weighted sums (token = sum / size); see `bipartite_merge` for the rule.
+
+    Carrying sums instead of means makes a merge a plain addition (no multiply and divide by sizes each step), and
+    the cosine scores are the same: a sum and its mean point the same way.
+    """
+    n = sums.shape[1]
+    if not 0 <= r <= n // 2:
+        raise ValueError(f"cannot merge {r} of {n} tokens in one bipartite step (at most {n // 2})")
+    metric = sums / sums.norm(dim=-1, keepdim=True)  # unit-norm copy: dot products are cosine similarities
+    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [B, nA, nB]
+    best_score, best_b = scores.max(dim=-1)  # [B, nA] each; the first maximum on a tie
+    order = best_score.argsort(dim=-1, descending=True, stable=True)  # [B, nA] A tokens ranked, best first
+    dst = best_b.gather(1, order[:, :r])  # [B, r] the B token each merged A token joins
+
+    sums_a = _gather_tokens(sums[:, 0::2], order)  # [B, nA, D] in ranked order: the first r merge, the rest stay
+    size_a = _gather_tokens(size[:, 0::2], order)  # [B, nA, 1]
+    sums_b = sums[:, 1::2].scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, sums.shape[-1]), sums_a[:, :r])
+    size_b = size[:, 1::2].scatter_add(1, dst.unsqueeze(-1), size_a[:, :r])
+    sums_out = torch.cat([sums_a[:, r:], sums_b], dim=1)
+    size_out = torch.cat([size_a[:, r:], size_b], dim=1)
+    if source is None:
+        return sums_out, size_out, None
+    source_a = _gather_tokens(source[:, 0::2], order)
+    source_b = source[:, 1::2].scatter_reduce(
+        1, dst.unsqueeze(-1).expand(-1, -1, source.shape[-1]), source_a[:, :r], reduce="amax", include_self=True
+    )  # [B, nB, S] OR of the 0/1 maps
+    return sums_out, size_out, torch.cat([source_a[:, r:], source_b], dim=1)
+
+
 def bipartite_merge(
     x: Tensor, size: Tensor, r: int, source: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -53,38 +83,8 @@ def bipartite_merge(
     Returns:
         (x, size, source) with n - r tokens: the unmerged A tokens in ranked order, then all B tokens in order.
     """
-    n = x.shape[1]
-    if not 0 <= r <= n // 2:
-        raise ValueError(f"cannot merge {r} of {n} tokens in one bipartite step (at most {n // 2})")
-    metric = x / x.norm(dim=-1, keepdim=True)  # unit-norm copy: dot products are cosine similarities
-    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [B, nA, nB]
-    best_b = scores.argmax(dim=-1)  # [B, nA], first maximum on a tie
-    best_score = scores.gather(-1, best_b.unsqueeze(-1)).squeeze(-1)  # [B, nA]
-    order = best_score.sort(dim=-1, descending=True, stable=True).indices  # [B, nA], best first
-    merged_a, kept_a = order[:, :r], order[:, r:]
-    dst = best_b.gather(1, merged_a)  # [B, r] the B token each merged A token joins
-
-    x_a, x_b = x[:, 0::2], x[:, 1::2]
-    size_a, size_b = size[:, 0::2], size[:, 1::2]
-    size_merged = _gather_tokens(size_a, merged_a)  # [B, r, 1]
-    weighted_b = (x_b * size_b).scatter_add(
-        1, dst.unsqueeze(-1).expand(-1, -1, x.shape[-1]), _gather_tokens(x_a, merged_a) * size_merged
-    )  # [B, nB, D] sum of size * token over each B token and the A tokens joining it
-    new_size_b = size_b.scatter_add(1, dst.unsqueeze(-1), size_merged)  # [B, nB, 1]
-
-    x_out = torch.cat([_gather_tokens(x_a, kept_a), weighted_b / new_size_b], dim=1)
-    size_out = torch.cat([_gather_tokens(size_a, kept_a), new_size_b], dim=1)
-    if source is None:
-        return x_out, size_out, None
-    source_a, source_b = source[:, 0::2], source[:, 1::2]
-    source_b = source_b.scatter_reduce(
-        1,
-        dst.unsqueeze(-1).expand(-1, -1, source.shape[-1]),
-        _gather_tokens(source_a, merged_a),
-        reduce="amax",
-        include_self=True,
-    )  # [B, nB, S] OR of the 0/1 maps
-    return x_out, size_out, torch.cat([_gather_tokens(source_a, kept_a), source_b], dim=1)
+    sums, size, source = _merge_sums(x * size, size, r, source)
+    return sums / size, size, source
 
 
 def summarise(x: Tensor, num_out: int, r: int, source: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -99,7 +99,10 @@ def summarise(x: Tensor, num_out: int, r: int, source: Tensor | None = None) -> 
     Returns:
         ([B, min(n, K), D] tokens, their [B, min(n, K), S] source maps or None).
     """
-    size = x.new_ones(x.shape[0], x.shape[1], 1)
-    for step in merge_schedule(x.shape[1], num_out, r):
-        x, size, source = bipartite_merge(x, size, step, source)
-    return x, source
+    steps = merge_schedule(x.shape[1], num_out, r)
+    if not steps:
+        return x, source
+    sums, size = x, x.new_ones(x.shape[0], x.shape[1], 1)  # size 1: the sums are the tokens
+    for step in steps:
+        sums, size, source = _merge_sums(sums, size, step, source)
+    return sums / size, source
