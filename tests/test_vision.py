@@ -132,7 +132,7 @@ def test_fused_and_explicit_attention_agree(clip_state):
         fused = enc(video, readout_layers=(0, 1), return_details=True)
         for module in enc.modules():
             if isinstance(module, TCAttention):
-                module.fused_attn = False
+                module.execution_path = "reference"
         explicit = enc(video, readout_layers=(0, 1), return_details=True)
     torch.testing.assert_close(fused.video_embedding, explicit.video_embedding, rtol=1e-12, atol=1e-12)
     for a, b in zip(fused.context_tokens, explicit.context_tokens, strict=True):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from tcclip.model.clip_backbone import build_tokenizer
 from tcclip.model.config import TCCLIPConfig
+from tcclip.model.layers import ExecutionPath, set_execution_path
 from tcclip.model.text import PromptLearner, Tokenizer, VPTextEncoder
 from tcclip.model.vision import FrameVisionEncoder, TCVisionEncoder, VisionOutput
 
@@ -77,8 +78,21 @@ class _VideoTextModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.share_text_prefix = True
         """Run the video-independent text blocks once per class list and cache them between no-grad calls (exact;
-        off: every video runs every text block, the plain form of spec 3.3, for checks)."""
+        off: every video runs every text block, batched, for checks). Only read on the fast path."""
         self._text_cache: _TextCache | None = None
+        self.execution_path: ExecutionPath = "fast"
+        """`fast` or `reference`; change it with `set_execution_path` (which also sets it on the submodules)."""
+
+    def set_execution_path(self, path: ExecutionPath) -> None:
+        """Run as `fast` (default) or as `reference`: the same numbers, computed the straightforward way.
+
+        The reference path is the form the official code uses: explicit vision attention matrices with the context
+        keys/values repeated per frame, CLIP's MLP through plain autograd, and the whole text encoder at the full
+        prompt length once per video in a Python loop, with nothing shared or cached. It is the baseline of
+        `benchmarks/throughput.py` and the tests check that both paths agree (float64, spec 9).
+        """
+        set_execution_path(self, path)
+        self._text_cache = None
 
     # -- classes -----------------------------------------------------------------------------------------------
     @property
@@ -120,6 +134,8 @@ class _VideoTextModel(nn.Module):
         pl = self.prompt_learner
         if not pl.class_names:
             raise ValueError("the model has no class names: call set_class_names([...]) first")
+        if self.execution_path == "reference":
+            return self.text_encoder.forward_reference(pl(), pl.tokenized_prompts, context_tokens)
         if not self.share_text_prefix:
             return self.text_encoder.forward_per_video(pl(), pl.tokenized_prompts, context_tokens)
         return self.text_encoder.encode_rest(self._text_prefix(), pl.tokenized_prompts, context_tokens)

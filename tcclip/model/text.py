@@ -9,7 +9,6 @@ context tokens. The model keeps the prefix result cached between no-grad calls (
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcclip.model.config import CLIPTextCfg
+from tcclip.model.layers import MLP, LayerNorm
 
 _CAPITAL = re.compile(r"([A-Z])")
 
@@ -38,31 +38,6 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm in the input's dtype; fp16/bf16 inputs are normalised in fp32 (so `.double()` stays float64)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dtype in (torch.float16, torch.bfloat16):
-            weight = None if self.weight is None else self.weight.float()
-            bias = None if self.bias is None else self.bias.float()
-            return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
-        return super().forward(x)
-
-
-class QuickGELU(nn.Module):
-    """CLIP's activation: x * sigmoid(1.702 x)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-def _mlp(width: int, mlp_ratio: float) -> nn.Sequential:
-    hidden = int(width * mlp_ratio)
-    return nn.Sequential(
-        OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))])
-    )
-
-
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
     """Boolean [length, length] mask, True where attention is not allowed (a key after the query)."""
     return torch.ones(length, length, dtype=torch.bool, device=device).triu_(1)
@@ -75,12 +50,62 @@ class TextBlock(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_1 = LayerNorm(width)
-        self.mlp = _mlp(width, mlp_ratio)
+        self.mlp = MLP(width, mlp_ratio)
         self.ln_2 = LayerNorm(width)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         h = self.ln_1(x)
         x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask, is_causal=True)[0]
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_end_tokens(self, shared: Tensor, prompt_rows: Tensor, prompt_start: int, end: Tensor) -> Tensor:
+        """The block's output at each prompt's end token, for videos whose inputs differ only in the prompt rows.
+
+        The same numbers as `forward` on every (video, class) sequence followed by picking the end-token rows, for
+        far less work when nothing after this block reads other rows (the last block): under the causal mask the
+        end token's output depends only on its own input and the keys/values of the positions up to it. So the
+        query, out-projection and MLP run on one row per (video, class), and the keys/values of the shared rows
+        once per class instead of once per video.
+
+        Args:
+            shared: [C, L, W] block input shared by all videos (the prompts after the video-independent blocks).
+            prompt_rows: [B, C, n, W] each video's rows prompt_start .. prompt_start + n - 1, replacing `shared`'s.
+            prompt_start: first rewritten position.
+            end: [C] end-token position of each prompt (after the rewritten rows).
+
+        Returns:
+            [B, C, W] the block's output at the end tokens.
+        """
+        attn = self.attn
+        if attn.bias_k is not None or not attn._qkv_same_embed_dim:
+            raise ValueError("forward_end_tokens needs CLIP's text attention layout (packed in_proj, no bias_k/v)")
+        batch, num_classes, n, width = prompt_rows.shape
+        heads = attn.num_heads
+        head_dim = width // heads
+        lo, hi = prompt_start, prompt_start + n
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+        def project(t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+            return F.linear(t, weight, bias).unflatten(-1, (heads, head_dim))  # [..., H, dh]
+
+        classes = torch.arange(num_classes, device=shared.device)
+        h = self.ln_1(shared)  # [C, L, W]
+        h_rows = self.ln_1(prompt_rows)  # [B, C, n, W]
+        q = project(h[classes, end], w_q, b_q) * head_dim**-0.5  # [C, H, dh] the end tokens' queries
+        k, v = project(h, w_k, b_k), project(h, w_v, b_v)  # [C, L, H, dh]
+        k_rows, v_rows = project(h_rows, w_k, b_k), project(h_rows, w_v, b_v)  # [B, C, n, H, dh]
+
+        logits = torch.einsum("chd,clhd->chl", q, k)  # [C, H, L]
+        after_end = torch.arange(shared.shape[1], device=shared.device) > end[:, None]  # [C, L] the causal mask row
+        logits = logits.masked_fill(after_end[:, None], float("-inf"))
+        logits_rows = torch.einsum("chd,bcnhd->bchn", q, k_rows)  # [B, C, H, n]
+        shared_logits = torch.cat([logits[..., :lo], logits[..., hi:]], dim=-1)  # [C, H, L - n]
+        probs = torch.cat([shared_logits.expand(batch, -1, -1, -1), logits_rows], dim=-1).softmax(dim=-1)
+        v_shared = torch.cat([v[:, :lo], v[:, hi:]], dim=1)  # [C, L - n, H, dh]
+        out = torch.einsum("bchl,clhd->bchd", probs[..., :-n], v_shared)
+        out = out + torch.einsum("bchn,bcnhd->bchd", probs[..., -n:], v_rows)  # [B, C, H, dh]
+        x = shared[classes, end] + attn.out_proj(out.flatten(-2))  # [B, C, W]
         return x + self.mlp(self.ln_2(x))
 
 
@@ -105,7 +130,7 @@ class PromptGenerationLayer(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads, kdim=context_width, vdim=context_width, batch_first=True)
         self.ln_1 = LayerNorm(width)
         self.ln_1_kv = LayerNorm(context_width)
-        self.mlp = _mlp(width, mlp_ratio)
+        self.mlp = MLP(width, mlp_ratio)
         self.ln_2 = LayerNorm(width)
 
     def forward(self, ctx: Tensor, context_tokens: Tensor) -> Tensor:
@@ -337,50 +362,69 @@ class VPTextEncoder(nn.Module):
         return x
 
     def encode_rest(
-        self, prefix: Tensor, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
+        self,
+        prefix: Tensor,
+        tokenized_prompts: Tensor,
+        context_tokens: Sequence[Tensor] | None = None,
+        shared: bool = True,
     ) -> Tensor:
         """Finish the text encoder from `encode_prefix`'s output.
 
+        With the default single level before the last block, the per-video work is the prompt generation on the
+        n_ctx prompt rows and `TextBlock.forward_end_tokens`: every other row stays shared by all videos.
+
         Args:
-            prefix: [C, L, W] hidden states after the prefix blocks (or [B*C, L, W], videos outer, see
-                `forward_per_video`).
+            prefix: [C, L, W] hidden states after the prefix blocks, shared by all videos; with `shared=False`
+                [B*C, L, W], one copy per video (videos outer, see `forward_per_video`).
             tokenized_prompts: [C, context_length] token ids (the end token has the largest id).
             context_tokens: one [B, K, E] tensor per prompt-generation level, in level order.
+            shared: whether `prefix` is shared by all videos.
 
         Returns:
             Text features [B, C, E] with levels, [C, E] without.
         """
         num_classes = tokenized_prompts.shape[0]
-        x = prefix
-        if self.levels:
-            if context_tokens is None or len(context_tokens) != len(self.levels):
-                raise ValueError(f"expected {len(self.levels)} context-token tensors, one per prompt-generation level")
-            batch = context_tokens[0].shape[0]
-            if x.shape[0] == num_classes:
-                x = x.unsqueeze(0).expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, L, W], videos outer
-            mask = causal_mask(x.shape[1], x.device)
-            level_index = {level - 1: m for m, level in enumerate(self.levels)}
-            for index in range(self.num_prefix_blocks, len(self.transformer.resblocks)):
-                if index in level_index:
-                    m = level_index[index]
-                    x = self._generate_prompts(x, context_tokens[m], self.prompt_generation_layer[m], batch)
-                x = self.transformer.resblocks[index](x, mask)
-            x = x.unflatten(0, (batch, num_classes))  # [B, C, L, W]
-            end = tokenized_prompts.argmax(dim=-1).to(x.device)  # [C]
-            x = x[:, torch.arange(num_classes, device=x.device), end]  # [B, C, W]
-        else:
-            end = tokenized_prompts.argmax(dim=-1).to(x.device)
-            x = x[torch.arange(num_classes, device=x.device), end]  # [C, W]
+        end = tokenized_prompts.argmax(dim=-1).to(prefix.device)  # [C]
+        classes = torch.arange(num_classes, device=prefix.device)
+        if not self.levels:
+            return self.ln_final(prefix[classes, end]) @ self.text_projection  # [C, E]
+        if context_tokens is None or len(context_tokens) != len(self.levels):
+            raise ValueError(f"expected {len(self.levels)} context-token tensors, one per prompt-generation level")
+        batch = context_tokens[0].shape[0]
+        blocks = self.transformer.resblocks
+        level_index = {level - 1: m for m, level in enumerate(self.levels)}
+        mask = causal_mask(prefix.shape[1], prefix.device)
+        # x: the block input without the generated prompts, [C, L, W] while shared by all videos, else [B*C, L, W];
+        # prompts: [B*C, n_ctx, W] generated prompt rows that replace x's rows 1..n_ctx.
+        x, prompts = prefix, None
+        for index in range(self.num_prefix_blocks, len(blocks)):
+            if index in level_index:
+                m = level_index[index]
+                current = x[:, 1 : 1 + self.n_ctx] if prompts is None else prompts
+                if shared and prompts is None:
+                    current = current.expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, n_ctx, W]
+                prompts = self._generate_prompts(current, context_tokens[m], self.prompt_generation_layer[m], batch)
+            if index == len(blocks) - 1 and shared and prompts is not None:
+                rows = prompts.unflatten(0, (batch, num_classes))  # [B, C, n_ctx, W]
+                features = blocks[index].forward_end_tokens(x, rows, 1, end)  # [B, C, W]
+                return self.ln_final(features) @ self.text_projection
+            if shared:
+                x = x.expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, L, W]: from here on every video has its own
+                shared = False
+            if prompts is not None:
+                x = torch.cat([x[:, :1], prompts, x[:, 1 + self.n_ctx :]], dim=1)
+                prompts = None
+            x = blocks[index](x, mask)
+        x = x.unflatten(0, (batch, num_classes))[:, classes, end]  # [B, C, W]
         return self.ln_final(x) @ self.text_projection
 
-    def _generate_prompts(self, x: Tensor, context: Tensor, layer: PromptGenerationLayer, batch: int) -> Tensor:
-        """Rewrite positions 1..n_ctx of x [B*C, L, W] from the video's context tokens [B, K, E]."""
+    def _generate_prompts(self, rows: Tensor, context: Tensor, layer: PromptGenerationLayer, batch: int) -> Tensor:
+        """Prompt rows [B*C, n_ctx, W] rewritten from each video's context tokens [B, K, E] -> [B*C, n_ctx, W]."""
         if self.im_stop_grad:
             context = context.detach()
-        width = x.shape[-1]
-        ctx = x[:, 1 : 1 + self.n_ctx].reshape(batch, -1, width)  # [B, C*n_ctx, W]: a video's prompts share keys
-        ctx = layer(ctx, context).reshape(-1, self.n_ctx, width)  # [B*C, n_ctx, W]
-        return torch.cat([x[:, :1], ctx, x[:, 1 + self.n_ctx :]], dim=1)
+        width = rows.shape[-1]
+        queries = rows.reshape(batch, -1, width)  # [B, C*n_ctx, W]: a video's prompts of all classes share keys
+        return layer(queries, context).reshape(-1, self.n_ctx, width)
 
     def forward(
         self, prompts: Tensor, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
@@ -393,10 +437,44 @@ class VPTextEncoder(nn.Module):
     ) -> Tensor:
         """The same features computed without sharing the prefix: every (video, class) pair runs every block.
 
-        Slower; kept as the straightforward form of spec 3.3 to check the shared-prefix path against.
+        Batched over videos; `forward_reference` is the same with a Python loop over videos.
         """
         if not self.levels:
             return self.forward(prompts, tokenized_prompts)
         batch = context_tokens[0].shape[0] if context_tokens else 0
         prompts = prompts.unsqueeze(0).expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, L, W]
-        return self.encode_rest(self.encode_prefix(prompts), tokenized_prompts, context_tokens)
+        return self.encode_rest(self.encode_prefix(prompts), tokenized_prompts, context_tokens, shared=False)
+
+    def forward_reference(
+        self, prompts: Tensor, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        """The straightforward text forward of spec 3.3, as the official code runs it (the reference path).
+
+        For each video in turn (a Python loop), all C prompts at their full length run every block, with the
+        prompt rows rewritten before each level from that video's context tokens. Shapes as `forward`.
+        """
+        if not self.levels:
+            return self._forward_one(prompts, tokenized_prompts, None)
+        if context_tokens is None or len(context_tokens) != len(self.levels):
+            raise ValueError(f"expected {len(self.levels)} context-token tensors, one per prompt-generation level")
+        videos = range(context_tokens[0].shape[0])
+        return torch.stack(
+            [self._forward_one(prompts, tokenized_prompts, [c[i : i + 1] for c in context_tokens]) for i in videos]
+        )
+
+    def _forward_one(self, prompts: Tensor, tokenized_prompts: Tensor, context: Sequence[Tensor] | None) -> Tensor:
+        """All blocks on the prompts [C, L, W] of one video (context: one [1, K, E] per level) -> [C, E]."""
+        level_index = {level - 1: m for m, level in enumerate(self.levels)}
+        mask = causal_mask(prompts.shape[1], prompts.device)
+        x = prompts + self.positional_embedding[: prompts.shape[1]]
+        for index, block in enumerate(self.transformer.resblocks):
+            if index in level_index:
+                m = level_index[index]
+                prompt_rows = self._generate_prompts(
+                    x[:, 1 : 1 + self.n_ctx], context[m], self.prompt_generation_layer[m], 1
+                )
+                x = torch.cat([x[:, :1], prompt_rows, x[:, 1 + self.n_ctx :]], dim=1)
+            x = block(x, mask)
+        end = tokenized_prompts.argmax(dim=-1).to(x.device)
+        x = x[torch.arange(x.shape[0], device=x.device), end]  # [C, W]
+        return self.ln_final(x) @ self.text_projection

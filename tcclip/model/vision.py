@@ -9,7 +9,6 @@ s seed tokens per frame, E joint embedding width.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tcclip.model.config import CLIPVisionCfg, TCCLIPConfig
-from tcclip.model.text import LayerNorm, QuickGELU
+from tcclip.model.layers import MLP, ExecutionPath, LayerNorm
 from tcclip.model.token_merging import summarise
 
 __all__ = [
@@ -46,19 +45,25 @@ class VisionOutput:
     """return_details only: one [B, K, T*P] 0/1 per layer: input patch t*P+p was merged into context token k."""
 
 
-def _mlp(width: int, mlp_ratio: float) -> nn.Sequential:
-    hidden = int(width * mlp_ratio)
-    return nn.Sequential(
-        OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))])
-    )
-
-
 class TCAttention(nn.Module):
     """Per-frame multi-head attention whose keys/values are the frame's tokens plus the video's context tokens.
 
     With no context tokens this is CLIP's attention, one frame at a time. With context tokens (spec 2.3b) the
     queries of frame t attend over [frame t's N tokens ; the K context tokens], and the optional local-global bias
     adds b_local (per head) to the frame-key logits and b_global to the context-key logits.
+
+    Execution paths (`execution_path`, see `tcclip.model.layers`):
+
+    - `fast`: `F.scaled_dot_product_attention` (a fused flash kernel on CPU, flash / memory-efficient kernels on
+      GPU) with the bias as an additive [H, 1, N + K] mask; the class-token row for seed selection is computed on
+      its own (one query per frame, no gradient) since fused kernels return no probabilities. SDPA takes one key
+      tensor per frame, so the context keys/values (projected once per video) are copied next to each frame's:
+      2*T*K*D elements per video and layer, about 1/14 of what a training step keeps per layer. Keeping them apart
+      (two score blocks with a shared softmax) avoids that copy but needs the explicit [T, H, N, N + K] matrices,
+      which measured 2-3x slower on CPU and keep several times more memory in training, so the copy is the better
+      trade on both devices.
+    - `reference`: the official form: context keys/values repeated per frame, explicit logits, softmax and
+      probabilities; the seed scores are read from those probabilities.
     """
 
     def __init__(self, width: int, heads: int, local_global_bias: bool) -> None:
@@ -74,16 +79,18 @@ class TCAttention(nn.Module):
             nn.init.trunc_normal_(self.local_global_bias_table, std=0.02)
         else:
             self.register_parameter("local_global_bias_table", None)
-        self.fused_attn = True
-        """True: F.scaled_dot_product_attention (fused kernels on GPU). SDPA takes one key tensor per frame, so the
-        context keys/values (projected once per video) are copied next to each frame's: 2*T*K*D extra elements per
-        video and layer, about a third of the frames' q/k/v. False: explicit logits with the frame keys and the
-        shared context keys kept apart (never repeated), at the cost of holding the [T, H, N, N+K] probabilities,
-        several times more memory. Both are exact (float64 agreement is tested)."""
+        self.execution_path: ExecutionPath = "fast"
 
     def _split_heads(self, x: Tensor) -> Tensor:
-        """[..., M, D] -> [..., H, M, D/H]."""
+        """[..., M, D] -> [..., H, M, D/H] (a view)."""
         return x.unflatten(-1, (self.heads, -1)).transpose(-3, -2)
+
+    def _key_bias(self, num_frame_keys: int, num_context: int, dtype: torch.dtype) -> Tensor | None:
+        """[H, N + K] additive logit bias: b_local on the frame keys, b_global on the context keys (or None)."""
+        if self.local_global_bias_table is None or num_context == 0:
+            return None
+        table = self.local_global_bias_table.to(dtype)  # [H, 1, 2]
+        return torch.cat([table[..., 0].expand(-1, num_frame_keys), table[..., 1].expand(-1, num_context)], dim=-1)
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, class_scores: bool = False
@@ -104,78 +111,44 @@ class TCAttention(nn.Module):
         q = self._split_heads(self.q_proj(x))  # [B, T, H, N, dh]
         k = self._split_heads(self.k_proj(x))
         v = self._split_heads(self.v_proj(x))
-        k_ctx = v_ctx = bias = None
         if context is not None:
-            # Context keys/values are computed once per video and shared by all frames.
-            k_ctx = self._split_heads(self.k_proj(context))  # [B, H, K, dh]
-            v_ctx = self._split_heads(self.v_proj(context))
-            if self.local_global_bias_table is not None:
-                bias = self.local_global_bias_table.to(q.dtype).squeeze(1)  # [H, 2]: (b_local, b_global)
+            # Context keys/values are projected once per video; every frame sees the same ones.
+            k_ctx = self._split_heads(self.k_proj(context)).unsqueeze(1).expand(-1, t, -1, -1, -1)  # [B, T, H, K, dh]
+            v_ctx = self._split_heads(self.v_proj(context)).unsqueeze(1).expand(-1, t, -1, -1, -1)
+            k, v = torch.cat([k, k_ctx], dim=-2), torch.cat([v, v_ctx], dim=-2)  # [B, T, H, N + K, dh]
+        bias = self._key_bias(n, k.shape[-2] - n, q.dtype)  # [H, N + K] or None
 
-        if context is None:
-            out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), scale=scale)
-            out = out.unflatten(0, (b, t))  # [B, T, H, N, dh]
-        elif self.fused_attn:
-            out = self._fused_context_attention(q, k, v, k_ctx, v_ctx, bias, scale)
+        if self.execution_path == "reference":
+            logits = (q * scale) @ k.transpose(-2, -1)  # [B, T, H, N, N + K]
+            if bias is not None:
+                logits = logits + bias[:, None]
+            probs = logits.softmax(dim=-1)
+            out = probs @ v  # [B, T, H, N, dh]
+            scores = probs[..., 0, 1:n].mean(dim=2).detach() if class_scores else None
         else:
-            out = self._explicit_context_attention(q, k, v, k_ctx, v_ctx, bias, scale)
-        out = self.out_proj(out.transpose(-3, -2).flatten(-2))  # [B, T, N, D]
-
-        scores = None
-        if class_scores:
-            scores = self._class_patch_scores(q[:, :, :, 0], k, k_ctx, bias, scale)
-        return out, scores
+            mask = None if bias is None else bias[None, :, None]  # [1, H, 1, N + K]: over frames and queries
+            out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale)
+            out = out.unflatten(0, (b, t))  # [B, T, H, N, dh]
+            scores = self._class_patch_scores(q[..., 0, :], k, bias, scale, n) if class_scores else None
+        return self.out_proj(out.transpose(-3, -2).flatten(-2)), scores  # heads back together: [B, T, N, D]
 
     @staticmethod
-    def _fused_context_attention(
-        q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor, v_ctx: Tensor, bias: Tensor | None, scale: float
-    ) -> Tensor:
-        b, t, h, n, dh = q.shape
-        num_ctx = k_ctx.shape[-2]
-        # SDPA needs one key tensor per frame: [frame keys ; context keys] (the copy of the shared context part is
-        # the price of the fused kernels; see fused_attn).
-        keys = torch.cat([k, k_ctx.unsqueeze(1).expand(b, t, h, num_ctx, dh)], dim=-2).flatten(0, 1)
-        values = torch.cat([v, v_ctx.unsqueeze(1).expand(b, t, h, num_ctx, dh)], dim=-2).flatten(0, 1)
-        mask = None
-        if bias is not None:
-            # [1, H, 1, N + K]: b_local on the frame keys, b_global on the context keys, broadcast over queries.
-            mask = torch.cat([bias[:, :1].expand(h, n), bias[:, 1:].expand(h, num_ctx)], dim=-1)[None, :, None]
-        out = F.scaled_dot_product_attention(q.flatten(0, 1), keys, values, attn_mask=mask, scale=scale)
-        return out.unflatten(0, (b, t))  # [B, T, H, N, dh]
-
-    @staticmethod
-    def _explicit_context_attention(
-        q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor, v_ctx: Tensor, bias: Tensor | None, scale: float
-    ) -> Tensor:
-        n = q.shape[-2]
-        logits_frame = (q @ k.transpose(-2, -1)) * scale  # [B, T, H, N, N]
-        logits_ctx = torch.einsum("bthnd,bhkd->bthnk", q, k_ctx) * scale  # [B, T, H, N, K], context keys not copied
-        if bias is not None:
-            logits_frame = logits_frame + bias[:, 0, None, None]
-            logits_ctx = logits_ctx + bias[:, 1, None, None]
-        probs = torch.cat([logits_frame, logits_ctx], dim=-1).softmax(dim=-1)  # one softmax over N + K keys
-        return probs[..., :n] @ v + torch.einsum("bthnk,bhkd->bthnd", probs[..., n:], v_ctx)
-
-    @staticmethod
-    def _class_patch_scores(
-        q_cls: Tensor, k: Tensor, k_ctx: Tensor | None, bias: Tensor | None, scale: float
-    ) -> Tensor:
+    @torch.no_grad()
+    def _class_patch_scores(q_cls: Tensor, keys: Tensor, bias: Tensor | None, scale: float, n: int) -> Tensor:
         """Head-averaged attention probabilities of each frame's class query on its P patch keys: [B, T, P].
 
         Normalised over all keys the query sees (frame and context, bias included), as in the attention itself.
+        Only their ranking is used (the seeds are indices), so no gradient is recorded.
 
         Args:
             q_cls: [B, T, H, dh] class-token queries.
-            k: [B, T, H, N, dh] frame keys.
-            k_ctx: [B, H, K, dh] context keys or None.
+            keys: [B, T, H, N (+ K), dh] the keys each frame attends to.
+            bias: [H, N (+ K)] additive logit bias or None.
+            n: N, the frame's own keys (class key first).
         """
-        logits = torch.einsum("bthd,bthnd->bthn", q_cls, k) * scale  # [B, T, H, N]
-        if k_ctx is not None:
-            logits_ctx = torch.einsum("bthd,bhkd->bthk", q_cls, k_ctx) * scale  # [B, T, H, K]
-            if bias is not None:
-                logits, logits_ctx = logits + bias[:, 0, None], logits_ctx + bias[:, 1, None]
-            logits = torch.cat([logits, logits_ctx], dim=-1)
-        n = k.shape[-2]
+        logits = (q_cls.unsqueeze(-2) @ keys.transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, N (+ K)]
+        if bias is not None:
+            logits = logits + bias
         return logits.softmax(dim=-1)[..., 1:n].mean(dim=2)  # patch columns (not the class key), mean over heads
 
 
@@ -195,7 +168,7 @@ class VisionBlock(nn.Module):
         self.ln_1 = LayerNorm(width)
         self.attn = TCAttention(width, heads, local_global_bias)
         self.ln_2 = LayerNorm(width)
-        self.mlp = _mlp(width, mlp_ratio)
+        self.mlp = MLP(width, mlp_ratio)
 
     def forward(self, frames: Tensor) -> Tensor:
         """Plain CLIP block on every frame: [B, T, N, D] -> [B, T, N, D]."""

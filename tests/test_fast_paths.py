@@ -1,0 +1,185 @@
+"""The fast execution path against the reference path and the plain reference implementation (float64, spec 9).
+
+The fast path shares the text prefix across the batch, computes only the end-token rows of the last text block,
+runs the vision attention through SDPA and a memory-lean MLP backward; the reference path is the straightforward
+form. Both must give the same logits and the same gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from tcclip.model.config import TCCLIPConfig
+from tcclip.model.factory import create_model
+from tcclip.model.layers import MLP
+from tcclip.model.reference import reference_forward
+from tcclip.model.text import TextBlock, causal_mask
+
+NAMES = ["ApplyEyeMakeup", "playing_guitar", "abseiling", "YoYo", "riding a bike"]
+CFG = TCCLIPConfig(arch="test-tiny", num_frames=3, context_token_k=6, tome_r=2, prompt_generation_layer_level=(2,))
+
+
+def _model(cfg: TCCLIPConfig = CFG, seed: int = 0) -> torch.nn.Module:
+    """A random float64 model whose new parameters are perturbed so that they matter."""
+    torch.manual_seed(seed)
+    model = create_model(cfg, NAMES, clip_weights=None).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "local_global_bias_table" in name:
+                p.add_(0.5 * torch.randn_like(p))
+            elif name.startswith(("prompt_learner.ctx", "text_encoder.prompt_generation_layer")):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _video(cfg: TCCLIPConfig = CFG, batch: int = 2, seed: int = 1) -> Tensor:
+    size = cfg.clip.vision.image_size
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, cfg.num_frames, 3, size, size, generator=gen, dtype=torch.float64)
+
+
+def _assert_close(actual: Tensor, expected: Tensor, rtol: float = 1e-8, scale: float | None = None) -> None:
+    """Agreement relative to the largest magnitude of `expected` (or to `scale`)."""
+    scale = float(expected.detach().abs().max()) if scale is None else scale
+    err = float((actual - expected).detach().abs().max())
+    assert err <= rtol * max(scale, 1e-30), f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+@pytest.mark.parametrize("levels", [(2,), (1, 2), (1,)], ids=["last-level", "two-levels", "first-level"])
+def test_fast_reference_path_and_plain_reference_give_the_same_logits(levels):
+    cfg = CFG.replace(prompt_generation_layer_level=levels)
+    model = _model(cfg).eval()
+    video = _video(cfg)
+    with torch.no_grad():
+        fast = model(video)
+        model.set_execution_path("reference")
+        reference_path = model(video)
+    plain = reference_forward(model.state_dict(), cfg, NAMES, video).logits
+    _assert_close(fast, plain)
+    _assert_close(reference_path, plain)
+
+
+@pytest.mark.parametrize("kind", ["vifi_clip", "clip"])
+def test_baselines_give_the_same_logits_on_both_paths(kind):
+    model = _model(CFG.replace(model=kind)).eval()
+    video = _video()
+    with torch.no_grad():
+        fast = model(video)
+        model.set_execution_path("reference")
+        _assert_close(model(video), fast)
+
+
+def _gradients(model: torch.nn.Module, video: Tensor, path: str) -> dict[str, Tensor]:
+    model.zero_grad(set_to_none=True)
+    model.set_execution_path(path)
+    model(video).logsumexp(dim=-1).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_fast_and_reference_training_steps_give_the_same_gradients(checkpointing):
+    model = _model(CFG.replace(prompt_generation_layer_level=(1, 2))).train()
+    video = _video()
+    reference = _gradients(model, video, "reference")
+    model.image_encoder.gradient_checkpointing = checkpointing
+    fast = _gradients(model, video, "fast")
+    assert fast.keys() == reference.keys() and len(fast) > 50
+    # Some gradients are zero up to rounding (a key bias shifts all logits of a query alike): compare those on the
+    # scale of the whole gradient.
+    floor = 1e-6 * max(float(g.abs().max()) for g in reference.values())
+    for name, grad in reference.items():
+        _assert_close(fast[name], grad, scale=max(float(grad.abs().max()), floor))
+
+
+def test_reference_path_does_not_cache_and_fast_path_reuses_the_prefix():
+    model = _model().eval()
+    video = _video()
+    with torch.no_grad():
+        model(video)
+        prefix = model._text_cache.value
+        model(video)
+        assert model._text_cache.value is prefix
+        model.set_execution_path("reference")
+        assert model._text_cache is None
+        model(video)
+        assert model._text_cache is None
+
+
+def test_set_execution_path_reaches_every_submodule_and_rejects_unknown_paths():
+    model = _model()
+    model.set_execution_path("reference")
+    paths = {m.execution_path for m in model.modules() if hasattr(m, "execution_path")}
+    assert paths == {"reference"}
+    assert sum(isinstance(m, MLP) for m in model.modules()) == 5  # 2 vision, 2 text blocks, 1 prompt generation
+    with pytest.raises(ValueError, match="fast, reference"):
+        model.set_execution_path("quick")
+
+
+def test_text_end_token_block_equals_the_full_block():
+    torch.manual_seed(0)
+    width, classes, videos, length, n = 16, 3, 2, 9, 2
+    block = TextBlock(width, heads=4).double()
+    shared = torch.randn(classes, length, width, dtype=torch.float64)
+    rows = torch.randn(videos, classes, n, width, dtype=torch.float64)
+    end = torch.tensor([5, 8, 4])
+    full = shared.expand(videos, -1, -1, -1).clone()
+    full[:, :, 1 : 1 + n] = rows
+    expected = block(full.flatten(0, 1), causal_mask(length)).unflatten(0, (videos, classes))
+    out = block.forward_end_tokens(shared, rows, 1, end)
+    _assert_close(out, expected[:, torch.arange(classes), end])
+
+
+def _saved_bytes(fn, module: torch.nn.Module) -> int:
+    """Bytes of the distinct activations (not `module`'s parameters) autograd keeps for the backward of `fn()`."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if t.numel() and storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def test_lean_mlp_matches_autograd_and_keeps_fewer_activations():
+    torch.manual_seed(0)
+    mlp = MLP(8).double()
+    x = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
+    grads, saved = {}, {}
+    for path in ("fast", "reference"):
+        mlp.execution_path = path
+        saved[path] = _saved_bytes(lambda: mlp(x), mlp)
+        out = mlp(x)
+        grads[path] = torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()])
+    for fast, reference in zip(grads["fast"], grads["reference"], strict=True):
+        _assert_close(fast, reference, rtol=1e-12)
+    assert saved["fast"] == 5 * x.nbytes  # the input and the 4x wider pre-activation
+    assert saved["fast"] < 0.5 * saved["reference"]
+
+
+def test_lean_mlp_under_autocast_gives_parameter_dtype_gradients():
+    mlp = MLP(8)
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in mlp.parameters())
+    assert x.grad.dtype == torch.float32
+
+
+def test_fast_training_step_keeps_far_fewer_activations():
+    model = _model(CFG.replace(num_frames=4, context_token_k=8, tome_r=4)).train()
+    video = _video(CFG.replace(num_frames=4), batch=2)
+    saved = {}
+    for path in ("fast", "reference"):
+        model.set_execution_path(path)
+        saved[path] = _saved_bytes(lambda: model(video), model)
+    assert saved["fast"] < 0.6 * saved["reference"], saved
