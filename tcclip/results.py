@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,7 +342,7 @@ def _plot_few_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_title(DATASET_LABEL[dataset])
         ax.grid(alpha=0.3)
     _legend(axes)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -391,7 +392,7 @@ def _plot_base2novel(rows: list[dict[str, Any]], path: Path, title: str) -> None
         ax.set_ylabel("top-1 (%)")
         ax.set_title(VARIANT_LABEL[variant])
     _legend(axes)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -418,7 +419,7 @@ def _plot_zero_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_ylabel("top-1 (%), mean over splits")
         ax.set_title(VARIANT_LABEL[variant])
     _legend(axes)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -430,7 +431,7 @@ def _plot_fully_supervised(rows: list[dict[str, Any]], path: Path, title: str) -
     _grouped_bars(axes[0], ["top-1", "top-5"], series, {"paper"})
     axes[0].set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -473,6 +474,6 @@ def collect_protocol(
         paths = [results_dir / f"{protocol}.{ext}" for ext in ("csv", "md", "png")]
         write_csv(rows, paths[0])
         paths[1].write_text(result.markdown)
-        plot(rows, paths[2], title + (f" — {note}" if note else ""))
+        plot(rows, paths[2], title + ("\n" + textwrap.fill(note, 48) if note else ""))
         result.files = paths
     return result
