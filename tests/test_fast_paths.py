@@ -97,14 +97,14 @@ def test_reference_path_does_not_cache_and_fast_path_reuses_the_prefix():
     model = _model().eval()
     video = _video()
     with torch.no_grad():
+        model.set_execution_path("reference")
+        model(video)
+        assert model._text_cache is None
+        model.set_execution_path("fast")
         model(video)
         prefix = model._text_cache.value
         model(video)
         assert model._text_cache.value is prefix
-        model.set_execution_path("reference")
-        assert model._text_cache is None
-        model(video)
-        assert model._text_cache is None
 
 
 def test_set_execution_path_reaches_every_submodule_and_rejects_unknown_paths():
@@ -183,3 +183,16 @@ def test_fast_training_step_keeps_far_fewer_activations():
         model.set_execution_path(path)
         saved[path] = _saved_bytes(lambda: model(video), model)
     assert saved["fast"] < 0.6 * saved["reference"], saved
+
+
+def test_bias_as_mask_or_folded_into_keys_gives_the_same_gradients(monkeypatch):
+    """The CPU fast path carries the local-global bias in an extra key channel; CUDA's uses an additive mask."""
+    from tcclip.model.vision import TCAttention
+
+    model = _model().train()
+    video = _video()
+    folded = _gradients(model, video, "fast")
+    monkeypatch.setattr(TCAttention, "_fold_bias_into_keys", lambda self, x, context: False)
+    masked = _gradients(model, video, "fast")
+    for name, grad in masked.items():
+        _assert_close(folded[name], grad, scale=max(float(grad.abs().max()), 1e-6))

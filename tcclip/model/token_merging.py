@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["bipartite_merge", "merge_schedule", "summarise"]
+__all__ = ["bipartite_merge", "merge_schedule", "summarise", "take_rows"]
 
 
 def merge_schedule(num_tokens: int, num_out: int, r: int) -> list[int]:
@@ -30,35 +30,43 @@ def merge_schedule(num_tokens: int, num_out: int, r: int) -> list[int]:
     return steps
 
 
-def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, n, C], index [B, m] -> [B, m, C]."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, n, ...], index [B, m] -> [B, m, ...]: the rows `index` of each batch element.
+
+    Through `index_select`, whose backward pass keeps only the index (a `gather` would keep all of x alive).
+    """
+    b, n = x.shape[:2]
+    flat = (index + torch.arange(b, device=index.device)[:, None] * n).flatten()  # [B*m] row numbers of x.flatten(0, 1)
+    return x.reshape(b * n, *x.shape[2:]).index_select(0, flat).view(b, index.shape[1], *x.shape[2:])
 
 
 def _merge_sums(sums: Tensor, size: Tensor, r: int, source: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One bipartite step on size-weighted sums (token = sum / size); see `bipartite_merge` for the rule.
 
     Carrying sums instead of means makes a merge a plain addition (no multiply and divide by sizes each step), and
-    the cosine scores are the same: a sum and its mean point the same way.
+    the cosine scores are the same: a sum and its mean point the same way. The scores only choose (indices), so
+    they are computed without recording gradients.
     """
     n = sums.shape[1]
     if not 0 <= r <= n // 2:
         raise ValueError(f"cannot merge {r} of {n} tokens in one bipartite step (at most {n // 2})")
-    metric = sums / sums.norm(dim=-1, keepdim=True)  # unit-norm copy: dot products are cosine similarities
-    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [B, nA, nB]
-    best_score, best_b = scores.max(dim=-1)  # [B, nA] each; the first maximum on a tie
-    order = best_score.argsort(dim=-1, descending=True, stable=True)  # [B, nA] A tokens ranked, best first
-    dst = best_b.gather(1, order[:, :r])  # [B, r] the B token each merged A token joins
+    with torch.no_grad():
+        metric = sums / sums.norm(dim=-1, keepdim=True)  # unit-norm copy: dot products are cosine similarities
+        scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [B, nA, nB]
+        best_score, best_b = scores.max(dim=-1)  # [B, nA] each; the first maximum on a tie
+        order = best_score.argsort(dim=-1, descending=True, stable=True)  # [B, nA] A tokens ranked, best first
+        dst = best_b.gather(1, order[:, :r])  # [B, r] the B token each merged A token joins
+        ranked_a = 2 * order  # positions of the ranked A tokens in the input
 
-    sums_a = _gather_tokens(sums[:, 0::2], order)  # [B, nA, D] in ranked order: the first r merge, the rest stay
-    size_a = _gather_tokens(size[:, 0::2], order)  # [B, nA, 1]
+    sums_a = take_rows(sums, ranked_a)  # [B, nA, D] in ranked order: the first r merge, the rest stay
+    size_a = take_rows(size, ranked_a)  # [B, nA, 1]
     sums_b = sums[:, 1::2].scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, sums.shape[-1]), sums_a[:, :r])
     size_b = size[:, 1::2].scatter_add(1, dst.unsqueeze(-1), size_a[:, :r])
     sums_out = torch.cat([sums_a[:, r:], sums_b], dim=1)
     size_out = torch.cat([size_a[:, r:], size_b], dim=1)
     if source is None:
         return sums_out, size_out, None
-    source_a = _gather_tokens(source[:, 0::2], order)
+    source_a = take_rows(source, ranked_a)
     source_b = source[:, 1::2].scatter_reduce(
         1, dst.unsqueeze(-1).expand(-1, -1, source.shape[-1]), source_a[:, :r], reduce="amax", include_self=True
     )  # [B, nB, S] OR of the 0/1 maps

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tcclip.model.config import CLIPVisionCfg, TCCLIPConfig
 from tcclip.model.layers import MLP, ExecutionPath, LayerNorm
-from tcclip.model.token_merging import summarise
+from tcclip.model.token_merging import summarise, take_rows
 
 __all__ = [
     "FrameVisionEncoder",
@@ -108,15 +108,9 @@ class TCAttention(nn.Module):
         """
         b, t, n, d = x.shape
         scale = (d // self.heads) ** -0.5
-        q = self._split_heads(self.q_proj(x))  # [B, T, H, N, dh]
-        k = self._split_heads(self.k_proj(x))
-        v = self._split_heads(self.v_proj(x))
-        if context is not None:
-            # Context keys/values are projected once per video; every frame sees the same ones.
-            k_ctx = self._split_heads(self.k_proj(context)).unsqueeze(1).expand(-1, t, -1, -1, -1)  # [B, T, H, K, dh]
-            v_ctx = self._split_heads(self.v_proj(context)).unsqueeze(1).expand(-1, t, -1, -1, -1)
-            k, v = torch.cat([k, k_ctx], dim=-2), torch.cat([v, v_ctx], dim=-2)  # [B, T, H, N + K, dh]
-        bias = self._key_bias(n, k.shape[-2] - n, q.dtype)  # [H, N + K] or None
+        fold = self._fold_bias_into_keys(x, context)
+        q, k, v, out_weight = self._project(x, context, scale, fold)  # q [B, T, H, N, dh], k/v [B, T, H, N (+K), dh]
+        bias = None if fold else self._key_bias(n, k.shape[-2] - n, q.dtype)  # [H, N + K] or None
 
         if self.execution_path == "reference":
             logits = (q * scale) @ k.transpose(-2, -1)  # [B, T, H, N, N + K]
@@ -130,7 +124,63 @@ class TCAttention(nn.Module):
             out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale)
             out = out.unflatten(0, (b, t))  # [B, T, H, N, dh]
             scores = self._class_patch_scores(q[..., 0, :], k, bias, scale, n) if class_scores else None
-        return self.out_proj(out.transpose(-3, -2).flatten(-2)), scores  # heads back together: [B, T, N, D]
+        out = F.linear(out.transpose(-3, -2).flatten(-2), out_weight, self.out_proj.bias)  # heads joined: [B, T, N, D]
+        return out, scores
+
+    def _fold_bias_into_keys(self, x: Tensor, context: Tensor | None) -> bool:
+        """Whether the fast path carries the local-global bias in an extra channel per head (see `_project`).
+
+        Needed where the bias gets a gradient and the device's fused kernel takes no mask gradient: the CPU flash
+        kernel does not (SDPA would fall back to explicit matrices), CUDA's memory-efficient kernel does.
+        """
+        table = self.local_global_bias_table
+        return (
+            self.execution_path == "fast"
+            and context is not None
+            and table is not None
+            and table.requires_grad
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+        )
+
+    def _project(
+        self, x: Tensor, context: Tensor | None, scale: float, fold_bias: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Queries, keys and values per head (context keys/values after the frame's), and the out-projection weight.
+
+        With `fold_bias`, every head gets one more channel: 1 in the queries, 0 in the frame keys,
+        (b_global - b_local) / scale in the context keys, 0 in the values (and a zero column in the out-projection).
+        The logits then gain b_global - b_local on the context keys, which gives the same softmax as adding b_local
+        and b_global (a shift shared by all keys of a query changes nothing), and the bias learns through the
+        keys, whose gradient the fused kernels compute.
+        """
+        heads, width = self.heads, x.shape[-1]
+        head_dim = width // heads
+        weights = [m.weight for m in (self.q_proj, self.k_proj, self.v_proj)]
+        biases = [m.bias for m in (self.q_proj, self.k_proj, self.v_proj)]
+        out_weight = self.out_proj.weight
+        context_key_bias = biases[1]
+        if fold_bias:
+            table = self.local_global_bias_table.to(x.dtype)  # [H, 1, 2]
+            extra = [x.new_ones(heads), x.new_zeros(heads), x.new_zeros(heads)]  # the new channel of q, k, v
+            shift = (table[:, 0, 1] - table[:, 0, 0]) / scale  # [H]
+
+            def widen(bias: Tensor, channel: Tensor) -> Tensor:  # [H*dh] -> [H*(dh+1)]
+                return torch.cat([bias.view(heads, head_dim), channel[:, None]], dim=1).flatten()
+
+            weights = [F.pad(w.view(heads, head_dim, -1), (0, 0, 0, 1)).flatten(0, 1) for w in weights]
+            context_key_bias = widen(biases[1], shift)
+            biases = [widen(b, c) for b, c in zip(biases, extra, strict=True)]
+            out_weight = F.pad(out_weight.view(width, heads, head_dim), (0, 1)).flatten(1)  # [D, H*(dh+1)]
+        q, k, v = (self._split_heads(F.linear(x, w, b)) for w, b in zip(weights, biases, strict=True))
+        if context is not None:
+            # Context keys/values are projected once per video; every frame sees the same ones.
+            t = x.shape[1]
+            k_ctx = self._split_heads(F.linear(context, weights[1], context_key_bias))  # [B, H, K, dh]
+            v_ctx = self._split_heads(F.linear(context, weights[2], biases[2]))
+            k = torch.cat([k, k_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
+            v = torch.cat([v, v_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)
+        return q, k, v, out_weight
 
     @staticmethod
     @torch.no_grad()
@@ -203,13 +253,14 @@ class VisionBlock(nn.Module):
         # c. Seeds: the s patches with the highest class-token attention in each frame, best first.
         seeds = scores.topk(num_seeds, dim=-1, sorted=True).indices  # [B, T, s]
         # e. Seed tokens frame by frame, each frame's in seed order, merged down to K context tokens.
-        seed_tokens = frames[:, :, 1:].gather(2, seeds.unsqueeze(-1).expand(-1, -1, -1, d))  # [B, T, s, D]
+        rows = seeds + 1 + torch.arange(t, device=seeds.device)[:, None] * n  # [B, T, s] token t*N + 1 + p
+        seed_tokens = take_rows(frames.flatten(1, 2), rows.flatten(1))  # [B, T*s, D]
         sources = None
         if track_sources:
             patch_ids = seeds + torch.arange(t, device=seeds.device)[:, None] * num_patches  # t*P + p, [B, T, s]
             sources = frames.new_zeros(b, t * num_seeds, t * num_patches)
             sources.scatter_(2, patch_ids.reshape(b, t * num_seeds, 1), 1.0)  # one-hot rows
-        new_context, sources = summarise(seed_tokens.flatten(1, 2), num_context, tome_r, sources)  # [B, K, D]
+        new_context, sources = summarise(seed_tokens, num_context, tome_r, sources)  # [B, K, D]
 
         # f. MLP residual on the frame tokens and the new context tokens (token-wise, so applied to each).
         frames = frames + self.mlp(self.ln_2(frames))
