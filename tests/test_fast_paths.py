@@ -21,6 +21,15 @@ NAMES = ["ApplyEyeMakeup", "playing_guitar", "abseiling", "YoYo", "riding a bike
 CFG = TCCLIPConfig(arch="test-tiny", num_frames=3, context_token_k=6, tome_r=2, prompt_generation_layer_level=(2,))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread (on a busy machine, OpenMP threads wait for each other far longer than they work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(cfg: TCCLIPConfig = CFG, seed: int = 0) -> torch.nn.Module:
     """A random float64 model whose new parameters are perturbed so that they matter."""
     torch.manual_seed(seed)
