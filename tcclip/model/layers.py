@@ -20,7 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EXECUTION_PATHS", "MLP", "ExecutionPath", "LayerNorm", "QuickGELU", "quick_gelu", "set_execution_path"]
+__all__ = [
+    "EXECUTION_PATHS",
+    "MLP",
+    "ONEDNN_CPU_MATMULS",
+    "ExecutionPath",
+    "LayerNorm",
+    "QuickGELU",
+    "linear",
+    "quick_gelu",
+    "set_execution_path",
+]
 
 ExecutionPath = Literal["fast", "reference"]
 EXECUTION_PATHS: tuple[str, ...] = ("fast", "reference")
@@ -60,44 +70,107 @@ class QuickGELU(nn.Module):
         return quick_gelu(x)
 
 
-class _LeanMLPFunction(torch.autograd.Function):
-    """c_proj(quick_gelu(c_fc(x))) that keeps only x and the pre-activation for the backward pass.
+ONEDNN_CPU_MATMULS = True
+"""Fast path, float32 on CPU: run the big matmuls (`linear`) as 1x1 channels-last convolutions, which torch hands to
+oneDNN, instead of `F.linear`, which calls the BLAS (MKL). Same numbers up to float32 rounding. On CPUs where MKL
+takes a slow code path it is about twice as fast (measured 2.2x on an AMD EPYC Zen 5, forward and backward);
+elsewhere it is on par. Set to False to compare."""
 
-    Plain autograd keeps four hidden-sized tensors per token (pre-activation, sigmoid, activation, and the scaled
-    copy's sigmoid input); this keeps one and recomputes the cheap activation, so an MLP costs 5 widths of stored
-    activations per token instead of 13. Same numbers as autograd up to rounding order.
+
+def _use_onednn(x: Tensor) -> bool:
+    return (
+        ONEDNN_CPU_MATMULS
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() >= 2
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _as_image(x: Tensor) -> Tensor:
+    """[..., C] -> [I, C, R / I, 1]: the same memory seen as a channels-last image batch (no copy).
+
+    I = 16 images when the R rows divide evenly: torch picks oneDNN for 1x1 convolutions from 16 images on (or
+    with several threads), the im2col + BLAS fallback otherwise.
+    """
+    rows = x.numel() // x.shape[-1]
+    images = 16 if rows % 16 == 0 else 1
+    return x.reshape(images, rows // images, 1, x.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _from_image(y: Tensor, leading: torch.Size) -> Tensor:
+    """Inverse of `_as_image`: [I, C, M, 1] -> [*leading, C] (a view when y is channels-last)."""
+    return y.permute(0, 2, 3, 1).reshape(*leading, y.shape[1])
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear`, through oneDNN on CPU in float32 (see `ONEDNN_CPU_MATMULS`); differentiable either way."""
+    if not _use_onednn(x):
+        return F.linear(x, weight, bias)
+    y = F.conv2d(_as_image(x), weight[:, :, None, None], bias)  # 1x1 convolution = matmul over the channels
+    return _from_image(y, x.shape[:-1])
+
+
+def _linear_grads(
+    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
+    if _use_onednn(x):
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            _as_image(grad_out), _as_image(x), weight[:, :, None, None], [weight.shape[0]],
+            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs),
+        )  # fmt: skip
+        return (
+            _from_image(grad_x, x.shape[:-1]) if needs[0] else None,
+            grad_w.view_as(weight) if needs[1] else None,
+            grad_b if needs[2] else None,
+        )
+    grad_2d = grad_out.reshape(-1, grad_out.shape[-1])  # [M, out]
+    return (
+        grad_out @ weight if needs[0] else None,
+        grad_2d.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
+        grad_2d.sum(0) if needs[2] else None,
+    )
+
+
+class _LeanMLPFunction(torch.autograd.Function):
+    """linear(silu(linear(x, w1, b1)), w2, b2) that keeps only x and the pre-activation for the backward pass.
+
+    With w1, b1 scaled by a = 1.702 and w2 by 1/a this is CLIP's MLP, since x * sigmoid(a x) = silu(a x) / a (see
+    `MLP`). Plain autograd keeps four hidden-sized tensors per token (pre-activation, its sigmoid, the activation,
+    and the scaled copy); this keeps one and recomputes the activation, so an MLP costs 5 widths of stored
+    activations per token instead of 13.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:  # noqa: ANN001
-        hidden = F.linear(x, w1, b1)
+    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+        hidden = linear(x, w1, b1)
         ctx.save_for_backward(x, hidden, w1, w2)
-        return F.linear(quick_gelu(hidden), w2, b2)
+        return linear(F.silu(hidden), w2, b2)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, hidden, w1, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
-        sig = torch.sigmoid(_GELU_SCALE * hidden)
-        act = hidden * sig  # the activation, recomputed
-        grad_out_2d = grad_out.reshape(-1, grad_out.shape[-1])  # [M, D]
-        grad_w2 = grad_out_2d.t() @ act.reshape(-1, act.shape[-1]) if need_w2 else None
-        grad_b2 = grad_out_2d.sum(0) if need_b2 else None
-        # d/dh [h * sigmoid(a h)] = sigmoid(a h) + a * h * sigmoid(a h) * (1 - sigmoid(a h)), in place on `act`.
-        grad_hidden = (grad_out @ w2).mul_(act.mul_(1 - sig).mul_(_GELU_SCALE).add_(sig))  # [..., hidden]
-        del act, sig
-        grad_hidden_2d = grad_hidden.reshape(-1, grad_hidden.shape[-1])
-        grad_w1 = grad_hidden_2d.t() @ x.reshape(-1, x.shape[-1]) if need_w1 else None
-        grad_b1 = grad_hidden_2d.sum(0) if need_b1 else None
-        grad_x = grad_hidden @ w1 if need_x else None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            act = F.silu(hidden)  # recomputed
+            grad_act, grad_w2, grad_b2 = _linear_grads(grad_out.contiguous(), act, w2, (True, need_w2, need_b2))
+            del act
+            grad_hidden = torch.ops.aten.silu_backward(grad_act, hidden)
+            del grad_act
+            grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, w1, (need_x, need_w1, need_b1))
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 class MLP(nn.Module):
     """CLIP's MLP: `c_fc`, QuickGELU, `c_proj` (CLIP's parameter names).
 
-    On the fast path a training step keeps only the input and the pre-activation for the backward pass (see
-    `_LeanMLPFunction`) and evaluation computes the activation in place; on the reference path it is plain autograd.
+    The fast path computes QuickGELU as silu(a h) / a with a = 1.702, folding a into c_fc and 1/a into c_proj: one
+    fused activation pass instead of three (the same function; only float rounding differs). A training step
+    keeps only the input and the pre-activation for the backward pass (`_LeanMLPFunction`). The reference path is
+    CLIP's form through plain autograd.
     """
 
     def __init__(self, width: int, mlp_ratio: float = 4.0) -> None:
@@ -114,17 +187,22 @@ class MLP(nn.Module):
         params = (self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return _lean_mlp(x, *params)
-        hidden = self.c_fc(x)
-        hidden = hidden.mul_(torch.sigmoid(_GELU_SCALE * hidden))  # in place: one hidden-sized temporary, not three
-        return self.c_proj(hidden)
+        w1, b1, w2, b2 = _fold_gelu_scale(*params)
+        return linear(F.silu(linear(x, w1, b1), inplace=True), w2, b2)
+
+
+def _fold_gelu_scale(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """c_fc scaled by a, c_proj's weight by 1/a: then c_proj(silu(c_fc(x))) is CLIP's MLP (QuickGELU)."""
+    return w1 * _GELU_SCALE, b1 * _GELU_SCALE, w2 / _GELU_SCALE, b2
 
 
 def _lean_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """`_LeanMLPFunction` under autocast: the casts happen outside (so autograd casts the gradients back)."""
+    """`_LeanMLPFunction` on the folded weights; under autocast the casts happen outside (autograd casts the
+    gradients back)."""
     device = x.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
         with torch.autocast(device, enabled=False):
-            return _LeanMLPFunction.apply(x, w1, b1, w2, b2)
-    return _LeanMLPFunction.apply(x, w1, b1, w2, b2)
+            return _LeanMLPFunction.apply(x, *_fold_gelu_scale(w1, b1, w2, b2))
+    return _LeanMLPFunction.apply(x, *_fold_gelu_scale(w1, b1, w2, b2))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tcclip.model.config import CLIPVisionCfg, TCCLIPConfig
-from tcclip.model.layers import MLP, ExecutionPath, LayerNorm
+from tcclip.model.layers import MLP, ExecutionPath, LayerNorm, linear
 from tcclip.model.token_merging import summarise, take_rows
 
 __all__ = [
@@ -124,7 +124,8 @@ class TCAttention(nn.Module):
             out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale)
             out = out.unflatten(0, (b, t))  # [B, T, H, N, dh]
             scores = self._class_patch_scores(q[..., 0, :], k, bias, scale, n) if class_scores else None
-        out = F.linear(out.transpose(-3, -2).flatten(-2), out_weight, self.out_proj.bias)  # heads joined: [B, T, N, D]
+        matmul = F.linear if self.execution_path == "reference" else linear
+        out = matmul(out.transpose(-3, -2).flatten(-2), out_weight, self.out_proj.bias)  # heads joined: [B, T, N, D]
         return out, scores
 
     def _fold_bias_into_keys(self, x: Tensor, context: Tensor | None) -> bool:
@@ -172,12 +173,13 @@ class TCAttention(nn.Module):
             context_key_bias = widen(biases[1], shift)
             biases = [widen(b, c) for b, c in zip(biases, extra, strict=True)]
             out_weight = F.pad(out_weight.view(width, heads, head_dim), (0, 1)).flatten(1)  # [D, H*(dh+1)]
-        q, k, v = (self._split_heads(F.linear(x, w, b)) for w, b in zip(weights, biases, strict=True))
+        matmul = F.linear if self.execution_path == "reference" else linear  # the reference path: torch's default
+        q, k, v = (self._split_heads(matmul(x, w, b)) for w, b in zip(weights, biases, strict=True))
         if context is not None:
             # Context keys/values are projected once per video; every frame sees the same ones.
             t = x.shape[1]
-            k_ctx = self._split_heads(F.linear(context, weights[1], context_key_bias))  # [B, H, K, dh]
-            v_ctx = self._split_heads(F.linear(context, weights[2], biases[2]))
+            k_ctx = self._split_heads(matmul(context, weights[1], context_key_bias))  # [B, H, K, dh]
+            v_ctx = self._split_heads(matmul(context, weights[2], biases[2]))
             k = torch.cat([k, k_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
             v = torch.cat([v, v_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)
         return q, k, v, out_weight
