@@ -402,7 +402,7 @@ def render(results: dict) -> str:
         + (f", {machine['gpu']}" if "gpu" in machine else "")
         + f"; torch {machine['torch']} ({machine['cpu_capability']}); device {results['device']}, {results['dtype']}.",
         f"Model: {s['arch']}, T={s['frames']}, K={s['context_token_k']}, random weights. "
-        f"Matmul peak ({s['matmul_size']}^3, "
+        f"Matmul peak (n x n x n, n={s['matmul_size']} on CPU, twice that on GPU; best of the start and the end; "
         + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())
         + " GFLOP/s): the best, "
         + f"{peak:.0f} GFLOP/s, is the machine's peak below.",
@@ -606,8 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {**settings.__dict__, "class_counts": list(settings.class_counts)},
         "machine": machine_description(device, args.threads),
     }
-    results["matmul_peak_gflops"] = matmul_peak(device, dtype, settings.matmul_size)
-    print(f"  matmul peak GFLOP/s: {results['matmul_peak_gflops']}", flush=True)
+    matmul_size = settings.matmul_size if device.type == "cpu" else 2 * settings.matmul_size
+    peaks = matmul_peak(device, dtype, matmul_size)
+    print(f"  matmul peak GFLOP/s: {peaks}", flush=True)
 
     cfg = settings.model_config()
     model = build_model(cfg, max(settings.class_counts), device).eval()
@@ -632,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["train"][name] = row = measure_train(args, path, checkpointing)
         print(f"  train {name}: {row}", flush=True)
 
+    # Measured again at the end: on a shared machine the better of the two is closer to what the machine can do.
+    results["matmul_peak_gflops"] = {k: max(v, peaks[k]) for k, v in matmul_peak(device, dtype, matmul_size).items()}
+    print(f"  matmul peak GFLOP/s: {results['matmul_peak_gflops']}", flush=True)
     results["float64"] = float64_difference(settings, device)
     print(f"  float64: {results['float64']}", flush=True)
     results["agreement"] = top1_agreement(settings, device)
