@@ -1,9 +1,11 @@
 """Text side of TC-CLIP: class-name processing, the prompt learner and the video-conditional text encoder (spec 3).
 
 The text encoder runs in two parts. The CLIP blocks before the first prompt-generation level see only the class
-prompts, never the video, so they run once for the C classes (`encode_prefix`, [C, L, W]); the remaining blocks run
-batched over videos x classes (`encode_rest`, [B*C, L, W]) with the prompt positions rewritten from each video's
-context tokens. The model keeps the prefix result cached between no-grad calls (see `TCCLIP`).
+prompts, never the video, so they run once for the C classes (`encode_prefix`, [C, L, W]); the model keeps that
+result cached between no-grad calls (see `TCCLIP`). The remaining blocks (`encode_rest`) run per video: with the
+default level before the last block, only the n_ctx prompt rows of each (video, class) are rewritten and the last
+block is evaluated at the end token alone (`TextBlock.forward_end_tokens`); otherwise batched over videos x classes
+([B*C, L, W]). `VPTextEncoder.forward_reference` is the plain form (every block, every row, one video at a time).
 """
 
 from __future__ import annotations

@@ -54,14 +54,15 @@ class TCAttention(nn.Module):
 
     Execution paths (`execution_path`, see `tcclip.model.layers`):
 
-    - `fast`: `F.scaled_dot_product_attention` (a fused flash kernel on CPU, flash / memory-efficient kernels on
-      GPU) with the bias as an additive [H, 1, N + K] mask; the class-token row for seed selection is computed on
-      its own (one query per frame, no gradient) since fused kernels return no probabilities. SDPA takes one key
-      tensor per frame, so the context keys/values (projected once per video) are copied next to each frame's:
-      2*T*K*D elements per video and layer, about 1/14 of what a training step keeps per layer. Keeping them apart
-      (two score blocks with a shared softmax) avoids that copy but needs the explicit [T, H, N, N + K] matrices,
-      which measured 2-3x slower on CPU and keep several times more memory in training, so the copy is the better
-      trade on both devices.
+    - `fast`: `F.scaled_dot_product_attention`, a fused kernel (flash on CPU; flash / memory-efficient on GPU) that
+      never materialises the [T, H, N, N + K] probabilities; the class-token row for seed selection is computed
+      on its own (one query per frame, no gradient, as only the ranking is used). The bias is an additive
+      [H, 1, N + K] mask, except when it needs a gradient on the CPU, whose flash kernel takes no mask gradient:
+      then it rides in one extra channel per head (see `_project`). SDPA takes one key tensor per frame, so the
+      context keys/values (projected once per video) are copied next to each frame's: 2*T*K*D elements per video
+      and layer, about one of the ~14 token-widths a training step keeps per layer. Keeping them apart (two score
+      blocks sharing one softmax) avoids the copy but needs the explicit probabilities: 2-3x slower on the CPU
+      measured, and far more memory in training, so the copy is the better trade.
     - `reference`: the official form: context keys/values repeated per frame, explicit logits, softmax and
       probabilities; the seed scores are read from those probabilities.
     """
