@@ -161,13 +161,13 @@ def test_lean_mlp_matches_autograd_and_keeps_fewer_activations():
     torch.manual_seed(0)
     mlp = MLP(8).double()
     x = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
+    more = torch.randn(10, 3, 8, dtype=torch.float64, requires_grad=True)
     grads, per_token = {}, {}
     for path in ("fast", "reference"):
         mlp.execution_path = path
         out = mlp(x)
         grads[path] = torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()])
         # Stored bytes per extra token (weight-sized tensors cancel out), in widths of the input.
-        more = torch.randn(10, 3, 8, dtype=torch.float64, requires_grad=True)
         per_token[path] = (_saved_bytes(lambda: mlp(more), mlp) - _saved_bytes(lambda: mlp(x), mlp)) / (15 * 8 * 8)
     for fast, reference in zip(grads["fast"], grads["reference"], strict=True):
         _assert_close(fast, reference, rtol=1e-12)
@@ -223,3 +223,34 @@ def test_cpu_linear_and_lean_mlp_in_float32_match_torch(shape):
         _assert_close(fast, reference, rtol=1e-5)
     with torch.no_grad():
         _assert_close(mlp(x), results["reference"][0], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_vision_encoder_gives_the_same_logits():
+    model = create_model(CFG, NAMES, clip_weights=None).eval()
+    video = _video().float()
+    with torch.no_grad():
+        eager = model(video)
+        model.image_encoder.compile()
+        _assert_close(model(video), eager, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_quick_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    out = tmp_path / "speed.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| eval clips/s, 400 classes (batch 2) |" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["float64"]["max_rel"] <= 1e-8
+    assert set(results["train"]) == {"fast", "reference"} and all(
+        "step_seconds" in r for r in results["train"].values()
+    )
