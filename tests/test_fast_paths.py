@@ -208,7 +208,9 @@ def test_bias_as_mask_or_folded_into_keys_gives_the_same_gradients(monkeypatch):
         _assert_close(folded[name], grad, scale=max(float(grad.abs().max()), 1e-6))
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 7, 16), (5, 16), (16,)], ids=["frames", "rows", "vector"])
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 8, 16), (68, 16), (5, 16), (16,)], ids=["16-images", "17-images", "few-rows", "vector"]
+)
 def test_cpu_linear_and_lean_mlp_in_float32_match_torch(shape):
     """The fast path's float32 matmuls (oneDNN on CPU) and the lean MLP backward against plain torch."""
     torch.manual_seed(0)

@@ -77,8 +77,14 @@ takes a slow code path it is about twice as fast (measured 2.2x on an AMD EPYC Z
 elsewhere it is on par. Set to False to compare."""
 
 
-def _use_onednn(x: Tensor) -> bool:
-    return (
+def _onednn_images(x: Tensor) -> int:
+    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use `F.linear` instead.
+
+    torch hands a 1x1 convolution to oneDNN from 16 images on, or with several threads; otherwise to im2col and the
+    BLAS, slower than `F.linear`. So: the smallest divisor of the row count from 16 on that leaves at least 4 rows
+    an image, else one image with several threads, else `F.linear`.
+    """
+    if not (
         ONEDNN_CPU_MATMULS
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -86,30 +92,32 @@ def _use_onednn(x: Tensor) -> bool:
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
-    )
-
-
-def _as_image(x: Tensor) -> Tensor:
-    """[..., C] -> [I, C, R / I, 1]: the same memory seen as a channels-last image batch (no copy).
-
-    I = 16 images when the R rows divide evenly: torch picks oneDNN for 1x1 convolutions from 16 images on (or
-    with several threads), the im2col + BLAS fallback otherwise.
-    """
+    ):
+        return 0
     rows = x.numel() // x.shape[-1]
-    images = 16 if rows % 16 == 0 else 1
+    for images in range(16, min(64, rows // 4) + 1):
+        if rows % images == 0:
+            return images
+    return 1 if torch.get_num_threads() > 1 else 0
+
+
+def _as_image(x: Tensor, images: int) -> Tensor:
+    """[..., C] -> [I, C, R / I, 1]: the same memory seen as a channels-last batch of I images (no copy)."""
+    rows = x.numel() // x.shape[-1]
     return x.reshape(images, rows // images, 1, x.shape[-1]).permute(0, 3, 1, 2)
 
 
 def _from_image(y: Tensor, leading: torch.Size) -> Tensor:
-    """Inverse of `_as_image`: [I, C, M, 1] -> [*leading, C] (a view when y is channels-last)."""
+    """Inverse of `_as_image`: [I, C, R / I, 1] -> [*leading, C] (a view when y is channels-last)."""
     return y.permute(0, 2, 3, 1).reshape(*leading, y.shape[1])
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear`, through oneDNN on CPU in float32 (see `ONEDNN_CPU_MATMULS`); differentiable either way."""
-    if not _use_onednn(x):
+    images = _onednn_images(x)
+    if not images:
         return F.linear(x, weight, bias)
-    y = F.conv2d(_as_image(x), weight[:, :, None, None], bias)  # 1x1 convolution = matmul over the channels
+    y = F.conv2d(_as_image(x, images), weight[:, :, None, None], bias)  # 1x1 convolution = matmul over channels
     return _from_image(y, x.shape[:-1])
 
 
@@ -117,9 +125,10 @@ def _linear_grads(
     grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
-    if _use_onednn(x):
+    images = _onednn_images(x)
+    if images:
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            _as_image(grad_out), _as_image(x), weight[:, :, None, None], [weight.shape[0]],
+            _as_image(grad_out, images), _as_image(x, images), weight[:, :, None, None], [weight.shape[0]],
             [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs),
         )  # fmt: skip
         return (
