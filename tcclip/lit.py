@@ -252,7 +252,9 @@ class TCCLIPModule(L.LightningModule):
                 f"{type(datamodule).__name__}. Fix: pass one with --data (see configs/)."
             )
         self.train_class_names = list(datamodule.train_class_names)
-        if self.hparams.init_checkpoint and not self._init_checkpoint_loaded:
+        # A restored checkpoint (--ckpt_path) replaces these weights anyway, and need not exist any more.
+        restoring = bool(getattr(self.trainer, "ckpt_path", None))
+        if self.hparams.init_checkpoint and not self._init_checkpoint_loaded and not restoring:
             load_init_checkpoint(self.model, self.hparams.init_checkpoint)
             self._init_checkpoint_loaded = True
         if stage == "fit":
