@@ -28,6 +28,24 @@ format: $(PY)
 	$(PY) -m ruff format tcclip tests benchmarks
 	$(PY) -m ruff check --fix tcclip tests benchmarks
 
+# Demo on this CPU: synthetic motion videos, a tiny TC-CLIP trained from random weights (configs/demo.yaml), its
+# test accuracy and one video's prediction. Everything goes under runs/ (DEMO_DATA is kept and reused).
+DEMO_DATA ?= runs/demo_data
+DEMO_SYNTH_ARGS ?= --num-classes 4 --videos-per-class 40 --size 32 --num-frames 16-24
+
+demo:
+	@$(PY) -c "import tcclip.lit" 2>/dev/null || $(MAKE) install
+	@test -f $(DEMO_DATA)/labels.csv || $(VENV)/bin/tcclip data synth --out $(DEMO_DATA) $(DEMO_SYNTH_ARGS)
+	rm -rf runs/demo
+	$(VENV)/bin/tcclip fit --config configs/demo.yaml --data.init_args.root $(DEMO_DATA)
+	$(VENV)/bin/tcclip test --config configs/demo.yaml --data.init_args.root $(DEMO_DATA) --ckpt_path last
+	@ckpt=$$(ls -t runs/demo/lightning_logs/*/checkpoints/last.ckpt | head -n 1); \
+	video=$(DEMO_DATA)/$$(head -n 1 $(DEMO_DATA)/test.txt | cut -d' ' -f1); \
+	$(VENV)/bin/tcclip predict "$$video" --checkpoint "$$ckpt" --top-k 3 --workers 0
+	@$(PY) -c 'import json, pathlib; runs = pathlib.Path("runs/demo").rglob("results.json"); \
+	s = json.loads(max(runs, key=lambda p: p.stat().st_mtime).read_text())["sets"]["split1"]; \
+	print("demo: test top-1 %.1f%% over %d videos (chance %.0f%%)" % (s["top1"], s["num_videos"], 100 / len(s["per_class_top1"])))'
+
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 
