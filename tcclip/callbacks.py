@@ -158,10 +158,12 @@ def prediction_records(batches: Sequence[dict[str, Any]], top_k: int) -> dict[st
 
 
 class EpochSeed(Callback):
-    """Reseed every RNG at the start of each training epoch with `seed + epoch`.
+    """Reseed every RNG with `seed + e` when epoch e is about to start (at the end of epoch e - 1).
 
     Data order, augmentations and mixup of an epoch then depend on the epoch number only, so a run resumed from an
-    end-of-epoch checkpoint (`--ckpt_path last`) continues exactly like the uninterrupted run.
+    end-of-epoch checkpoint (`--ckpt_path last`) continues exactly like the uninterrupted run. The reseed happens at
+    the end of the previous epoch, and again when a checkpoint is restored, because Lightning draws the first batch
+    of a run's first epoch before `on_train_epoch_start`.
 
     Args:
         seed: base seed; null takes the run's `seed_everything` value (env `PL_GLOBAL_SEED`), else 0.
@@ -169,7 +171,23 @@ class EpochSeed(Callback):
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
+        self.next_epoch = 0
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed_everything(base + trainer.current_epoch, workers=True, verbose=False)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Read once: every reseed below rewrites PL_GLOBAL_SEED.
+        if self.seed is None:
+            self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _reseed(self) -> None:
+        seed_everything((self.seed or 0) + self.next_epoch, workers=True, verbose=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.next_epoch = trainer.current_epoch + 1
+        self._reseed()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_epoch": self.next_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_epoch = int(state_dict.get("next_epoch", 0))
+        self._reseed()

@@ -75,7 +75,8 @@ def find_checkpoint(which: str, root: str | Path) -> str | None:
         return str(last)
     state = torch.load(last, map_location="cpu", weights_only=True)
     for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+        # The ModelCheckpoint that monitors a metric (the one keeping last.ckpt monitors nothing).
+        if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
             best = Path(value["best_model_path"])
             if best.is_file():
                 return str(best)

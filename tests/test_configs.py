@@ -165,7 +165,12 @@ def test_find_checkpoint_last_and_best(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
     best = new / "best-epoch003.ckpt"
     best.write_bytes(b"")
-    state = {"callbacks": {"ModelCheckpoint{'monitor': 'val/top1'}": {"best_model_path": str(best)}}}
+    state = {
+        "callbacks": {
+            "ModelCheckpoint{'monitor': None}": {"monitor": None, "best_model_path": str(new / "last.ckpt")},
+            "ModelCheckpoint{'monitor': 'val/top1'}": {"monitor": "val/top1", "best_model_path": str(best)},
+        }
+    }
     torch.save(state, old / "last.ckpt")
     torch.save(state, new / "last.ckpt")
     os.utime(old / "last.ckpt", (1, 1))

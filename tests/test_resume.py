@@ -1,0 +1,69 @@
+"""A run stopped after its first epoch and resumed from its last checkpoint ends as the uninterrupted run does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import lightning as L
+import pytest
+import torch
+
+from tcclip.lightning_cli import run_lightning_cli
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+class StopAfterEpochs(L.Callback):
+    """Ask the trainer to stop at the end of an epoch, as a preempted job would (the last checkpoint is written)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def fit(data_root: Path, run_dir: Path, ckpt_path: str | None = None, stop_after: int | None = None) -> L.Trainer:
+    """`tcclip fit` on the tiny setting, built by the CLI (defaults.yaml included) and run here to add a callback."""
+    args = [
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"--data.init_args.root={data_root}",
+        "--data.init_args.protocol=fully_supervised",
+        "--data.init_args.num_frames=4",
+        "--data.init_args.batch_size=3",
+        "--data.init_args.num_workers=0",
+        "--model.total_batch_size=6",
+        "--model.mixup=true",  # exercises the RNG of the training step too
+        "--trainer.max_epochs=3",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.deterministic=true",
+        "--trainer.precision=32-true",
+        f"--trainer.default_root_dir={run_dir}",
+    ]
+    with mock.patch.object(sys, "argv", ["tcclip"]):
+        cli = run_lightning_cli(args, run=False)
+    if stop_after is not None:
+        cli.trainer.callbacks.append(StopAfterEpochs(stop_after))
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
+    return cli.trainer
+
+
+def test_resumed_run_ends_with_the_same_weights(data_synth: Path, tmp_path: Path) -> None:
+    full = fit(data_synth, tmp_path / "full")
+    stopped = fit(data_synth, tmp_path / "stopped", stop_after=1)
+    assert stopped.current_epoch == 1 and stopped.global_step == 2
+    last = next((tmp_path / "stopped").rglob("last.ckpt"))
+    resumed = fit(data_synth, tmp_path / "resumed", ckpt_path=str(last))
+    assert resumed.global_step == full.global_step == 6
+
+    expected, got = full.lightning_module.state_dict(), resumed.lightning_module.state_dict()
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert full.lightning_module.best_last.state_dict() == resumed.lightning_module.best_last.state_dict()
