@@ -17,10 +17,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from tcclip.data.mixup import MixupCutmix
+from tcclip.model.checkpoint import load_official_checkpoint, wise_ft
 from tcclip.model.config import TCCLIPConfig
+from tcclip.model.factory import create_model
 from tcclip.schedule import accumulation_steps, param_groups, schedule_steps, warmup_cosine_scheduler
 
 log = logging.getLogger(__name__)
@@ -127,18 +132,17 @@ class SetMetrics(nn.Module):
         self.confusion.reset()
 
 
-def confusion_figure(confusion: Tensor, class_names: Sequence[str], title: str):
-    """A matplotlib figure of a row-normalised confusion matrix (class names on the axes up to 40 classes)."""
-    import matplotlib
+def confusion_figure(confusion: Tensor, class_names: Sequence[str], title: str) -> Figure:
+    """A matplotlib figure of a row-normalised confusion matrix (class names on the axes up to 40 classes).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    A bare `Figure` (no pyplot): no global backend or figure registry is touched.
+    """
     counts = confusion.detach().float().cpu()
     norm = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     n = len(class_names)
     side = min(4 + 0.25 * n, 16)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.add_subplot()
     ax.imshow(norm.numpy(), vmin=0, vmax=1, cmap="Blues")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -260,8 +264,6 @@ class TCCLIPModule(L.LightningModule):
         if stage == "fit":
             self._set_gradient_accumulation(datamodule)
             if self.hparams.mixup:
-                from tcclip.data.mixup import MixupCutmix
-
                 self.mixup_fn = MixupCutmix(
                     num_classes=len(self.train_class_names),
                     mixup_alpha=self.hparams.mixup_alpha,
@@ -392,8 +394,6 @@ class TCCLIPModule(L.LightningModule):
 
     def wise_ft_model(self, weight: float) -> nn.Module:
         """A copy of the network with weights (1 - w) * CLIP + w * fine-tuned (TC-CLIP additions kept fine-tuned)."""
-        from tcclip.model.checkpoint import wise_ft
-
         clip_state = build_network(self.model_config, self.hparams.clip_weights).state_dict()
         fused = wise_ft(self.model.state_dict(), clip_state, weight, keep=self.model.keeps_finetuned_in_wise_ft)
         wise = copy.deepcopy(self.model)
@@ -462,8 +462,6 @@ class TCCLIPModule(L.LightningModule):
         return out
 
     def _log_confusion(self, confusion: Tensor, eval_set: Any, prefix: str) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         if not self.trainer.is_global_zero:
             return
         for logger in self.loggers:
@@ -493,8 +491,6 @@ class TCCLIPModule(L.LightningModule):
 
 def build_network(cfg: TCCLIPConfig, clip_weights: str | None) -> nn.Module:
     """`create_model` with no class names yet; random CLIP weights come from `RANDOM_CLIP_SEED`."""
-    from tcclip.model.factory import create_model
-
     if clip_weights is not None:
         return create_model(cfg, (), clip_weights=clip_weights)
     with torch.random.fork_rng(devices=[]):
@@ -520,8 +516,6 @@ def read_init_state_dict(path: str | Path) -> dict[str, Tensor]:
         if "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict').")
         return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    from tcclip.model.checkpoint import load_official_checkpoint
-
     state, _ = load_official_checkpoint(path)
     return state
 
