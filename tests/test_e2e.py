@@ -8,9 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from lightning import LightningDataModule
 
-from tcclip.data.datamodule import VideoDataModule
 from tcclip.lightning_cli import run_lightning_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,10 +74,6 @@ def test_fit_validate_test(data_synth: Path, tmp_path: Path) -> None:
     assert tested["best"] == fit["best"] and tested["last"] == fit["last"]  # carried by the checkpoint
 
 
-@pytest.mark.skipif(
-    VideoDataModule.predict_dataloader is LightningDataModule.predict_dataloader,
-    reason="the data modules have no predict_dataloader yet",
-)
 def test_predict_writes_every_video(data_synth: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = tiny_args(data_synth, run_dir)

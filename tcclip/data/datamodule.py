@@ -260,6 +260,10 @@ class VideoDataModule(LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader(d) for d in self.datasets("test")]
 
+    def predict_dataloader(self) -> list[DataLoader]:
+        # `tcclip predict --config ...` scores the test sets, with the test pipeline.
+        return self.test_dataloader()
+
     def _eval_loader(self, dataset: VideoDataset) -> DataLoader:
         world_size, rank = self._world()
         sampler = EvalDistributedSampler(dataset, num_replicas=world_size, rank=rank) if world_size > 1 else None
