@@ -164,6 +164,10 @@ class Synthetic(VideoDataModule):
 
     dataset_name = "synthetic"
 
+    def __init__(self, *, flip: bool = False, **kwargs: Any) -> None:
+        # MoveLeft/MoveRight (and the rotations) swap under a horizontal flip: never flip this data.
+        super().__init__(flip=flip, **kwargs)
+
     def _resolve_splits_dir(self, splits_dir: str | None) -> Path:
         if splits_dir:
             return Path(splits_dir).expanduser()
