@@ -143,7 +143,7 @@ class TCCLIPConfig:
     im_stop_grad: bool = True
     """Stop gradients from the text side into the context tokens."""
     parse_class_names: bool = True
-    """Split CamelCase class names into words (`ApplyEyeMakeup` -> `Apply Eye Makeup`), as the official `parse_ucf101`."""
+    """Split CamelCase names into words (`ApplyEyeMakeup` -> `Apply Eye Makeup`), as the official `parse_ucf101`."""
 
     def __post_init__(self) -> None:
         if self.model not in ("tc_clip", "vifi_clip", "clip"):
