@@ -10,17 +10,23 @@ GFLOP/s against a measured matmul peak, the float64 logit difference between the
 agreement. Weights are random (CLIP's architecture, `clip_weights=None`): speed does not depend on their values.
 
 Method:
-- Evaluation: steady state, both paths on the same model, interleaved; the median of `--repeats` timed calls of
+- Evaluation: steady state, all variants on the same model, interleaved; the best of `--repeats` timed calls of
   a batch after one warm-up call (which also fills the fast path's per-class-list text cache, as in an evaluation
-  loop over a dataset).
+  loop over a dataset). Best-of, because other processes share the machine: the fastest call is the one least
+  disturbed, alike for every variant.
 - Training step: forward, cross-entropy on random labels, backward and an AdamW step (the official betas, eps and
-  weight decay); the median of `--train-repeats` steps after one warm-up step. Each path runs in a fresh
+  weight decay); the best of `--train-repeats` steps after one warm-up step. Each path runs in a fresh
   subprocess; on the CPU its peak memory is the peak resident set (`ru_maxrss`) minus the resident set once the
   model, optimiser and batch exist: activations, gradients, AdamW state and allocator slack. On a GPU it is
   `torch.cuda.max_memory_allocated` minus the memory allocated at that point.
 - FLOPs: `torch.utils.flop_counter` (matmuls, convolutions, attention; this script registers the formula of the CPU
-  flash-attention kernel, which the counter lacks), counted on one extra call; GFLOP/s = FLOPs / median time.
-- Matmul peak: the best of several n x n matmuls in the run's dtype on the same device and thread count.
+  flash-attention kernel, which the counter lacks), counted on one extra call; GFLOP/s = FLOPs / best time.
+- Matmul peak: the best of several n x n matmuls in the run's dtype on the same device and thread count, through
+  torch.matmul and (CPU, fp32) through oneDNN as the fast path's `linear` does; measured at the start and the end.
+- CPU runs re-execute the script with glibc malloc keeping freed memory in the process (`MALLOC_MMAP_MAX_=0`,
+  `MALLOC_TRIM_THRESHOLD_`), for every path alike: by default every large tensor is a fresh mmap whose pages fault
+  in again at each step (measured: 20 s of page faults in a 90 s training step). `--system-malloc` keeps the
+  defaults.
 - bf16 (`--dtype bf16`) runs the model under `torch.autocast` with fp32 weights, as mixed-precision training does.
 """
 
@@ -34,7 +40,6 @@ import os
 import platform
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -185,8 +190,15 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def _counted_flops(fn: Callable[[], Any]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    """FLOPs of `fn()`. nn.MultiheadAttention's fused inference kernel is switched off while counting: the counter
+    does not see its matmuls (the decomposed form does the same matmuls)."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops()
 
 
@@ -255,7 +267,7 @@ def measure_eval(variants: dict, video, device, dtype, repeats: int) -> dict[str
                 times[name].append(_timed(lambda name=name: call(name), device))
     out = {}
     for name in variants:
-        seconds = statistics.median(times[name])
+        seconds = min(times[name])
         out[name] = {
             "seconds_per_batch": seconds,
             "clips_per_s": batch / seconds,
@@ -280,7 +292,7 @@ def _available_bytes() -> int | None:
 
 
 def train_worker(settings: Settings, path: str, checkpointing: bool, device: torch.device, dtype: torch.dtype) -> dict:
-    """One path's training steps in this (fresh) process: median step seconds, GFLOP per step, peak memory."""
+    """One path's training steps in this (fresh) process: best step seconds, GFLOP per step, peak memory."""
     _register_cpu_flash_attention_flops()
     cfg = settings.model_config()
     model = build_model(cfg, settings.train_classes, device).train()
@@ -312,7 +324,7 @@ def train_worker(settings: Settings, path: str, checkpointing: bool, device: tor
         peak = torch.cuda.max_memory_allocated(device) - baseline
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # ru_maxrss is in KiB
-    return {"step_seconds": statistics.median(times), "gflop_per_step": flops / 1e9, "peak_memory_bytes": peak}
+    return {"step_seconds": min(times), "gflop_per_step": flops / 1e9, "peak_memory_bytes": peak}
 
 
 def measure_train(args: argparse.Namespace, path: str, checkpointing: bool) -> dict:
@@ -320,6 +332,7 @@ def measure_train(args: argparse.Namespace, path: str, checkpointing: bool) -> d
     cmd = [sys.executable, __file__, "--_train-worker", path, "--device", args.device, "--dtype", args.dtype]
     cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     cmd += ["--checkpointing"] if checkpointing else []
+    cmd += ["--system-malloc"] if args.system_malloc else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -400,7 +413,8 @@ def render(results: dict) -> str:
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads"
         + (f", {machine['gpu']}" if "gpu" in machine else "")
-        + f"; torch {machine['torch']} ({machine['cpu_capability']}); device {results['device']}, {results['dtype']}.",
+        + f"; torch {machine['torch']} ({machine['cpu_capability']}); device {results['device']}, {results['dtype']}; "
+        + f"malloc: {results.get('malloc', 'system default')}.",
         f"Model: {s['arch']}, T={s['frames']}, K={s['context_token_k']}, random weights. "
         f"Matmul peak (n x n x n, n={s['matmul_size']} on CPU, twice that on GPU; best of the start and the end; "
         + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())
@@ -549,8 +563,9 @@ def render(results: dict) -> str:
             lines.append(_row([name, "train peak memory GB", f"{row['peak_memory_bytes'] / 1e9:.3g}", f"{ratio:.2f}x"]))
     lines += [
         "",
-        "Eval: median of timed batches after a warm-up call (the fast path's text prefix is cached per class list). "
-        "Train step: forward, cross-entropy, backward and AdamW, each path in a fresh process; peak memory = peak "
+        "Eval: best of timed batches after a warm-up call (the fast path's text prefix is cached per class list). "
+        "Train step: forward, cross-entropy, backward and AdamW, best of the timed steps, each path in a fresh "
+        "process; peak memory = peak "
         "resident set (ru_maxrss) minus the resident set with model, optimiser and batch built (GPU: "
         "max_memory_allocated): activations, gradients, AdamW state. FLOPs counted with torch.utils.flop_counter. "
         "`fast, torch matmuls`: the fast path with `tcclip.model.layers.ONEDNN_CPU_MATMULS = False`.",
@@ -573,6 +588,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compile", action="store_true", help="also measure evaluation with torch.compile on the vision encoder"
+    )
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="keep glibc's default malloc settings (see the method notes)"
     )
     parser.add_argument("--_train-worker", dest="train_worker", choices=PATHS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -605,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dtype": args.dtype,
         "settings": {**settings.__dict__, "class_counts": list(settings.class_counts)},
         "machine": machine_description(device, args.threads),
+        "malloc": " ".join(f"{k}={os.environ[k]}" for k in _MALLOC_ENV if k in os.environ) or "system default",
     }
     matmul_size = settings.matmul_size if device.type == "cpu" else 2 * settings.matmul_size
     peaks = matmul_peak(device, dtype, matmul_size)
@@ -650,5 +669,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
+def _keep_freed_memory(argv: Sequence[str]) -> None:
+    """Re-execute this script with glibc malloc keeping freed memory (see the method notes), unless already so."""
+    args = parse_args(argv)
+    if platform.system() != "Linux" or args.device != "cpu" or args.system_malloc:
+        return
+    if all(os.environ.get(k) == v for k, v in _MALLOC_ENV.items()):
+        return
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], {**os.environ, **_MALLOC_ENV})
+
+
 if __name__ == "__main__":
+    _keep_freed_memory(sys.argv[1:])
     sys.exit(main())
