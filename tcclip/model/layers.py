@@ -14,6 +14,8 @@ on a module and all its children.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Literal
 
 import torch
@@ -74,16 +76,12 @@ ONEDNN_CPU_MATMULS = True
 """Fast path, float32 on CPU: run the big matmuls (`linear`) as 1x1 channels-last convolutions, which torch hands to
 oneDNN, instead of `F.linear`, which calls the BLAS (MKL). Same numbers up to float32 rounding. On CPUs where MKL
 takes a slow code path it is about twice as fast (measured 2.2x on an AMD EPYC Zen 5, forward and backward);
-elsewhere it is on par. Set to False to compare."""
+elsewhere it is on par. Row counts with no suitable split into images (see `_image_split`) use `F.linear`. Set
+to False to compare."""
 
 
 def _onednn_images(x: Tensor) -> int:
-    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use `F.linear` instead.
-
-    torch hands a 1x1 convolution to oneDNN from 16 images on, or with several threads; otherwise to im2col and the
-    BLAS, slower than `F.linear`. So: the smallest divisor of the row count from 16 on that leaves at least 4 rows
-    an image, else one image with several threads, else `F.linear`.
-    """
+    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use `F.linear` instead."""
     if not (
         ONEDNN_CPU_MATMULS
         and x.device.type == "cpu"
@@ -94,11 +92,22 @@ def _onednn_images(x: Tensor) -> int:
         and not torch.is_autocast_enabled("cpu")
     ):
         return 0
-    rows = x.numel() // x.shape[-1]
-    for images in range(16, min(64, rows // 4) + 1):
-        if rows % images == 0:
-            return images
-    return 1 if torch.get_num_threads() > 1 else 0
+    return _image_split(x.numel() // x.shape[-1])
+
+
+@functools.lru_cache(maxsize=256)
+def _image_split(rows: int) -> int:
+    """The number of images to cut `rows` matrix rows into, or 0 when no split suits oneDNN.
+
+    torch hands a 1x1 convolution to oneDNN from 16 images on (any count with several threads; the other route,
+    im2col and the BLAS, is slower than `F.linear`), and oneDNN's weight gradient is fast with about 64 rows an
+    image and several times slower with hundreds (measured: 16 images of 788 rows reach 1/5 of the speed of 197
+    images of 64). So: the divisor of `rows` from 16 on, with at least 4 rows an image, that leaves closest to 64
+    rows an image.
+    """
+    divisors = {d for i in range(1, math.isqrt(rows) + 1) if rows % i == 0 for d in (i, rows // i)}
+    usable = [d for d in divisors if d >= 16 and rows // d >= 4]
+    return min(usable, key=lambda d: (abs(rows // d - 64), -d), default=0)
 
 
 def _as_image(x: Tensor, images: int) -> Tensor:
