@@ -16,9 +16,11 @@ Method:
   disturbed, alike for every variant.
 - Training step: forward, cross-entropy on random labels, backward and an AdamW step (the official betas, eps and
   weight decay); the best of `--train-repeats` steps after one warm-up step. Each path runs in a fresh
-  subprocess; on the CPU its peak memory is the peak resident set (`ru_maxrss`) minus the resident set once the
-  model, optimiser and batch exist: activations, gradients, AdamW state and allocator slack. On a GPU it is
-  `torch.cuda.max_memory_allocated` minus the memory allocated at that point.
+  subprocess. Peak memory on the CPU: the peak resident set (`ru_maxrss`) minus the resident set once the model,
+  optimiser and batch exist (activations, gradients, AdamW state, allocator slack), from one more fresh process
+  that runs one step with glibc's default malloc (freed large blocks return to the system at once, so the
+  resident set follows the live memory). On a GPU: `torch.cuda.max_memory_allocated` minus the memory allocated
+  at that point.
 - FLOPs: `torch.utils.flop_counter` (matmuls, convolutions, attention; this script registers the formula of the CPU
   flash-attention kernel, which the counter lacks), counted on one extra call; GFLOP/s = FLOPs / best time.
 - Matmul peak: the best of several n x n matmuls in the run's dtype on the same device and thread count, through
@@ -208,7 +210,7 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return contextlib.nullcontext()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> dict[str, float]:
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> dict[str, float]:
     """GFLOP/s of the best of `repeats` n x n matmuls: torch.matmul, and on the CPU also through oneDNN (the
     fast path's `linear`), which is not slower than the BLAS anywhere and much faster on some CPUs."""
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -291,8 +293,13 @@ def _available_bytes() -> int | None:
         return None
 
 
-def train_worker(settings: Settings, path: str, checkpointing: bool, device: torch.device, dtype: torch.dtype) -> dict:
-    """One path's training steps in this (fresh) process: best step seconds, GFLOP per step, peak memory."""
+def train_worker(
+    settings: Settings, path: str, checkpointing: bool, device: torch.device, dtype: torch.dtype, timed: bool = True
+) -> dict:
+    """One path's training steps in this (fresh) process: best step seconds, GFLOP per step, peak memory.
+
+    With `timed=False` only one step runs (for its peak memory).
+    """
     _register_cpu_flash_attention_flops()
     cfg = settings.model_config()
     model = build_model(cfg, settings.train_classes, device).train()
@@ -318,26 +325,44 @@ def train_worker(settings: Settings, path: str, checkpointing: bool, device: tor
         baseline = torch.cuda.memory_allocated(device)
     else:
         baseline = _resident_bytes()
-    flops = _counted_flops(step)  # the warm-up step, counted
-    times = [_timed(step, device) for _ in range(settings.train_repeats)]
+    flops = _counted_flops(step) if timed else 0  # the warm-up step, counted
+    times = [_timed(step, device) for _ in range(settings.train_repeats if timed else 0)]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - baseline
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # ru_maxrss is in KiB
+    if not timed:
+        return {"peak_memory_bytes": peak}
     return {"step_seconds": min(times), "gflop_per_step": flops / 1e9, "peak_memory_bytes": peak}
 
 
 def measure_train(args: argparse.Namespace, path: str, checkpointing: bool) -> dict:
-    """Run `train_worker` in a fresh subprocess (so that its peak memory is its own)."""
-    cmd = [sys.executable, __file__, "--_train-worker", path, "--device", args.device, "--dtype", args.dtype]
-    cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    cmd += ["--checkpointing"] if checkpointing else []
-    cmd += ["--system-malloc"] if args.system_malloc else []
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0][:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run `train_worker` in fresh subprocesses (so that the peak memory is the path's own).
+
+    On the CPU with the malloc settings that keep freed memory (see the method notes), the resident set grows to
+    the heap's high-water mark, fragmentation included, so the peak memory comes from a second process with
+    glibc's default malloc (freed large blocks go back to the system at once) running one step.
+    """
+
+    def run(timed: bool, system_malloc: bool) -> dict:
+        cmd = [sys.executable, __file__, "--_train-worker", path, "--device", args.device, "--dtype", args.dtype]
+        cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        cmd += ["--checkpointing"] if checkpointing else []
+        cmd += ["--system-malloc"] if system_malloc else []
+        cmd += [] if timed else ["--_memory-only"]
+        env = {k: v for k, v in os.environ.items() if not (system_malloc and k in _MALLOC_ENV)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"error": tail[0][:200]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    result = run(timed=True, system_malloc=args.system_malloc)
+    if "error" not in result and args.device == "cpu" and not args.system_malloc:
+        memory = run(timed=False, system_malloc=True)
+        result["peak_memory_bytes_kept_heap"] = result["peak_memory_bytes"]
+        result.update(memory if "error" not in memory else {"memory_error": memory["error"]})
+    return result
 
 
 def float64_difference(settings: Settings, device: torch.device) -> dict[str, float]:
@@ -565,9 +590,9 @@ def render(results: dict) -> str:
         "",
         "Eval: best of timed batches after a warm-up call (the fast path's text prefix is cached per class list). "
         "Train step: forward, cross-entropy, backward and AdamW, best of the timed steps, each path in a fresh "
-        "process; peak memory = peak "
-        "resident set (ru_maxrss) minus the resident set with model, optimiser and batch built (GPU: "
-        "max_memory_allocated): activations, gradients, AdamW state. FLOPs counted with torch.utils.flop_counter. "
+        "process; peak memory = peak resident set (ru_maxrss) minus the resident set with model, optimiser and batch "
+        "built, from a one-step process with glibc's default malloc (GPU: max_memory_allocated): activations, "
+        "gradients, AdamW state. FLOPs counted with torch.utils.flop_counter. "
         "`fast, torch matmuls`: the fast path with `tcclip.model.layers.ONEDNN_CPU_MATMULS = False`.",
     ]
     return "\n".join(lines)
@@ -593,6 +618,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--system-malloc", action="store_true", help="keep glibc's default malloc settings (see the method notes)"
     )
     parser.add_argument("--_train-worker", dest="train_worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--_memory-only", dest="memory_only", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -607,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limit = _resident_bytes() + max(available - 2 * 1024**3, 1024**3)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         try:
-            result = train_worker(settings, args.train_worker, args.checkpointing, device, dtype)
+            result = train_worker(settings, args.train_worker, args.checkpointing, device, dtype, not args.memory_only)
         except RuntimeError as err:
             if "can't allocate memory" not in str(err) and "out of memory" not in str(err).lower():
                 raise
