@@ -16,11 +16,11 @@ Method:
   disturbed, alike for every variant.
 - Training step: forward, cross-entropy on random labels, backward and an AdamW step (the official betas, eps and
   weight decay); the best of `--train-repeats` steps after one warm-up step. Each path runs in a fresh
-  subprocess. Peak memory on the CPU: the peak resident set (`ru_maxrss`) minus the resident set once the model,
-  optimiser and batch exist (activations, gradients, AdamW state, allocator slack), from one more fresh process
-  that runs one step with glibc's default malloc (freed large blocks return to the system at once, so the
-  resident set follows the live memory). On a GPU: `torch.cuda.max_memory_allocated` minus the memory allocated
-  at that point.
+  subprocess. Peak memory on the CPU: the peak resident set (VmHWM, reset once model, optimiser and batch exist)
+  minus the resident set at that point, i.e. activations, gradients, AdamW state and allocator slack, from one
+  more fresh process that runs one step with glibc's default malloc (freed large blocks return to the system at
+  once, so the resident set follows the live memory). On a GPU: `torch.cuda.max_memory_allocated` minus the
+  memory allocated at that point.
 - FLOPs: `torch.utils.flop_counter` (matmuls, convolutions, attention; this script registers the formula of the CPU
   flash-attention kernel, which the counter lacks), counted on one extra call; GFLOP/s = FLOPs / best time.
 - Matmul peak: the best of several n x n matmuls in the run's dtype on the same device and thread count, through
@@ -279,9 +279,23 @@ def measure_eval(variants: dict, video, device, dtype, repeats: int) -> dict[str
     return out
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status (VmRSS, VmHWM, VmData), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    raise KeyError(field)
+
+
+def _reset_peak_resident() -> bool:
+    """Reset the process's peak resident set (VmHWM) to the current one; False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _available_bytes() -> int | None:
@@ -324,11 +338,18 @@ def train_worker(
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        baseline = _resident_bytes()
-    flops = _counted_flops(step) if timed else 0  # the warm-up step, counted
-    times = [_timed(step, device) for _ in range(settings.train_repeats if timed else 0)]
+        # Building the model can peak higher than its result: start the peak from here where Linux allows it.
+        reset = _reset_peak_resident()
+        baseline = _status_bytes("VmRSS")
+    if timed:
+        flops = _counted_flops(step)  # the warm-up step, counted
+        times = [_timed(step, device) for _ in range(settings.train_repeats)]
+    else:
+        step()
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - baseline
+    elif reset:
+        peak = _status_bytes("VmHWM") - baseline
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # ru_maxrss is in KiB
     if not timed:
@@ -590,7 +611,7 @@ def render(results: dict) -> str:
         "",
         "Eval: best of timed batches after a warm-up call (the fast path's text prefix is cached per class list). "
         "Train step: forward, cross-entropy, backward and AdamW, best of the timed steps, each path in a fresh "
-        "process; peak memory = peak resident set (ru_maxrss) minus the resident set with model, optimiser and batch "
+        "process; peak memory = peak resident set (VmHWM) minus the resident set with model, optimiser and batch "
         "built, from a one-step process with glibc's default malloc (GPU: max_memory_allocated): activations, "
         "gradients, AdamW state. FLOPs counted with torch.utils.flop_counter. "
         "`fast, torch matmuls`: the fast path with `tcclip.model.layers.ONEDNN_CPU_MATMULS = False`.",
@@ -630,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.train_worker:
         if device.type == "cpu" and (available := _available_bytes()) is not None:
             # Stay clear of the machine's other users: fail this process rather than the machine.
-            limit = _resident_bytes() + max(available - 2 * 1024**3, 1024**3)
+            limit = _status_bytes("VmData") + max(available - 2 * 1024**3, 1024**3)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         try:
             result = train_worker(settings, args.train_worker, args.checkpointing, device, dtype, not args.memory_only)
