@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tcclip.data.synth import (
+    CLASS_COLOURS,
     CLASS_NAMES,
     draw_index_stamp,
     make_synthetic_dataset,
@@ -145,6 +146,37 @@ def test_index_stamp_round_trips_through_noise(height, width):
         draw_index_stamp(frame, 256)
 
 
+def test_named_classes_in_the_given_order(tmp_path):
+    data = make_synthetic_dataset(tmp_path, classes=["Grow", "MoveLeft"], videos_per_class=3, num_frames=4, size=32)
+    assert data.class_names == ["Grow", "MoveLeft"]
+    assert (tmp_path / "labels.csv").read_text() == "id,name\n0,Grow\n1,MoveLeft\n"
+    rows = [line.split() for line in (tmp_path / "train.txt").read_text().splitlines()]
+    assert {(path.split("/")[1], label) for path, label in rows} == {("Grow", "0"), ("MoveLeft", "1")}
+
+
+@pytest.mark.parametrize("classes", [["MoveLeft", "Jump"], ["Grow", "Grow"], []])
+def test_bad_class_lists(tmp_path, classes):
+    with pytest.raises(ValueError, match="must be distinct names from MoveLeft"):
+        make_synthetic_dataset(tmp_path, classes=classes)
+
+
+@pytest.mark.parametrize("name", ["MoveUp", "StandStill", "ChangeColor"])
+def test_class_colour_paints_the_shape(name):
+    """With a colour, the shape's first-frame pixels are within the jitter (20) plus noise of it, in every video."""
+    colour = np.array(CLASS_COLOURS[name], dtype=np.float32)
+    for seed in range(5):
+        frames = render_video(name, 12, 48, 64, np.random.default_rng(seed), colour=colour).astype(np.float32)
+        near = np.abs(frames[0] - colour).max(-1) < 20 + 3 * 8  # 8: the largest noise std
+        assert 10 < near.sum() < 0.2 * 48 * 64  # the shape is there, the background is far from its colour
+
+
+def test_class_colours_differ():
+    colours = np.array(list(CLASS_COLOURS.values()), dtype=np.float32)
+    assert set(CLASS_COLOURS) == set(CLASS_NAMES)
+    distances = np.linalg.norm(colours[:, None] - colours[None], axis=-1) + 1e9 * np.eye(len(colours))
+    assert distances.min() > 60  # apart by more than the per-video jitter of 20 per channel can close
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 31, 32, 3), np.uint8))
@@ -176,6 +208,9 @@ def test_cli(tmp_path, capsys):
     assert "wrote 9 videos of 3 classes" in capsys.readouterr().out
     first = (out / "train.txt").read_text().split()[0]
     assert open_video(out / first, "pyav").get_frames([0]).shape == (1, 32, 48, 3)
+    assert synth_main(["--out", str(out / "named"), "--classes", "Grow,Shrink", "--class-colours",
+                       "--videos-per-class", "3", "--num-frames", "4", "--size", "32"]) == 0  # fmt: skip
+    assert (out / "named" / "labels.csv").read_text() == "id,name\n0,Grow\n1,Shrink\n"
     with pytest.raises(SystemExit) as info:
         synth_main(["--out", str(out), "--num-classes", "99"])
     assert info.value.code == 2

@@ -6,7 +6,8 @@ noise are drawn at random for every video, and each class's positions, sizes, an
 colours have the same distribution when you look at one frame only, so the class can only
 be told from how frames change: a model that ignores time is at chance on it. Left and
 right, up and down, clockwise and counter-clockwise, grow and shrink are exact time
-reversals of each other.
+reversals of each other. For demos that train from random weights, ``class_colours=True``
+draws each class's shape in its own colour (:data:`CLASS_COLOURS`), which one frame shows.
 
 The videos are encoded with PyAV the way the real benchmarks store them: H.264 in ``.mp4``
 (with B-frames), MPEG-4 part 2 with an Xvid tag in ``.avi`` (HMDB-51, UCF-101) and VP9 in
@@ -51,6 +52,22 @@ CLASS_NAMES: tuple[str, ...] = (
     "BounceVertically",
 )
 """All classes, in label order; ``num_classes=n`` uses the first n."""
+
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "MoveLeft": (230, 40, 40),
+    "MoveRight": (40, 90, 235),
+    "MoveUp": (250, 220, 30),
+    "MoveDown": (30, 190, 60),
+    "RotateClockwise": (240, 130, 20),
+    "RotateCounterclockwise": (150, 50, 220),
+    "Grow": (20, 210, 220),
+    "Shrink": (235, 60, 190),
+    "StandStill": (245, 245, 245),
+    "ChangeColor": (20, 20, 20),
+    "BounceHorizontally": (140, 90, 40),
+    "BounceVertically": (150, 230, 140),
+}
+"""With ``class_colours=True``, each class's shape colour (see :func:`make_synthetic_dataset`)."""
 
 # Container extension -> (PyAV encoder, encoder options). Quality is high because the frames are tiny, and the
 # fast presets keep generation quick; GOPs are short so that decoders must seek across several key frames.
@@ -157,8 +174,13 @@ def render_video(
     width: int,
     rng: np.random.Generator,
     stamp: bool = False,
+    colour: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Render one video of ``class_name`` as uint8 frames [num_frames, height, width, 3]."""
+    """Render one video of ``class_name`` as uint8 frames [num_frames, height, width, 3].
+
+    ``colour``: the shape's RGB colour (jittered by up to 20 per channel, the background kept away from it) instead
+    of a random one: a cue that one frame shows.
+    """
     if class_name not in CLASS_NAMES:
         raise ValueError(f"unknown synthetic class {class_name!r}; choose one of {', '.join(CLASS_NAMES)}")
     if num_frames < 2:
@@ -170,6 +192,10 @@ def render_video(
 
     # Background: random colour + linear gradient in a random direction; fresh Gaussian noise in every frame.
     base = rng.uniform(30, 225, size=3)
+    if colour is not None:
+        fixed = np.clip(np.asarray(colour, dtype=np.float64) + rng.uniform(-20, 20, size=3), 0, 255)
+        while np.linalg.norm(base - fixed) < 120.0:
+            base = rng.uniform(30, 225, size=3)
     direction = rng.uniform(0, 2 * math.pi)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     ramp = (np.cos(direction) * xs / width + np.sin(direction) * ys / height)[..., None]
@@ -177,7 +203,7 @@ def render_video(
     noise_std = rng.uniform(2.0, 8.0)
 
     outline = _shape_polygon(SHAPES[rng.integers(len(SHAPES))])
-    colour = _random_colour(rng, base)
+    colour = _random_colour(rng, base) if colour is None else fixed
     colours = np.repeat(colour[None], num_frames, axis=0)
     radius = np.full(num_frames, rng.uniform(0.12, 0.2) * short)
     angle = np.full(num_frames, rng.uniform(0, 2 * math.pi))
@@ -288,12 +314,14 @@ def make_synthetic_dataset(
     seed: int = 0,
     fps: int = 12,
     stamp_index: bool = False,
+    classes: Sequence[str] | None = None,
+    class_colours: bool = False,
 ) -> SyntheticDataset:
     """Write a seeded synthetic action dataset of real encoded videos to ``out_dir``.
 
     Args:
         out_dir: created if needed; existing files of the same names are overwritten.
-        num_classes: 1..12; the first ``num_classes`` of :data:`CLASS_NAMES`.
+        num_classes: 1..12; the first ``num_classes`` of :data:`CLASS_NAMES` (ignored when ``classes`` is given).
         videos_per_class: split 60/20/20 into train/val/test per class (at least 3).
         formats: container extensions, used in turn so every class has every format.
         num_frames: frames per video, or an inclusive (min, max) range drawn per video.
@@ -301,8 +329,20 @@ def make_synthetic_dataset(
         seed: the whole dataset (pixels, lengths, splits) is a function of the arguments.
         fps: frame rate written into the containers.
         stamp_index: write every frame's index into its top rows (see :func:`read_index_stamp`).
+        classes: the classes by name, in label order, instead of the first ``num_classes``.
+        class_colours: draw every class's shape in its own colour (:data:`CLASS_COLOURS`), so that one frame tells
+            the class: an easy variant for demos of training from random weights. Off by default, where only the
+            motion tells the classes apart.
     """
-    if not 1 <= num_classes <= len(CLASS_NAMES):
+    if classes is not None:
+        unknown_classes = [c for c in classes if c not in CLASS_NAMES]
+        if unknown_classes or not classes or len(set(classes)) != len(classes):
+            raise ValueError(
+                f"classes {list(classes)} must be distinct names from {', '.join(CLASS_NAMES)}"
+                + (f"; unknown: {', '.join(unknown_classes)}" if unknown_classes else "")
+            )
+        num_classes = len(classes)
+    elif not 1 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
     unknown = [f for f in formats if f not in ENCODERS]
     if unknown or not formats:
@@ -315,7 +355,7 @@ def make_synthetic_dataset(
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    class_names = list(CLASS_NAMES[:num_classes])
+    class_names = list(classes) if classes is not None else list(CLASS_NAMES[:num_classes])
     lines: dict[str, list[str]] = {name: [] for name in splits}
     started = time.perf_counter()
     for label, name in enumerate(class_names):
@@ -325,7 +365,9 @@ def make_synthetic_dataset(
             ext = formats[(label + k) % len(formats)]
             count = int(rng.integers(lo, hi + 1))
             rel = Path("videos") / name / f"{name}_{k:03d}.{ext}"
-            write_video(root / rel, render_video(name, count, height, width, rng, stamp=stamp_index), fps=fps)
+            colour = CLASS_COLOURS[name] if class_colours else None
+            frames = render_video(name, count, height, width, rng, stamp=stamp_index, colour=colour)
+            write_video(root / rel, frames, fps=fps)
             split = "train" if k < splits["train"] else "val" if k < splits["train"] + splits["val"] else "test"
             lines[split].append(f"{rel.as_posix()} {label}")
 
@@ -363,6 +405,12 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(CLASS_NAMES)} (default 10)")
+    parser.add_argument(
+        "--classes", default=None, help=f"comma-separated class names instead of --num-classes: {','.join(CLASS_NAMES)}"
+    )
+    parser.add_argument(
+        "--class-colours", action="store_true", help="each class's shape in its own colour (one frame tells the class)"
+    )
     parser.add_argument("--videos-per-class", type=int, default=10, help="split 60/20/20 (default 10)")
     parser.add_argument("--formats", default="mp4,avi,webm", help="comma-separated containers (default mp4,avi,webm)")
     parser.add_argument("--num-frames", type=_parse_frames, default=(24, 32), help="N or MIN-MAX (default 24-32)")
@@ -382,6 +430,8 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             fps=args.fps,
             stamp_index=args.stamp_index,
+            classes=None if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()],
+            class_colours=args.class_colours,
         )
     except ValueError as err:
         parser.error(str(err))
