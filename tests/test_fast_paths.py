@@ -195,17 +195,75 @@ def test_fast_training_step_keeps_far_fewer_activations():
     assert saved["fast"] < 0.6 * saved["reference"], saved
 
 
-def test_bias_as_mask_or_folded_into_keys_gives_the_same_gradients(monkeypatch):
-    """The CPU fast path carries the local-global bias in an extra key channel; CUDA's uses an additive mask."""
+@pytest.mark.parametrize("variant", ["folded", "masked"])
+def test_split_context_keys_folded_or_masked_bias_give_the_same_gradients(monkeypatch, variant):
+    """The CPU fast path keeps the context keys apart (`_ContextAttention`); with that off, it copies them per frame
+    and carries the bias in an extra key channel (CPU) or as an additive mask (CUDA's form)."""
     from tcclip.model.vision import TCAttention
 
     model = _model().train()
     video = _video()
-    folded = _gradients(model, video, "fast")
-    monkeypatch.setattr(TCAttention, "_fold_bias_into_keys", lambda self, x, context: False)
-    masked = _gradients(model, video, "fast")
-    for name, grad in masked.items():
-        _assert_close(folded[name], grad, scale=max(float(grad.abs().max()), 1e-6))
+    split = _gradients(model, video, "fast")
+    for m in model.modules():
+        if isinstance(m, TCAttention):
+            m.split_context_keys = False
+    if variant == "masked":
+        monkeypatch.setattr(TCAttention, "_fold_bias_into_keys", lambda self, x, context: False)
+    other = _gradients(model, video, "fast")
+    assert other.keys() == split.keys()
+    for name, grad in other.items():
+        _assert_close(split[name], grad, scale=max(float(grad.abs().max()), 1e-6))
+
+
+def _explicit_context_attention(q, k, v, k_ctx, v_ctx, shift, scale):
+    """Plain attention over [frame keys ; context keys repeated per frame], the shift on the context logits."""
+    t = q.shape[1]
+    keys = torch.cat([k, k_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
+    values = torch.cat([v, v_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
+    logits = q @ keys.transpose(-2, -1) * scale
+    logits = torch.cat([logits[..., : k.shape[-2]], logits[..., k.shape[-2] :] + shift[:, None, None]], dim=-1)
+    return logits.softmax(-1) @ values, logits.logsumexp(-1)
+
+
+def test_context_attention_in_two_parts_equals_one_softmax_with_gradients():
+    from tcclip.model.vision import _ContextAttention
+
+    gen = torch.Generator().manual_seed(0)
+    b, t, h, n, k, dh = 2, 3, 2, 5, 4, 8
+    shapes = [(b, t, h, n, dh)] * 3 + [(b, h, k, dh)] * 2 + [(h,)]
+    inputs = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+    # q, k, v as the encoder makes them: head-split views of [B, T, N, H*dh] projections (not contiguous)
+    inputs[:3] = [x.detach().transpose(2, 3).contiguous().transpose(2, 3).requires_grad_() for x in inputs[:3]]
+    grad_out = torch.randn(b, t, h, n, dh, generator=gen, dtype=torch.float64)
+    out, lse = _ContextAttention.apply(*inputs, 0.3)
+    expected, expected_lse = _explicit_context_attention(*inputs, 0.3)
+    _assert_close(out, expected, rtol=1e-12)
+    _assert_close(lse, expected_lse, rtol=1e-12)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    expected_grads = torch.autograd.grad(expected, inputs, grad_out)
+    for name, got, want in zip(["q", "k", "v", "k_ctx", "v_ctx", "shift"], grads, expected_grads, strict=True):
+        assert got.shape == want.shape, name
+        _assert_close(got, want, rtol=1e-12)
+
+
+def test_context_attention_does_not_repeat_the_context_keys():
+    """What the fast path keeps for backward grows with T*N and K, not with T*K (no per-frame context copies)."""
+    from tcclip.model.vision import TCAttention
+
+    model = _model(CFG.replace(num_frames=4, context_token_k=8, tome_r=4)).train()
+    attn = next(m for m in model.modules() if isinstance(m, TCAttention) and m.local_global_bias_table is not None)
+    x = torch.randn(2, 4, 17, 64, dtype=torch.float64)
+    context = torch.randn(2, 8, 64, dtype=torch.float64)
+    shapes = {}
+    for split in (True, False):
+        attn.split_context_keys = split
+        seen = shapes.setdefault(split, [])
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda s, seen=seen: seen.append(tuple(s.shape)) or s, lambda s: s
+        ):
+            attn(x, context)
+    assert not any(len(s) >= 3 and s[-2] == 17 + 8 for s in shapes[True])  # no keys of N + K rows per frame
+    assert any(len(s) >= 3 and s[-2] == 17 + 8 for s in shapes[False])
 
 
 @pytest.mark.parametrize(
@@ -256,3 +314,24 @@ def test_throughput_benchmark_quick_run(tmp_path):
     assert set(results["train"]) == {"fast", "reference"} and all(
         "step_seconds" in r for r in results["train"].values()
     )
+
+
+def test_context_attention_in_bf16_stays_within_bf16_rounding():
+    """CPU mixed precision: bf16 inputs (what autocast feeds it) against the float64 explicit attention."""
+    from tcclip.model.vision import _ContextAttention
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, 2, 17, 32)] * 3 + [(2, 2, 8, 32)] * 2 + [(2,)]
+    exact = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+    half = [x.detach().bfloat16().requires_grad_() for x in exact]
+    grad_out = torch.randn(shapes[0], generator=gen, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = _ContextAttention.apply(*half, 32**-0.5)
+    expected, _ = _explicit_context_attention(*exact, 32**-0.5)
+    assert out.dtype == torch.bfloat16
+    _assert_close(out.double(), expected, rtol=2e-2)
+    got = torch.autograd.grad(out, half, grad_out.bfloat16())
+    want = torch.autograd.grad(expected, exact, grad_out)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.bfloat16
+        _assert_close(g.double(), w, rtol=3e-2)

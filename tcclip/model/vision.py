@@ -45,6 +45,80 @@ class VisionOutput:
     """return_details only: one [B, K, T*P] 0/1 per layer: input patch t*P+p was merged into context token k."""
 
 
+_flash_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_attention_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def _per_video(x: Tensor) -> Tensor:
+    """[B, T, H, N, ...] -> [B, H, T*N, ...]: every query of a video in one sequence (a view for q-like layouts)."""
+    return x.transpose(1, 2).flatten(2, 3)
+
+
+class _ContextAttention(torch.autograd.Function):
+    """Softmax attention of each frame's queries over [its own keys ; the video's context keys], in two parts.
+
+    Part 1: frame t's N queries on its N keys (one flash call over B*T frames). Part 2: all T*N queries of a video
+    on its K context keys (one flash call over B videos), so the context keys/values are never repeated per frame.
+    With log-sum-exps l1, l2 (+ `shift` on the context logits) and l = logaddexp(l1, l2), the attention over all
+    keys is o1 * exp(l1 - l) + o2 * exp(l2 - l). Backward: the flash backward kernel of each part, given the merged
+    output and log-sum-exp, yields exactly that part's share of the gradients (its probabilities are
+    exp(logit - l)); the shift's gradient follows from the context values' gradient and w2 = exp(l2 - l), so
+    nothing is recomputed and only w2 ([B, T, H, N]) is kept besides the inputs, output and log-sum-exp.
+
+    Inputs: q, k, v [B, T, H, N, dh]; k_ctx, v_ctx [B, H, K, dh]; shift [H] or None; scale. Outputs: the attention
+    [B, T, H, N, dh] and the log-sum-exp [B, T, H, N] (no gradient).
+    """
+
+    @staticmethod
+    def _context_part(q: Tensor, k_ctx: Tensor, v_ctx: Tensor, shift: Tensor | None, scale: float):
+        b, t, h, n, _ = q.shape
+        out, lse = _flash_attention(_per_video(q), k_ctx, v_ctx, 0.0, False, scale=scale)
+        out = out.unflatten(2, (t, n)).transpose(1, 2)  # [B, T, H, N, dh]
+        lse = lse.unflatten(2, (t, n)).transpose(1, 2)  # [B, T, H, N]
+        return out, lse if shift is None else lse + shift.to(lse.dtype)[:, None]
+
+    @staticmethod
+    def forward(ctx, q, k, v, k_ctx, v_ctx, shift, scale):
+        b, t = q.shape[:2]
+        with torch.autocast("cpu", enabled=False):
+            o1, l1 = _flash_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), 0.0, False, scale=scale)
+            o1, l1 = o1.unflatten(0, (b, t)), l1.unflatten(0, (b, t))
+            o2, l2 = _ContextAttention._context_part(q, k_ctx, v_ctx, shift, scale)
+            lse = torch.logaddexp(l1, l2)
+            w2 = (l2 - lse).exp()[..., None]
+            out = (o1 + w2 * (o2 - o1)).to(q.dtype)  # w1 * o1 + w2 * o2 with w1 = 1 - w2
+        ctx.save_for_backward(q, k, v, k_ctx, v_ctx, shift, out, lse, w2[..., 0] if ctx.needs_input_grad[5] else None)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, k_ctx, v_ctx, shift, out, lse, w2 = ctx.saved_tensors
+        scale = ctx.scale
+        b, t = q.shape[:2]
+        with torch.autocast("cpu", enabled=False):
+            g = grad_out.contiguous()
+            gq, gk, gv = _flash_attention_backward(
+                g.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), out.flatten(0, 1),
+                lse.flatten(0, 1), 0.0, False, scale=scale,
+            )  # fmt: skip
+            lse_ctx = lse if shift is None else lse - shift.to(lse.dtype)[:, None]  # the part's own logits
+            gq_ctx, gk_ctx, gv_ctx = _flash_attention_backward(
+                _per_video(g).contiguous(), _per_video(q), k_ctx, v_ctx, _per_video(out).contiguous(),
+                _per_video(lse_ctx).contiguous(), 0.0, False, scale=scale,
+            )  # fmt: skip
+            grad_q = gq.unflatten(0, (b, t)) + gq_ctx.unflatten(2, (t, q.shape[3])).transpose(1, 2)
+            grad_shift = None
+            if w2 is not None:
+                # d shift = sum over queries i and context keys j of dS_ij = P_ij (dO_i.v_j - dO_i.O_i), per head;
+                # sum_ij P_ij dO_i.v_j = sum_j v_j.dv_j and sum_j P_ij = w2_i.
+                dot_out = (g * out).sum(-1, dtype=lse.dtype)  # [B, T, H, N]
+                through_values = (v_ctx * gv_ctx).sum((0, 2, 3), dtype=lse.dtype)  # [H]
+                grad_shift = (through_values - (w2 * dot_out).sum((0, 1, 3))).to(shift.dtype)
+        return grad_q, gk.unflatten(0, (b, t)), gv.unflatten(0, (b, t)), gk_ctx, gv_ctx, grad_shift, None
+
+
 class TCAttention(nn.Module):
     """Per-frame multi-head attention whose keys/values are the frame's tokens plus the video's context tokens.
 
@@ -54,15 +128,16 @@ class TCAttention(nn.Module):
 
     Execution paths (`execution_path`, see `tcclip.model.layers`):
 
-    - `fast`: `F.scaled_dot_product_attention`, a fused kernel (flash on CPU; flash / memory-efficient on GPU) that
-      never materialises the [T, H, N, N + K] probabilities; the class-token row for seed selection is computed
-      on its own (one query per frame, no gradient, as only the ranking is used). The bias is an additive
-      [H, 1, N + K] mask, except when it needs a gradient on the CPU, whose flash kernel takes no mask gradient:
-      then it rides in one extra channel per head (see `_project`). SDPA takes one key tensor per frame, so the
-      context keys/values (projected once per video) are copied next to each frame's: 2*T*K*D elements per video
-      and layer, about one of the ~14 token-widths a training step keeps per layer. Keeping them apart (two score
-      blocks sharing one softmax) avoids the copy but needs the explicit probabilities: 2-3x slower on the CPU
-      measured, and far more memory in training, so the copy is the better trade.
+    - `fast`: fused attention kernels that never materialise the [T, H, N, N + K] probabilities. On the CPU with
+      context tokens (`_ContextAttention`), the frame keys and the context keys go to two flash-attention calls:
+      each frame's queries on its own N keys, and all T*N queries of a video on its K context keys (projected
+      once per video, never repeated per frame). Their log-sum-exps merge the two into the softmax over all
+      N + K keys, and the local-global bias enters as a shift of the context log-sum-exp; the backward pass runs
+      the flash backward kernel on each part with the merged output and log-sum-exp. Elsewhere (CUDA, or no
+      context): `F.scaled_dot_product_attention` (flash / memory-efficient) with the context keys/values copied
+      next to each frame's and the bias as an additive [H, 1, N + K] mask (2*T*K*D more elements per video and
+      layer). The class-token row for seed selection is computed on its own (one query per frame, no gradient,
+      as only the ranking is used).
     - `reference`: the official form: context keys/values repeated per frame, explicit logits, softmax and
       probabilities; the seed scores are read from those probabilities.
     """
@@ -81,6 +156,7 @@ class TCAttention(nn.Module):
         else:
             self.register_parameter("local_global_bias_table", None)
         self.execution_path: ExecutionPath = "fast"
+        self.split_context_keys = True  # False: the fast path copies the context keys per frame on the CPU too
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """[..., M, D] -> [..., H, M, D/H] (a view)."""
@@ -109,6 +185,8 @@ class TCAttention(nn.Module):
         """
         b, t, n, d = x.shape
         scale = (d // self.heads) ** -0.5
+        if self._split_context_keys(x, context):
+            return self._forward_split(x, context, scale, class_scores)
         fold = self._fold_bias_into_keys(x, context)
         q, k, v, out_weight = self._project(x, context, scale, fold)  # q [B, T, H, N, dh], k/v [B, T, H, N (+K), dh]
         bias = None if fold else self._key_bias(n, k.shape[-2] - n, q.dtype)  # [H, N + K] or None
@@ -127,6 +205,36 @@ class TCAttention(nn.Module):
             scores = self._class_patch_scores(q[..., 0, :], k, bias, scale, n) if class_scores else None
         matmul = F.linear if self.execution_path == "reference" else linear
         out = matmul(out.transpose(-3, -2).flatten(-2), out_weight, self.out_proj.bias)  # heads joined: [B, T, N, D]
+        return out, scores
+
+    def _split_context_keys(self, x: Tensor, context: Tensor | None) -> bool:
+        """Whether the fast path attends to frame and context keys in two kernel calls (`_ContextAttention`)."""
+        return (
+            self.split_context_keys
+            and self.execution_path == "fast"
+            and context is not None
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        )
+
+    def _forward_split(
+        self, x: Tensor, context: Tensor, scale: float, class_scores: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The fast path with the context keys kept apart (see the class docstring)."""
+        n = x.shape[2]
+        q, k, v = (self._split_heads(linear(x, m.weight, m.bias)) for m in (self.q_proj, self.k_proj, self.v_proj))
+        k_ctx = self._split_heads(linear(context, self.k_proj.weight, self.k_proj.bias))  # [B, H, K, dh]
+        v_ctx = self._split_heads(linear(context, self.v_proj.weight, self.v_proj.bias))
+        table = self.local_global_bias_table
+        # Only b_global - b_local matters: a shift shared by all keys of a query leaves the softmax unchanged.
+        shift = None if table is None else table[:, 0, 1] - table[:, 0, 0]  # [H]
+        out, lse = _ContextAttention.apply(q, k, v, k_ctx, v_ctx, shift, scale)  # [B, T, H, N, dh], [B, T, H, N]
+        scores = None
+        if class_scores:
+            with torch.no_grad():  # p(class query -> patch j) = exp(logit - lse), the frame keys carrying no shift
+                logits = (q[..., :1, :] @ k[..., 1:n, :].transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, P]
+                scores = (logits - lse[..., :1].to(logits.dtype)).exp().mean(dim=2)
+        out = linear(out.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)
         return out, scores
 
     def _fold_bias_into_keys(self, x: Tensor, context: Tensor | None) -> bool:
