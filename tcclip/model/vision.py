@@ -136,8 +136,8 @@ class TCAttention(nn.Module):
       the flash backward kernel on each part with the merged output and log-sum-exp. Elsewhere (CUDA, or no
       context): `F.scaled_dot_product_attention` (flash / memory-efficient) with the context keys/values copied
       next to each frame's and the bias as an additive [H, 1, N + K] mask (2*T*K*D more elements per video and
-      layer). The class-token row for seed selection is computed on its own (one query per frame, no gradient,
-      as only the ranking is used).
+      layer; CUDA's memory-efficient kernel gives the mask its gradient). The class-token row for seed selection
+      is computed on its own (one query per frame, no gradient, as only the ranking is used).
     - `reference`: the official form: context keys/values repeated per frame, explicit logits, softmax and
       probabilities; the seed scores are read from those probabilities.
     """
@@ -156,7 +156,7 @@ class TCAttention(nn.Module):
         else:
             self.register_parameter("local_global_bias_table", None)
         self.execution_path: ExecutionPath = "fast"
-        self.split_context_keys = True  # False: the fast path copies the context keys per frame on the CPU too
+        self.split_context_keys = True  # False: the CPU fast path copies the context keys per frame (as on CUDA)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """[..., M, D] -> [..., H, M, D/H] (a view)."""
@@ -185,26 +185,29 @@ class TCAttention(nn.Module):
         """
         b, t, n, d = x.shape
         scale = (d // self.heads) ** -0.5
+        q, k, v, k_ctx, v_ctx = self._project(x, context)  # q/k/v [B, T, H, N, dh], k/v_ctx [B, H, K, dh] or None
         if self._split_context_keys(x, context):
-            return self._forward_split(x, context, scale, class_scores)
-        fold = self._fold_bias_into_keys(x, context)
-        q, k, v, out_weight = self._project(x, context, scale, fold)  # q [B, T, H, N, dh], k/v [B, T, H, N (+K), dh]
-        bias = None if fold else self._key_bias(n, k.shape[-2] - n, q.dtype)  # [H, N + K] or None
-
-        if self.execution_path == "reference":
-            logits = (q * scale) @ k.transpose(-2, -1)  # [B, T, H, N, N + K]
-            if bias is not None:
-                logits = logits + bias[:, None]
-            probs = logits.softmax(dim=-1)
-            out = probs @ v  # [B, T, H, N, dh]
-            scores = probs[..., 0, 1:n].mean(dim=2).detach() if class_scores else None
+            out, scores = self._attend_split(q, k, v, k_ctx, v_ctx, scale, class_scores)
         else:
-            mask = None if bias is None else bias[None, :, None]  # [1, H, 1, N + K]: over frames and queries
-            out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale)
-            out = out.unflatten(0, (b, t))  # [B, T, H, N, dh]
-            scores = self._class_patch_scores(q[..., 0, :], k, bias, scale, n) if class_scores else None
+            if k_ctx is not None:  # every frame attends to the same context keys/values: repeat them per frame
+                k = torch.cat([k, k_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
+                v = torch.cat([v, v_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)
+            bias = self._key_bias(n, k.shape[-2] - n, q.dtype)  # [H, N + K] or None
+            if self.execution_path == "reference":
+                logits = (q * scale) @ k.transpose(-2, -1)  # [B, T, H, N, N + K]
+                if bias is not None:
+                    logits = logits + bias[:, None]
+                probs = logits.softmax(dim=-1)
+                out = probs @ v  # [B, T, H, N, dh]
+                scores = probs[..., 0, 1:n].mean(dim=2).detach() if class_scores else None
+            else:
+                mask = None if bias is None else bias[None, :, None]  # [1, H, 1, N + K]: over frames and queries
+                out = F.scaled_dot_product_attention(
+                    q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale
+                ).unflatten(0, (b, t))  # [B, T, H, N, dh]
+                scores = self._class_patch_scores(q[..., 0, :], k, bias, scale, n) if class_scores else None
         matmul = F.linear if self.execution_path == "reference" else linear
-        out = matmul(out.transpose(-3, -2).flatten(-2), out_weight, self.out_proj.bias)  # heads joined: [B, T, N, D]
+        out = matmul(out.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)  # [B, T, N, D]
         return out, scores
 
     def _split_context_keys(self, x: Tensor, context: Tensor | None) -> bool:
@@ -214,17 +217,14 @@ class TCAttention(nn.Module):
             and self.execution_path == "fast"
             and context is not None
             and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+            and x.dtype.is_floating_point
         )
 
-    def _forward_split(
-        self, x: Tensor, context: Tensor, scale: float, class_scores: bool
+    def _attend_split(
+        self, q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor, v_ctx: Tensor, scale: float, class_scores: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """The fast path with the context keys kept apart (see the class docstring)."""
-        n = x.shape[2]
-        q, k, v = (self._split_heads(linear(x, m.weight, m.bias)) for m in (self.q_proj, self.k_proj, self.v_proj))
-        k_ctx = self._split_heads(linear(context, self.k_proj.weight, self.k_proj.bias))  # [B, H, K, dh]
-        v_ctx = self._split_heads(linear(context, self.v_proj.weight, self.v_proj.bias))
+        """Attention with the context keys kept apart (see the class docstring): [B, T, H, N, dh] and the scores."""
+        n = q.shape[-2]
         table = self.local_global_bias_table
         # Only b_global - b_local matters: a shift shared by all keys of a query leaves the softmax unchanged.
         shift = None if table is None else table[:, 0, 1] - table[:, 0, 0]  # [H]
@@ -234,64 +234,16 @@ class TCAttention(nn.Module):
             with torch.no_grad():  # p(class query -> patch j) = exp(logit - lse), the frame keys carrying no shift
                 logits = (q[..., :1, :] @ k[..., 1:n, :].transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, P]
                 scores = (logits - lse[..., :1].to(logits.dtype)).exp().mean(dim=2)
-        out = linear(out.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)
         return out, scores
 
-    def _fold_bias_into_keys(self, x: Tensor, context: Tensor | None) -> bool:
-        """Whether the fast path carries the local-global bias in an extra channel per head (see `_project`).
-
-        Needed where the bias gets a gradient and the device's fused kernel takes no mask gradient: the CPU flash
-        kernel does not (SDPA would fall back to explicit matrices), CUDA's memory-efficient kernel does.
-        """
-        table = self.local_global_bias_table
-        return (
-            self.execution_path == "fast"
-            and context is not None
-            and table is not None
-            and table.requires_grad
-            and torch.is_grad_enabled()
-            and x.device.type == "cpu"
-        )
-
-    def _project(
-        self, x: Tensor, context: Tensor | None, scale: float, fold_bias: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Queries, keys and values per head (context keys/values after the frame's), and the out-projection weight.
-
-        With `fold_bias`, every head gets one more channel: 1 in the queries, 0 in the frame keys,
-        (b_global - b_local) / scale in the context keys, 0 in the values (and a zero column in the out-projection).
-        The logits then gain b_global - b_local on the context keys, which gives the same softmax as adding b_local
-        and b_global (a shift shared by all keys of a query changes nothing), and the bias learns through the
-        keys, whose gradient the fused kernels compute.
-        """
-        heads, width = self.heads, x.shape[-1]
-        head_dim = width // heads
-        weights = [m.weight for m in (self.q_proj, self.k_proj, self.v_proj)]
-        biases = [m.bias for m in (self.q_proj, self.k_proj, self.v_proj)]
-        out_weight = self.out_proj.weight
-        context_key_bias = biases[1]
-        if fold_bias:
-            table = self.local_global_bias_table.to(x.dtype)  # [H, 1, 2]
-            extra = [x.new_ones(heads), x.new_zeros(heads), x.new_zeros(heads)]  # the new channel of q, k, v
-            shift = (table[:, 0, 1] - table[:, 0, 0]) / scale  # [H]
-
-            def widen(bias: Tensor, channel: Tensor) -> Tensor:  # [H*dh] -> [H*(dh+1)]
-                return torch.cat([bias.view(heads, head_dim), channel[:, None]], dim=1).flatten()
-
-            weights = [F.pad(w.view(heads, head_dim, -1), (0, 0, 0, 1)).flatten(0, 1) for w in weights]
-            context_key_bias = widen(biases[1], shift)
-            biases = [widen(b, c) for b, c in zip(biases, extra, strict=True)]
-            out_weight = F.pad(out_weight.view(width, heads, head_dim), (0, 1)).flatten(1)  # [D, H*(dh+1)]
+    def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
+        """Queries, keys and values per head, and the context keys/values (projected once per video) or None."""
         matmul = F.linear if self.execution_path == "reference" else linear  # the reference path: torch's default
-        q, k, v = (self._split_heads(matmul(x, w, b)) for w, b in zip(weights, biases, strict=True))
-        if context is not None:
-            # Context keys/values are projected once per video; every frame sees the same ones.
-            t = x.shape[1]
-            k_ctx = self._split_heads(matmul(context, weights[1], context_key_bias))  # [B, H, K, dh]
-            v_ctx = self._split_heads(matmul(context, weights[2], biases[2]))
-            k = torch.cat([k, k_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
-            v = torch.cat([v, v_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)
-        return q, k, v, out_weight
+        q, k, v = (self._split_heads(matmul(x, m.weight, m.bias)) for m in (self.q_proj, self.k_proj, self.v_proj))
+        if context is None:
+            return q, k, v, None, None
+        k_ctx, v_ctx = (self._split_heads(matmul(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
+        return q, k, v, k_ctx, v_ctx
 
     @staticmethod
     @torch.no_grad()
