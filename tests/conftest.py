@@ -72,3 +72,31 @@ def stamped_videos(tmp_path_factory) -> dict[str, tuple[Path, int]]:
 # ====================================================================================================================
 # end of the data core block
 # ====================================================================================================================
+
+
+# ====================================================================================================================
+# Runs of the `tcclip` CLI on the tiny data (test_e2e, test_resume, test_ddp)
+# ====================================================================================================================
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_run_args(data_root: Path, run_dir: Path) -> list[str]:
+    return [
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"--data.init_args.root={data_root}",
+        "--data.init_args.protocol=fully_supervised",
+        "--data.init_args.num_frames=4",
+        "--data.init_args.num_workers=0",
+        # The paper's x10 rate for the new parts (the demo turns it off: it trains everything from random weights).
+        "--model.lr_10x=true",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={run_dir}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run_args():
+    """`tiny_run_args(data_root, run_dir)`: configs/demo.yaml on tiny data, 4 frames, CPU; tests add their own."""
+    return _tiny_run_args

@@ -24,34 +24,33 @@ def odd_dataset(tmp_path_factory) -> Path:
     return root
 
 
-def tcclip(command: str, data_root: Path, run_dir: Path, *extra: str) -> dict:
-    """Run `tcclip COMMAND` in a fresh process (DDP relaunches the command line) and return its results.json."""
-    args = [
-        sys.executable,
-        "-m",
-        "tcclip.cli",
-        command,
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        f"--data.init_args.root={data_root}",
-        "--data.init_args.protocol=fully_supervised",
-        "--data.init_args.num_frames=4",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.num_clip=2",
-        # One video per forward pass: TC-CLIP's token merging may break near-ties differently in another batch.
-        "--data.init_args.eval_batch_size=1",
-        "--trainer.accelerator=cpu",
-        f"--trainer.default_root_dir={run_dir}",
-        *extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = max(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime_ns)
-    return json.loads(results.read_text())
+@pytest.fixture
+def tcclip(tiny_run_args):
+    """`tcclip(COMMAND, data_root, run_dir, *extra)`: run `tcclip COMMAND` in a fresh process (DDP relaunches the
+    command line) on the tiny setting and return its results.json."""
+
+    def run(command: str, data_root: Path, run_dir: Path, *extra: str) -> dict:
+        args = [
+            sys.executable,
+            "-m",
+            "tcclip.cli",
+            command,
+            *tiny_run_args(data_root, run_dir),
+            "--data.init_args.num_clip=2",
+            # One video per forward pass: TC-CLIP's token merging may break near-ties differently in another batch.
+            "--data.init_args.eval_batch_size=1",
+            *extra,
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
+        done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        results = max(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime_ns)
+        return json.loads(results.read_text())
+
+    return run
 
 
-def test_ddp_evaluation_matches_one_process(odd_dataset: Path, tmp_path: Path) -> None:
+def test_ddp_evaluation_matches_one_process(odd_dataset: Path, tmp_path: Path, tcclip) -> None:
     trained = tcclip(
         "fit",
         odd_dataset,
@@ -73,7 +72,7 @@ def test_ddp_evaluation_matches_one_process(odd_dataset: Path, tmp_path: Path) -
         assert two["sets"]["split1"][key] == one["sets"]["split1"][key], key
 
 
-def test_ddp_fit_reaches_the_same_effective_batch(odd_dataset: Path, tmp_path: Path) -> None:
+def test_ddp_fit_reaches_the_same_effective_batch(odd_dataset: Path, tmp_path: Path, tcclip) -> None:
     """Two processes with batches of 5 and total_batch_size 10 need no accumulation; validation counts 5 videos."""
     results = tcclip(
         "fit",

@@ -11,29 +11,26 @@ import pytest
 
 from tcclip.lightning_cli import run_lightning_cli
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def tiny_args(data_root: Path, run_dir: Path) -> list[str]:
-    """configs/demo.yaml made smaller: 4 frames, batches of 3 and an effective batch of 6 (accumulation 2)."""
-    return [
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        f"--data.init_args.root={data_root}",
-        "--data.init_args.protocol=fully_supervised",
-        "--data.init_args.num_frames=4",
-        "--data.init_args.batch_size=3",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.num_clip=2",
-        "--model.total_batch_size=6",
-        "--model.mixup=true",
-        "--trainer.max_epochs=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.log_every_n_steps=1",
-        f"--trainer.default_root_dir={run_dir}",
-    ]
+@pytest.fixture
+def tiny_args(tiny_run_args):
+    """The shared tiny run, smaller still: batches of 3 and an effective batch of 6 (accumulation 2), 2 views."""
+
+    def args(data_root: Path, run_dir: Path) -> list[str]:
+        return [
+            *tiny_run_args(data_root, run_dir),
+            "--data.init_args.batch_size=3",
+            "--data.init_args.num_clip=2",
+            "--model.total_batch_size=6",
+            "--model.mixup=true",
+            "--trainer.max_epochs=2",
+            "--trainer.devices=1",
+            "--trainer.log_every_n_steps=1",
+        ]
+
+    return args
 
 
 def run(command: str, args: list[str]):
@@ -45,7 +42,7 @@ def newest(run_dir: Path, name: str) -> Path:
     return max(run_dir.rglob(name), key=lambda p: p.stat().st_mtime_ns)
 
 
-def test_fit_validate_test(data_synth: Path, tmp_path: Path) -> None:
+def test_fit_validate_test(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     run_dir = tmp_path / "run"
     args = tiny_args(data_synth, run_dir)
 
@@ -74,7 +71,7 @@ def test_fit_validate_test(data_synth: Path, tmp_path: Path) -> None:
     assert tested["best"] == fit["best"] and tested["last"] == fit["last"]  # carried by the checkpoint
 
 
-def test_predict_writes_every_video(data_synth: Path, tmp_path: Path) -> None:
+def test_predict_writes_every_video(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     run_dir = tmp_path / "run"
     args = tiny_args(data_synth, run_dir)
     run("fit", [*args, "--trainer.max_epochs=1"])
@@ -88,7 +85,7 @@ def test_predict_writes_every_video(data_synth: Path, tmp_path: Path) -> None:
     assert len(first["top"]) == 3 and sum(p for _, p in first["top"]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_ckpt_path_last_resumes_in_a_new_process_folder(data_synth: Path, tmp_path: Path) -> None:
+def test_ckpt_path_last_resumes_in_a_new_process_folder(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     run_dir = tmp_path / "run"
     args = tiny_args(data_synth, run_dir)
     run("fit", [*args, "--trainer.max_epochs=1"])

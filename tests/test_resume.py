@@ -12,7 +12,6 @@ import torch
 
 from tcclip.lightning_cli import run_lightning_cli
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -27,24 +26,19 @@ class StopAfterEpochs(L.Callback):
             trainer.should_stop = True
 
 
-def fit(data_root: Path, run_dir: Path, ckpt_path: str | None = None, stop_after: int | None = None) -> L.Trainer:
+def fit(
+    tiny_run_args, data_root: Path, run_dir: Path, ckpt_path: str | None = None, stop_after: int | None = None
+) -> L.Trainer:
     """`tcclip fit` on the tiny setting, built by the CLI (defaults.yaml included) and run here to add a callback."""
     args = [
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        f"--data.init_args.root={data_root}",
-        "--data.init_args.protocol=fully_supervised",
-        "--data.init_args.num_frames=4",
+        *tiny_run_args(data_root, run_dir),
         "--data.init_args.batch_size=3",
-        "--data.init_args.num_workers=0",
         "--model.total_batch_size=6",
         "--model.mixup=true",  # exercises the RNG of the training step too
         "--trainer.max_epochs=3",
-        "--trainer.accelerator=cpu",
         "--trainer.devices=1",
         "--trainer.deterministic=true",
         "--trainer.precision=32-true",
-        f"--trainer.default_root_dir={run_dir}",
     ]
     with mock.patch.object(sys, "argv", ["tcclip"]):
         cli = run_lightning_cli(args, run=False)
@@ -54,12 +48,12 @@ def fit(data_root: Path, run_dir: Path, ckpt_path: str | None = None, stop_after
     return cli.trainer
 
 
-def test_resumed_run_ends_with_the_same_weights(data_synth: Path, tmp_path: Path) -> None:
-    full = fit(data_synth, tmp_path / "full")
-    stopped = fit(data_synth, tmp_path / "stopped", stop_after=1)
+def test_resumed_run_ends_with_the_same_weights(data_synth: Path, tmp_path: Path, tiny_run_args) -> None:
+    full = fit(tiny_run_args, data_synth, tmp_path / "full")
+    stopped = fit(tiny_run_args, data_synth, tmp_path / "stopped", stop_after=1)
     assert stopped.current_epoch == 1 and stopped.global_step == 2
     last = next((tmp_path / "stopped").rglob("last.ckpt"))
-    resumed = fit(data_synth, tmp_path / "resumed", ckpt_path=str(last))
+    resumed = fit(tiny_run_args, data_synth, tmp_path / "resumed", ckpt_path=str(last))
     assert resumed.global_step == full.global_step == 6
 
     expected, got = full.lightning_module.state_dict(), resumed.lightning_module.state_dict()

@@ -37,22 +37,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES: tuple[str, ...] = (
-    "MoveLeft",
-    "MoveRight",
-    "MoveUp",
-    "MoveDown",
-    "RotateClockwise",
-    "RotateCounterclockwise",
-    "Grow",
-    "Shrink",
-    "StandStill",
-    "ChangeColor",
-    "BounceHorizontally",
-    "BounceVertically",
-)
-"""All classes, in label order; ``num_classes=n`` uses the first n."""
-
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "MoveLeft": (230, 40, 40),
     "MoveRight": (40, 90, 235),
@@ -67,7 +51,11 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "BounceHorizontally": (140, 90, 40),
     "BounceVertically": (150, 230, 140),
 }
-"""With ``class_colours=True``, each class's shape colour (see :func:`make_synthetic_dataset`)."""
+"""Every class, in label order, with its shape colour under ``class_colours=True`` (see
+:func:`make_synthetic_dataset`)."""
+
+CLASS_NAMES: tuple[str, ...] = tuple(CLASS_COLOURS)
+"""All classes, in label order; ``num_classes=n`` uses the first n."""
 
 # Container extension -> (PyAV encoder, encoder options). Quality is high because the frames are tiny, and the
 # fast presets keep generation quick; GOPs are short so that decoders must seek across several key frames.
