@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from tcclip.errors import UserError
+
 # Sub-commands that are not LightningCLI's: name -> "module:function", function(argv: list[str]) -> int.
 EXTRA_COMMANDS: dict[str, str] = {
     "splits": "tcclip.data.splits:main",
@@ -24,6 +26,15 @@ def _run(target: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except UserError as error:
+        command = " ".join(["tcclip", *argv[:1]])
+        print(f"{command}: error: {error.format()}", file=sys.stderr)
+        return error.exit_code
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         return _run(EXTRA_COMMANDS[argv[0]], argv[1:])
     if argv and argv[0] == "predict" and not any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):

@@ -1,0 +1,40 @@
+"""One kind of error for mistakes a user can fix, and one way of reporting it.
+
+Every command raises `UserError` for bad input (a missing file, a malformed line, an option out of range) instead of
+letting a library's exception surface as a traceback. `tcclip.cli.main` prints it as one paragraph on stderr,
+prefixed with the command, and exits with `UserError.exit_code` (2, as argparse does for usage errors). Anything
+else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the user's input, with what went wrong, where, and how to fix it.
+
+    Args:
+        message: what is wrong, in one or two sentences.
+        path: the file (or folder) at fault, if any.
+        line: 1-based line number within ``path``, if known.
+        fix: what the user should do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None, fix: str = ""):
+        self.message = message
+        self.path = None if path is None else Path(path)
+        self.line = line
+        self.fix = fix
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        text = where + self.message
+        if self.fix:
+            text = text.rstrip() + ("" if text.rstrip().endswith(".") else ".") + " " + self.fix
+        return text

@@ -1,0 +1,25 @@
+"""The one mechanism for user mistakes: `UserError` -> one paragraph on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from tcclip import cli
+from tcclip.errors import UserError
+
+
+def test_user_error_names_file_line_and_fix():
+    err = UserError("duplicate class name 'jump'", path="labels.csv", line=3, fix="Remove one of the two rows.")
+    assert err.format() == "labels.csv:3: duplicate class name 'jump'. Remove one of the two rows."
+    assert str(err) == err.format()
+    assert UserError("bad value").format() == "bad value"
+
+
+def test_cli_prints_user_errors_without_traceback(monkeypatch, capsys):
+    def boom(argv):
+        raise UserError("no such folder", path="/nowhere", fix="Pass --root.")
+
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "boom", "tests_boom:run")
+    monkeypatch.setattr(cli, "_run", lambda target, argv: boom(argv))
+    assert cli.main(["boom", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tcclip boom: error: /nowhere: no such folder. Pass --root.\n"
+    assert "Traceback" not in err
