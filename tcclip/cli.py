@@ -11,7 +11,7 @@ from tcclip.errors import UserError
 EXTRA_COMMANDS: dict[str, str] = {
     "splits": "tcclip.data.splits:main",
     "data": "tcclip.data.cli:main",
-    "convert-checkpoint": "tcclip.model.checkpoint:convert_main",
+    "convert-checkpoint": "tcclip.convert:main",
     "explain": "tcclip.explain:main",
     "sweep": "tcclip.sweep:main",
 }

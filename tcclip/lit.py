@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from tcclip.data.mixup import MixupCutmix
-from tcclip.model.checkpoint import load_official_checkpoint, wise_ft
+from tcclip.model.checkpoint import read_checkpoint, wise_ft
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 from tcclip.schedule import accumulation_steps, param_groups, schedule_steps, warmup_cosine_scheduler
@@ -505,19 +505,8 @@ def use_class_names(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def read_init_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Network weights from an official TC-CLIP `.pth` or one of our Lightning `.ckpt` files (keys without prefix)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: init_checkpoint not found. Fix: give an official .pth or a tcclip .ckpt path."
-        )
-    if path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" not in ckpt:
-            raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict').")
-        return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    state, _ = load_official_checkpoint(path)
-    return state
+    """Network weights from an official TC-CLIP `.pth` or one of our `.ckpt` files (keys without prefix, all finite)."""
+    return read_checkpoint(path).state_dict
 
 
 def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tcclip import cli
+from tcclip.convert import main as convert_main
+from tcclip.finite import NonFiniteError
 from tcclip.model.checkpoint import (
     IGNORED_OFFICIAL_KEYS,
     NOT_IN_OFFICIAL,
     CheckpointError,
-    convert_main,
     lightning_checkpoint,
     load_model,
     load_official_checkpoint,
@@ -51,7 +54,7 @@ OFFICIAL_CONFIG = {
     "lr": 8e-6,
     "data": {"train": {"root": "${output}/k400", "num_classes": 400}},
     "output": "/runs/x",
-    "selected_option": "${hydra:runtime.choices}",  # needs Hydra to resolve: must be skipped, not fatal
+    "selected_option": "${hydra:runtime.choices}",  # an interpolation outside the model settings: kept as written
 }
 SEED = 11
 
@@ -134,8 +137,9 @@ def test_official_round_trip_is_the_identity(model, clip_file, tmp_path):
 def test_load_official_checkpoint_strips_prefix_and_class_tensors(model, tmp_path):
     state, config = load_official_checkpoint(official_file(tmp_path / "tc.pth", to_official_state_dict(model)))
     assert set(state) == set(model.state_dict()) - set(NOT_IN_OFFICIAL)
-    assert config["trainer_name"] == "TCCLIP" and config["data"]["train"]["root"] == "/runs/x/k400"
-    assert "selected_option" not in config
+    # Taken as written: interpolations are never resolved.
+    assert config["trainer_name"] == "TCCLIP" and config["data"]["train"]["root"] == "${output}/k400"
+    assert config["selected_option"] == "${hydra:runtime.choices}"
 
 
 def test_official_config_mapping():
@@ -261,8 +265,103 @@ def test_convert_checkpoint_with_yaml_config(model, clip_file, tmp_path):
 
 
 def test_convert_checkpoint_reports_bad_input(tmp_path, capsys):
-    assert convert_main([str(tmp_path / "nope.pth"), str(tmp_path / "out.ckpt")]) == 2
-    assert "nope.pth" in capsys.readouterr().err
+    assert cli.main(["convert-checkpoint", str(tmp_path / "nope.pth"), str(tmp_path / "out.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pth" in err and "no such checkpoint file" in err and "Traceback" not in err
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_convert_checkpoint_to_an_unwritable_place_is_a_clear_error(model, clip_file, tmp_path, capsys):
+    src = official_file(tmp_path / "tc.pth", to_official_state_dict(model))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "converted.ckpt"
+    assert cli.main(["convert-checkpoint", str(src), str(out), "--clip-weights", str(clip_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tcclip convert-checkpoint: error: {out}: cannot write the converted checkpoint")
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+# -- untrusted official configs: never resolved ------------------------------------------------------------------
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def test_interpolations_in_an_official_config_are_never_resolved(model, clip_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TCCLIP_TEST_SECRET", SECRET)
+    state = to_official_state_dict(model)
+    # In a model setting: refused, naming the key, and the secret is nowhere.
+    evil = official_file(
+        tmp_path / "evil.pth", state, config=OFFICIAL_CONFIG | {"ctx_init": "${oc.env:TCCLIP_TEST_SECRET}"}
+    )
+    _, config = load_official_checkpoint(evil)
+    assert config["ctx_init"] == "${oc.env:TCCLIP_TEST_SECRET}" and SECRET not in repr(config)
+    with pytest.raises(CheckpointError, match="'ctx_init' is an omegaconf interpolation") as info:
+        load_model(evil, NAMES, clip_weights=clip_file)
+    assert SECRET not in str(info.value)
+    out = tmp_path / "evil.ckpt"
+    assert cli.main(["convert-checkpoint", str(evil), str(out), "--clip-weights", str(clip_file)]) == 2
+    captured = capsys.readouterr()
+    assert "ctx_init" in captured.err and SECRET not in captured.err + captured.out and not out.exists()
+
+    # The same setting given as a plain value in a YAML file: converts, and the secret is not in the file.
+    yaml = tmp_path / "model.yaml"
+    yaml.write_text("ctx_init: a photo of a\n")
+    assert convert_main([str(evil), str(out), "--config", str(yaml), "--clip-weights", str(clip_file)]) == 0
+    assert SECRET.encode() not in out.read_bytes()
+    assert_same_logits(load_model(out, NAMES), model)
+
+    # Elsewhere in the config (not a model setting): loads, value kept as written, secret nowhere.
+    elsewhere = OFFICIAL_CONFIG | {"output": "${oc.env:TCCLIP_TEST_SECRET}"}
+    quiet = official_file(tmp_path / "quiet.pth", state, config=elsewhere)
+    loaded = load_model(quiet, NAMES, clip_weights=clip_file)
+    assert SECRET not in repr(loaded.cfg)
+    assert convert_main([str(quiet), str(out), "--clip-weights", str(clip_file)]) == 0
+    assert SECRET.encode() not in out.read_bytes()
+
+
+# -- files that are not checkpoints, and non-finite weights ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (bytes(range(256)) * 8, "not a checkpoint: it is neither a torch zip archive nor a pickle"),
+        (b"", "it is empty (0 bytes)"),
+    ],
+)
+def test_files_that_are_not_checkpoints(tmp_path, content, phrase):
+    path = tmp_path / "weights.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(phrase)) as info:
+        load_model(path, NAMES)
+    assert "unsafe" not in str(info.value) and "arbitrary code" not in str(info.value)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_truncated_checkpoint_is_not_a_checkpoint(model, tmp_path):
+    whole = save_model(model, tmp_path / "whole.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_model(cut, NAMES)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_model(tmp_path, NAMES)
+
+
+def test_non_finite_weights_are_refused_naming_file_and_tensor(model, clip_file, tmp_path):
+    name = "text_encoder.ln_final.weight"
+    official = to_official_state_dict(model)
+    official["module." + name] = official["module." + name].clone()
+    official["module." + name][1] = float("nan")
+    path = official_file(tmp_path / "nan.pth", official)
+    with pytest.raises(NonFiniteError, match=rf"(?s)nan\.pth.*{re.escape(name)} \(1 NaN of 64 values\)"):
+        load_model(path, NAMES, clip_weights=clip_file)
+    ckpt = lightning_checkpoint(model)
+    ckpt["state_dict"]["model." + name] = torch.full_like(ckpt["state_dict"]["model." + name], float("inf"))
+    torch.save(ckpt, tmp_path / "inf.ckpt")
+    with pytest.raises(NonFiniteError, match=rf"inf\.ckpt: .*{re.escape(name)} \(64 Inf of 64 values\)"):
+        load_model(tmp_path / "inf.ckpt", NAMES)
 
 
 # -- WiSE-FT ---------------------------------------------------------------------------------------------------

@@ -2,50 +2,59 @@
 
 Formats read by `load_model`:
 
-- Official release (spec 8): a `torch.save` dict with `model` (state dict, every key prefixed `module.` by
-  DistributedDataParallel), `config` (omegaconf DictConfig), `optimizer`, `lr_scheduler`, `max_accuracy`, `epoch`.
+- Official release (the authors' published checkpoints): a `torch.save` dict with `model` (state dict, every key
+  prefixed `module.` by DistributedDataParallel), `config` (omegaconf DictConfig), `optimizer`, `lr_scheduler`,
+  `max_accuracy`, `epoch`.
   `prompt_learner.token_prefix` / `token_suffix` are ignored (rebuilt from the class names) and the token
   embedding table, which it lacks, comes from CLIP's weights.
 - Lightning checkpoint (`.ckpt`) of `tcclip fit`: `state_dict` with the network's keys prefixed `model.`, and
   `hyper_parameters["model_config"]` = `TCCLIPConfig.to_dict()`.
 - `save_model`'s file: `{"format": "tcclip", "model_config": ..., "state_dict": ..., "class_names": [...]}`.
 
-`tcclip convert-checkpoint OFFICIAL.pth OUT.ckpt` writes the Lightning layout, with empty training state:
-`{"state_dict": {"model." + k: v}, "hyper_parameters": {"model_config": cfg.to_dict()},
-"pytorch-lightning_version": <installed lightning version>, "epoch": 0, "global_step": 0, "loops": {},
+`lightning_checkpoint` gives the Lightning layout with empty training state (what `tcclip convert-checkpoint`,
+in `tcclip/convert.py`, writes): `{"state_dict": {"model." + k: v}, "hyper_parameters": {"model_config":
+cfg.to_dict()}, "pytorch-lightning_version": <installed lightning version>, "epoch": 0, "global_step": 0, "loops": {},
 "optimizer_states": [], "lr_schedulers": []}`, so both `load_model` and `tcclip validate/test --ckpt_path` read it.
 
-Nothing is ever unpickled with `weights_only=False`: files are read with `torch.load(weights_only=True)` and an
-explicit allow-list of the data-only omegaconf classes an official config pickles; any other pickled global is
-refused with an error naming the file and the global.
+Every checkpoint file of the project is read by `safe_load` (Lightning's restores too, through
+`tcclip.checkpoint_io`). Nothing is ever unpickled with `weights_only=False`: files are read with
+`torch.load(weights_only=True)` and an explicit allow-list of the data-only omegaconf classes an official config
+pickles; any other pickled global is refused with an error naming the file and the global. An official config is
+taken as written: omegaconf interpolations (`${oc.env:...}` would read the environment) are never resolved, and a
+model setting written as one is refused. Non-finite weights are refused (`tcclip.finite`).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import pickle
 import typing
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from tcclip.errors import UserError
+from tcclip.finite import check_finite_state
 from tcclip.model.config import TCCLIPConfig
 
 __all__ = [
     "ALLOWED_TO_DIFFER",
     "IGNORED_OFFICIAL_KEYS",
     "NOT_IN_OFFICIAL",
+    "CheckpointContents",
     "CheckpointError",
-    "convert_main",
+    "check_state_dict",
+    "lightning_checkpoint",
     "load_model",
     "load_official_checkpoint",
     "official_config_to_tcclip",
+    "read_checkpoint",
     "safe_load",
     "save_model",
     "to_official_state_dict",
@@ -57,7 +66,7 @@ log = logging.getLogger(__name__)
 OFFICIAL_PREFIX = "module."
 LIGHTNING_PREFIX = "model."
 IGNORED_OFFICIAL_KEYS = ("prompt_learner.token_prefix", "prompt_learner.token_suffix")
-"""Official tensors that depend on the class list; rebuilt from the class names instead (spec 8)."""
+"""Official tensors that depend on the class list; rebuilt from the class names instead."""
 NOT_IN_OFFICIAL = ("prompt_learner.token_embedding.weight",)
 """Our tensors that official checkpoints lack; they come from CLIP's weights."""
 ALLOWED_TO_DIFFER = frozenset({"num_frames", "context_length", "parse_class_names"})
@@ -65,8 +74,11 @@ ALLOWED_TO_DIFFER = frozenset({"num_frames", "context_length", "parse_class_name
 (`num_frames` only with the `space` positional embedding; a `joint` table is per frame.)"""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be loaded as asked; the message names the file and the fix.
+
+    A `UserError` (the CLI prints it as one paragraph and exits 2) and, for callers that catch it so, a `ValueError`.
+    """
 
 
 # -- safe unpickling -------------------------------------------------------------------------------------------
@@ -131,59 +143,104 @@ def _refused_globals(path: Path) -> list[str]:
     return sorted(g for g in found if g not in allowed)
 
 
-def safe_load(path: str | Path) -> Any:
-    """`torch.load(path, weights_only=True)` with the omegaconf allow-list; other pickled objects are refused."""
+def safe_load(path: str | Path, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` with the omegaconf allow-list; other pickled objects are refused.
+
+    Args:
+        path: the file.
+        mmap: map the tensors' storage instead of reading it (cheap inspection of large files).
+
+    Raises:
+        CheckpointError: no such file, not a checkpoint (random bytes, a truncated file), or unsafe pickled objects.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; give the .ckpt / .pth file inside it")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{path}: no such checkpoint file")
     with torch.serialization.safe_globals(_allowed_globals()):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
         except pickle.UnpicklingError as err:
             refused = _refused_globals(path)
-            what = f"pickled objects of {', '.join(refused)}" if refused else f"an object torch refuses ({err})"
+            if not refused:
+                raise _not_a_checkpoint(path, err) from err
             raise CheckpointError(
-                f"{path}: refusing to load: the file contains {what}, which is not on the allow-list of data-only "
-                "types (tensors, containers, numbers, strings and omegaconf configs); unpickling it could run "
-                "arbitrary code. Re-save the weights as a plain state dict (dict of tensors) if you trust the file"
+                f"{path}: refusing to load: the file contains pickled objects of {', '.join(refused)}, which are not "
+                "on the allow-list of data-only types (tensors, containers, numbers, strings and omegaconf configs); "
+                "unpickling it could run arbitrary code. Re-save the weights as a plain state dict (dict of tensors) "
+                "if you trust the file"
             ) from err
-        except (RuntimeError, EOFError) as err:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+        except (RuntimeError, EOFError, ValueError, OSError) as err:
+            raise _not_a_checkpoint(path, err) from err
+
+
+def _not_a_checkpoint(path: Path, err: BaseException) -> CheckpointError:
+    size = path.stat().st_size
+    if size == 0:
+        what = "it is empty (0 bytes): a save that was interrupted, or a failed copy"
+    elif zipfile.is_zipfile(path):
+        what = "it is a zip archive torch cannot read as a checkpoint (damaged)"
+    else:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        # torch.save writes a zip archive; its legacy format starts with a pickle protocol mark (0x80).
+        if head[:1] == b"\x80":
+            what = f"its pickled data cannot be read ({type(err).__name__}); the file is damaged or truncated"
+        else:
+            what = "it is neither a torch zip archive nor a pickle: not a checkpoint, or truncated"
+    return CheckpointError(
+        f"{path}: not a checkpoint: {what}",
+        fix="Give a .ckpt written by `tcclip fit` or an official TC-CLIP .pth; re-copy it if it is damaged.",
+    )
 
 
 # -- official checkpoints ------------------------------------------------------------------------------------------
 
 
 def _config_to_dict(config: Any, source: str) -> dict[str, Any]:
-    """An omegaconf DictConfig (or a dict) as a plain dict; interpolations that cannot resolve are left out."""
+    """An omegaconf DictConfig (or a dict) as a plain dict, every value as written: interpolations stay strings.
+
+    A config inside a downloaded file is untrusted: resolving `${oc.env:NAME}` would copy an environment variable
+    into the model settings, the converted checkpoint and messages. `official_config_to_tcclip` refuses such strings
+    in the settings it reads; the other keys (data paths, Hydra's own) are never used.
+    """
     if config is None:
         return {}
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf import DictConfig, OmegaConf
 
     if isinstance(config, DictConfig):
-        out = {}
-        for key in config.keys():
-            try:
-                value = config[key]
-            except OmegaConfBaseException:
-                # e.g. `${hydra:runtime.choices}`: needs Hydra's resolver; never a model setting
-                log.debug("%s: config key %r does not resolve; skipped", source, key)
-                continue
-            if isinstance(value, (DictConfig, ListConfig)):
-                try:
-                    value = OmegaConf.to_container(value, resolve=True)
-                except OmegaConfBaseException:
-                    value = OmegaConf.to_container(value, resolve=False)
-            out[str(key)] = value
-        return out
+        out = OmegaConf.to_container(config, resolve=False, throw_on_missing=False)
+        return {str(k): v for k, v in out.items()}
     if isinstance(config, Mapping):
         return dict(config)
     raise CheckpointError(f"{source}: 'config' is a {type(config).__name__}, expected an omegaconf DictConfig or dict")
 
 
+def _is_interpolation(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, (list, tuple)):
+        return any(_is_interpolation(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_is_interpolation(v) for v in value.values())
+    return False
+
+
+def _setting(config: Mapping[str, Any], key: str, source: str) -> Any:
+    """`config[key]` as written (None when absent); an interpolation is refused, never resolved."""
+    value = config.get(key)
+    if _is_interpolation(value):
+        raise CheckpointError(
+            f"{source}: model setting {key!r} is an omegaconf interpolation ({value!r}); tcclip never resolves "
+            "interpolations from a file (they can read environment variables and other files)",
+            fix=f"Give {key} as a plain value in a YAML file (`tcclip convert-checkpoint ... --config model.yaml`).",
+        )
+    return value
+
+
 def load_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read an official TC-CLIP checkpoint (spec 8) safely.
+    """Read an official TC-CLIP checkpoint safely.
 
     Returns:
         The state dict without the `module.` prefix and without the class-list tensors (`IGNORED_OFFICIAL_KEYS`),
@@ -193,7 +250,9 @@ def load_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
         keys = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: not an official TC-CLIP checkpoint (expected a dict with 'model'; got {keys})")
-    return _strip_official_keys(obj["model"], str(path)), _config_to_dict(obj.get("config"), str(path))
+    state = _strip_official_keys(obj["model"], str(path))
+    check_finite_state(state, path)
+    return state, _config_to_dict(obj.get("config"), str(path))
 
 
 def _strip_official_keys(state: Mapping[str, Any], source: str) -> dict[str, Tensor]:
@@ -229,7 +288,7 @@ _SAME_NAME_KEYS = (
 )
 
 
-def official_config_to_tcclip(config: Mapping[str, Any]) -> dict[str, Any]:
+def official_config_to_tcclip(config: Mapping[str, Any], source: str = "official config") -> dict[str, Any]:
     """TCCLIPConfig field overrides from an official (Hydra) config dict; keys it lacks are left to the defaults.
 
     Mapped: `trainer_name` (`TCCLIP` -> model `tc_clip`; `ViFiCLIP` -> `vifi_clip`, or `clip` when `zs_eval` is
@@ -239,36 +298,42 @@ def official_config_to_tcclip(config: Mapping[str, Any]) -> dict[str, Any]:
     `prompt_generation_layer_level` (int or list), `prompt_generation_layer_init`, `im_stop_grad`.
     The TC-CLIP keys are read only for `TCCLIP` (ViFi-CLIP configs carry none of them).
 
+    Values are taken as written; a setting written as an omegaconf interpolation (`${...}`) is refused.
+
     Raises:
-        CheckpointError: a setting this implementation does not have (`tome_d` != 0: a merge count that changes
-            from layer to layer; an unknown `trainer_name`).
+        CheckpointError: an interpolation; a setting this implementation does not have (`tome_d` != 0: a merge
+            count that changes from layer to layer; an unknown `trainer_name`).
     """
     out: dict[str, Any] = {}
-    trainer = config.get("trainer_name")
+
+    def get(key: str) -> Any:
+        return _setting(config, key, source)
+
+    trainer = get("trainer_name")
     if trainer is not None:
         if trainer == "TCCLIP":
             out["model"] = "tc_clip"
         elif trainer == "ViFiCLIP":
-            out["model"] = "clip" if config.get("zs_eval") else "vifi_clip"
+            out["model"] = "clip" if get("zs_eval") else "vifi_clip"
         else:
             raise CheckpointError(f"official trainer_name {trainer!r} is not supported (TCCLIP or ViFiCLIP)")
-    if config.get("model_arch") is not None:
-        out["arch"] = str(config["model_arch"]).replace("/", "-")
-    if config.get("parse_ucf101") is not None:
-        out["parse_class_names"] = bool(config["parse_ucf101"])
-    if config.get("num_frames") is not None:
-        out["num_frames"] = int(config["num_frames"])
+    if get("model_arch") is not None:
+        out["arch"] = str(get("model_arch")).replace("/", "-")
+    if get("parse_ucf101") is not None:
+        out["parse_class_names"] = bool(get("parse_ucf101"))
+    if get("num_frames") is not None:
+        out["num_frames"] = int(get("num_frames"))
     if out.get("model", "tc_clip") == "tc_clip":
-        if config.get("tome_d") not in (None, 0):
-            raise CheckpointError(f"official tome_d={config['tome_d']} (a varying merge count) is not supported")
+        if get("tome_d") not in (None, 0):
+            raise CheckpointError(f"official tome_d={get('tome_d')} (a varying merge count) is not supported")
         for key in _SAME_NAME_KEYS:
-            if config.get(key) is not None:
-                out[key] = config[key]
+            if get(key) is not None:
+                out[key] = get(key)
         level = out.get("prompt_generation_layer_level")
         if level is not None:
             out["prompt_generation_layer_level"] = tuple(level) if isinstance(level, (list, tuple)) else (int(level),)
-    elif config.get("context_length") is not None:
-        out["context_length"] = int(config["context_length"])
+    elif get("context_length") is not None:
+        out["context_length"] = int(get("context_length"))
     return out
 
 
@@ -287,7 +352,7 @@ def to_official_state_dict(model: nn.Module) -> dict[str, Tensor]:
 # -- loading into a model --------------------------------------------------------------------------------------
 
 
-def _check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Exactly the model's keys, with the model's shapes; errors list the offending names."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -316,13 +381,39 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str
         )
 
 
-def _read_any(path: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], list[str] | None]:
-    """(kind, state dict in our names, the TCCLIPConfig fields it specifies, stored class names) of a checkpoint."""
+@dataclass(frozen=True)
+class CheckpointContents:
+    """What a checkpoint file says about a network.
+
+    Attributes:
+        kind: `official`, `lightning` (a `tcclip fit` .ckpt or a converted one) or `tcclip` (`save_model`).
+        state_dict: the network's tensors under our names (no `module.` / `model.` prefix), all finite.
+        model_config: the TCCLIPConfig fields the file specifies (an official config: only those it names).
+        class_names: the class names stored with the weights, if any.
+        raw: the whole loaded object (Lightning's training state included).
+    """
+
+    kind: str
+    state_dict: dict[str, Tensor]
+    model_config: dict[str, Any]
+    class_names: list[str] | None
+    raw: Mapping[str, Any]
+
+
+def read_checkpoint(path: str | Path) -> CheckpointContents:
+    """Read any checkpoint this project knows (the one parser of checkpoint files; see the module docstring).
+
+    Raises:
+        CheckpointError: unsafe, unreadable or unknown file, or non-finite weights (named).
+    """
+    path = Path(path)
     obj = safe_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got a {type(obj).__name__}")
     hparams = obj.get("hyper_parameters")
-    if isinstance(obj.get("state_dict"), Mapping) and isinstance(hparams, Mapping) and "model_config" in hparams:
+    hparams = hparams if isinstance(hparams, Mapping) else {}
+    if isinstance(obj.get("state_dict"), Mapping) and "model_config" not in obj:
+        # A Lightning checkpoint; one saved without hyper-parameters specifies no model settings.
         state = {}
         skipped = 0
         for key, value in obj["state_dict"].items():
@@ -339,19 +430,22 @@ def _read_any(path: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], list[
         # The training classes, where the Lightning module stores them (`TCCLIPModule.on_save_checkpoint`).
         ours = obj.get("tcclip")
         names = hparams.get("class_names") or (ours.get("train_class_names") if isinstance(ours, Mapping) else None)
-        return "lightning", state, dict(hparams["model_config"]), list(names) if names else None
-    if "model_config" in obj and isinstance(obj.get("state_dict"), Mapping):
+        kind, config = "lightning", dict(hparams.get("model_config") or {})
+    elif "model_config" in obj and isinstance(obj.get("state_dict"), Mapping):
         names = obj.get("class_names")
-        return "tcclip", dict(obj["state_dict"]), dict(obj["model_config"]), list(names) if names else None
-    if isinstance(obj.get("model"), Mapping):
+        kind, state, config = "tcclip", dict(obj["state_dict"]), dict(obj["model_config"])
+    elif isinstance(obj.get("model"), Mapping):
         state = _strip_official_keys(obj["model"], str(path))
-        config = official_config_to_tcclip(_config_to_dict(obj.get("config"), str(path)))
-        return "official", state, config, None  # only the settings the official config names
-    raise CheckpointError(
-        f"{path}: unknown checkpoint layout (top-level keys {sorted(map(str, obj))}); expected an official TC-CLIP "
-        "checkpoint ('model', 'config'), a tcclip Lightning checkpoint ('state_dict', 'hyper_parameters') or a file "
-        "written by save_model"
-    )
+        config = official_config_to_tcclip(_config_to_dict(obj.get("config"), str(path)), str(path))
+        kind, names = "official", None  # only the settings the official config names
+    else:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint layout (top-level keys {sorted(map(str, obj))}); expected an official "
+            "TC-CLIP checkpoint ('model', 'config'), a tcclip Lightning checkpoint ('state_dict', "
+            "'hyper_parameters') or a file written by save_model"
+        )
+    check_finite_state(state, path)
+    return CheckpointContents(kind, state, config, list(names) if names else None, obj)
 
 
 def _apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any], source: str) -> TCCLIPConfig:
@@ -404,8 +498,9 @@ def load_model(
     from tcclip.model.factory import build_model, create_model
 
     path = Path(checkpoint)
-    kind, state, config, stored_names = _read_any(path)
-    cfg = _apply_overrides(config, overrides, str(path))
+    contents = read_checkpoint(path)
+    kind, state, stored_names = contents.kind, contents.state_dict, contents.class_names
+    cfg = _apply_overrides(contents.model_config, overrides, str(path))
     if class_names is None:
         if stored_names is None:
             raise CheckpointError(f"{path}: stores no class names; pass class_names")
@@ -418,7 +513,7 @@ def load_model(
         if clip_weights is not None:
             log.info("%s holds every tensor; clip_weights=%s is not needed and not used", path, clip_weights)
         model = build_model(cfg, class_names)
-    _check_state_dict(model, state, str(path))
+    check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -449,7 +544,7 @@ def wise_ft(
     weight: float,
     keep: Callable[[str], bool],
 ) -> dict[str, Tensor]:
-    """Weight-space ensemble (spec 7): (1 - weight) * initial + weight * finetuned, tensor by tensor.
+    """WiSE-FT (Wortsman et al., CVPR 2022): (1 - weight) * initial + weight * finetuned, tensor by tensor.
 
     Args:
         finetuned: the fine-tuned state dict.
@@ -480,7 +575,7 @@ def wise_ft(
     return out
 
 
-# -- tcclip convert-checkpoint ---------------------------------------------------------------------------------
+# -- the Lightning layout --------------------------------------------------------------------------------------
 
 
 def _lightning_version() -> str:
@@ -506,61 +601,3 @@ def lightning_checkpoint(model: nn.Module) -> dict[str, Any]:
         "optimizer_states": [],
         "lr_schedulers": [],
     }
-
-
-def _read_yaml_config(path: Path) -> dict[str, Any]:
-    """Model settings from a YAML file: TCCLIPConfig field names, official config keys, or both."""
-    from omegaconf import OmegaConf
-
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a YAML mapping of model settings")
-    ours = {f.name for f in fields(TCCLIPConfig)}
-    settings = official_config_to_tcclip(raw)
-    settings.update({k: v for k, v in raw.items() if k in ours})
-    return settings
-
-
-def convert_main(argv: Sequence[str] | None = None) -> int:
-    """`tcclip convert-checkpoint OFFICIAL.pth OUT.ckpt [--config YAML] [--clip-weights W]`."""
-    parser = argparse.ArgumentParser(
-        prog="tcclip convert-checkpoint",
-        description="Convert an official TC-CLIP checkpoint into a tcclip Lightning checkpoint (state_dict + "
-        "model_config), loadable by tcclip.load_model and by `tcclip validate/test --ckpt_path`.",
-    )
-    parser.add_argument("official", type=Path, help="official .pth (dict with 'model' and 'config')")
-    parser.add_argument("out", type=Path, help="output .ckpt")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML with model settings (official keys like trainer_name/model_arch, or tcclip field names) that "
-        "replace the ones read from the checkpoint's embedded config",
-    )
-    parser.add_argument(
-        "--clip-weights", default="openai", help="CLIP weights for the token embedding table (default: openai)"
-    )
-    args = parser.parse_args(list(argv) if argv is not None else None)
-
-    from rich.console import Console
-
-    from tcclip.model.factory import create_model
-
-    err_console = Console(stderr=True)
-    try:
-        state, official_cfg = load_official_checkpoint(args.official)
-        settings = official_config_to_tcclip(official_cfg)
-        if args.config is not None:
-            settings.update(_read_yaml_config(args.config))
-        cfg = TCCLIPConfig(**settings)
-        model = create_model(cfg, (), clip_weights=args.clip_weights)
-        own = model.state_dict()
-        state = {**state, **{k: own[k] for k in NOT_IN_OFFICIAL if k in own}}
-        _check_state_dict(model, state, str(args.official))
-        model.load_state_dict(state, strict=True)
-    except (ValueError, OSError, RuntimeError) as err:  # CheckpointError is a ValueError
-        err_console.print(f"[red]cannot convert {args.official}:[/] {err}", highlight=False)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(lightning_checkpoint(model), args.out)
-    Console().print(f"wrote {args.out} ({cfg.model}, {cfg.arch}, {len(state)} tensors)", highlight=False)
-    return 0
