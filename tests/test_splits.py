@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from tcclip import cli
 from tcclip.data import splits
 from tcclip.data.labels import read_annotations, read_class_names
 
@@ -117,8 +118,8 @@ def test_make_few_shot_and_base_novel(custom_list):
 
 
 def test_make_refuses_more_shots_than_videos(custom_list, capsys):
-    code = splits.main(
-        ["make", "--list", str(custom_list / "full.txt"), "--labels", str(custom_list / "labels.csv")]
+    code = cli.main(
+        ["splits", "make", "--list", str(custom_list / "full.txt"), "--labels", str(custom_list / "labels.csv")]
         + ["--out", str(custom_list / "o"), "--shots", "8"]
     )
     assert code == 2

@@ -17,13 +17,24 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcclip.errors import UserError
+
 __all__ = [
     "Annotation",
+    "annotations_text",
+    "atomic_write_texts",
+    "csv_labels_text",
+    "json_labels_text",
     "LabelFileError",
+    "check_class_names",
+    "class_key",
     "read_annotations",
     "read_class_names",
     "read_csv_labels",
@@ -34,8 +45,8 @@ __all__ = [
 ]
 
 
-class LabelFileError(ValueError):
-    """A label file or an annotation list is malformed."""
+class LabelFileError(UserError, ValueError):
+    """A label file or an annotation list is malformed (a `UserError`: the command prints it and exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -48,66 +59,170 @@ class Annotation:
     """Class id, an index into the label file that goes with the list."""
 
 
-def _where(path: Path, line: int | None = None) -> str:
-    return f"{path}:{line}" if line is not None else str(path)
+def class_key(name: str) -> str:
+    """What the text encoder sees of a class name: the prompt words, lower-cased, single-spaced.
+
+    Two names with the same key get the same prompt, hence the same text feature: they would split one class's
+    probability between them. CLIP's tokenizer lower-cases and collapses white space; the model turns
+    ``ApplyEyeMakeup`` and ``apply_eye_makeup`` into the same words.
+    """
+    from tcclip.model.text import process_class_name
+
+    return " ".join(process_class_name(name).lower().split())
+
+
+def check_class_names(
+    names: Sequence[str], path: str | os.PathLike | None = None, lines: Sequence[int | None] | None = None
+) -> list[str]:
+    """Reject empty names, names with line breaks and duplicates (after `class_key`); returns the names.
+
+    Args:
+        names: the class list, in id order.
+        path: the file they came from (named in the error), or None for names given on the command line.
+        lines: the 1-based line of every name in ``path``, where known.
+    """
+    source = "" if path is None else " in this file"
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        line = lines[i] if lines is not None else None
+        if "\n" in name or "\r" in name:
+            raise LabelFileError(
+                f"the name of class {i} has a line break: {name!r}" + (" (an unbalanced quote?)" if path else ""),
+                path=path,
+                line=line,
+                fix="Put every class on one line; in a CSV file, close the quote that was opened "
+                '(a name with a comma is written 12,"Pushing something, slowly").',
+            )
+        if not name.strip():
+            raise LabelFileError(f"class {i} has an empty name", path=path, line=line, fix="Give every class a name.")
+        key = class_key(name)
+        if key in seen:
+            j = seen[key]
+            at = f" (line {lines[j]})" if lines is not None and lines[j] is not None else ""
+            if names[j] == name:
+                message = f"the class name {name!r} appears twice{source}: classes {j}{at} and {i}"
+            else:
+                message = f"class {i} {name!r} reads the same to the text encoder as class {j} {names[j]!r}{at}"
+            raise LabelFileError(
+                message,
+                path=path,
+                line=line,
+                fix="Give every class a distinct name (two classes with the same prompt split one probability).",
+            )
+        seen[key] = i
+    return list(names)
 
 
 def read_csv_labels(path: str | os.PathLike) -> list[str]:
     """Read a ``id,name`` label CSV and return the class names in id order."""
     path = Path(path)
     text = _read_text(path)
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or [c.strip() for c in rows[0]] != ["id", "name"]:
+    reader = csv.reader(io.StringIO(text))
+    rows: list[tuple[int, list[str]]] = []  # (line where the row starts, fields)
+    try:
+        line_no = 1
+        for row in reader:
+            rows.append((line_no, row))
+            line_no = reader.line_num + 1
+    except csv.Error as e:
+        raise LabelFileError(f"not a valid CSV file ({e})", path=path, line=reader.line_num,
+                             fix="Write one class a line as '<id>,<name>'.") from None  # fmt: skip
+    header = rows[0][1] if rows else []
+    if [c.strip() for c in header] != ["id", "name"]:
         raise LabelFileError(
-            f"{_where(path, 1)}: expected the header 'id,name', found {','.join(rows[0]) if rows else 'nothing'!r}. "
-            "Fix: make the first line exactly 'id,name' and list one class a line as '<id>,<name>'."
+            f"expected the header 'id,name', found {','.join(header) if rows else 'nothing'!r}",
+            path=path,
+            line=1,
+            fix="Make the first line exactly 'id,name' and list one class a line as '<id>,<name>'.",
         )
     names: list[str] = []
-    for line_no, row in enumerate(rows[1:], start=2):
+    lines: list[int | None] = []
+    for line_no, row in rows[1:]:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != 2:
             raise LabelFileError(
-                f"{_where(path, line_no)}: expected 2 fields '<id>,<name>', found {len(row)}: {row!r}. "
-                'Fix: quote names that contain commas, e.g. 12,"Pushing something, slowly".'
+                f"expected 2 fields '<id>,<name>', found {len(row)}: {row!r}",
+                path=path,
+                line=line_no,
+                fix='Quote names that contain commas, e.g. 12,"Pushing something, slowly".',
             )
         class_id, name = row[0].strip(), row[1].strip()
         if class_id != str(len(names)):
+            hint = " (a line break inside quotes?)" if "\n" in class_id else ""
             raise LabelFileError(
-                f"{_where(path, line_no)}: class id {class_id!r} where {len(names)} was expected. "
-                "Fix: list the classes with ids 0, 1, 2, ... in order, without gaps."
+                f"class id {class_id!r} where {len(names)} was expected{hint}",
+                path=path,
+                line=line_no,
+                fix="List the classes with ids 0, 1, 2, ... in order, without gaps.",
             )
         if not name:
-            raise LabelFileError(f"{_where(path, line_no)}: class {class_id} has an empty name. Fix: give it a name.")
+            raise LabelFileError(f"class {class_id} has an empty name", path=path, line=line_no, fix="Give it a name.")
         names.append(name)
+        lines.append(line_no)
     if not names:
-        raise LabelFileError(f"{path}: no classes after the header. Fix: add lines '<id>,<name>'.")
-    return names
+        raise LabelFileError("no classes after the header", path=path, fix="Add lines '<id>,<name>'.")
+    return check_class_names(names, path, lines)
 
 
 def read_json_labels(path: str | os.PathLike) -> list[str]:
     """Read a ``{"id": "description"}`` label JSON and return the descriptions in id order."""
     path = Path(path)
+    text = _read_text(path)
+    duplicates: list[str] = []
+
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        # json keeps the last of two equal keys; a class would vanish without a word.
+        counts = Counter(k for k, _ in pairs)
+        duplicates.extend(k for k, n in counts.items() if n > 1)
+        return dict(pairs)
+
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
-        raise LabelFileError(f"{_where(path, e.lineno)}: not valid JSON ({e.msg}). Fix the JSON syntax.") from e
+        raise LabelFileError(f"not valid JSON ({e.msg})", path=path, line=e.lineno, fix="Fix the JSON syntax.") from e
+    if duplicates:
+        key = duplicates[0]
+        raise LabelFileError(
+            f"the key {key!r} appears more than once (JSON keeps only the last one, so a class would be lost)",
+            path=path,
+            line=_json_key_line(text, key, occurrence=2),
+            fix="Give every class its own key 0, 1, 2, ...",
+        )
     if not isinstance(data, dict) or not data:
         raise LabelFileError(
-            f'{path}: expected a non-empty JSON object {{"0": "description", ...}}. Fix: map each class id to a text.'
+            'expected a non-empty JSON object {"0": "description", ...}',
+            path=path,
+            fix="Map each class id to a text.",
         )
     expected = [str(i) for i in range(len(data))]
     if sorted(data, key=lambda k: (len(k), k)) != expected:
         missing = sorted(set(expected) - set(data), key=int)[:5]
         extra = sorted(set(data) - set(expected))[:5]
         raise LabelFileError(
-            f"{path}: keys must be the class ids 0..{len(data) - 1}; missing {missing}, unexpected {extra}. "
-            "Fix: use one key per class id, as strings, without gaps."
+            f"keys must be the class ids 0..{len(data) - 1}; missing {missing}, unexpected {extra}",
+            path=path,
+            fix="Use one key per class id, as strings, without gaps.",
         )
     bad = [k for k in expected if not isinstance(data[k], str) or not data[k].strip()]
     if bad:
-        raise LabelFileError(f"{path}: class {bad[0]} has no text description. Fix: give every class a string.")
-    return [data[k].strip() for k in expected]
+        raise LabelFileError(
+            f"class {bad[0]} has no text description",
+            path=path,
+            line=_json_key_line(text, bad[0]),
+            fix="Give every class a string.",
+        )
+    names = [data[k].strip() for k in expected]
+    return check_class_names(names, path, [_json_key_line(text, k) for k in expected])
+
+
+def _json_key_line(text: str, key: str, occurrence: int = 1) -> int | None:
+    """1-based line of the ``occurrence``-th ``"key":`` in a JSON text (None if not found; for messages only)."""
+    pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
+    for n, match in enumerate(pattern.finditer(text), start=1):
+        if n == occurrence:
+            return text.count("\n", 0, match.start()) + 1
+    return None
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -117,7 +232,9 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         return read_json_labels(path)
     if path.suffix.lower() == ".csv":
         return read_csv_labels(path)
-    raise LabelFileError(f"{path}: unknown label file type {path.suffix!r}. Fix: use a '.csv' (id,name) or '.json'.")
+    raise LabelFileError(
+        f"unknown label file type {path.suffix!r}", path=path, fix="Use a '.csv' (id,name) or a '.json' file."
+    )
 
 
 def read_annotations(path: str | os.PathLike, num_classes: int | None = None) -> list[Annotation]:
@@ -129,7 +246,8 @@ def read_annotations(path: str | os.PathLike, num_classes: int | None = None) ->
     """
     path = Path(path)
     annotations: list[Annotation] = []
-    for line_no, raw in enumerate(_read_text(path).splitlines(), start=1):
+    # str.splitlines would also split at form feeds, U+2028 and other characters that may be part of a file name.
+    for line_no, raw in enumerate(_read_text(path).split("\n"), start=1):
         line = raw.strip()
         if not line:
             continue
@@ -137,59 +255,128 @@ def read_annotations(path: str | os.PathLike, num_classes: int | None = None) ->
         video = video.rstrip()
         if not sep or not video:
             raise LabelFileError(
-                f"{_where(path, line_no)}: expected '<relative video path> <label>', found {line!r}. "
-                "Fix: write the path, one space, then the integer class id."
+                f"expected '<relative video path> <label>', found {line!r}",
+                path=path,
+                line=line_no,
+                fix="Write the path, one space, then the integer class id.",
             )
         try:
             label = int(label_text)
         except ValueError:
             raise LabelFileError(
-                f"{_where(path, line_no)}: the label {label_text!r} is not an integer. "
-                "Fix: end the line with the integer class id, separated from the path by one space."
+                f"the label {label_text!r} is not an integer",
+                path=path,
+                line=line_no,
+                fix="End the line with the integer class id, separated from the path by one space.",
             ) from None
         if label < 0 or (num_classes is not None and label >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
             raise LabelFileError(
-                f"{_where(path, line_no)}: label {label} is outside {bound}. "
-                "Fix: use the label file that goes with this list, or correct the class id."
+                f"label {label} is outside {bound}",
+                path=path,
+                line=line_no,
+                fix="Use the label file that goes with this list, or correct the class id.",
             )
         annotations.append(Annotation(video, label))
     if not annotations:
-        raise LabelFileError(f"{path}: the list has no videos. Fix: add lines '<relative video path> <label>'.")
+        raise LabelFileError("the list has no videos", path=path, fix="Add lines '<relative video path> <label>'.")
     return annotations
 
 
-def write_annotations(path: str | os.PathLike, annotations: Iterable[Annotation]) -> None:
-    """Write an annotation list in the official format (Unix line ends, final newline)."""
-    lines = [f"{a.path} {a.label}\n" for a in annotations]
-    _write_text(Path(path), "".join(lines))
+def annotations_text(annotations: Iterable[Annotation]) -> str:
+    """An annotation list in the official format (Unix line ends, final newline)."""
+    return "".join(f"{a.path} {a.label}\n" for a in annotations)
 
 
-def write_csv_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
-    """Write a ``id,name`` label CSV (names quoted only where CSV needs it)."""
+def csv_labels_text(names: Sequence[str]) -> str:
+    """A ``id,name`` label CSV (names quoted only where CSV needs it)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "name"])
     writer.writerows([i, name] for i, name in enumerate(names))
-    _write_text(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def json_labels_text(descriptions: Sequence[str]) -> str:
+    """A ``{"id": "description"}`` label JSON."""
+    return json.dumps({str(i): d for i, d in enumerate(descriptions)}, indent=1, ensure_ascii=False) + "\n"
+
+
+def write_annotations(path: str | os.PathLike, annotations: Iterable[Annotation]) -> None:
+    """Write an annotation list in the official format (Unix line ends, final newline)."""
+    atomic_write_texts({Path(path): annotations_text(annotations)})
+
+
+def write_csv_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
+    """Write a ``id,name`` label CSV (names quoted only where CSV needs it)."""
+    atomic_write_texts({Path(path): csv_labels_text(names)})
 
 
 def write_json_labels(path: str | os.PathLike, descriptions: Sequence[str]) -> None:
     """Write a ``{"id": "description"}`` label JSON."""
-    _write_text(Path(path), json.dumps({str(i): d for i, d in enumerate(descriptions)}, indent=1) + "\n")
+    atomic_write_texts({Path(path): json_labels_text(descriptions)})
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def atomic_write_texts(files: Mapping[Path, str]) -> list[Path]:
+    """Write several UTF-8 text files so that each appears whole or not at all, and none if any write fails.
+
+    Every file is first written to a temporary file in its own folder (so the final rename stays on one file
+    system), and the temporary files are renamed only once all of them are complete.
+    """
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            path = Path(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise UserError(
+                    f"cannot write into the folder {path.parent} ({e.strerror or e})",
+                    path=path,
+                    fix="Choose an output folder you can write to.",
+                ) from None
+            temps.append((Path(name), path))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+            os.chmod(name, _FILE_MODE)  # mkstemp makes it private; a normal file is readable by the group
+        for _, path in temps:
+            if path.is_dir():
+                raise UserError("is a folder; it would be overwritten by a file", path=path,
+                                fix="Move the folder away or choose another output folder.")  # fmt: skip
+        for temp, path in temps:
+            os.replace(temp, path)
+    finally:
+        for temp, _ in temps:
+            temp.unlink(missing_ok=True)
+    return [path for _, path in temps]
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise LabelFileError("is a folder, not a file", path=path, fix="Give the path of the file itself.")
     try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark from spreadsheet exports
+        # -sig: tolerate a byte-order mark from spreadsheet exports; newline=None turns Windows line ends into "\n".
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found. Fix: check the path (and the splits directory).") from None
+        raise LabelFileError("file not found", path=path, fix="Check the path (and the splits directory).") from None
     except UnicodeDecodeError as e:
-        raise LabelFileError(f"{path}: not UTF-8 text ({e.reason}). Fix: save the file as UTF-8.") from e
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        line = e.object[: e.start].count(b"\n") + 1
+        raise LabelFileError(
+            f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+            path=path,
+            line=line,
+            fix="Save the file as UTF-8.",
+        ) from None
+    except OSError as e:
+        raise LabelFileError(f"cannot read the file ({e.strerror or e})", path=path) from None

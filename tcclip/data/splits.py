@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 from collections import defaultdict
@@ -29,12 +30,14 @@ import numpy as np
 
 from tcclip.data.labels import (
     Annotation,
+    annotations_text,
+    atomic_write_texts,
+    csv_labels_text,
     read_annotations,
     read_class_names,
-    write_annotations,
-    write_csv_labels,
     write_json_labels,
 )
+from tcclip.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,12 @@ DEFAULT_SPLITS_DIR = REPO_ROOT / "data_splits" / "files"
 DOWNLOAD_TIMEOUT_S = 60
 
 
-class SplitFilesError(FileNotFoundError):
+class SplitFilesError(UserError, FileNotFoundError):
     """An official split/label file is missing or does not match the manifest."""
+
+
+class SplitsError(UserError, ValueError):
+    """A manifest, a list or an option of `tcclip splits` cannot be used as given."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -80,13 +87,31 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
     """Load ``data_splits/manifest.json`` (or another manifest file)."""
     path = Path(path) if path is not None else MANIFEST_PATH
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: split manifest not found. Fix: run from a checkout of the tcclip repository, "
-            "or pass --manifest pointing to data_splits/manifest.json."
+        raise SplitsError(
+            "split manifest not found" + (" (it is a folder)" if path.is_dir() else ""),
+            path=path,
+            fix="Run from a checkout of the tcclip repository, or pass --manifest pointing to "
+            "data_splits/manifest.json.",
         )
-    data = json.loads(path.read_text())
-    files = tuple(ManifestEntry(f["path"], int(f["size"]), f["sha256"]) for f in data["files"])
-    return Manifest(commit=data["commit"], url_template=data["url_template"], files=files)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SplitsError(f"not valid JSON ({e.msg})", path=path, line=e.lineno, fix=_MANIFEST_FIX) from None
+    except UnicodeDecodeError as e:
+        raise SplitsError(f"not UTF-8 text ({e.reason})", path=path, fix=_MANIFEST_FIX) from None
+    try:
+        files = tuple(ManifestEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"])
+        return Manifest(commit=str(data["commit"]), url_template=str(data["url_template"]), files=files)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"the key {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"a value has the wrong type ({e})"
+        raise SplitsError(
+            f"not a split manifest: {what}; it needs commit, url_template and files [{{path, size, sha256}}, ...]",
+            path=path,
+            fix=_MANIFEST_FIX,
+        ) from None
+
+
+_MANIFEST_FIX = "Restore the file from the repository (git checkout data_splits/manifest.json) or fix the JSON."
 
 
 def build_manifest(mirror: str | os.PathLike, commit: str, url_template: str) -> dict:
@@ -270,9 +295,10 @@ def sample_per_class(
     for c in classes:
         videos = groups.get(c, [])
         if len(videos) < shots and not (allow_fewer and videos):
-            raise ValueError(
-                f"{source}: class {c} has {len(videos)} videos, fewer than the {shots} shots asked for. "
-                "Fix: ask for fewer shots, or add videos of that class to the list."
+            raise SplitsError(
+                f"class {c} has {len(videos)} videos, fewer than the {shots} shots asked for",
+                path=source or None,
+                fix="Ask for fewer shots, add videos of that class to the list, or pass --allow-fewer.",
             )
         chosen = np.sort(rng.choice(len(videos), size=min(shots, len(videos)), replace=False))
         picked.extend(videos[i] for i in chosen)
@@ -329,37 +355,39 @@ def make_splits(
     Returns:
         The written files.
     """
+    if not shots and not base_novel:
+        raise SplitsError("nothing to make: no shots and no base/novel split", fix="Pass --shots K or --base-novel.")
+    bad = [k for k in [*shots, base_shots] if k < 1]
+    if bad:
+        raise SplitsError(f"shots must be >= 1, got {bad[0]}", fix="Ask for at least one video per class.")
+    if seed < 0:
+        raise SplitsError(f"the seed must be >= 0, got {seed}", fix="Use a seed 0, 1, 2, ...")
     class_names = read_class_names(labels)
     annotations = read_annotations(full_list, num_classes=len(class_names))
     out_dir = Path(out_dir)
-    written: list[Path] = []
+    # Everything is computed before anything is written: a failure (too few videos for one K) leaves no file.
+    outputs: dict[Path, str] = {}
     all_classes = list(range(len(class_names)))
     for k in shots:
         rng = np.random.default_rng([seed, 0, k])
         picked = sample_per_class(annotations, all_classes, k, rng, str(full_list), allow_fewer)
-        written.append(out_dir / FEW_SHOT_NAME.format(shots=k))
-        write_annotations(written[-1], picked)
-    if not base_novel:
-        return written
-
-    base, novel = split_classes(len(class_names), class_split, seed)
-    b2n = out_dir / B2N_DIR
-    for name, classes in (("base", base), ("novel", novel)):
-        written.append(b2n / f"{name}_labels.csv")
-        write_csv_labels(written[-1], [class_names[c] for c in classes])
-    for n in base_seeds:
-        rng = np.random.default_rng([seed, 1, n])
-        picked = sample_per_class(annotations, base, base_shots, rng, str(full_list), allow_fewer)
-        written.append(b2n / B2N_TRAIN_NAME.format(seed=n))
-        write_annotations(written[-1], _relabel(picked, base))
-    if eval_list is not None:
-        eval_annotations = read_annotations(eval_list, num_classes=len(class_names))
+        outputs[out_dir / FEW_SHOT_NAME.format(shots=k)] = annotations_text(picked)
+    if base_novel:
+        base, novel = split_classes(len(class_names), class_split, seed)
+        b2n = out_dir / B2N_DIR
         for name, classes in (("base", base), ("novel", novel)):
-            written.append(b2n / f"{name}_val.txt")
-            write_annotations(written[-1], _relabel(eval_annotations, classes))
-    else:
-        log.info("no eval list given: base2novel/base_val.txt and novel_val.txt were not written")
-    return written
+            outputs[b2n / f"{name}_labels.csv"] = csv_labels_text([class_names[c] for c in classes])
+        for n in base_seeds:
+            rng = np.random.default_rng([seed, 1, n])
+            picked = sample_per_class(annotations, base, base_shots, rng, str(full_list), allow_fewer)
+            outputs[b2n / B2N_TRAIN_NAME.format(seed=n)] = annotations_text(_relabel(picked, base))
+        if eval_list is not None:
+            eval_annotations = read_annotations(eval_list, num_classes=len(class_names))
+            for name, classes in (("base", base), ("novel", novel)):
+                outputs[b2n / f"{name}_val.txt"] = annotations_text(_relabel(eval_annotations, classes))
+        else:
+            log.info("no eval list given: base2novel/base_val.txt and novel_val.txt were not written")
+    return atomic_write_texts(outputs)
 
 
 def make_synthetic_protocol_splits(synth_dir: str | os.PathLike) -> Path:
@@ -401,6 +429,38 @@ def _words(camel: str) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be >= 1, got {value}" + (" (that would write empty lists)" * (value == 0))
+        )
+    return value
+
+
+def _shot_list(text: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected shots per class such as 2,4,8,16, got {text!r}")
+    try:
+        return [_positive_int(part) for part in parts]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"every shot count {e}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcclip splits", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -420,59 +480,71 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--list", type=Path, required=True, dest="full_list", help="full training annotation list")
     mk.add_argument("--labels", type=Path, required=True, help="label CSV (id,name) of that list")
     mk.add_argument("--out", type=Path, required=True, help="output folder")
-    mk.add_argument("--shots", default="2,4,8,16", help="comma-separated shots per class (default 2,4,8,16)")
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument(
+        "--shots", type=_shot_list, default="2,4,8,16", help="comma-separated shots per class (default 2,4,8,16)"
+    )
+    mk.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the draws (default 0)")
     mk.add_argument("--base-novel", action="store_true", help="also write base/novel splits")
     mk.add_argument("--eval-list", type=Path, default=None, help="test list to split into base_val/novel_val")
     mk.add_argument("--class-split", choices=("first-half", "seeded"), default="first-half")
-    mk.add_argument("--base-shots", type=int, default=16, help="videos per base class in fs_base_s{n}_train.txt")
+    mk.add_argument(
+        "--base-shots", type=_positive_int, default=16, help="videos per base class in fs_base_s{n}_train.txt"
+    )
     mk.add_argument("--allow-fewer", action="store_true", help="classes with too few videos give all they have")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip splits download|make``; returns the exit code."""
+    """``tcclip splits download|make``; returns the exit code (a `UserError` for bad input)."""
     from rich.console import Console
 
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
     if args.command == "make":
-        try:
-            shots = [int(s) for s in args.shots.split(",") if s.strip()]
-            files = make_splits(
-                args.full_list,
-                args.labels,
-                args.out,
-                shots=shots,
-                seed=args.seed,
-                base_novel=args.base_novel,
-                eval_list=args.eval_list,
-                class_split=args.class_split,
-                base_shots=args.base_shots,
-                allow_fewer=args.allow_fewer,
-            )
-        except (ValueError, OSError) as e:
-            console.print(f"[red]error:[/red] {e}")
-            return 2
+        files = make_splits(
+            args.full_list,
+            args.labels,
+            args.out,
+            shots=args.shots,
+            seed=args.seed,
+            base_novel=args.base_novel,
+            eval_list=args.eval_list,
+            class_split=args.class_split,
+            base_shots=args.base_shots,
+            allow_fewer=args.allow_fewer,
+        )
         for f in files:
-            console.print(f"wrote {f}")
+            print(f"wrote {f}", file=sys.stderr)
         return 0
     return _download_cli(args, console)
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and make sure a file can be written in it; a `UserError` naming ``option`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{option} {folder}: cannot write there ({e.strerror or e})",
+            fix=f"Choose a folder you can write to for {option}.",
+        ) from None
 
 
 def _download_cli(args: argparse.Namespace, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    try:
-        manifest = load_manifest(args.manifest)
-    except FileNotFoundError as e:
-        console.print(f"[red]error:[/red] {e}")
-        return 2
+    manifest = load_manifest(args.manifest)
     dest = args.dest if args.dest is not None else default_splits_dir()
     entries = select_entries(manifest, args.only)
     if not entries:
-        console.print(f"[red]error:[/red] no manifest file matches --only {args.only}")
-        return 2
+        raise UserError(
+            f"no file of the manifest matches --only {' '.join(args.only)}",
+            path=args.manifest or MANIFEST_PATH,
+            fix="Use a glob or a part of a path listed in the manifest, e.g. --only 'labels/*'.",
+        )
+    check_writable_folder(dest, "--dest" if args.dest is not None else f"the splits folder (${SPLITS_DIR_ENV})")
     source = f"mirror {args.mirror}" if args.mirror else f"naver-ai/tc-clip@{manifest.commit[:10]}"
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
