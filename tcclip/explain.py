@@ -30,10 +30,12 @@ import torch
 from rich.markup import escape
 from torch import Tensor, nn
 
+from tcclip.errors import UserError
 from tcclip.inference import (
     Prediction,
     VideoInput,
     add_model_arguments,
+    check_model_args,
     evaluating,
     load_model_from_args,
     make_test_transform,
@@ -43,6 +45,7 @@ from tcclip.inference import (
     top_k_predictions,
     use_labels,
 )
+from tcclip.outputs import check_writable_folder, staged_files
 
 log = logging.getLogger(__name__)
 
@@ -346,44 +349,47 @@ def render_gif_frames(expl: Explanation) -> list[np.ndarray]:
 
 
 def save_explanation(expl: Explanation, out_dir: str | Path, formats: Sequence[str] = ("png",)) -> list[Path]:
-    """Write the pictures (`png` and/or `gif`) and `explanation.json` into `out_dir`; returns the files written."""
+    """Write the pictures (`png` and/or `gif`) and `explanation.json` into `out_dir`; returns the files written.
+
+    All files appear together once all are complete (`tcclip.outputs.staged_files`): never a half-drawn picture.
+    """
     from PIL import Image, ImageDraw
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if "png" in formats:
-        figures = {"seeds": render_seeds, "context_tokens": render_tokens, "top_k": render_top_k}
-        figures["summary"] = render_summary
-        for name, render in figures.items():
-            path = out / f"{name}.png"
-            render(expl).savefig(path, dpi=120, facecolor="white")
-            written.append(path)
-    if "gif" in formats:
-        pictures = []
-        for index, array in zip(expl.frame_indices, render_gif_frames(expl), strict=True):
-            picture = Image.fromarray(array)
-            ImageDraw.Draw(picture).text((8, 6), f"frame {index}", fill=(255, 255, 255), stroke_width=2,
-                                         stroke_fill=(0, 0, 0))  # fmt: skip
-            pictures.append(picture)
-        path = out / "explain.gif"
-        pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=500, loop=0)
-        written.append(path)
-    path = out / "explanation.json"
-    record = {
-        "video": expl.video,
-        "layer": expl.layer,
-        "num_layers": expl.num_layers,
-        "patch_size": expl.patch_size,
-        "grid_size": expl.grid_size,
-        "frame_indices": expl.frame_indices,
-        "seed_indices": expl.seed_indices.tolist(),
-        "token_of_patch": token_map(expl.merge_sources, expl.num_frames, expl.grid_size).tolist(),
-        "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in expl.predictions],
-    }
-    # one key a line, arrays kept on their line: readable and still plain JSON
-    path.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n")
-    written.append(path)
+    with staged_files() as stage:
+        if "png" in formats:
+            figures = {"seeds": render_seeds, "context_tokens": render_tokens, "top_k": render_top_k}
+            figures["summary"] = render_summary
+            for name, render in figures.items():
+                written.append(out / f"{name}.png")
+                render(expl).savefig(stage(written[-1]), format="png", dpi=120, facecolor="white")
+        if "gif" in formats:
+            pictures = []
+            for index, array in zip(expl.frame_indices, render_gif_frames(expl), strict=True):
+                picture = Image.fromarray(array)
+                ImageDraw.Draw(picture).text((8, 6), f"frame {index}", fill=(255, 255, 255), stroke_width=2,
+                                             stroke_fill=(0, 0, 0))  # fmt: skip
+                pictures.append(picture)
+            written.append(out / "explain.gif")
+            pictures[0].save(
+                stage(written[-1]), format="GIF", save_all=True, append_images=pictures[1:], duration=500, loop=0
+            )
+        record = {
+            "video": expl.video,
+            "layer": expl.layer,
+            "num_layers": expl.num_layers,
+            "patch_size": expl.patch_size,
+            "grid_size": expl.grid_size,
+            "frame_indices": expl.frame_indices,
+            "seed_indices": expl.seed_indices.tolist(),
+            "token_of_patch": token_map(expl.merge_sources, expl.num_frames, expl.grid_size).tolist(),
+            "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in expl.predictions],
+        }
+        # one key a line, arrays kept on their line: readable and still plain JSON
+        written.append(out / "explanation.json")
+        text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n"
+        stage(written[-1]).write_text(text, encoding="utf-8")
     return written
 
 
@@ -417,16 +423,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
-    model = load_model_from_args(args, parser, err)
-    if model is None:
-        return 2
+    check_model_args(args)
+    if not Path(args.video).is_file():
+        what = "is a folder" if Path(args.video).is_dir() else "no such file"
+        raise UserError(f"{what}", path=args.video, fix="Give explain one video file.")
+    out = check_writable_folder(args.out, "--out")  # before the model runs, not after
+    model = load_model_from_args(args)
     try:
         expl = explain(model, args.video, layer=args.layer, top_k=args.top_k, backend=args.backend)
     except (RuntimeError, OSError, ValueError) as error:
         err.print(f"[red]cannot explain {escape(args.video)}:[/] {escape(str(error))}", highlight=False)
         return 1
     formats = ("png", "gif") if args.format == "both" else (args.format,)
-    for path in save_explanation(expl, args.out, formats):
+    try:
+        written = save_explanation(expl, out, formats)
+    except OSError as error:  # a full disk, a quota: nothing was written (save_explanation stages every file)
+        raise UserError(
+            f"--out {out}: cannot write the pictures ({error.strerror or error}); none was written",
+            fix="Free some space or choose another folder, then run the same command again.",
+        ) from None
+    for path in written:
         err.print(f"wrote {path}", highlight=False)
     label, prob = expl.predictions[0]
     err.print(f"top-1: {label} ({prob:.1%})", highlight=False)

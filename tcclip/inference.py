@@ -22,6 +22,8 @@ import torch
 from rich.markup import escape
 from torch import Tensor, nn
 
+from tcclip.errors import UserError
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset(
@@ -153,17 +155,44 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def use_labels(model: nn.Module, labels: Sequence[str] | None) -> list[str]:
-    """Give the model this class list (re-encoding the prompts only when it changed); returns the active list."""
+    """Give the model this class list (re-encoding the prompts only when it changed); returns the active list.
+
+    Raises:
+        LabelFileError: an empty list, a name with a line break, two names with the same prompt, or a name whose
+            prompt is longer than the text encoder's context length.
+    """
+    from tcclip.data.labels import LabelFileError, check_class_names
+
     if labels is not None:
         labels = [str(label) for label in labels]
         if not labels:
-            raise ValueError("the label list is empty; pass at least one class name")
+            raise LabelFileError("the label list is empty", fix="Pass at least one class name.")
+        check_class_names(labels)
         if list(model.class_names) != labels:
-            model.set_class_names(labels)
+            with label_length_errors():
+                model.set_class_names(labels)
     names = list(model.class_names)
     if not names:
-        raise ValueError("the model has no class names yet: pass labels=[...] (or --labels / --label-file)")
+        raise LabelFileError("the model has no class names yet", fix="Pass labels=[...] (or --labels / --label-file).")
     return names
+
+
+@contextmanager
+def label_length_errors(source: str | Path | None = None) -> Iterator[None]:
+    """Turn the text encoder's "prompt too long" into a message about the label (the user can only shorten it)."""
+    from tcclip.data.labels import LabelFileError
+    from tcclip.model.text import PromptTooLongError
+
+    try:
+        yield
+    except PromptTooLongError as error:
+        raise LabelFileError(
+            f"the label {error.name!r} is too long for the text encoder's context length {error.context_length}: "
+            f"its prompt needs {error.num_tokens} tokens",
+            path=source,
+            fix=f"Shorten the label so that its prompt fits in {error.context_length} tokens (a few words name a "
+            "class best).",
+        ) from None
 
 
 def video_probabilities(model: nn.Module, clips: Tensor) -> Tensor:
@@ -287,34 +316,72 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_labels(labels: str | None, label_file: str | None) -> list[str] | None:
-    """Class names from `--labels a,b,c` or `--label-file F`; None when neither is given."""
+    """Class names from `--labels a,b,c` or `--label-file F`; None when neither is given.
+
+    Raises:
+        LabelFileError: an empty or malformed list, a line break in a name, two names with the same prompt.
+    """
+    from tcclip.data.labels import LabelFileError, check_class_names, read_class_names
+
     if labels is not None:
         names = [name.strip() for name in labels.split(",") if name.strip()]
         if not names:
-            raise ValueError("--labels is empty; give class names separated by commas, e.g. --labels 'run,jump'")
-        return names
+            raise LabelFileError("--labels is empty", fix="Give class names separated by commas: --labels 'run,jump'.")
+        try:
+            return check_class_names(names)
+        except LabelFileError as error:
+            raise LabelFileError(f"--labels: {error.message}", fix=error.fix) from None
     if label_file is None:
         return None
-    from tcclip.data.labels import read_class_names
-
     return read_class_names(label_file)
 
 
-def load_model_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser, err) -> nn.Module | None:
-    """The model that `add_model_arguments`' options ask for, on its device; None (reported) if it cannot load."""
+def check_checkpoint_path(checkpoint: str | Path) -> Path:
+    """The `--checkpoint` file; a `UserError` for a folder or a path that does not exist."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".ckpt", ".pth", ".pt") and p.is_file())
+        fix = (
+            f"Pass one of the checkpoint files in it: {', '.join(found[:5])}" + (", ..." if len(found) > 5 else ".")
+            if found
+            else "Pass a .ckpt or .pth file, not the folder that holds it."
+        )
+        raise UserError("--checkpoint is a folder, not a checkpoint file", path=path, fix=fix)
+    if not path.exists():
+        raise UserError("--checkpoint: no such file", path=path, fix="Check the path of the .ckpt or .pth file.")
+    return path
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Find a bad --device, --checkpoint path or class list before any slow work (`UserError`)."""
+    resolve_device(args.device)
+    check_checkpoint_path(args.checkpoint)
+    read_labels(args.labels, args.label_file)
+
+
+def load_model_from_args(args: argparse.Namespace) -> nn.Module:
+    """The model that `add_model_arguments`' options ask for, on its device.
+
+    Raises:
+        UserError: a bad --device, --checkpoint, --labels or --label-file, or a checkpoint that cannot be loaded.
+    """
     from tcclip.model.checkpoint import load_model
 
-    try:
-        class_names = read_labels(args.labels, args.label_file)
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
+    device = resolve_device(args.device)  # first: the cheapest mistake to find
+    path = check_checkpoint_path(args.checkpoint)
+    class_names = read_labels(args.labels, args.label_file)
     overrides = {} if args.clip_weights is None else {"clip_weights": args.clip_weights}
     try:
-        model = load_model(args.checkpoint, class_names, **overrides)
+        with label_length_errors(args.label_file):
+            model = load_model(path, class_names, **overrides)
+    except UserError:
+        raise
     except (OSError, ValueError, RuntimeError, KeyError) as error:  # CheckpointError is a ValueError
-        err.print(f"[red]cannot load {escape(args.checkpoint)}:[/] {escape(str(error))}", highlight=False)
-        return None
-    return model.to(resolve_device(args.device))
+        message = str(error)
+        if str(path) in message:  # the checkpoint's own messages already name the file
+            raise UserError(f"cannot load the checkpoint: {message}") from None
+        raise UserError(f"cannot load the checkpoint: {message}", path=path) from None
+    return model.to(device)
 
 
 class _VideoFiles(torch.utils.data.Dataset):
@@ -363,9 +430,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`--device`: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps.
+
+    Raises:
+        UserError: not a device name, or a device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    fix = "Use --device cpu, or --device auto to take a GPU when there is one."
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device", fix="Use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UserError(f"--device {name}: {why}", fix=fix)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}", fix=fix)
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"--device {name}: MPS (Apple GPU) is not available here", fix=fix)
+    elif device.type != "cpu":
+        raise UserError(
+            f"--device {name!r}: tcclip runs on cpu, cuda or mps", fix="Use auto, cpu, cuda, cuda:N or mps."
+        )
+    return device
 
 
 def _table(predictions: Sequence[Prediction]):
@@ -398,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
+    check_model_args(args)
     paths, problems = expand_video_paths(args.videos)
     failed = 0
     for item, reason in problems:
@@ -407,9 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[red]no videos to classify[/] ({failed} input(s) named none)")
         return 1
 
-    model = load_model_from_args(args, parser, err)
-    if model is None:
-        return 2
+    model = load_model_from_args(args)
     names = list(model.class_names)
 
     dataset = _VideoFiles(paths, model_num_frames(model), model_input_size(model), views, args.backend)

@@ -43,6 +43,8 @@ class Case:
     """Relative paths that must not exist afterwards (nothing partial is left behind)."""
     check: Callable[[Path], None] | None = None
     """Extra assertions on the folder afterwards."""
+    setup: Callable[[pytest.MonkeyPatch], None] | None = None
+    """Changes the world before the run (e.g. no GPU); undone afterwards."""
     subprocess: bool = False
     """Run `python -m tcclip.cli` in a child process instead (for what only a fresh process shows)."""
 
@@ -77,6 +79,31 @@ MANIFEST_1 = (
     '{"commit": "abc", "url_template": "https://example.invalid/{commit}/{path}", '
     '"files": [{"path": "labels/a.csv", "size": 3, "sha256": "00"}]}'
 )
+
+
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a folder without write permission (chmod does not stop root, who may run these tests)."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
 LONG = "/".join(["d" * 200] * 6)  # a 1200-character folder path, each part near the 255-byte name limit
 
 
@@ -297,6 +324,119 @@ CASES: list[Case] = [
         files={"manifest.json": MANIFEST_1},
         absent=("dest",),
     ),
+    # --- tcclip predict / explain: device, checkpoint, labels, outputs -----------------------------------------
+    Case(
+        "predict-duplicate-labels",
+        predict("--labels", "run,jump,run"),
+        2,
+        "tcclip predict: error: --labels: the class name 'run' appears twice: classes 0 and 2",
+    ),
+    Case(
+        "predict-labels-same-prompt",
+        predict("--labels", "ApplyEyeMakeup,jump,apply eye makeup"),
+        2,
+        "--labels: class 2 'apply eye makeup' reads the same to the text encoder as class 0 'ApplyEyeMakeup'",
+    ),
+    Case("predict-label-with-line-break", predict("--labels", "run,ju\nmp"), 2, "the name of class 1 has a line break"),
+    Case(
+        "predict-label-file-duplicate-json-key",
+        predict("--label-file", "labels.json"),
+        2,
+        "labels.json:3: the key '0' appears more than once",
+        files={"labels.json": '{\n "0": "run",\n "0": "jump",\n "1": "swim"\n}\n'},
+    ),
+    Case(
+        "predict-label-too-long",
+        predict("--labels", "run," + "a very long label " * 30),
+        2,
+        "the label 'a very long label a very long label",
+        not_phrase=("context_length=", "cannot load"),
+    ),
+    Case(
+        "predict-label-file-too-long",
+        predict("--label-file", "labels.csv"),
+        2,
+        "labels.csv: the label 'jump" + " and jump" * 40 + "' is too long for the text encoder's context length",
+        files={"labels.csv": "id,name\n0,run\n1,jump" + " and jump" * 40 + "\n"},
+    ),
+    Case(
+        "predict-label-file-with-bom-and-crlf-works",
+        predict("--label-file", "labels.csv", "--json"),
+        0,
+        '"label": "swim"',
+        files={"labels.csv": b"\xef\xbb\xbfid,name\r\n0,run\r\n1,jump\r\n2,swim\r\n"},
+    ),
+    Case("predict-device-unknown", predict("--device", "foo"), 2, "--device 'foo' is not a device. Use auto, cpu"),
+    Case("predict-device-meta", predict("--device", "meta"), 2, "--device 'meta': tcclip runs on cpu, cuda or mps"),
+    Case(
+        "predict-device-cuda-without-gpu",
+        predict("--device", "cuda"),
+        2,
+        "tcclip predict: error: --device cuda:",
+        setup=no_gpu,
+    ),
+    Case(
+        "predict-device-cuda-index-too-high",
+        predict("--device", "cuda:3"),
+        2,
+        "--device cuda:3: this machine has 1 CUDA GPU(s)",
+        setup=one_gpu,
+    ),
+    Case(
+        "predict-checkpoint-is-a-folder",
+        ("predict", "{video}", "--checkpoint", "ckpts"),
+        2,
+        "ckpts: --checkpoint is a folder, not a checkpoint file. Pass one of the checkpoint files in it: a.ckpt, b.pth",
+        files={"ckpts/a.ckpt": "x", "ckpts/b.pth": "x", "ckpts/notes.txt": "x"},
+    ),
+    Case(
+        "predict-checkpoint-missing",
+        ("predict", "{video}", "--checkpoint", "nowhere.ckpt"),
+        2,
+        "nowhere.ckpt: --checkpoint: no such file",
+    ),
+    Case(
+        "predict-checkpoint-random-bytes",
+        ("predict", "{video}", "--checkpoint", "junk.ckpt"),
+        2,
+        "cannot load the checkpoint",
+        files={"junk.ckpt": bytes(range(256)) * 4},
+    ),
+    Case(
+        "explain-out-is-a-file",
+        ("explain", "{video}", "--checkpoint", "{ckpt}", "--out", "taken"),
+        2,
+        "tcclip explain: error: --out taken: is a file, not a folder",
+        files={"taken": "x"},
+    ),
+    Case(
+        "explain-out-under-a-file",
+        ("explain", "{video}", "--checkpoint", "{ckpt}", "--out", "taken/pictures"),
+        2,
+        "--out taken/pictures: cannot write there",
+        files={"taken": "x"},
+    ),
+    Case(
+        "explain-out-not-writable",
+        ("explain", "{video}", "--checkpoint", "{ckpt}", "--out", "pictures"),
+        2,
+        "--out pictures: cannot write there (Permission denied)",
+        setup=permission_denied,
+    ),
+    Case(
+        "explain-video-missing",
+        ("explain", "nowhere.mp4", "--checkpoint", "{ckpt}", "--out", "pictures"),
+        2,
+        "nowhere.mp4: no such file",
+        absent=("pictures",),
+    ),
+    Case(
+        "explain-device-unknown",
+        ("explain", "{video}", "--checkpoint", "{ckpt}", "--out", "pictures", "--device", "gpu"),
+        2,
+        "--device 'gpu' is not a device",
+        absent=("pictures",),
+    ),
     # --- the tcclip command itself --------------------------------------------------------------------------
     Case("help-lists-every-command", ("--help",), 0, "convert-checkpoint turn an official TC-CLIP .pth"),
     Case(
@@ -372,6 +512,8 @@ def test_bad_input(case: Case, tmp_path: Path, request, capsys, monkeypatch):
     assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
     monkeypatch.chdir(tmp_path)
     values = _placeholders(case, tmp_path, request)
+    if case.setup is not None:
+        case.setup(monkeypatch)
     for rel, content in case.files.items():
         path = tmp_path / _substitute(rel, values)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -395,3 +537,49 @@ def test_bad_input(case: Case, tmp_path: Path, request, capsys, monkeypatch):
         assert not (tmp_path / rel).exists(), f"{rel} was left behind"
     if case.check is not None:
         case.check(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- beyond the table
+
+
+def test_help_gives_every_command_one_line(capsys):
+    assert cli.main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in cli.known_commands():
+        rows = [line for line in lines if line.split()[:1] == [name]]
+        assert len(rows) == 1 and len(rows[0].split()) > 3, (name, rows)
+    assert len(cli.known_commands()) == len(set(cli.known_commands())) >= 9
+
+
+def test_error_prefix_names_only_known_commands(capsys, tmp_path):
+    assert cli.main(["splits", "make", "--list", "x", "--labels", str(tmp_path / "no.csv"), "--out", "o"]) == 2
+    assert capsys.readouterr().err.startswith("tcclip splits: error: ")
+    assert cli.main([str(tmp_path / "config.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("tcclip: error: unknown command")
+
+
+def test_explain_writes_all_pictures_or_none(tiny_checkpoint, tiny_video, tmp_path, monkeypatch, capsys):
+    from tcclip import explain
+
+    def broken(expl):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(explain, "render_summary", broken)  # the last picture fails, after three are drawn
+    argv = ["explain", str(tiny_video), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "pictures")]
+    assert cli.main(argv) == 2
+    assert "cannot write the pictures (No space left on device); none was written" in capsys.readouterr().err
+    assert list((tmp_path / "pictures").iterdir()) == []  # no picture, no temporary file
+
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    names = sorted(p.name for p in (tmp_path / "pictures").iterdir())
+    assert names == ["context_tokens.png", "explanation.json", "seeds.png", "summary.png", "top_k.png"]
+
+
+def test_outputs_are_readable_like_any_new_file(tmp_path):
+    from tcclip.outputs import atomic_write_texts
+
+    (path,) = atomic_write_texts({tmp_path / "a.txt": "x\n"})
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    assert path.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777

@@ -18,18 +18,17 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tcclip.errors import UserError
+from tcclip.outputs import atomic_write_texts
 
 __all__ = [
     "Annotation",
     "annotations_text",
-    "atomic_write_texts",
     "csv_labels_text",
     "json_labels_text",
     "LabelFileError",
@@ -315,50 +314,6 @@ def write_csv_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
 def write_json_labels(path: str | os.PathLike, descriptions: Sequence[str]) -> None:
     """Write a ``{"id": "description"}`` label JSON."""
     atomic_write_texts({Path(path): json_labels_text(descriptions)})
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _file_mode()
-
-
-def atomic_write_texts(files: Mapping[Path, str]) -> list[Path]:
-    """Write several UTF-8 text files so that each appears whole or not at all, and none if any write fails.
-
-    Every file is first written to a temporary file in its own folder (so the final rename stays on one file
-    system), and the temporary files are renamed only once all of them are complete.
-    """
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for path, text in files.items():
-            path = Path(path)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            except OSError as e:
-                raise UserError(
-                    f"cannot write into the folder {path.parent} ({e.strerror or e})",
-                    path=path,
-                    fix="Choose an output folder you can write to.",
-                ) from None
-            temps.append((Path(name), path))
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-            os.chmod(name, _FILE_MODE)  # mkstemp makes it private; a normal file is readable by the group
-        for _, path in temps:
-            if path.is_dir():
-                raise UserError("is a folder; it would be overwritten by a file", path=path,
-                                fix="Move the folder away or choose another output folder.")  # fmt: skip
-        for temp, path in temps:
-            os.replace(temp, path)
-    finally:
-        for temp, _ in temps:
-            temp.unlink(missing_ok=True)
-    return [path for _, path in temps]
 
 
 def _read_text(path: Path) -> str:

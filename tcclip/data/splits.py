@@ -31,13 +31,13 @@ import numpy as np
 from tcclip.data.labels import (
     Annotation,
     annotations_text,
-    atomic_write_texts,
     csv_labels_text,
     read_annotations,
     read_class_names,
     write_json_labels,
 )
 from tcclip.errors import UserError
+from tcclip.outputs import atomic_write_texts, check_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -517,19 +517,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {f}", file=sys.stderr)
         return 0
     return _download_cli(args, console)
-
-
-def check_writable_folder(folder: Path, option: str) -> None:
-    """Create ``folder`` if needed and make sure a file can be written in it; a `UserError` naming ``option`` if not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise UserError(
-            f"{option} {folder}: cannot write there ({e.strerror or e})",
-            fix=f"Choose a folder you can write to for {option}.",
-        ) from None
 
 
 def _download_cli(args: argparse.Namespace, console) -> int:

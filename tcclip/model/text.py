@@ -31,6 +31,19 @@ def process_class_name(name: str, parse_camel_case: bool = True) -> str:
     return name.replace("_", " ")
 
 
+class PromptTooLongError(ValueError):
+    """A class name whose prompt has more tokens than the text encoder's context length."""
+
+    def __init__(self, name: str, prompt: str, num_tokens: int, context_length: int, max_context_length: int):
+        self.name, self.prompt, self.num_tokens = name, prompt, num_tokens
+        self.context_length, self.max_context_length = context_length, max_context_length
+        super().__init__(
+            f"the prompt for class {name!r} ({prompt!r}) needs {num_tokens} tokens, more than "
+            f"context_length={context_length}; use a larger context_length (CLIP allows up to "
+            f"{max_context_length}) or a shorter class name"
+        )
+
+
 class Tokenizer(Protocol):
     """What the prompt learner needs from a tokenizer (`clip_backbone.build_tokenizer` gives one)."""
 
@@ -254,10 +267,8 @@ class PromptLearner(nn.Module):
         """Token ids of the prompt for one class, padded with 0 to `context_length`."""
         ids = [self.tokenizer.sot_token_id, *self.tokenizer.encode(self.prompt_text(name)), self.tokenizer.eot_token_id]
         if len(ids) > self.context_length:
-            raise ValueError(
-                f"the prompt for class {name!r} ({self.prompt_text(name)!r}) needs {len(ids)} tokens, more than "
-                f"context_length={self.context_length}; use a larger context_length (CLIP allows up to "
-                f"{self.max_context_length}) or a shorter class name"
+            raise PromptTooLongError(
+                name, self.prompt_text(name), len(ids), self.context_length, self.max_context_length
             )
         return ids + [0] * (self.context_length - len(ids))
 
