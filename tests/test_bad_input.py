@@ -399,7 +399,7 @@ CASES: list[Case] = [
         "predict-checkpoint-random-bytes",
         ("predict", "{video}", "--checkpoint", "junk.ckpt"),
         2,
-        "cannot load the checkpoint",
+        "junk.ckpt: not a checkpoint",
         files={"junk.ckpt": bytes(range(256)) * 4},
     ),
     Case(
