@@ -14,10 +14,13 @@ install: $(PY)
 	$(PY) -m pip install $(TORCH_PIN)
 	$(PY) -m pip install -e ".[dev]"
 
+# On a fresh clone the first `make test` installs (the venv then lacks pytest or tcclip).
 test: $(PY)
+	@$(PY) -c "import pytest, tcclip" 2>/dev/null || $(MAKE) install
 	$(PY) -m pytest -q
 
 test-slow: $(PY)
+	@$(PY) -c "import pytest, tcclip" 2>/dev/null || $(MAKE) install
 	$(PY) -m pytest -q -m slow
 
 lint: $(PY)

@@ -1,8 +1,8 @@
 """`tcclip fit|validate|test|predict`: a LightningCLI over `TCCLIPModule` and the tcclip data modules.
 
 What it adds to LightningCLI:
-- `configs/defaults.yaml` is read before any `--config` (trainer, callbacks, seed), so an experiment file only holds
-  what makes the experiment;
+- `tcclip/configs/defaults.yaml` (package data) is read before any `--config` (trainer, callbacks, seed), so an
+  experiment file only holds what makes the experiment;
 - `data.init_args.num_frames` -> the network's `num_frames` and the CLIP architecture -> `data.init_args.input_size`
   are linked, so the two cannot disagree;
 - run-time defaults: `trainer.precision` (bf16-mixed on a GPU that has it, else 32-true) and
@@ -32,9 +32,10 @@ from tcclip.model.config import CLIPCfg
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Package data (in the wheel too), found next to this module as open_clip finds its model configs.
+DEFAULTS_PATH = Path(__file__).resolve().parent / "configs" / "defaults.yaml"
 DEFAULTS_ENV = "TCCLIP_DEFAULTS"
-"""Environment variable: the defaults file to use instead of configs/defaults.yaml (empty: none)."""
+"""Environment variable: the defaults file to use instead of tcclip/configs/defaults.yaml (empty: none)."""
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RUNS_DIR = Path("runs")
 # Hyper-parameters of a checkpoint that define its network; the others (evaluation options) come from the user.
@@ -42,12 +43,17 @@ NETWORK_HPARAMS = ("model_config", "clip_weights")
 
 
 def defaults_files() -> list[str]:
-    """The defaults file(s) read before every `--config`: $TCCLIP_DEFAULTS, else configs/defaults.yaml if present."""
+    """The defaults file(s) read before every `--config`: $TCCLIP_DEFAULTS, else the package's defaults.yaml."""
     env = os.environ.get(DEFAULTS_ENV)
     if env is not None:
         return [env] if env else []
-    path = CONFIG_DIR / "defaults.yaml"
-    return [str(path)] if path.is_file() else []
+    if not DEFAULTS_PATH.is_file():
+        # Without it a run silently loses its checkpoint callbacks (no last.ckpt to resume from): refuse instead.
+        raise FileNotFoundError(
+            f"{DEFAULTS_PATH}: the shared defaults are missing from this tcclip installation. Fix: reinstall tcclip "
+            f"(the file ships as package data), or set ${DEFAULTS_ENV} to a defaults file (empty: none)."
+        )
+    return [str(DEFAULTS_PATH)]
 
 
 def clip_image_size(arch: str) -> int:

@@ -21,7 +21,7 @@ from tcclip.lit import TCCLIPModule
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 EXPERIMENTS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "defaults.yaml")
-MANIFEST = {e["path"] for e in json.loads((REPO / "data_splits" / "manifest.json").read_text())["files"]}
+MANIFEST = {e["path"] for e in json.loads((REPO / "tcclip" / "data" / "split_manifest.json").read_text())["files"]}
 # Not in the upstream release (data_splits/README.md): the user writes the full K400 training list.
 NOT_RELEASED = {"datasets_splits/k400_splits/train.txt"}
 
@@ -51,7 +51,7 @@ def _parse_only(args: list[str]) -> _ParseOnly:
             VideoDataModule,
             subclass_mode_data=True,
             args=args,
-            parser_kwargs={"fit": {"default_config_files": [str(CONFIG_DIR / "defaults.yaml")]}},
+            parser_kwargs={"fit": {"default_config_files": [str(REPO / "tcclip" / "configs" / "defaults.yaml")]}},
         )
 
 
@@ -107,7 +107,7 @@ def test_config_parses_and_names_official_split_files(parse, path: Path) -> None
         return  # its lists are generated next to the synthetic videos
     files = _split_files(cfg)
     unknown = [f for f in files if f not in MANIFEST and f not in NOT_RELEASED]
-    assert not unknown, f"{path.name} names files that are not in data_splits/manifest.json: {unknown}"
+    assert not unknown, f"{path.name} names files that are not in the split manifest: {unknown}"
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem != "demo"], ids=lambda p: p.stem)

@@ -1,9 +1,9 @@
 """Official split and label files (download + verify) and split making for custom datasets.
 
 The official TC-CLIP annotation lists and label files are not part of this repository (their licence differs).
-``data_splits/manifest.json`` pins every file (path, size, sha256) at one upstream commit; ``tcclip splits download``
-fetches them from GitHub (or copies them from a local mirror), verifies them and writes them atomically to
-``data_splits/files`` (or ``$TCCLIP_SPLITS_DIR``), where the DataModules look for them.
+``split_manifest.json`` (package data, next to this module) pins every file (path, size, sha256) at one upstream
+commit; ``tcclip splits download`` fetches them from GitHub (or copies them from a local mirror), verifies them and
+writes them atomically to ``data_splits/files`` (or ``$TCCLIP_SPLITS_DIR``), where the DataModules look for them.
 
 ``tcclip splits make`` builds few-shot and base/novel splits of a custom dataset in the same formats.
 """
@@ -42,9 +42,14 @@ from tcclip.outputs import atomic_write_texts, check_writable_folder
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST_PATH = REPO_ROOT / "data_splits" / "manifest.json"
+# Package data, so that an installed tcclip (not only a checkout) can download and verify the split files.
+MANIFEST_PATH = Path(__file__).resolve().parent / "split_manifest.json"
 SPLITS_DIR_ENV = "TCCLIP_SPLITS_DIR"
-DEFAULT_SPLITS_DIR = REPO_ROOT / "data_splits" / "files"
+# In a checkout the files go to <repo>/data_splits/files (gitignored); an installed package has no repository
+# folder, so they go to the user's cache (site-packages is no place for downloads).
+_IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "data_splits").is_dir()
+_CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+DEFAULT_SPLITS_DIR = REPO_ROOT / "data_splits" / "files" if _IN_CHECKOUT else _CACHE_HOME / "tcclip" / "data_splits"
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -84,14 +89,14 @@ class Manifest:
 
 
 def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
-    """Load ``data_splits/manifest.json`` (or another manifest file)."""
+    """Load the packaged manifest (or another manifest file)."""
     path = Path(path) if path is not None else MANIFEST_PATH
     if not path.is_file():
         raise SplitsError(
             "split manifest not found" + (" (it is a folder)" if path.is_dir() else ""),
             path=path,
-            fix="Run from a checkout of the tcclip repository, or pass --manifest pointing to "
-            "data_splits/manifest.json.",
+            fix="Reinstall tcclip (it ships the manifest as package data), or pass --manifest pointing to a manifest "
+            "file.",
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -111,7 +116,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
         ) from None
 
 
-_MANIFEST_FIX = "Restore the file from the repository (git checkout data_splits/manifest.json) or fix the JSON."
+_MANIFEST_FIX = "Restore the file (git checkout tcclip/data/split_manifest.json, or reinstall tcclip) or fix the JSON."
 
 
 def build_manifest(mirror: str | os.PathLike, commit: str, url_template: str) -> dict:
@@ -140,7 +145,7 @@ def is_valid(path: Path, entry: ManifestEntry) -> bool:
 
 
 def default_splits_dir() -> Path:
-    """``$TCCLIP_SPLITS_DIR`` if set, else ``<repo>/data_splits/files``."""
+    """``$TCCLIP_SPLITS_DIR`` if set, else ``<repo>/data_splits/files`` (installed: ``~/.cache/tcclip/data_splits``)."""
     env = os.environ.get(SPLITS_DIR_ENV)
     return Path(env).expanduser() if env else DEFAULT_SPLITS_DIR
 
@@ -474,7 +479,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("--mirror", type=Path, default=None, help="copy from this local folder instead of GitHub")
     dl.add_argument("--only", action="append", default=[], metavar="PATTERN", help="glob/substring of paths (repeat)")
-    dl.add_argument("--manifest", type=Path, default=None, help="manifest file (default: data_splits/manifest.json)")
+    dl.add_argument("--manifest", type=Path, default=None, help="manifest file (default: the one shipped with tcclip)")
 
     mk = sub.add_parser("make", help="make few-shot and base/novel splits of a custom dataset")
     mk.add_argument("--list", type=Path, required=True, dest="full_list", help="full training annotation list")
