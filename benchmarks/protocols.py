@@ -1,4 +1,4 @@
-"""Protocol benchmarks: run a protocol's whole grid (spec section 7) through the tcclip CLI, then collect the tables.
+"""Protocol benchmarks: run a protocol's whole grid (a table of the paper) through the tcclip CLI, then collect it.
 
     python benchmarks/protocols.py few_shot [tcclip sweep options]     # what `make benchmark-few-shot` runs
     python benchmarks/protocols.py all --smoke                         # every protocol, synthetic data, CPU
@@ -15,8 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tcclip.sweep import PROTOCOLS
-from tcclip.sweep import main as sweep_main
+from tcclip.cli import main as tcclip_main
+from tcclip.protocols import GRIDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,11 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0 if argv else 2
     protocol = argv[0].replace("-", "_")
-    if protocol != "all" and protocol not in PROTOCOLS:
-        print(f"benchmarks/protocols.py: unknown protocol {argv[0]!r}; use {', '.join(PROTOCOLS)} or all")
+    if protocol != "all" and protocol not in GRIDS:
+        print(f"benchmarks/protocols.py: unknown protocol {argv[0]!r}; use {', '.join(GRIDS)} or all", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    status = sweep_main(["--grid", protocol, *argv[1:]])
+    # Through the CLI's entry point, so that a bad selection is reported as `tcclip sweep` reports it (exit 2).
+    status = tcclip_main(["sweep", "--grid", protocol, *argv[1:]])
     print(f"benchmarks/protocols.py {protocol}: finished in {time.perf_counter() - start:.0f} s (exit status {status})")
     return status
 

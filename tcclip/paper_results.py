@@ -8,7 +8,7 @@ so they are not listed here.
 
 from __future__ import annotations
 
-FEW_SHOT_SHOTS: tuple[int, ...] = (2, 4, 8, 16)
+from tcclip.protocols import SHOTS as FEW_SHOT_SHOTS
 
 # variant -> target dataset -> (mean, std) of top-1 over the three test splits.
 ZERO_SHOT: dict[str, dict[str, tuple[float, float]]] = {

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tcclip import paper_results
-from tcclip.sweep import Cell, SweepSettings
+from tcclip.protocols import Cell
 
 DATASET_LABEL = {"k400": "K-400", "k600": "K-600", "hmdb51": "HMDB-51", "ucf101": "UCF-101", "ssv2": "SSv2"}
 VARIANT_LABEL = {"plain": "TC-CLIP", "llm": "TC-CLIP (LLM)", "pretrained": "TC-CLIP (P)"}
@@ -44,7 +46,7 @@ class ProtocolTable:
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """A results file (contract schema), checked enough that the tables can trust it."""
+    """A results file (as `tcclip test` writes it), checked enough that the tables can trust it."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -91,11 +93,11 @@ def _top1_of_sets(sets: dict[str, Any]) -> float:
     return statistics.fmean(float(s["top1"]) for s in sets.values())
 
 
-def _results(cell: Cell, settings: SweepSettings, missing: list[str]) -> dict[str, dict[str, Any]]:
+def _results(cell: Cell, runs_dir: Path, missing: list[str]) -> dict[str, dict[str, Any]]:
     """Evaluation name -> results of one cell; absent evaluations are added to `missing`."""
     found = {}
     for evaluation in cell.evaluations:
-        path = settings.results_path(cell, evaluation)
+        path = cell.results_path(runs_dir, evaluation)
         if path.is_file():
             found[evaluation.name] = load_results(path) | {"_path": str(path)}
         else:
@@ -104,13 +106,13 @@ def _results(cell: Cell, settings: SweepSettings, missing: list[str]) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# One collector per protocol: (cells, settings) -> (csv rows, markdown body, plot function).
+# One collector per protocol: (cells, runs folder) -> (csv rows, markdown body, plot function).
 
 
-def _zero_shot(cells: Sequence[Cell], settings: SweepSettings, missing: list[str]):
+def _zero_shot(cells: Sequence[Cell], runs_dir: Path, missing: list[str]):
     rows: list[dict[str, Any]] = []
     for cell in cells:
-        found = _results(cell, settings, missing)
+        found = _results(cell, runs_dir, missing)
         for dataset in dict.fromkeys(e.dataset for e in cell.evaluations):
             names = [e.name for e in cell.evaluations if e.dataset == dataset]
             for wise in (False, True):
@@ -153,15 +155,15 @@ def _zero_shot(cells: Sequence[Cell], settings: SweepSettings, missing: list[str
     header = ["Model", "Dataset", "ours", "ours + WiSE-FT", "paper", "splits"]
     notes = (
         "Mean ± standard deviation (population, over the test splits) of top-1; (ours - paper) in brackets. "
-        "WiSE-FT: weight 0.7, spec section 7."
+        "WiSE-FT: 0.3 x CLIP + 0.7 x fine-tuned weights, as in the paper's zero-shot protocol."
     )
     return rows, _markdown_table(header, body), notes, _plot_zero_shot
 
 
-def _few_shot(cells: Sequence[Cell], settings: SweepSettings, missing: list[str]):
+def _few_shot(cells: Sequence[Cell], runs_dir: Path, missing: list[str]):
     rows: list[dict[str, Any]] = []
     for cell in cells:
-        found = _results(cell, settings, missing).get("test")
+        found = _results(cell, runs_dir, missing).get("test")
         best = (found or {}).get("best") or {}
         last = (found or {}).get("last") or {}
         test = _top1_of_sets(found["sets"]) if found else None
@@ -205,11 +207,11 @@ def _few_shot(cells: Sequence[Cell], settings: SweepSettings, missing: list[str]
     return rows, table, notes, _plot_few_shot
 
 
-def _base2novel(cells: Sequence[Cell], settings: SweepSettings, missing: list[str]):
+def _base2novel(cells: Sequence[Cell], runs_dir: Path, missing: list[str]):
     rows: list[dict[str, Any]] = []
     per_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for cell in cells:
-        found = _results(cell, settings, missing).get("test")
+        found = _results(cell, runs_dir, missing).get("test")
         base = novel = None
         if found:
             base = _pick_set(found, "base")
@@ -264,10 +266,10 @@ def _pick_set(results: dict[str, Any], which: str) -> float:
     return float(results["sets"][names[0]]["top1"])
 
 
-def _fully_supervised(cells: Sequence[Cell], settings: SweepSettings, missing: list[str]):
+def _fully_supervised(cells: Sequence[Cell], runs_dir: Path, missing: list[str]):
     rows, body = [], []
     for cell in cells:
-        found = _results(cell, settings, missing).get("test")
+        found = _results(cell, runs_dir, missing).get("test")
         ours = {
             m: statistics.fmean(float(s[m]) for s in found["sets"].values()) if found else None
             for m in ("top1", "top5")
@@ -454,13 +456,13 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def collect_protocol(
     protocol: str,
     cells: Sequence[Cell],
-    settings: SweepSettings,
+    runs_dir: Path,
     results_dir: Path | None,
     note: str = "",
 ) -> ProtocolTable:
     """Read every cell's results and (when `results_dir` is given) write `<protocol>.csv`, `.md` and `.png` there."""
     missing: list[str] = []
-    rows, table, notes, plot = COLLECTORS[protocol](list(cells), settings, missing)
+    rows, table, notes, plot = COLLECTORS[protocol](list(cells), Path(runs_dir), missing)
     title = TITLE[protocol]
     parts = [f"## {title}", ""]
     if note:
@@ -470,10 +472,17 @@ def collect_protocol(
         parts += [f"{len(missing)} cells have no results yet: {', '.join(missing)}", ""]
     result = ProtocolTable(protocol, rows, "\n".join(parts), missing=missing)
     if results_dir is not None:
+        results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
-        paths = [results_dir / f"{protocol}.{ext}" for ext in ("csv", "md", "png")]
-        write_csv(rows, paths[0])
-        paths[1].write_text(result.markdown)
-        plot(rows, paths[2], title + ("\n" + textwrap.fill(note, 48) if note else ""))
-        result.files = paths
+        names = [f"{protocol}.{ext}" for ext in ("csv", "md", "png")]
+        # Written in a scratch folder first and then renamed: a failure (say, in plotting) leaves the tables of an
+        # earlier collection as they were instead of a new CSV beside an old plot.
+        with tempfile.TemporaryDirectory(prefix=f".{protocol}-", dir=results_dir) as scratch:
+            staged = [Path(scratch) / name for name in names]
+            write_csv(rows, staged[0])
+            staged[1].write_text(result.markdown)
+            plot(rows, staged[2], title + ("\n" + textwrap.fill(note, 48) if note else ""))
+            for path, name in zip(staged, names, strict=True):
+                os.replace(path, results_dir / name)
+        result.files = [results_dir / name for name in names]
     return result

@@ -1,18 +1,17 @@
-"""Protocol grids (spec section 7) and the ways to run them: locally, as a SLURM job array, or in smoke mode.
+"""`tcclip sweep`: run the protocol grids of `tcclip.protocols` locally, as a SLURM job array, or in smoke mode.
 
-The grid is data: `build_grid(protocol)` returns one `Cell` per run directory. Every cell becomes one branch of a
-bash task script (`render_script`); the local runner executes that script per cell and the SLURM writer submits it as
-a job array, so resuming, skipping finished cells and locating checkpoints are written once, in the script.
+Every cell becomes one branch of a bash task script (`render_script`); the local runner executes that script per cell
+and the SLURM writer submits it as a job array, so resuming, skipping finished cells and locating checkpoints are
+written once, in the script.
 
 Run directory layout (relative to the runs folder):
     <protocol>/<cell>/                  `tcclip fit` default_root_dir: checkpoints, logs, `fit.done` when finished
-    <protocol>/<cell>/eval/<name>/      `tcclip test` default_root_dir, with `results.json` (contract schema)
+    <protocol>/<cell>/eval/<name>/      `tcclip test` default_root_dir, with `results.json`
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import logging
 import os
 import queue
@@ -26,155 +25,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tcclip.errors import UserError
+from tcclip.protocols import (
+    DATASETS,
+    GRIDS,
+    SEEDS,
+    SHOTS,
+    VARIANTS,
+    Cell,
+    Evaluation,
+    Selection,
+    build_grid,
+    canonical_dataset,
+    find_cell,
+)
+from tcclip.results import collect_protocol
+
 log = logging.getLogger(__name__)
 
-PROTOCOLS: tuple[str, ...] = ("zero_shot", "few_shot", "base2novel", "fully_supervised")
-VARIANTS: tuple[str, ...] = ("plain", "llm", "pretrained")
-FEW_SHOT_SHOTS: tuple[int, ...] = (2, 4, 8, 16)
-BASE2NOVEL_SEEDS: tuple[int, ...] = (1, 2, 3)
-ZERO_SHOT_TARGETS: tuple[str, ...] = ("hmdb51", "ucf101", "k600")
-
-# Dataset name (as in results and tables) -> the short name used in config file names.
-CONFIG_NAME: dict[str, str] = {"k400": "k400", "k600": "k600", "hmdb51": "hmdb", "ucf101": "ucf", "ssv2": "ssv2"}
-DATASET_ALIASES: dict[str, str] = {**{v: k for k, v in CONFIG_NAME.items()}, **{k: k for k in CONFIG_NAME}}
-VARIANT_SUFFIX: dict[str, str] = {"plain": "", "llm": "_llm", "pretrained": "_pretrained"}
-
-# The cell whose trained model the "pretrained" variant starts from (spec section 7: TC-CLIP trained on K400 in the
-# zero-shot protocol).
-PRETRAINED_SOURCE = "zero_shot/k400_plain"
 # Fit option through which a cell starts from another model's weights (the LightningModule's init argument).
 INIT_CHECKPOINT_OPTION = "--model.init_checkpoint"
 # Trainer options that make every SLURM task a (multi-node) DDP job that requeues itself when preempted.
 SLURM_PLUGIN = "lightning.pytorch.plugins.environments.SLURMEnvironment"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One `tcclip test` run of a cell; its results land in `<run dir>/eval/<name>/results.json`."""
-
-    name: str
-    config: str
-    """Config file name inside the config folder."""
-    dataset: str
-    """Dataset evaluated on (a zero-shot cell trains on K400 and evaluates on several)."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run directory of a protocol grid: an optional training run, then one or more evaluations."""
-
-    protocol: str
-    name: str
-    """Unique within the protocol; the run directory is `<runs>/<protocol>/<name>`."""
-    dataset: str
-    variant: str
-    fit_config: str | None
-    evaluations: tuple[Evaluation, ...]
-    shots: int | None = None
-    seed: int | None = None
-    requires: str | None = None
-    """`protocol/cell` whose trained model this cell starts from (the pretrained variant)."""
-    overrides: tuple[str, ...] = ()
-    """Extra `tcclip fit`/`test` arguments specific to this cell."""
-
-    @property
-    def key(self) -> str:
-        return f"{self.protocol}/{self.name}"
-
-
-def _config(*parts: str, variant: str) -> str:
-    return "_".join(parts) + VARIANT_SUFFIX[variant] + ".yaml"
-
-
-def build_grid(protocol: str) -> list[Cell]:
-    """Every cell of a protocol's grid, in the paper's table order (variant, dataset, K or seed)."""
-    cells: list[Cell] = []
-    if protocol == "zero_shot":
-        for variant in ("plain", "llm"):
-            evals = tuple(
-                Evaluation(t, _config("zero_shot", "eval", CONFIG_NAME[t], variant=variant), t)
-                for t in ZERO_SHOT_TARGETS
-            )
-            fit = _config("zero_shot", "k400", variant=variant)
-            cells.append(Cell(protocol, f"k400_{variant}", "k400", variant, fit, evals))
-    elif protocol == "few_shot":
-        for variant in VARIANTS:
-            for dataset in ("hmdb51", "ucf101", "ssv2"):
-                if dataset == "ssv2" and variant == "llm":
-                    continue  # SSv2 has no LLM-rephrased labels
-                for k in FEW_SHOT_SHOTS:
-                    config = _config("few_shot", CONFIG_NAME[dataset], f"k{k}", variant=variant)
-                    requires = PRETRAINED_SOURCE if variant == "pretrained" else None
-                    evals = (Evaluation("test", config, dataset),)
-                    name = f"{dataset}_k{k}_{variant}"
-                    cells.append(Cell(protocol, name, dataset, variant, config, evals, shots=k, requires=requires))
-    elif protocol == "base2novel":
-        for variant in VARIANTS:
-            for dataset in ("k400", "hmdb51", "ucf101", "ssv2"):
-                if (dataset == "ssv2" and variant == "llm") or (dataset == "k400" and variant == "pretrained"):
-                    continue  # no LLM labels for SSv2; the pretrained model has already seen all of K400
-                for seed in BASE2NOVEL_SEEDS:
-                    config = _config("base2novel", CONFIG_NAME[dataset], f"s{seed}", variant=variant)
-                    requires = PRETRAINED_SOURCE if variant == "pretrained" else None
-                    evals = (Evaluation("test", config, dataset),)
-                    name = f"{dataset}_s{seed}_{variant}"
-                    cells.append(Cell(protocol, name, dataset, variant, config, evals, seed=seed, requires=requires))
-    elif protocol == "fully_supervised":
-        config = "fully_supervised_k400.yaml"
-        cells.append(Cell(protocol, "k400_plain", "k400", "plain", config, (Evaluation("test", config, "k400"),)))
-    else:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    return cells
-
-
-def find_cell(key: str) -> Cell:
-    """The cell named `protocol/name`."""
-    protocol, _, name = key.partition("/")
-    for cell in build_grid(protocol):
-        if cell.name == name:
-            return cell
-    raise ValueError(f"no cell {name!r} in the {protocol} grid")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A subset of a grid; empty fields select everything."""
-
-    datasets: tuple[str, ...] = ()
-    shots: tuple[int, ...] = ()
-    seeds: tuple[int, ...] = ()
-    variants: tuple[str, ...] = ()
-    only: tuple[str, ...] = ()
-    """Glob patterns on cell names (`hmdb51_k8_*`) or `protocol/name`."""
-
-    def apply(self, cells: Iterable[Cell]) -> list[Cell]:
-        chosen = []
-        for cell in cells:
-            if self.variants and cell.variant not in self.variants:
-                continue
-            if self.shots and cell.shots is not None and cell.shots not in self.shots:
-                continue
-            if self.seeds and cell.seed is not None and cell.seed not in self.seeds:
-                continue
-            if self.only and not any(fnmatch.fnmatchcase(n, p) for p in self.only for n in (cell.name, cell.key)):
-                continue
-            if self.datasets:
-                # A zero-shot cell trains on K400; the dataset filter then picks its evaluation targets.
-                evals = tuple(e for e in cell.evaluations if e.dataset in self.datasets)
-                if cell.dataset not in self.datasets and not (evals and cell.protocol == "zero_shot"):
-                    continue
-                if cell.protocol == "zero_shot" and evals:
-                    cell = replace(cell, evaluations=evals)
-            chosen.append(cell)
-        return chosen
-
-
-def canonical_dataset(name: str) -> str:
-    """`hmdb` -> `hmdb51` and so on; raises with the accepted names otherwise."""
-    try:
-        return DATASET_ALIASES[name.strip().lower()]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(CONFIG_NAME)}") from None
 
 
 @dataclass(frozen=True)
@@ -197,10 +69,10 @@ class SweepSettings:
     workdir: Path = field(default_factory=Path.cwd)
 
     def run_dir(self, cell: Cell) -> Path:
-        return self.runs_dir / cell.protocol / cell.name
+        return cell.run_dir(self.runs_dir)
 
     def results_path(self, cell: Cell, evaluation: Evaluation) -> Path:
-        return self.run_dir(cell) / "eval" / evaluation.name / "results.json"
+        return cell.results_path(self.runs_dir, evaluation)
 
 
 def cell_done(cell: Cell, settings: SweepSettings) -> bool:
@@ -261,7 +133,7 @@ def find_eval_checkpoint(cell: Cell, ckpt_dir: Path) -> Path | None:
     files = [p for p in ckpt_dir.rglob("*") if p.suffix in (".ckpt", *_OFFICIAL_SUFFIXES) and p.is_file()]
     for path in files:
         tokens = set(re.split(r"[^a-z0-9]+", str(path.relative_to(ckpt_dir).with_suffix("")).lower()))
-        dataset_ok = cell.dataset in tokens or CONFIG_NAME[cell.dataset] in tokens
+        dataset_ok = cell.dataset in tokens or DATASETS[cell.dataset].short in tokens
         protocol_ok = all(t in tokens for t in cell.protocol.split("_")) or cell.protocol in tokens
         shots_ok = cell.shots is None or bool({f"{cell.shots}shot", f"k{cell.shots}"} & tokens)
         seed_ok = cell.seed is None or bool({f"base{cell.seed}", f"s{cell.seed}", f"seed{cell.seed}"} & tokens)
@@ -613,10 +485,10 @@ def _ints(value: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tcclip sweep",
-        description="Run protocol grids (spec section 7) locally or as SLURM job arrays, then collect tables.",
+        description="Run the paper's protocol grids locally or as SLURM job arrays, then collect tables.",
         epilog="Arguments after `--` go to every `tcclip fit`/`test` (your own variants; pair with --tag).",
     )
-    p.add_argument("--grid", required=True, help=f"protocol(s), comma-separated, or 'all': {', '.join(PROTOCOLS)}")
+    p.add_argument("--grid", required=True, help=f"protocol(s), comma-separated, or 'all': {', '.join(GRIDS)}")
     sel = p.add_argument_group("selection")
     sel.add_argument("--datasets", type=_csv, default=(), help="e.g. hmdb51,ucf101 (zero-shot: evaluation targets)")
     sel.add_argument("--shots", type=_ints, default=(), help="few-shot K values, e.g. 2,4")
@@ -658,11 +530,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _protocols(value: str) -> list[str]:
-    names = list(PROTOCOLS) if value == "all" else [x.replace("-", "_") for x in _csv(value)]
+    names = list(GRIDS) if value.strip() == "all" else [x.replace("-", "_") for x in _csv(value)]
+    choices = f"choose from {', '.join(GRIDS)} or 'all'"
+    if not names:
+        raise UserError(f"--grid {value!r} names no protocol", fix=f"Fix: {choices}.")
     for name in names:
-        if name not in PROTOCOLS:
-            raise SystemExit(f"tcclip sweep: unknown grid {name!r}; choose from {', '.join(PROTOCOLS)} or 'all'")
+        if name not in GRIDS:
+            raise UserError(f"--grid: unknown grid {name!r}", fix=f"Fix: {choices}.")
     return names
+
+
+def _check_values(option: str, values: Sequence[int], allowed: Sequence[int]) -> None:
+    """An unofficial K or seed would filter every cell of its grid away: say so instead of running nothing."""
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise UserError(
+            f"--{option} {','.join(map(str, values))}: {', '.join(map(str, wrong))} is not one of the paper's values "
+            f"({', '.join(map(str, allowed))})",
+            fix=f"Fix: choose from {','.join(map(str, allowed))}, or leave --{option} out for all of them.",
+        )
 
 
 def _default_dir(base: str, args: argparse.Namespace) -> Path:
@@ -686,7 +572,7 @@ def prepare_smoke_data(settings: SweepSettings, console) -> None:
     command = [*settings.tcclip, "data", "synth", "--out", str(data)]
     proc = subprocess.run(command, cwd=settings.workdir, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"tcclip sweep: `{_q(command)}` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        raise RuntimeError(f"`{_q(command)}` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -703,11 +589,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         datasets = tuple(canonical_dataset(d) for d in args.datasets)
     except ValueError as err:
-        raise SystemExit(f"tcclip sweep: --datasets: {err}") from None
+        raise UserError(f"--datasets: {err}") from None
     for v in args.variants:
         if v not in VARIANTS:
-            raise SystemExit(f"tcclip sweep: --variants: unknown variant {v!r}; use {', '.join(VARIANTS)}")
+            raise UserError(f"--variants: unknown variant {v!r}", fix=f"Fix: use {', '.join(VARIANTS)}.")
+    _check_values("shots", args.shots, SHOTS)
+    _check_values("seeds", args.seeds, SEEDS)
     selection = Selection(datasets, args.shots, args.seeds, args.variants, args.only)
+    grids = _protocols(args.grid)
+    selected = {protocol: selection.apply(build_grid(protocol)) for protocol in grids}
+    if not any(selected.values()):
+        sizes = ", ".join(f"{p} ({len(build_grid(p))} cells)" for p in grids)
+        raise UserError(
+            f"the selection ({selection.describe()}) leaves no cell of the grid {sizes}",
+            fix="Fix: loosen the filters; `tcclip sweep --grid GRID --list` lists the cell names --only matches.",
+        )
     runs_dir = args.runs_dir or _default_dir("runs", args)
     results_dir = args.results_dir or _default_dir("results", args)
     settings = SweepSettings(
@@ -738,8 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     status = 0
     submitted: dict[str, str] = {}  # cell key -> SLURM job id, so a later array can wait for an earlier one
-    for protocol in _protocols(args.grid):
-        cells = selection.apply(build_grid(protocol))
+    for protocol, cells in selected.items():
         if not cells:
             console.print(f"[yellow]{protocol}: the selection leaves no cell[/yellow]")
             continue
@@ -751,10 +646,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.collect:
             status |= _run_protocol(protocol, cells, settings, slurm, args, console, submitted)
         if not args.slurm and not args.dry_run and not args.no_collect:
-            from tcclip.results import collect_protocol
-
             note = "Smoke run: synthetic data, tiny random model; not comparable with the paper" if args.smoke else ""
-            table = collect_protocol(protocol, cells, settings, results_dir, note=note)
+            table = collect_protocol(protocol, cells, settings.runs_dir, results_dir, note=note)
             console.out(table.markdown, highlight=False)  # no wrapping: it is a markdown table
             console.out(f"{protocol}: wrote {', '.join(str(p) for p in table.files)}", highlight=False)
             if table.missing:
@@ -785,11 +678,11 @@ def _run_protocol(
     first = prerequisites(todo, settings)
     missing = missing_configs([*first, *todo], settings)
     if missing:
-        message = f"{protocol}: config files not found: {', '.join(map(str, missing))} (run from the repository root"
-        message += " or pass --config-dir)"
+        message = f"{protocol}: config files not found: {', '.join(map(str, missing))}"
+        fix = "Fix: run from the repository root or pass --config-dir."
         if not args.dry_run:
-            raise SystemExit(f"tcclip sweep: {message}")
-        console.print(f"[yellow]warning: {message}[/yellow]")
+            raise UserError(message, fix=fix)
+        console.print(f"[yellow]warning: {message}. {fix}[/yellow]")
     if args.smoke and not args.dry_run:
         prepare_smoke_data(settings, console)
     if args.slurm:

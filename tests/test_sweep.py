@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tcclip import sweep
-from tcclip.sweep import Selection, SlurmOptions, SweepSettings, build_grid, find_eval_checkpoint, render_script
+from tcclip import protocols, sweep
+from tcclip.protocols import Selection, build_grid
+from tcclip.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, render_script
 
 FAKE_TCCLIP = r"""#!/usr/bin/env bash
 # Fake tcclip: logs its command line, writes a last.ckpt (fit) or a results.json one folder down (test).
@@ -54,7 +55,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     configs = tmp_path / "configs"
     configs.mkdir()
-    for protocol in sweep.PROTOCOLS:
+    for protocol in protocols.GRIDS:
         for cell in build_grid(protocol):
             for name in filter(None, [cell.fit_config, *(e.config for e in cell.evaluations)]):
                 (configs / name).touch()
@@ -67,10 +68,10 @@ def _settings(fake: dict[str, Path], **kw) -> SweepSettings:
 
 
 def test_grids_match_the_paper_tables() -> None:
-    sizes = {p: len(build_grid(p)) for p in sweep.PROTOCOLS}
+    sizes = {p: len(build_grid(p)) for p in protocols.GRIDS}
     # few-shot: (3 datasets x 3 variants - SSv2 LLM) x 4 K; base-to-novel: (4 x 3 - SSv2 LLM - K400 P) x 3 seeds.
     assert sizes == {"zero_shot": 2, "few_shot": 32, "base2novel": 30, "fully_supervised": 1}
-    for protocol in sweep.PROTOCOLS:
+    for protocol in protocols.GRIDS:
         names = [c.name for c in build_grid(protocol)]
         assert len(set(names)) == len(names)
     few = {c.name: c for c in build_grid("few_shot")}
@@ -84,7 +85,9 @@ def test_selection_by_dataset_k_variant_and_pattern() -> None:
     few = build_grid("few_shot")
     chosen = Selection(datasets=("hmdb51",), shots=(8,), variants=("plain", "llm")).apply(few)
     assert [c.name for c in chosen] == ["hmdb51_k8_plain", "hmdb51_k8_llm"]
-    assert [c.name for c in Selection(only=("ucf101_k2_*",)).apply(few)] == [f"ucf101_k2_{v}" for v in sweep.VARIANTS]
+    assert [c.name for c in Selection(only=("ucf101_k2_*",)).apply(few)] == [
+        f"ucf101_k2_{v}" for v in protocols.VARIANTS
+    ]
     zero = Selection(datasets=("k600",)).apply(build_grid("zero_shot"))
     assert [[e.name for e in c.evaluations] for c in zero] == [["k600"], ["k600"]]
 
@@ -225,3 +228,65 @@ def test_local_runner_pins_one_gpu_per_cell(fake: dict[str, Path]) -> None:
     assert sweep.main([*args, "--tcclip", str(fake["tcclip"])]) == 0
     gpus = Path(f"{fake['log']}.gpus").read_text().split()
     assert len(gpus) == 3 * 2 and set(gpus) <= {"0", "1"}  # 3 seeds x (fit, test), each on one of the two GPUs
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["--grid", ""], "--grid '' names no protocol"),
+        (["--grid", "few_shot", "--shots", "0"], "--shots 0: 0 is not one of the paper's values (2, 4, 8, 16)"),
+        (["--grid", "all", "--seeds", "0"], "--seeds 0: 0 is not one of the paper's values (1, 2, 3)"),
+        (
+            ["--grid", "few_shot", "--only", "nomatch*"],
+            "(--only nomatch*) leaves no cell of the grid few_shot (32 cells)",
+        ),
+        (
+            ["--grid", "zero_shot", "--datasets", "ssv2"],
+            "(--datasets ssv2) leaves no cell of the grid zero_shot (2 cells)",
+        ),
+        (["--grid", "fewshot"], "unknown grid 'fewshot'"),
+    ],
+)
+def test_an_empty_or_unofficial_selection_is_an_error(
+    args: list[str], phrase: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tcclip.cli import main
+
+    out = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--smoke"]
+    assert main(["sweep", *args, *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tcclip sweep: error: ") and phrase in err and "Fix:" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_benchmark_target_with_a_pattern_that_matches_nothing_fails(tmp_path: Path) -> None:
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    where = f"--runs-dir {tmp_path / 'runs'} --results-dir {tmp_path / 'results'}"
+    command = ["make", "-s", "-C", str(repo), "benchmark-few-shot", "SMOKE=1", "ONLY=nomatch*", f"PY={sys.executable}"]
+    proc = subprocess.run([*command, f"SWEEP_ARGS={where}"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "tcclip sweep: error: the selection (--only nomatch*) leaves no cell of the grid few_shot" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_failed_collection_keeps_the_earlier_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcclip import results
+
+    cells = build_grid("fully_supervised")
+    out = tmp_path / "results"
+    first = results.collect_protocol("fully_supervised", cells, tmp_path / "runs", out)
+    before = {p.name: p.read_bytes() for p in first.files}
+
+    def broken_plot(rows, path, title):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setitem(
+        results.COLLECTORS, "fully_supervised", lambda c, r, m: ([{"x": 1}], "| new |", "", broken_plot)
+    )
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        results.collect_protocol("fully_supervised", cells, tmp_path / "runs", out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no new CSV beside the old plot, no scratch

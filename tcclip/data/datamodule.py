@@ -33,10 +33,11 @@ from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
 from tcclip.data.distributed import EvalDistributedSampler
 from tcclip.data.labels import read_class_names
 from tcclip.data.splits import default_splits_dir, require_split_file
+from tcclip.protocols import DATA_PROTOCOLS, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("zero_shot", "few_shot", "base2novel", "fully_supervised", "temporal", "static")
+PROTOCOLS = DATA_PROTOCOLS
 DATA_ROOT_ENV = "TCCLIP_DATA_ROOT"
 
 
@@ -310,8 +311,8 @@ def _replace_list(split: SplitFiles, annotations: str) -> SplitFiles:
 
 
 # -- helpers shared by the family tables -------------------------------------------------------------------------------
-OFFICIAL_SHOTS = (2, 4, 8, 16)
-OFFICIAL_SEEDS = (1, 2, 3)
+OFFICIAL_SHOTS = SHOTS
+OFFICIAL_SEEDS = SEEDS
 
 
 def check_choice(name: str, value: int, allowed: Sequence[int], family: str) -> int:
