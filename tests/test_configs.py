@@ -1,9 +1,11 @@
-"""Every YAML in configs/ parses with the CLI, names official split files, and follows the spec's recipes."""
+"""Every YAML in configs/ parses with the CLI, names official split files, follows the paper's recipes, and equals
+what configs/generate.py writes from the protocol table."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -20,12 +22,16 @@ from tcclip.lit import TCCLIPModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
-EXPERIMENTS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "defaults.yaml")
+EXPERIMENTS = sorted(CONFIG_DIR.glob("*.yaml"))
+# Evaluation-only files (zero-shot targets, temporal / static subsets) carry "_eval_" in their names.
+TRAINING = [p for p in EXPERIMENTS if "_eval_" not in p.stem and p.stem != "demo"]
+EVALUATION = [p for p in EXPERIMENTS if "_eval_" in p.stem]
 MANIFEST = {e["path"] for e in json.loads((REPO / "tcclip" / "data" / "split_manifest.json").read_text())["files"]}
 # Not in the upstream release (data_splits/README.md): the user writes the full K400 training list.
 NOT_RELEASED = {"datasets_splits/k400_splits/train.txt"}
 
-# Spec section 6: protocol -> (epochs, warm-up epochs, lr, lr_min, total batch, clips, crops).
+# The paper's recipes, written out here independently of tcclip/protocols.py:
+# protocol -> (epochs, warm-up epochs, lr, lr_min, total batch, clips, crops).
 RECIPES = {
     "zero_shot": (10, 5, 8e-6, 8e-8, 256, 2, 1),
     "few_shot": (50, 5, 2e-6, 2e-8, 64, 2, 1),
@@ -110,13 +116,10 @@ def test_config_parses_and_names_official_split_files(parse, path: Path) -> None
     assert not unknown, f"{path.name} names files that are not in the split manifest: {unknown}"
 
 
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem != "demo"], ids=lambda p: p.stem)
-def test_training_configs_follow_the_spec_recipe(parse, path: Path) -> None:
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.stem)
+def test_training_configs_follow_the_paper_recipe(parse, path: Path) -> None:
     cfg = parse(path)
-    protocol = cfg.data.init_args.protocol
-    if cfg.trainer.max_epochs is None or protocol not in RECIPES:
-        return  # evaluation-only config
-    epochs, warmup, lr, lr_min, total, clips, crops = RECIPES[protocol]
+    epochs, warmup, lr, lr_min, total, clips, crops = RECIPES[cfg.data.init_args.protocol]
     model = cfg.model
     assert (cfg.trainer.max_epochs, model.warmup_epochs, model.total_batch_size) == (epochs, warmup, total)
     assert (model.lr, model.lr_min) == pytest.approx((lr, lr_min))
@@ -124,9 +127,46 @@ def test_training_configs_follow_the_spec_recipe(parse, path: Path) -> None:
     assert cfg.data.init_args.num_frames == 16 and model.model_config.num_frames == 16  # linked
     assert model.model_config.model == "tc_clip" and model.lr_10x and model.betas == (0.9, 0.98)
     assert model.total_batch_size % cfg.data.init_args.batch_size == 0
-    if cfg.data.init_args.llm_labels:
-        assert model.model_config.context_length == 77
+    assert cfg.data.init_args.llm_labels == path.stem.endswith("_llm")
+    assert (model.model_config.context_length == 77) == cfg.data.init_args.llm_labels
     assert bool(model.init_checkpoint) == path.stem.endswith("_pretrained")
+    # The zero-shot protocol also reports the WiSE-FT model (weight 0.7); nothing else does.
+    assert model.wise_ft_weight == (0.7 if path.stem.startswith("zero_shot") else None)
+
+
+@pytest.mark.parametrize("path", EVALUATION, ids=lambda p: p.stem)
+def test_evaluation_configs_use_two_clips_one_crop_and_no_recipe(parse, path: Path) -> None:
+    cfg = parse(path)
+    assert cfg.trainer.max_epochs is None  # nothing here trains
+    assert (cfg.data.init_args.num_clip, cfg.data.init_args.num_crop) == (2, 1)
+    assert cfg.data.init_args.llm_labels == path.stem.endswith("_llm")
+    protocol = cfg.data.init_args.protocol
+    assert protocol == path.stem.split("_eval_")[0]  # zero_shot, temporal or static
+    assert cfg.model.wise_ft_weight == (0.7 if protocol == "zero_shot" else None)
+
+
+def test_committed_configs_equal_the_generator_output() -> None:
+    spec = importlib.util.spec_from_file_location("generate_configs", CONFIG_DIR / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    written = generate.all_configs()
+    assert generate.drifted(CONFIG_DIR) == [], "run `python configs/generate.py` and commit the result"
+    # Every config in the folder is either generated or the hand-written demo; every grid cell has its file.
+    assert {p.name for p in EXPERIMENTS} == set(written) | {"demo.yaml"}
+    assert len(TRAINING) + len(EVALUATION) + 1 == len(EXPERIMENTS)
+
+
+def test_generator_check_reports_a_drifted_file(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("generate_configs", CONFIG_DIR / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    for name, text in generate.all_configs().items():
+        (tmp_path / name).write_text(text)
+    assert generate.drifted(tmp_path) == []
+    edited = tmp_path / "few_shot_ucf_k4.yaml"
+    edited.write_text(edited.read_text().replace("max_epochs: 50", "max_epochs: 5"))
+    (tmp_path / "base2novel_ssv2_s3.yaml").unlink()
+    assert generate.drifted(tmp_path) == ["base2novel_ssv2_s3.yaml", "few_shot_ucf_k4.yaml"]
 
 
 def test_configs_build_their_data_module_from_the_official_files(parse, upstream_mirror: Path) -> None:
