@@ -1,13 +1,16 @@
-"""Speed of the fast execution path against the reference path, side by side in one run (issue #7).
+"""Speed of the fast path against the plain path, side by side in one run.
 
     python benchmarks/throughput.py                      # CPU, fp32, ViT-B/16, T=16 (what `make benchmark-speed` runs)
     python benchmarks/throughput.py --quick              # tiny settings: checks that everything runs, in a minute
-    python benchmarks/throughput.py --device cuda --dtype bf16 --json speed.json    # on a GPU
+    python benchmarks/throughput.py --device cuda --dtype bf16 --train-batch 8 --copied-keys --json speed.json
 
 Prints one markdown table: evaluation clips/s at 51 and 400 classes, training step time and peak memory at batch 4
-(51 classes), for the fast path and the reference path (`model.set_execution_path`), their ratios, the achieved
-GFLOP/s against a measured matmul peak, the float64 logit difference between the paths and their fp32 top-1
-agreement. Weights are random (CLIP's architecture, `clip_weights=None`): speed does not depend on their values.
+(51 classes; `--train-batch`), for the fast path and the plain path (`model.set_fast_path`), their ratios, the
+achieved GFLOP/s against a measured matmul peak, the float64 logit difference between the paths and their fp32 top-1
+agreement. With `--copied-keys`, a second table sets the fast path's TC attention with the context keys kept apart
+(the default) beside its fallback that copies them next to every frame's keys (`kernels.copied_context_keys`):
+eval clips/s, train step time and peak memory. Weights are random (CLIP's architecture, `clip_weights=None`): speed
+does not depend on their values.
 
 Method:
 - Evaluation: steady state, all variants on the same model, interleaved; the best of `--repeats` timed calls of
@@ -54,12 +57,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tcclip.model import layers
+from tcclip.model import kernels
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-PATHS = ("fast", "reference")
+PATHS = ("fast", "plain")
+COPIED = "fast, copied keys"
+"""The fast path with the context keys copied next to every frame's (its fallback), for the side-by-side table."""
 # Words for made-up class names of one to three words, about as long in tokens as Kinetics-400's.
 _WORDS = (
     "playing riding throwing making cleaning dancing climbing eating juggling washing folding catching brushing "
@@ -129,7 +134,7 @@ QUICK = Settings(
     agreement_videos=40,
     matmul_size=1024,
 )
-# The fp32 top-1 agreement runs on the tiny architecture (hundreds of ViT-B/16 videos through the reference path would
+# The fp32 top-1 agreement runs on the tiny architecture (hundreds of ViT-B/16 videos through the plain path would
 # take hours on a CPU). T=8, P=16, s=4: 32 seeds merged to K=8 in six steps, so seeds and merges both matter.
 AGREEMENT_CFG = TCCLIPConfig(
     arch="test-tiny", num_frames=8, context_token_k=8, tome_r=4, prompt_generation_layer_level=(2,)
@@ -215,36 +220,32 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     fast path's `linear`), which is not slower than the BLAS anywhere and much faster on some CPUs."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    kernels = {"torch.matmul": lambda: a @ b}
+    candidates = {"torch.matmul": lambda: a @ b}
     if device.type == "cpu" and dtype == torch.float32:
-        kernels["oneDNN"] = lambda: layers.linear(a, b)
+        candidates["oneDNN"] = lambda: kernels.linear(a, b)
     out = {}
-    for name, fn in kernels.items():
+    for name, fn in candidates.items():
         for _ in range(2):
             fn()
         out[name] = 2 * n**3 / min(_timed(fn, device) for _ in range(repeats)) / 1e9
     return out
 
 
-@contextlib.contextmanager
-def _onednn_matmuls(enabled: bool):
-    previous = layers.ONEDNN_CPU_MATMULS
-    layers.ONEDNN_CPU_MATMULS = enabled
-    try:
-        yield
-    finally:
-        layers.ONEDNN_CPU_MATMULS = previous
+def use_path(model: torch.nn.Module, path: str) -> contextlib.AbstractContextManager:
+    """Put `model` on `path` (`fast`, `plain` or COPIED); returns the context to call it in."""
+    model.set_fast_path(path != "plain")
+    return kernels.copied_context_keys() if path == COPIED else contextlib.nullcontext()
 
 
-def eval_variants(model: torch.nn.Module, compiled: torch.nn.Module | None) -> dict[str, tuple[Any, str, bool]]:
-    """Name -> (model to call, execution path, oneDNN matmuls on the CPU)."""
-    variants = {
-        "fast": (model, "fast", True),
-        "reference": (model, "reference", True),
-        "fast, torch matmuls": (model, "fast", False),
-    }
+def eval_variants(
+    model: torch.nn.Module, compiled: torch.nn.Module | None, copied: bool
+) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Name -> (model to call, path)."""
+    variants = {"fast": (model, "fast"), "plain": (model, "plain")}
+    if copied:
+        variants[COPIED] = (model, COPIED)
     if compiled is not None:
-        variants["fast + torch.compile"] = (compiled, "fast", True)
+        variants["fast + torch.compile"] = (compiled, "fast")
     return variants
 
 
@@ -256,9 +257,8 @@ def measure_eval(variants: dict, video, device, dtype, repeats: int) -> dict[str
     with torch.no_grad(), _autocast(device, dtype):
 
         def call(name: str) -> None:
-            model, path, onednn = variants[name]
-            model.set_execution_path(path)
-            with _onednn_matmuls(onednn):
+            model, path = variants[name]
+            with use_path(model, path):
                 model(video)
 
         for name in variants:
@@ -308,7 +308,13 @@ def _available_bytes() -> int | None:
 
 
 def train_worker(
-    settings: Settings, path: str, checkpointing: bool, device: torch.device, dtype: torch.dtype, timed: bool = True
+    settings: Settings,
+    path: str,
+    checkpointing: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    train_batch: int,
+    timed: bool = True,
 ) -> dict:
     """One path's training steps in this (fresh) process: best step seconds, GFLOP per step, peak memory.
 
@@ -317,19 +323,17 @@ def train_worker(
     _register_cpu_flash_attention_flops()
     cfg = settings.model_config()
     model = build_model(cfg, settings.train_classes, device).train()
-    model.set_execution_path(path)
+    path_context = use_path(model, path)
     model.image_encoder.gradient_checkpointing = checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.001)
-    video = random_video(cfg, settings.train_batch, device, torch.float32)
-    labels = torch.randint(
-        0, settings.train_classes, (settings.train_batch,), generator=torch.Generator().manual_seed(2)
-    )
+    video = random_video(cfg, train_batch, device, torch.float32)
+    labels = torch.randint(0, settings.train_classes, (train_batch,), generator=torch.Generator().manual_seed(2))
     labels = labels.to(device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, dtype):
+        with _autocast(device, dtype), path_context:
             logits = model(video)
         F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
@@ -367,7 +371,8 @@ def measure_train(args: argparse.Namespace, path: str, checkpointing: bool) -> d
 
     def run(timed: bool, system_malloc: bool) -> dict:
         cmd = [sys.executable, __file__, "--_train-worker", path, "--device", args.device, "--dtype", args.dtype]
-        cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        cmd += ["--threads", str(args.threads), "--train-batch", str(args.train_batch)]
+        cmd += ["--quick"] if args.quick else []
         cmd += ["--checkpointing"] if checkpointing else []
         cmd += ["--system-malloc"] if system_malloc else []
         cmd += [] if timed else ["--_memory-only"]
@@ -394,10 +399,10 @@ def float64_difference(settings: Settings, device: torch.device) -> dict[str, fl
     with torch.no_grad():
         logits = {}
         for path in PATHS:
-            model.set_execution_path(path)
-            logits[path] = model(video)
-    diff = float((logits["fast"] - logits["reference"]).abs().max())
-    return {"max_abs": diff, "max_rel": diff / float(logits["reference"].abs().max())}
+            with use_path(model, path):
+                logits[path] = model(video)
+    diff = float((logits["fast"] - logits["plain"]).abs().max())
+    return {"max_abs": diff, "max_rel": diff / float(logits["plain"].abs().max())}
 
 
 def top1_agreement(settings: Settings, device: torch.device, batch: int = 50) -> dict[str, float]:
@@ -411,10 +416,10 @@ def top1_agreement(settings: Settings, device: torch.device, batch: int = 50) ->
             video = random_video(AGREEMENT_CFG, count, device, torch.float32, seed=100 + start)
             logits = {}
             for path in PATHS:
-                model.set_execution_path(path)
-                logits[path] = model(video)
-            agree += int((logits["fast"].argmax(-1) == logits["reference"].argmax(-1)).sum())
-            max_diff = max(max_diff, float((logits["fast"] - logits["reference"]).abs().max()))
+                with use_path(model, path):
+                    logits[path] = model(video)
+            agree += int((logits["fast"].argmax(-1) == logits["plain"].argmax(-1)).sum())
+            max_diff = max(max_diff, float((logits["fast"] - logits["plain"]).abs().max()))
             total += count
     return {"videos": total, "agreement": agree / total, "max_abs_logit_difference": max_diff}
 
@@ -467,11 +472,11 @@ def render(results: dict) -> str:
         + " GFLOP/s): the best, "
         + f"{peak:.0f} GFLOP/s, is the machine's peak below.",
         "",
-        _row(["measurement", "fast", "reference", "fast vs reference", "target"]),
+        _row(["measurement", "fast", "plain", "fast vs plain", "target"]),
         _row(["---"] * 5),
     ]
     for classes, row in results["eval"].items():
-        fast, ref = row["fast"], row["reference"]
+        fast, ref = row["fast"], row["plain"]
         speedup = fast["clips_per_s"] / ref["clips_per_s"]
         target = targets.get(classes)
         lines.append(
@@ -497,8 +502,8 @@ def render(results: dict) -> str:
             )
         )
     train = results["train"]
-    fast, ref = train.get("fast", {}), train.get("reference", {})
-    batch = f"batch {s['train_batch']}, {s['train_classes']} classes"
+    fast, ref = train.get("fast", {}), train.get("plain", {})
+    batch = f"batch {results['train_batch']}, {s['train_classes']} classes"
     if "step_seconds" in fast and "step_seconds" in ref:
         speedup = ref["step_seconds"] / fast["step_seconds"]
         ratio = fast["peak_memory_bytes"] / ref["peak_memory_bytes"]
@@ -510,6 +515,15 @@ def render(results: dict) -> str:
                     f"{ref['step_seconds']:.3g}",
                     f"{speedup:.2f}x faster{_check(speedup >= 1.5)}",
                     ">= 1.5x",
+                ]
+            ),
+            _row(
+                [
+                    f"train clips/s ({batch})",
+                    f"{results['train_batch'] / fast['step_seconds']:.3g}",
+                    f"{results['train_batch'] / ref['step_seconds']:.3g}",
+                    "",
+                    "",
                 ]
             ),
             _row(
@@ -535,7 +549,7 @@ def render(results: dict) -> str:
         if "error" in row:
             lines.append(_row([f"train step ({name}, {batch})", row["error"], "", "", ""]))
     for classes, row in results["eval"].items():
-        fast, ref = row["fast"], row["reference"]
+        fast, ref = row["fast"], row["plain"]
         share = fast["gflops"] / peak
         check = classes == high
         lines.append(
@@ -586,18 +600,19 @@ def render(results: dict) -> str:
             ]
         ),
     ]
-    extra = [name for name in next(iter(results["eval"].values())) if name not in PATHS]
-    extra_train = [name for name in train if name not in PATHS and "step_seconds" in train[name]]
+    lines += render_copied_keys(results)
+    extra = [name for name in next(iter(results["eval"].values())) if name not in (*PATHS, COPIED)]
+    extra_train = [name for name in train if name not in (*PATHS, COPIED) and "step_seconds" in train[name]]
     if extra or extra_train:
-        lines += ["", "Other fast-path variants, against the same reference path:", ""]
-        lines += [_row(["variant", "measurement", "value", "vs reference"]), _row(["---"] * 4)]
+        lines += ["", "Other fast-path variants, against the same plain path:", ""]
+        lines += [_row(["variant", "measurement", "value", "vs plain"]), _row(["---"] * 4)]
         for name in extra:
             for classes, row in results["eval"].items():
-                speedup = row[name]["clips_per_s"] / row["reference"]["clips_per_s"]
+                speedup = row[name]["clips_per_s"] / row["plain"]["clips_per_s"]
                 share = row[name]["gflops"] / peak
                 value = f"{row[name]['clips_per_s']:.3g} ({share:.0%} of peak)"
                 lines.append(_row([name, f"eval clips/s, {classes} classes", value, f"{speedup:.2f}x faster"]))
-        train_ref = train.get("reference", {})
+        train_ref = train.get("plain", {})
         for name in extra_train:
             row = train[name]
             known = "step_seconds" in train_ref
@@ -613,10 +628,55 @@ def render(results: dict) -> str:
         "Train step: forward, cross-entropy, backward and AdamW, best of the timed steps, each path in a fresh "
         "process; peak memory = peak resident set (VmHWM) minus the resident set with model, optimiser and batch "
         "built, from a one-step process with glibc's default malloc (GPU: max_memory_allocated): activations, "
-        "gradients, AdamW state. FLOPs counted with torch.utils.flop_counter. "
-        "`fast, torch matmuls`: the fast path with `tcclip.model.layers.ONEDNN_CPU_MATMULS = False`.",
+        "gradients, AdamW state. FLOPs counted with torch.utils.flop_counter.",
     ]
     return "\n".join(lines)
+
+
+def render_copied_keys(results: dict) -> list[str]:
+    """The side-by-side table of the fast path's TC attention: context keys kept apart vs copied per frame."""
+    train, evals = results["train"], results["eval"]
+    if COPIED not in train and all(COPIED not in row for row in evals.values()):
+        return []
+    lines = [
+        "",
+        "Fast path, TC attention with the context keys kept apart (default) vs copied next to every frame's keys:",
+        "",
+        _row(["measurement", "split (default)", "copied keys", "split vs copied"]),
+        _row(["---"] * 4),
+    ]
+    for classes, row in evals.items():
+        if COPIED in row:
+            split, copied = row["fast"]["clips_per_s"], row[COPIED]["clips_per_s"]
+            lines.append(
+                _row([f"eval clips/s, {classes} classes", f"{split:.3g}", f"{copied:.3g}", f"{split / copied:.2f}x"])
+            )
+    split, copied = train.get("fast", {}), train.get(COPIED, {})
+    batch = f"batch {results['train_batch']}"
+    if "step_seconds" in split and "step_seconds" in copied:
+        lines.append(
+            _row(
+                [
+                    f"train clips/s ({batch})",
+                    f"{results['train_batch'] / split['step_seconds']:.3g}",
+                    f"{results['train_batch'] / copied['step_seconds']:.3g}",
+                    f"{copied['step_seconds'] / split['step_seconds']:.2f}x",
+                ]
+            )
+        )
+        lines.append(
+            _row(
+                [
+                    f"train peak memory GB ({batch})",
+                    f"{split['peak_memory_bytes'] / 1e9:.3g}",
+                    f"{copied['peak_memory_bytes'] / 1e9:.3g}",
+                    f"{split['peak_memory_bytes'] / copied['peak_memory_bytes']:.2f}x",
+                ]
+            )
+        )
+    if "error" in copied:
+        lines.append(_row([f"train step ({batch})", "", copied["error"], ""]))
+    return lines
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------
@@ -636,9 +696,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--compile", action="store_true", help="also measure evaluation with torch.compile on the vision encoder"
     )
     parser.add_argument(
+        "--copied-keys",
+        action="store_true",
+        help="also measure the fast path with the context keys copied per frame (its fallback), side by side",
+    )
+    parser.add_argument("--train-batch", type=int, help="videos per training step (default: 4, quick: 2)")
+    parser.add_argument(
         "--system-malloc", action="store_true", help="keep glibc's default malloc settings (see the method notes)"
     )
-    parser.add_argument("--_train-worker", dest="train_worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--_train-worker", dest="train_worker", choices=(*PATHS, COPIED), help=argparse.SUPPRESS)
     parser.add_argument("--_memory-only", dest="memory_only", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -648,13 +714,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     settings = QUICK if args.quick else FULL
+    if args.train_batch is None:
+        args.train_batch = settings.train_batch
     if args.train_worker:
         if device.type == "cpu" and (available := _available_bytes()) is not None:
             # Stay clear of the machine's other users: fail this process rather than the machine.
             limit = _status_bytes("VmData") + max(available - 2 * 1024**3, 1024**3)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         try:
-            result = train_worker(settings, args.train_worker, args.checkpointing, device, dtype, not args.memory_only)
+            result = train_worker(
+                settings, args.train_worker, args.checkpointing, device, dtype, args.train_batch, not args.memory_only
+            )
         except RuntimeError as err:
             if "can't allocate memory" not in str(err) and "out of memory" not in str(err).lower():
                 raise
@@ -670,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dtype": args.dtype,
         "settings": {**settings.__dict__, "class_counts": list(settings.class_counts)},
         "machine": machine_description(device, args.threads),
+        "train_batch": args.train_batch,
         "malloc": " ".join(f"{k}={os.environ[k]}" for k in _MALLOC_ENV if k in os.environ) or "system default",
     }
     matmul_size = settings.matmul_size if device.type == "cpu" else 2 * settings.matmul_size
@@ -678,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Training first, while this process holds little memory: the training subprocesses need the most.
     results["train"] = {}
-    runs = [("fast", "fast", False), ("reference", "reference", False)]
+    runs = [("fast", "fast", False), ("plain", "plain", False)]
+    runs += [(COPIED, COPIED, False)] if args.copied_keys else []
     runs += [("fast + checkpointing", "fast", True)] if args.checkpointing else []
     for name, path, checkpointing in runs:
         results["train"][name] = row = measure_train(args, path, checkpointing)
@@ -695,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for count in settings.class_counts:
         for m in (model, compiled) if compiled is not None else (model,):
             m.set_class_names(class_names(count))
-        row = measure_eval(eval_variants(model, compiled), video, device, dtype, settings.repeats)
+        row = measure_eval(eval_variants(model, compiled, args.copied_keys), video, device, dtype, settings.repeats)
         results["eval"][str(count)] = row
         print(f"  eval {count} classes, clips/s: " + ", ".join(f"{n} {v['clips_per_s']:.3g}" for n, v in row.items()))
     del model, compiled, video

@@ -181,7 +181,7 @@ def use_labels(model: nn.Module, labels: Sequence[str] | None) -> list[str]:
 def label_length_errors(source: str | Path | None = None) -> Iterator[None]:
     """Turn the text encoder's "prompt too long" into a message about the label (the user can only shorten it)."""
     from tcclip.data.labels import LabelFileError
-    from tcclip.model.text import PromptTooLongError
+    from tcclip.model.prompting import PromptTooLongError
 
     try:
         yield

@@ -1,20 +1,24 @@
-"""The fast execution path against the reference path and the plain reference implementation (float64, spec 9).
+"""The fast path against the plain path and the test oracle (float64; docs/model.md, "Exactness").
 
 The fast path shares the text prefix across the batch, computes only the end-token rows of the last text block,
-runs the vision attention through SDPA and a memory-lean MLP backward; the reference path is the straightforward
-form. Both must give the same logits and the same gradients.
+runs the vision attention through fused kernels (the context keys kept apart) and a memory-lean MLP backward; the
+plain path is the straightforward form. Both must give the same logits and the same gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from oracle import reference_forward
 from torch import Tensor
 
+from tcclip.model import kernels
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 from tcclip.model.layers import MLP
-from tcclip.model.reference import reference_forward
+from tcclip.model.tc_attention import TCAttention
 from tcclip.model.text import TextBlock, causal_mask
 
 NAMES = ["ApplyEyeMakeup", "playing_guitar", "abseiling", "YoYo", "riding a bike"]
@@ -57,17 +61,17 @@ def _assert_close(actual: Tensor, expected: Tensor, rtol: float = 1e-8, scale: f
 
 
 @pytest.mark.parametrize("levels", [(2,), (1, 2), (1,)], ids=["last-level", "two-levels", "first-level"])
-def test_fast_reference_path_and_plain_reference_give_the_same_logits(levels):
+def test_fast_path_plain_path_and_oracle_give_the_same_logits(levels):
     cfg = CFG.replace(prompt_generation_layer_level=levels)
     model = _model(cfg).eval()
     video = _video(cfg)
     with torch.no_grad():
         fast = model(video)
-        model.set_execution_path("reference")
-        reference_path = model(video)
-    plain = reference_forward(model.state_dict(), cfg, NAMES, video).logits
-    _assert_close(fast, plain)
-    _assert_close(reference_path, plain)
+        model.set_fast_path(False)
+        plain = model(video)
+    oracle = reference_forward(model.state_dict(), cfg, NAMES, video).logits
+    _assert_close(fast, oracle)
+    _assert_close(plain, oracle)
 
 
 @pytest.mark.parametrize("kind", ["vifi_clip", "clip"])
@@ -76,22 +80,22 @@ def test_baselines_give_the_same_logits_on_both_paths(kind):
     video = _video()
     with torch.no_grad():
         fast = model(video)
-        model.set_execution_path("reference")
+        model.set_fast_path(False)
         _assert_close(model(video), fast)
 
 
 def _gradients(model: torch.nn.Module, video: Tensor, path: str) -> dict[str, Tensor]:
     model.zero_grad(set_to_none=True)
-    model.set_execution_path(path)
+    model.set_fast_path(path == "fast")
     model(video).logsumexp(dim=-1).sum().backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
-def test_fast_and_reference_training_steps_give_the_same_gradients(checkpointing):
+def test_fast_and_plain_training_steps_give_the_same_gradients(checkpointing):
     model = _model(CFG.replace(prompt_generation_layer_level=(1, 2))).train()
     video = _video()
-    reference = _gradients(model, video, "reference")
+    reference = _gradients(model, video, "plain")
     model.image_encoder.gradient_checkpointing = checkpointing
     fast = _gradients(model, video, "fast")
     assert fast.keys() == reference.keys() and len(fast) > 50
@@ -102,28 +106,38 @@ def test_fast_and_reference_training_steps_give_the_same_gradients(checkpointing
         _assert_close(fast[name], grad, scale=max(float(grad.abs().max()), floor))
 
 
-def test_reference_path_does_not_cache_and_fast_path_reuses_the_prefix():
+def test_plain_path_does_not_cache_and_fast_path_reuses_the_prefix():
     model = _model().eval()
     video = _video()
     with torch.no_grad():
-        model.set_execution_path("reference")
+        model.set_fast_path(False)
         model(video)
         assert model._text_cache is None
-        model.set_execution_path("fast")
+        model.set_fast_path(True)
         model(video)
         prefix = model._text_cache.value
         model(video)
         assert model._text_cache.value is prefix
 
 
-def test_set_execution_path_reaches_every_submodule_and_rejects_unknown_paths():
+def test_set_fast_path_reaches_every_submodule_and_rejects_non_booleans():
     model = _model()
-    model.set_execution_path("reference")
-    paths = {m.execution_path for m in model.modules() if hasattr(m, "execution_path")}
-    assert paths == {"reference"}
+    model.set_fast_path(False)
+    switches = {type(m).__name__: m.fast for m in model.modules() if hasattr(m, "fast")}
+    assert switches == {"TCCLIP": False, "VPTextEncoder": False, "MLP": False, "TCAttention": False}
     assert sum(isinstance(m, MLP) for m in model.modules()) == 5  # 2 vision, 2 text blocks, 1 prompt generation
-    with pytest.raises(ValueError, match="fast, reference"):
-        model.set_execution_path("quick")
+    with pytest.raises(TypeError, match="True or False"):
+        model.set_fast_path("plain")
+
+
+def test_fast_path_default_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TCCLIP_FAST_PATH", "0")
+    assert not MLP(8).fast and not TCAttention(8, 2, True).fast
+    monkeypatch.setenv("TCCLIP_FAST_PATH", "1")
+    assert MLP(8).fast
+    monkeypatch.setenv("TCCLIP_FAST_PATH", "maybe")
+    with pytest.raises(ValueError, match="TCCLIP_FAST_PATH must be 0 or 1"):
+        MLP(8)
 
 
 def test_text_end_token_block_equals_the_full_block():
@@ -163,15 +177,15 @@ def test_lean_mlp_matches_autograd_and_keeps_fewer_activations():
     x = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
     more = torch.randn(10, 3, 8, dtype=torch.float64, requires_grad=True)
     grads, per_token = {}, {}
-    for path in ("fast", "reference"):
-        mlp.execution_path = path
+    for path in ("fast", "plain"):
+        mlp.fast = path == "fast"
         out = mlp(x)
         grads[path] = torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()])
         # Stored bytes per extra token (weight-sized tensors cancel out), in widths of the input.
         per_token[path] = (_saved_bytes(lambda: mlp(more), mlp) - _saved_bytes(lambda: mlp(x), mlp)) / (15 * 8 * 8)
-    for fast, reference in zip(grads["fast"], grads["reference"], strict=True):
+    for fast, reference in zip(grads["fast"], grads["plain"], strict=True):
         _assert_close(fast, reference, rtol=1e-12)
-    assert per_token == {"fast": 5, "reference": 13}  # input + pre-activation vs input + four hidden-sized tensors
+    assert per_token == {"fast": 5, "plain": 13}  # input + pre-activation vs input + four hidden-sized tensors
 
 
 def test_lean_mlp_under_autocast_gives_parameter_dtype_gradients():
@@ -189,24 +203,20 @@ def test_fast_training_step_keeps_far_fewer_activations():
     model = _model(CFG.replace(num_frames=4, context_token_k=8, tome_r=4)).train()
     video = _video(CFG.replace(num_frames=4), batch=2)
     saved = {}
-    for path in ("fast", "reference"):
-        model.set_execution_path(path)
+    for path in ("fast", "plain"):
+        model.set_fast_path(path == "fast")
         saved[path] = _saved_bytes(lambda: model(video), model)
-    assert saved["fast"] < 0.6 * saved["reference"], saved
+    assert saved["fast"] < 0.6 * saved["plain"], saved
 
 
 def test_split_context_keys_and_copied_keys_with_a_mask_give_the_same_gradients():
-    """The CPU fast path keeps the context keys apart (`_ContextAttention`); with that off, it copies them per frame
-    and adds the bias as a mask, as on CUDA."""
-    from tcclip.model.vision import TCAttention
-
+    """The fast path keeps the context keys apart (`kernels.split_context_attention`); its fallback copies them per
+    frame and adds the bias as a mask."""
     model = _model().train()
     video = _video()
     split = _gradients(model, video, "fast")
-    for m in model.modules():
-        if isinstance(m, TCAttention):
-            m.split_context_keys = False
-    copied = _gradients(model, video, "fast")
+    with kernels.copied_context_keys():
+        copied = _gradients(model, video, "fast")
     assert copied.keys() == split.keys()
     for name, grad in copied.items():
         _assert_close(split[name], grad, scale=max(float(grad.abs().max()), 1e-6))
@@ -223,8 +233,6 @@ def _explicit_context_attention(q, k, v, k_ctx, v_ctx, shift, scale):
 
 
 def test_context_attention_in_two_parts_equals_one_softmax_with_gradients():
-    from tcclip.model.vision import _ContextAttention
-
     gen = torch.Generator().manual_seed(0)
     b, t, h, n, k, dh = 2, 3, 2, 5, 4, 8
     shapes = [(b, t, h, n, dh)] * 3 + [(b, h, k, dh)] * 2 + [(h,)]
@@ -232,7 +240,7 @@ def test_context_attention_in_two_parts_equals_one_softmax_with_gradients():
     # q, k, v as the encoder makes them: head-split views of [B, T, N, H*dh] projections (not contiguous)
     inputs[:3] = [x.detach().transpose(2, 3).contiguous().transpose(2, 3).requires_grad_() for x in inputs[:3]]
     grad_out = torch.randn(b, t, h, n, dh, generator=gen, dtype=torch.float64)
-    out, lse = _ContextAttention.apply(*inputs, 0.3)
+    out, lse = kernels.split_context_attention(*inputs, 0.3)
     expected, expected_lse = _explicit_context_attention(*inputs, 0.3)
     _assert_close(out, expected, rtol=1e-12)
     _assert_close(lse, expected_lse, rtol=1e-12)
@@ -245,19 +253,17 @@ def test_context_attention_in_two_parts_equals_one_softmax_with_gradients():
 
 def test_context_attention_does_not_repeat_the_context_keys():
     """What the fast path keeps for backward grows with T*N and K, not with T*K (no per-frame context copies)."""
-    from tcclip.model.vision import TCAttention
-
     model = _model(CFG.replace(num_frames=4, context_token_k=8, tome_r=4)).train()
     attn = next(m for m in model.modules() if isinstance(m, TCAttention) and m.local_global_bias_table is not None)
     x = torch.randn(2, 4, 17, 64, dtype=torch.float64)
     context = torch.randn(2, 8, 64, dtype=torch.float64)
     shapes = {}
     for split in (True, False):
-        attn.split_context_keys = split
         seen = shapes.setdefault(split, [])
-        with torch.autograd.graph.saved_tensors_hooks(
+        record = torch.autograd.graph.saved_tensors_hooks(
             lambda s, seen=seen: seen.append(tuple(s.shape)) or s, lambda s: s
-        ):
+        )
+        with record, contextlib.nullcontext() if split else kernels.copied_context_keys():
             attn(x, context)
     assert not any(len(s) >= 3 and s[-2] == 17 + 8 for s in shapes[True])  # no keys of N + K rows per frame
     assert any(len(s) >= 3 and s[-2] == 17 + 8 for s in shapes[False])
@@ -272,14 +278,14 @@ def test_cpu_linear_and_lean_mlp_in_float32_match_torch(shape):
     mlp = MLP(16)
     x = torch.randn(*shape, requires_grad=True)
     results = {}
-    for path in ("fast", "reference"):
-        mlp.execution_path = path
+    for path in ("fast", "plain"):
+        mlp.fast = path == "fast"
         out = mlp(x)
         results[path] = (out, *torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()]))
-    for fast, reference in zip(results["fast"], results["reference"], strict=True):
+    for fast, reference in zip(results["fast"], results["plain"], strict=True):
         _assert_close(fast, reference, rtol=1e-5)
     with torch.no_grad():
-        _assert_close(mlp(x), results["reference"][0], rtol=1e-5)
+        _assert_close(mlp(x), results["plain"][0], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -308,22 +314,18 @@ def test_throughput_benchmark_quick_run(tmp_path):
     assert "| eval clips/s, 400 classes (batch 2) |" in proc.stdout
     results = json.loads(out.read_text())
     assert results["float64"]["max_rel"] <= 1e-8
-    assert set(results["train"]) == {"fast", "reference"} and all(
-        "step_seconds" in r for r in results["train"].values()
-    )
+    assert set(results["train"]) == {"fast", "plain"} and all("step_seconds" in r for r in results["train"].values())
 
 
 def test_context_attention_in_bf16_stays_within_bf16_rounding():
     """CPU mixed precision: bf16 inputs (what autocast feeds it) against the float64 explicit attention."""
-    from tcclip.model.vision import _ContextAttention
-
     gen = torch.Generator().manual_seed(0)
     shapes = [(2, 3, 2, 17, 32)] * 3 + [(2, 2, 8, 32)] * 2 + [(2,)]
     exact = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
     half = [x.detach().bfloat16().requires_grad_() for x in exact]
     grad_out = torch.randn(shapes[0], generator=gen, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = _ContextAttention.apply(*half, 32**-0.5)
+        out, _ = kernels.split_context_attention(*half, 32**-0.5)
     expected, _ = _explicit_context_attention(*exact, 32**-0.5)
     assert out.dtype == torch.bfloat16
     _assert_close(out.double(), expected, rtol=2e-2)

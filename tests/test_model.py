@@ -69,7 +69,7 @@ def test_shared_prefix_cache_matches_per_video_path():
         prefix = model._text_cache.value
         again = model(clip)
         assert model._text_cache.value is prefix  # reused, not recomputed
-        model.share_text_prefix = False
+        model.set_fast_path(False)
         plain = model(clip)
     torch.testing.assert_close(cached, plain, rtol=1e-10, atol=1e-12)
     assert torch.equal(cached, again)
@@ -82,7 +82,7 @@ def test_prefix_cache_invalidated_by_in_place_update():
         before = model(clip)
         model.text_encoder.transformer.resblocks[0].mlp.c_fc.weight.mul_(1.5)  # like an optimizer step
         after = model(clip)
-        model.share_text_prefix = False
+        model.set_fast_path(False)
         plain = model(clip)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, plain, rtol=1e-10, atol=1e-12)

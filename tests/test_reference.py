@@ -10,10 +10,7 @@ import math
 
 import pytest
 import torch
-from torch import Tensor
-
-from tcclip.model.config import TCCLIPConfig
-from tcclip.model.reference import (
+from oracle import (
     bipartite_merge_step,
     merge_schedule,
     process_class_name_reference,
@@ -21,6 +18,9 @@ from tcclip.model.reference import (
     summarise_tokens,
     tokenize_prompts_reference,
 )
+from torch import Tensor
+
+from tcclip.model.config import TCCLIPConfig
 
 CLASS_NAMES = ["ApplyEyeMakeup", "playing_guitar", "abseiling", "YoYo", "riding a bike", "Jump Rope"]
 

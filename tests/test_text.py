@@ -7,7 +7,8 @@ import torch
 
 from tcclip.model.clip_backbone import build_tokenizer
 from tcclip.model.config import CLIPCfg
-from tcclip.model.text import PromptLearner, VPTextEncoder, process_class_name
+from tcclip.model.prompting import PromptLearner, process_class_name
+from tcclip.model.text import VPTextEncoder
 
 CLIP = CLIPCfg.from_name("test-tiny")
 NAMES = ["ApplyEyeMakeup", "brush_hair", "YoYo", "abseiling"]
@@ -119,7 +120,8 @@ def test_shared_prefix_equals_per_video_text_encoder(levels):
     pl, enc = make_encoder(levels)
     context = [torch.randn(3, 5, CLIP.embed_dim, dtype=torch.float64) for _ in levels]
     shared = enc(pl()[:, : pl.num_positions_used], pl.tokenized_prompts, context)
-    per_video = enc.forward_per_video(pl(), pl.tokenized_prompts, context)
+    enc.fast = False
+    per_video = enc(pl(), pl.tokenized_prompts, context)
     assert shared.shape == (3, len(NAMES), CLIP.embed_dim)
     torch.testing.assert_close(shared, per_video, rtol=1e-12, atol=1e-12)
 

@@ -1,50 +1,21 @@
-"""Batched bipartite soft matching against a plain token-by-token version (spec 2.3e), in float64."""
+"""Batched bipartite soft matching against the test oracle's token-by-token version, in float64."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from oracle import bipartite_merge_step, summarise_tokens
 
 from tcclip.model.token_merging import bipartite_merge, merge_schedule, summarise
 
 
-def _plain_merge_step(tokens: list[torch.Tensor], sizes: list[float], sources: list[set[int]], r: int):
-    """One step for one video, spelled out: A = even positions, B = odd positions."""
-    a_pos, b_pos = list(range(0, len(tokens), 2)), list(range(1, len(tokens), 2))
-    unit = [t / t.norm() for t in tokens]
-    best_j, best_s = [], []
-    for a in a_pos:
-        sims = [float(unit[a] @ unit[b]) for b in b_pos]
-        j = sims.index(max(sims))  # first maximum
-        best_j.append(j)
-        best_s.append(sims[j])
-    ranked = sorted(range(len(a_pos)), key=lambda i: -best_s[i])  # Python's sort is stable
-    merged, kept = ranked[:r], ranked[r:]
-    out_t, out_s, out_src = [], [], []
-    for i in kept:
-        out_t.append(tokens[a_pos[i]])
-        out_s.append(sizes[a_pos[i]])
-        out_src.append(set(sources[a_pos[i]]))
-    for j, b in enumerate(b_pos):
-        members = [b] + [a_pos[i] for i in merged if best_j[i] == j]
-        total = sum(sizes[m] for m in members)
-        out_t.append(sum(sizes[m] * tokens[m] for m in members) / total)
-        out_s.append(total)
-        out_src.append(set().union(*(sources[m] for m in members)))
-    return out_t, out_s, out_src
-
-
-def _plain_summarise(x: torch.Tensor, num_out: int, r: int):
-    """Per video, per token: returns tokens [B, K, D] and source sets."""
+def _oracle_summarise(x: torch.Tensor, num_out: int, r: int):
+    """The oracle per video: tokens [B, K, D] and, per video, the set of input positions in each token."""
     all_tokens, all_sources = [], []
     for video in x:
-        tokens = list(video)
-        sizes = [1.0] * len(tokens)
-        sources = [{i} for i in range(len(tokens))]
-        for step in merge_schedule(len(tokens), num_out, r):
-            tokens, sizes, sources = _plain_merge_step(tokens, sizes, sources, step)
+        tokens, _, sources = summarise_tokens(list(video), num_out, r)
         all_tokens.append(torch.stack(tokens))
-        all_sources.append(sources)
+        all_sources.append([set(s) for s in sources])
     return torch.stack(all_tokens), all_sources
 
 
@@ -67,12 +38,12 @@ def test_schedule_edge_cases(n, k, r, expected):
 
 
 @pytest.mark.parametrize(("batch", "n", "k", "r"), [(1, 12, 5, 3), (3, 17, 6, 4), (2, 40, 7, 10), (4, 9, 9, 2)])
-def test_summarise_matches_plain_version(batch, n, k, r):
+def test_summarise_matches_the_oracle(batch, n, k, r):
     gen = torch.Generator().manual_seed(n * 100 + batch)
     x = torch.randn(batch, n, 8, dtype=torch.float64, generator=gen)
     source = torch.eye(n, dtype=torch.float64).expand(batch, n, n).clone()
     out, out_source = summarise(x, k, r, source)
-    expected, expected_sources = _plain_summarise(x, k, r)
+    expected, expected_sources = _oracle_summarise(x, k, r)
     assert out.shape == (batch, min(n, k), 8)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     assert _as_sets(out_source) == expected_sources
@@ -94,7 +65,7 @@ def test_exact_ties_keep_a_order_and_pick_the_first_b():
     for r in (0, 3, 7):
         out, out_size, _ = bipartite_merge(x, size, r)
         for b in range(2):
-            tokens, sizes, _ = _plain_merge_step(list(x[b]), size[b, :, 0].tolist(), [set()] * n, r)
+            tokens, sizes, _ = bipartite_merge_step(list(x[b]), size[b, :, 0].tolist(), [[]] * n, r)
             torch.testing.assert_close(out[b], torch.stack(tokens), rtol=1e-14, atol=1e-14)
             torch.testing.assert_close(out_size[b, :, 0], torch.tensor(sizes, dtype=torch.float64))
 

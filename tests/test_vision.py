@@ -10,7 +10,8 @@ import torch
 
 from tcclip.model.clip_backbone import _open_clip_model, load_clip_state_dict
 from tcclip.model.config import TCCLIPConfig
-from tcclip.model.vision import FrameVisionEncoder, TCAttention, TCVisionEncoder
+from tcclip.model.tc_attention import TCAttention
+from tcclip.model.vision import FrameVisionEncoder, TCVisionEncoder
 
 OFFICIAL_TENSORS = Path("/work/shared/reference/official_checkpoint_tensors.json")
 # Tiny: P = 16 patches, s = 4 seeds per frame, T*s = 12 seeds merged down to K = 5 in 4 steps.
@@ -132,7 +133,7 @@ def test_fused_and_explicit_attention_agree(clip_state):
         fused = enc(video, readout_layers=(0, 1), return_details=True)
         for module in enc.modules():
             if isinstance(module, TCAttention):
-                module.execution_path = "reference"
+                module.fast = False
         explicit = enc(video, readout_layers=(0, 1), return_details=True)
     torch.testing.assert_close(fused.video_embedding, explicit.video_embedding, rtol=1e-12, atol=1e-12)
     for a, b in zip(fused.context_tokens, explicit.context_tokens, strict=True):

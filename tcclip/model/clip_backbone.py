@@ -1,10 +1,11 @@
-"""CLIP backbone weights and tokenizer (spec 1).
+"""CLIP backbone weights and tokenizer.
 
 `load_clip_state_dict` returns CLIP's weights in OpenAI's layout (the one open_clip's `CLIP` class uses:
 `visual.*`, `token_embedding.weight`, `positional_embedding`, `transformer.resblocks.*`, `ln_final.*`,
 `text_projection`, `logit_scale`), whatever the source: open_clip's download of the OpenAI release, a local OpenAI
 JIT archive, a plain state dict, an open_clip training checkpoint, or a random initialisation. Every floating
-tensor is rounded through fp16, as the official code does when it builds the model (spec 9).
+tensor is rounded through fp16, as the official code does when it builds the model
+(docs/model.md, "Exactness").
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def expected_clip_shapes(arch: str) -> dict[str, tuple[int, ...]]:
 
 
 def _round_through_fp16(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """fp32 copies of the tensors, floating ones rounded to the nearest fp16 number (spec 9)."""
+    """fp32 copies of the tensors, floating ones rounded to the nearest fp16 number (docs/model.md, "Exactness")."""
     out = {}
     for name, t in state_dict.items():
         t = t.detach().cpu()
@@ -221,7 +222,7 @@ class CLIPTokenizer:
         """[len(texts), context_length] long: start token, BPE ids, end token, zero padding.
 
         Raises:
-            ValueError: a text does not fit in `context_length` tokens (never cut silently, spec 3.2).
+            ValueError: a text does not fit in `context_length` tokens (never cut silently).
         """
         rows = torch.zeros(len(texts), self.context_length, dtype=torch.long)
         for i, text in enumerate(texts):

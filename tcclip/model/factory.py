@@ -46,7 +46,7 @@ def load_clip_weights(model: nn.Module, clip_state: Mapping[str, Tensor]) -> Non
     Every CLIP tensor must land somewhere and every text/vision tensor of the model that CLIP has must be
     written (checked, with the names of the offenders). After loading, the learnable prompt vectors start from the
     token embeddings of `ctx_init` and each prompt-generation layer from its CLIP text block (or stays random with
-    `prompt_generation_layer_init=random`). The local-global bias keeps its own initialisation (spec 2.3b).
+    `prompt_generation_layer_init=random`). The local-global bias keeps its own initialisation (it is not in CLIP).
     """
     own = model.state_dict()
     text: dict[str, Tensor] = {}
@@ -92,7 +92,7 @@ def _expected_text_names(model: nn.Module) -> list[str]:
 def create_model(
     cfg: TCCLIPConfig, class_names: Sequence[str] = (), clip_weights: str | Path | None = "openai"
 ) -> nn.Module:
-    """The network of `cfg.model`, initialised from CLIP's weights (spec 1).
+    """The network of `cfg.model`, initialised from CLIP's weights.
 
     Args:
         cfg: the model config.

@@ -1,4 +1,4 @@
-"""The networks: TC-CLIP and the two per-frame baselines, ViFi-CLIP and vanilla CLIP (spec 2-4).
+"""The networks: TC-CLIP and the two per-frame baselines, ViFi-CLIP and vanilla CLIP.
 
 All three share the text tower layout and the common interface: `set_class_names`, `class_names`,
 `forward(video [B, T, 3, H, W]) -> logits [B, C]`, `forward_details(video) -> (logits, VisionOutput)`,
@@ -16,11 +16,13 @@ from torch import Tensor, nn
 
 from tcclip.model.clip_backbone import build_tokenizer
 from tcclip.model.config import TCCLIPConfig
-from tcclip.model.layers import ExecutionPath, set_execution_path
-from tcclip.model.text import PromptLearner, Tokenizer, VPTextEncoder
+from tcclip.model.layers import fast_path_default, set_fast_path
+from tcclip.model.prompting import PromptLearner, Tokenizer
+from tcclip.model.text import VPTextEncoder
 from tcclip.model.vision import FrameVisionEncoder, TCVisionEncoder, VisionOutput
 
-# Parameter-name prefixes of the parts TC-CLIP adds to CLIP (trained with the x10 learning rate, spec 6).
+# Parameter-name prefixes of the parts TC-CLIP adds to CLIP (trained with a 10x learning rate, as in the official
+# training recipe).
 NEW_PARAMETER_PREFIXES = ("prompt_learner.", "text_encoder.prompt_generation_layer.")
 
 
@@ -76,22 +78,19 @@ class _VideoTextModel(nn.Module):
         self.prompt_learner = prompt_learner
         self.text_encoder = text_encoder
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.share_text_prefix = True
-        """Run the video-independent text blocks once per class list and cache them between no-grad calls (exact;
-        off: every video runs every text block, batched, for checks). Only read on the fast path."""
         self._text_cache: _TextCache | None = None
-        self.execution_path: ExecutionPath = "fast"
-        """`fast` or `reference`; change it with `set_execution_path` (which also sets it on the submodules)."""
+        self.fast = fast_path_default()
+        """Fast path (default) or plain path; change it with `set_fast_path`, which sets every submodule alike."""
 
-    def set_execution_path(self, path: ExecutionPath) -> None:
-        """Run as `fast` (default) or as `reference`: the same numbers, computed the straightforward way.
+    def set_fast_path(self, enabled: bool) -> None:
+        """Compute on the fast path (default) or on the plain path: the same numbers, computed two ways.
 
-        The reference path is the form the official code uses: explicit vision attention matrices with the context
-        keys/values repeated per frame, CLIP's MLP through plain autograd, and the whole text encoder at the full
-        prompt length once per video in a Python loop, with nothing shared or cached. It is the baseline of
-        `benchmarks/throughput.py` and the tests check that both paths agree (float64, spec 9).
+        The plain path is the straightforward form, as the official code computes it: explicit vision attention
+        matrices with the context keys/values repeated per frame, CLIP's MLP through autograd, and the whole text
+        encoder at the full prompt length once per video, nothing shared or cached. The fast path fuses and shares
+        (docs/model.md); the tests check that both agree in float64, logits and gradients.
         """
-        set_execution_path(self, path)  # the text cache stays: it is checked on use and the reference path skips it
+        set_fast_path(self, enabled)  # the text cache stays: it is checked on use and the plain path skips it
 
     # -- classes -----------------------------------------------------------------------------------------------
     @property
@@ -133,10 +132,8 @@ class _VideoTextModel(nn.Module):
         pl = self.prompt_learner
         if not pl.class_names:
             raise ValueError("the model has no class names: call set_class_names([...]) first")
-        if self.execution_path == "reference":
-            return self.text_encoder.forward_reference(pl(), pl.tokenized_prompts, context_tokens)
-        if not self.share_text_prefix:
-            return self.text_encoder.forward_per_video(pl(), pl.tokenized_prompts, context_tokens)
+        if not self.fast:
+            return self.text_encoder(pl(), pl.tokenized_prompts, context_tokens)
         return self.text_encoder.encode_rest(self._text_prefix(), pl.tokenized_prompts, context_tokens)
 
     def _logits(self, video_embedding: Tensor, text_features: Tensor) -> Tensor:
@@ -162,16 +159,17 @@ class _VideoTextModel(nn.Module):
 
     # -- parameter groups --------------------------------------------------------------------------------------
     def is_new_parameter(self, name: str) -> bool:
-        """True for the parts TC-CLIP adds to CLIP (prompt learner, prompt-generation layers): lr x10 (spec 6)."""
+        """True for the parts TC-CLIP adds to CLIP (prompt learner, prompt-generation layers): 10x learning rate."""
         return name.startswith(NEW_PARAMETER_PREFIXES)
 
     def keeps_finetuned_in_wise_ft(self, name: str) -> bool:
-        """True for tensors WiSE-FT leaves at the fine-tuned value (spec 7): new parts and the local-global bias."""
+        """True for tensors WiSE-FT leaves at the fine-tuned value: the new parts and the local-global bias (they
+        have no zero-shot CLIP value to interpolate with)."""
         return self.is_new_parameter(name) or name.endswith("local_global_bias_table")
 
 
 class TCCLIP(_VideoTextModel):
-    """TC-CLIP: temporally contextualised vision encoder + video-conditional prompting (spec 2, 3).
+    """TC-CLIP: temporally contextualised vision encoder + video-conditional prompting.
 
     Args:
         cfg: model config (`cfg.model` should be `tc_clip`).

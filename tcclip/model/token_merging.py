@@ -1,4 +1,5 @@
-"""Context summarisation by bipartite soft matching (Token Merging, Bolya et al. 2023), as spec 2.3e defines it.
+"""Context summarisation by bipartite soft matching (Token Merging, Bolya et al. 2023), as TC-CLIP uses it for
+temporal context summarisation (paper: "Temporal Contextualization"; the schedule is in docs/model.md).
 
 Everything is batched: tokens [B, n, D] with sizes [B, n, 1] (how many seed tokens each one stands for) and,
 optionally, source maps [B, n, S] (0/1: which of S original tokens each one contains). Only the few merge steps
@@ -14,7 +15,7 @@ __all__ = ["bipartite_merge", "merge_schedule", "summarise", "take_rows"]
 
 
 def merge_schedule(num_tokens: int, num_out: int, r: int) -> list[int]:
-    """How many tokens each step merges to go from `num_tokens` down to `num_out` (spec 2.3e schedule).
+    """How many tokens each step merges to go from `num_tokens` down to `num_out` (official schedule).
 
     First floor((num_tokens - num_out) / r) steps of min(r, count // 2), then, while the count is above
     `num_out`, steps of min(count - num_out, count // 2). Empty when `num_tokens <= num_out`.
@@ -76,7 +77,7 @@ def _merge_sums(sums: Tensor, size: Tensor, r: int, source: Tensor | None) -> tu
 def bipartite_merge(
     x: Tensor, size: Tensor, r: int, source: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One bipartite soft matching step merging `r` tokens away (spec 2.3e).
+    """One bipartite soft matching step merging `r` tokens away.
 
     Set A = even positions, set B = odd positions. Each A token picks its most cosine-similar B token (the first
     on an exact tie); the A tokens are ranked by that score, best first (stable: earlier A first on a tie), and the
@@ -96,7 +97,7 @@ def bipartite_merge(
 
 
 def summarise(x: Tensor, num_out: int, r: int, source: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """Merge tokens [B, n, D] down to `num_out` with the spec's schedule, every token starting at size 1.
+    """Merge tokens [B, n, D] down to `num_out` with `merge_schedule`, every token starting at size 1.
 
     Args:
         x: [B, n, D] tokens (the seed tokens, frame by frame).

@@ -1,13 +1,13 @@
-"""A plain, slow, independent implementation of the TC-CLIP forward pass, written from the spec.
+"""The test oracle: a plain, slow implementation of the TC-CLIP forward pass, written independently of the model.
 
-This is the yardstick that the fast model is checked against (in float64, spec section 9) and the slow
-baseline of `benchmarks/throughput.py`. It shares no code with the fast model: everything is spelled out
-with explicit loops over videos, frames, heads and tokens, full attention matrices, and token merging
-done token by token. It reads weights from a state dict in the project's parameter layout (the official
-checkpoint names minus `module.`, plus `prompt_learner.token_embedding.weight`) and computes in the
-dtype of the video (the weights are cast to it).
+The tests check the model against it in float64 (both its fast and its plain path; docs/model.md, "Exactness").
+It is used by the tests only (the benchmark's baseline is the model's own plain path). It shares no code with the
+model: everything is spelled out with explicit loops over videos, frames, heads and tokens, full attention matrices,
+and token merging done token by token. It reads weights from a state dict in the project's parameter layout (the
+official checkpoint names minus `module.`, plus `prompt_learner.token_embedding.weight`) and computes in the dtype
+of the video (the weights are cast to it).
 
-Comments cite the spec (docs/TCCLIP_SPEC.md) as "spec 2.3e" = section 2, step 3, sub-step e.
+Section names in comments refer to the TC-CLIP paper (Kim et al., ECCV 2024); docs/model.md maps its steps.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _attention(
 def _split_qkv_maps(w: _Weights, prefix: str) -> tuple[tuple[Tensor, Tensor], ...]:
     """q, k, v, out maps of an attention module, in either layout.
 
-    Vision blocks use separate `q_proj/k_proj/v_proj/out_proj` linears (spec 1); text blocks and
+    Vision blocks use separate `q_proj/k_proj/v_proj/out_proj` linears (CLIP's in_proj in three); text blocks and
     prompt-generation layers use nn.MultiheadAttention's fused `in_proj_weight` (rows q, k, v in that order)
     or, when the key width differs from the query width, its separate `{q,k,v}_proj_weight`.
     """
@@ -180,12 +180,12 @@ def _split_qkv_maps(w: _Weights, prefix: str) -> tuple[tuple[Tensor, Tensor], ..
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Token merging (spec 2.3e), one token at a time.
+# Token merging (temporal context summarisation), one token at a time.
 # --------------------------------------------------------------------------------------------------------------
 
 
 def merge_schedule(num_tokens: int, k: int, r: int) -> list[int]:
-    """How many tokens each bipartite step merges to go from `num_tokens` down to `k` (spec 2.3e schedule)."""
+    """How many tokens each bipartite step merges to go from `num_tokens` down to `k` (the official schedule)."""
     steps: list[int] = []
     count = num_tokens
     for _ in range(max(0, (num_tokens - k) // r)):
@@ -202,7 +202,7 @@ def merge_schedule(num_tokens: int, k: int, r: int) -> list[int]:
 def bipartite_merge_step(
     tokens: list[Tensor], sizes: list[float], sources: list[list[int]], r: int
 ) -> tuple[list[Tensor], list[float], list[list[int]]]:
-    """One step of bipartite soft matching that merges `r` tokens (spec 2.3e).
+    """One step of bipartite soft matching that merges `r` tokens (Bolya et al. 2023).
 
     Args:
         tokens: the current tokens, each [D].
@@ -252,7 +252,7 @@ def bipartite_merge_step(
 
 
 def summarise_tokens(tokens: list[Tensor], k: int, r: int) -> tuple[list[Tensor], list[float], list[list[int]]]:
-    """Merge `tokens` down to `k` with the spec's schedule; every token starts with size 1 (spec 2.3e).
+    """Merge `tokens` down to `k` with `merge_schedule`; every token starts with size 1.
 
     Returns (tokens, sizes, sources), sources indexing the input list.
     """
@@ -269,7 +269,7 @@ def summarise_tokens(tokens: list[Tensor], k: int, r: int) -> tuple[list[Tensor]
 
 
 def _embed_frame(w: _Weights, frame: Tensor, patch: int, pos: Tensor) -> Tensor:
-    """Patch embedding + class token + positional embedding of one frame [3, H, W] -> [N, D] (spec 2.1)."""
+    """Patch embedding + class token + positional embedding of one frame [3, H, W] -> [N, D] (CLIP's embedding)."""
     conv = w("image_encoder.conv1.weight")  # [D, 3, patch, patch]
     width = conv.shape[0]
     _, height, frame_width = frame.shape
@@ -303,7 +303,7 @@ def _tc_layer(
     frames: Tensor,
     context: Tensor | None,
 ) -> tuple[Tensor, Tensor, list[list[int]], list[list[int]]]:
-    """One TC layer for one video (spec 2.3).
+    """One TC layer for one video (paper: "Temporal Contextualization").
 
     Args:
         frames: [T, N, D] frame tokens.
@@ -366,12 +366,12 @@ def _tc_layer(
 
 
 def _readout(w: _Weights, tokens: Tensor) -> Tensor:
-    """ln_post then proj (spec 2.4): [M, D] -> [M, E]."""
+    """ln_post then proj (CLIP's readout): [M, D] -> [M, E]."""
     return _ln(w, "image_encoder.ln_post", tokens) @ w("image_encoder.proj")
 
 
 def _tc_vision(w: _Weights, cfg: TCCLIPConfig, video: Tensor) -> dict[str, list]:
-    """The TC vision encoder for every video, one at a time (spec 2)."""
+    """The TC vision encoder for every video, one at a time."""
     vision = cfg.clip.vision
     _, num_frames, _, _, _ = video.shape
     positional = _positional_tables(w, cfg, num_frames)
@@ -406,7 +406,7 @@ def _tc_vision(w: _Weights, cfg: TCCLIPConfig, video: Tensor) -> dict[str, list]
 
 
 def _frame_vision(w: _Weights, cfg: TCCLIPConfig, video: Tensor) -> list[Tensor]:
-    """Plain CLIP image encoder per frame, frame embeddings averaged (spec 4)."""
+    """Plain CLIP image encoder per frame, frame embeddings averaged (ViFi-CLIP, vanilla CLIP)."""
     vision = cfg.clip.vision
     heads = vision.heads
     _, num_frames, _, _, _ = video.shape
@@ -434,7 +434,7 @@ def _frame_vision(w: _Weights, cfg: TCCLIPConfig, video: Tensor) -> list[Tensor]
 
 
 def process_class_name_reference(name: str, parse_camel_case: bool = True) -> str:
-    """Spec 3.1: a space before every capital letter (then strip), then `_` -> space."""
+    """Official class-name parsing: a space before every capital letter (then strip), then `_` -> space."""
     if parse_camel_case:
         name = re.sub(r"([A-Z])", r" \1", name).strip()
     return name.replace("_", " ")
@@ -447,7 +447,7 @@ def _tokenizer():
 
 
 def tokenize_prompts_reference(texts: Sequence[str], context_length: int) -> list[list[int]]:
-    """CLIP BPE: [start] + tokens + [end], zero-padded to `context_length`; too long is an error (spec 3.2)."""
+    """CLIP BPE: [start] + tokens + [end], zero-padded to `context_length`; too long is an error."""
     tokenizer = _tokenizer()
     rows = []
     for text in texts:
@@ -462,7 +462,7 @@ def tokenize_prompts_reference(texts: Sequence[str], context_length: int) -> lis
 
 
 def _prompt_texts(cfg: TCCLIPConfig, class_names: Sequence[str]) -> list[str]:
-    """The text of each class (spec 3.2 for TC-CLIP, spec 4 for the baselines)."""
+    """The text of each class (learnable-prompt prefix for TC-CLIP, fixed templates for the baselines)."""
     names = [process_class_name_reference(c, cfg.parse_class_names) for c in class_names]
     if cfg.model == "clip":
         return names
@@ -486,7 +486,7 @@ def _text_block(w: _Weights, prefix: str, x: Tensor, heads: int, causal_bias: Te
 
 
 def _prompt_generation(w: _Weights, index: int, ctx: Tensor, context_tokens: Tensor, heads: int) -> Tensor:
-    """Spec 3.3: ctx = ctx + MHA(ln_1(ctx), ln_1_kv(context)); ctx = ctx + mlp(ln_2(ctx))."""
+    """Video-conditional prompt generation: ctx = ctx + MHA(ln_1(ctx), ln_1_kv(context)); ctx = ctx + mlp(ln_2(ctx))."""
     prefix = f"text_encoder.prompt_generation_layer.{index}"
     query = _ln(w, f"{prefix}.ln_1", ctx)
     key_value = _ln(w, f"{prefix}.ln_1_kv", context_tokens)
@@ -508,7 +508,7 @@ def _encode_text(
     token_ids: list[int],
     context_per_level: list[Tensor] | None,
 ) -> Tensor:
-    """One prompt through the text tower (spec 3.3), returning its L2-normalised feature [E].
+    """One prompt through the text tower (paper: "Video-conditional Prompting"); its L2-normalised feature [E].
 
     `context_per_level` (TC-CLIP only): the video's context tokens [K, E] for each prompt-generation level.
     """
@@ -558,7 +558,7 @@ def reference_forward(
         state_dict: weights in the tcclip layout (`model.state_dict()`), including
             `prompt_learner.token_embedding.weight`.
         cfg: the model config.
-        class_names: raw class names (processed as in spec 3.1).
+        class_names: raw class names (processed as `process_class_name_reference`).
         video: [B, T, 3, H, W] normalised pixels; its dtype is the compute dtype.
 
     Returns:
@@ -620,7 +620,7 @@ def reference_forward(
             )
             for b in range(video_embedding.shape[0])
         ]
-    )  # spec 3.4: cosine (both unit norm) times exp(logit_scale)
+    )  # cosine (both unit norm) times exp(logit_scale)
     return ReferenceOutput(
         logits=logits,
         video_embedding=video_embedding,

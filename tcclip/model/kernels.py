@@ -1,0 +1,424 @@
+"""Kernels of the fast path: the same functions as the plain forms in the modules, computed faster or leaner.
+
+Nothing here states an idea of the paper; each function is checked against its plain form in float64 (design:
+docs/model.md, "The fast path"). What is here:
+
+- `linear`: `F.linear`, through oneDNN on the CPU in float32 (about twice as fast where MKL is slow).
+- `clip_mlp`: CLIP's MLP with QuickGELU as a scaled SiLU and a backward pass that keeps one hidden-sized tensor.
+- `frame_attention`: TC attention (each frame's queries over [its own keys ; the video's context keys], with the
+  local-global bias), without copying the context keys next to every frame's when a fused kernel that returns the
+  log-sum-exp exists for the device (CPU: flash attention; CUDA: memory-efficient attention), else with copies.
+
+Shapes: B videos, T frames, H heads, N tokens per frame (class token first), K context tokens, dh head width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "GELU_SCALE",
+    "clip_mlp",
+    "copied_context_keys",
+    "frame_attention",
+    "linear",
+    "split_context_attention",
+    "split_context_supported",
+]
+
+GELU_SCALE = 1.702
+"""QuickGELU: x * sigmoid(1.702 x), CLIP's approximation of GELU."""
+
+
+# -- matmuls ---------------------------------------------------------------------------------------------------------
+def _onednn_images(x: Tensor) -> int:
+    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use `F.linear` instead."""
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() >= 2
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return 0
+    return _image_split(x.numel() // x.shape[-1])
+
+
+@functools.lru_cache(maxsize=256)
+def _image_split(rows: int) -> int:
+    """The number of images to cut `rows` matrix rows into, or 0 when no split suits oneDNN.
+
+    torch hands a 1x1 convolution to oneDNN from 16 images on (any count with several threads; the other route,
+    im2col and the BLAS, is slower than `F.linear`), and oneDNN's weight gradient is fast with about 64 rows an
+    image and several times slower with hundreds (measured: 16 images of 788 rows reach 1/5 of the speed of 197
+    images of 64). So: the divisor of `rows` from 16 on, with at least 4 rows an image, that leaves closest to 64
+    rows an image.
+    """
+    divisors = {d for i in range(1, math.isqrt(rows) + 1) if rows % i == 0 for d in (i, rows // i)}
+    usable = [d for d in divisors if d >= 16 and rows // d >= 4]
+    return min(usable, key=lambda d: (abs(rows // d - 64), -d), default=0)
+
+
+def _as_image(x: Tensor, images: int) -> Tensor:
+    """[..., C] -> [I, C, R / I, 1]: the same memory seen as a channels-last batch of I images (no copy)."""
+    rows = x.numel() // x.shape[-1]
+    return x.reshape(images, rows // images, 1, x.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _from_image(y: Tensor, leading: torch.Size) -> Tensor:
+    """Inverse of `_as_image`: [I, C, R / I, 1] -> [*leading, C] (a view when y is channels-last)."""
+    return y.permute(0, 2, 3, 1).reshape(*leading, y.shape[1])
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear(x, weight, bias)`; on the CPU in float32 a 1x1 channels-last convolution, which torch hands to
+    oneDNN instead of the BLAS: the same numbers up to float32 rounding, about twice as fast on CPUs where MKL takes
+    a slow code path (measured 2.2x on an AMD EPYC Zen 5, forward and backward), on par elsewhere."""
+    images = _onednn_images(x)
+    if not images:
+        return F.linear(x, weight, bias)
+    y = F.conv2d(_as_image(x, images), weight[:, :, None, None], bias)  # 1x1 convolution = matmul over channels
+    return _from_image(y, x.shape[:-1])
+
+
+def _linear_grads(
+    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
+    images = _onednn_images(x)
+    if images:
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            _as_image(grad_out, images), _as_image(x, images), weight[:, :, None, None], [weight.shape[0]],
+            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs),
+        )  # fmt: skip
+        return (
+            _from_image(grad_x, x.shape[:-1]) if needs[0] else None,
+            grad_w.view_as(weight) if needs[1] else None,
+            grad_b if needs[2] else None,
+        )
+    grad_2d = grad_out.reshape(-1, grad_out.shape[-1])  # [M, out]
+    return (
+        grad_out @ weight if needs[0] else None,
+        grad_2d.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
+        grad_2d.sum(0) if needs[2] else None,
+    )
+
+
+# -- CLIP's MLP ------------------------------------------------------------------------------------------------------
+class _LeanMLPFunction(torch.autograd.Function):
+    """linear(silu(linear(x, w1, b1)), w2, b2) that keeps only x and the pre-activation for the backward pass.
+
+    With w1, b1 scaled by a = 1.702 and w2 by 1/a this is CLIP's MLP, since x * sigmoid(a x) = silu(a x) / a. Plain
+    autograd keeps four hidden-sized tensors per token (pre-activation, its sigmoid, the activation, and the scaled
+    copy); this keeps one and recomputes the activation, so an MLP costs 5 widths of stored activations per token
+    instead of 13.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+        hidden = linear(x, w1, b1)
+        ctx.save_for_backward(x, hidden, w1, w2)
+        return linear(F.silu(hidden), w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, hidden, w1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        with torch.autocast(grad_out.device.type, enabled=False):
+            act = F.silu(hidden)  # recomputed
+            grad_act, grad_w2, grad_b2 = _linear_grads(grad_out.contiguous(), act, w2, (True, need_w2, need_b2))
+            del act
+            grad_hidden = torch.ops.aten.silu_backward(grad_act, hidden)
+            del grad_act
+            grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, w1, (need_x, need_w1, need_b1))
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def _fold_gelu_scale(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """c_fc scaled by a, c_proj's weight by 1/a: then c_proj(silu(c_fc(x))) is CLIP's MLP (QuickGELU)."""
+    return w1 * GELU_SCALE, b1 * GELU_SCALE, w2 / GELU_SCALE, b2
+
+
+def clip_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """CLIP's MLP `c_proj(quick_gelu(c_fc(x)))` as silu(a h) / a with a folded into the weights (one activation pass
+    instead of three); when gradients are recorded, through `_LeanMLPFunction`. Under autocast the casts happen
+    here (autograd casts the gradients back to the parameters' dtype)."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2))):
+        w1, b1, w2, b2 = _fold_gelu_scale(w1, b1, w2, b2)
+        return linear(F.silu(linear(x, w1, b1), inplace=True), w2, b2)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
+        with torch.autocast(device, enabled=False):
+            return _LeanMLPFunction.apply(x, *_fold_gelu_scale(w1, b1, w2, b2))
+    return _LeanMLPFunction.apply(x, *_fold_gelu_scale(w1, b1, w2, b2))
+
+
+# -- TC attention ----------------------------------------------------------------------------------------------------
+class _Part(NamedTuple):
+    """One fused attention call's result, for queries [..., L, dh]."""
+
+    out: Tensor
+    """[..., L, dh] the attention output."""
+    lse: Tensor
+    """[..., L] the log-sum-exp of each query's logits (float32, or float64 for float64 inputs)."""
+    state: tuple[Tensor, ...]
+    """Tensors the backward kernel needs besides the inputs, output and log-sum-exp."""
+    lse_rows: int
+    """Rows of the kernel's own log-sum-exp (L, or L padded), the layout its backward kernel reads."""
+
+
+def _cpu_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> _Part:
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+    return _Part(out, lse, (), lse.shape[-1])
+
+
+def _cpu_backward(g, q, k, v, out, lse, state: tuple[Tensor, ...], lse_rows: int, scale: float):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        g, q, k, v, out, lse, 0.0, False, scale=scale
+    )
+
+
+_EFFICIENT_OPS = (
+    torch.ops.aten._scaled_dot_product_efficient_attention,
+    torch.ops.aten._scaled_dot_product_efficient_attention_backward,
+)
+"""CUDA's memory-efficient attention and its backward (the tests put plain-math stand-ins here to run the CUDA
+wrappers on the CPU)."""
+
+
+def _cuda_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> _Part:
+    out, lse, seed, offset = _EFFICIENT_OPS[0](q, k, v, None, True, 0.0, False, scale=scale)
+    # The kernel pads the log-sum-exp to a multiple of 32 rows (not on ROCm); its backward reads that layout.
+    return _Part(out, lse[..., : q.shape[-2]], (seed, offset), lse.shape[-1])
+
+
+def _cuda_backward(g, q, k, v, out, lse, state: tuple[Tensor, ...], lse_rows: int, scale: float):
+    seed, offset = state
+    lse = F.pad(lse, (0, lse_rows - lse.shape[-1])).contiguous()
+    gq, gk, gv, _ = _EFFICIENT_OPS[1](
+        g, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale
+    )
+    return gq, gk, gv
+
+
+class _Kernel(NamedTuple):
+    forward: Callable[[Tensor, Tensor, Tensor, float], _Part]
+    backward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+
+
+_KERNELS = {"cpu": _Kernel(_cpu_forward, _cpu_backward), "cuda": _Kernel(_cuda_forward, _cuda_backward)}
+"""Per device: a fused attention that returns its log-sum-exp, and the backward kernel that takes it back."""
+
+_FORCE_COPIED = False
+
+
+@contextlib.contextmanager
+def copied_context_keys() -> Iterator[None]:
+    """Within this block the fast path copies the context keys next to every frame's (`_copied_keys_attention`)
+    instead of splitting the attention: to compare the two forms (tests, `benchmarks/throughput.py`), not an
+    option of the model."""
+    global _FORCE_COPIED
+    previous, _FORCE_COPIED = _FORCE_COPIED, True
+    try:
+        yield
+    finally:
+        _FORCE_COPIED = previous
+
+
+def split_context_supported(q: Tensor) -> bool:
+    """Whether `split_context_attention` has kernels for queries like `q` (device, dtype, head width)."""
+    if _FORCE_COPIED or q.device.type not in _KERNELS:
+        return False
+    if q.device.type == "cuda":  # memory-efficient attention: half, bfloat16 and float32; 8-aligned head widths
+        return q.dtype in (torch.float16, torch.bfloat16, torch.float32) and q.shape[-1] % 8 == 0
+    return q.dtype.is_floating_point
+
+
+def _per_video(x: Tensor) -> Tensor:
+    """[B, T, H, N, ...] -> [B, H, T*N, ...]: every query of a video in one sequence."""
+    return x.transpose(1, 2).flatten(2, 3)
+
+
+def _per_frame(x: Tensor, t: int) -> Tensor:
+    """Inverse of `_per_video`: [B, H, T*N, ...] -> [B, T, H, N, ...]."""
+    return x.unflatten(2, (t, -1)).transpose(1, 2)
+
+
+def merge_parts(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Softmax attention over the union of two key sets from the attention over each set.
+
+    With log-sum-exps l1, l2 of the two parts' logits, the union's is l = logaddexp(l1, l2), and its output is
+    o1 * exp(l1 - l) + o2 * exp(l2 - l) = o1 + w2 * (o2 - o1) with w2 = exp(l2 - l).
+
+    Args:
+        o1, o2: [..., L, dh] the parts' outputs.
+        l1, l2: [..., L] their log-sum-exps.
+
+    Returns:
+        (output [..., L, dh] in the log-sum-exps' dtype, log-sum-exp [..., L], w2 [..., L]).
+    """
+    lse = torch.logaddexp(l1, l2)
+    w2 = (l2 - lse).exp()
+    out = o1.to(lse.dtype) + w2[..., None] * (o2.to(lse.dtype) - o1.to(lse.dtype))
+    return out, lse, w2
+
+
+class _SplitContextAttention(torch.autograd.Function):
+    """`split_context_attention` with its backward pass through the fused backward kernels.
+
+    Backward: the backward kernel of one part, given the merged output and log-sum-exp, yields exactly that part's
+    share of the gradients (its probabilities are exp(logit - l), and the row term dO.O is the merged one). The
+    shift's gradient follows from the context values' gradient and w2 (see `backward`), so nothing is recomputed
+    and only w2 ([B, T, H, N]) is kept besides the inputs, output and log-sum-exp.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, k_ctx, v_ctx, shift, scale):
+        kernel = _KERNELS[q.device.type]
+        t = q.shape[1]
+        with torch.autocast(q.device.type, enabled=False):
+            own = kernel.forward(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), scale)  # B*T frames
+            ctx_part = kernel.forward(_per_video(q), k_ctx, v_ctx, scale)  # B videos, T*N queries each
+            l2 = _per_frame(ctx_part.lse, t)
+            if shift is not None:
+                l2 = l2 + shift.to(l2.dtype)[:, None]
+            out, lse, w2 = merge_parts(own.out.unflatten(0, q.shape[:2]), own.lse.unflatten(0, q.shape[:2]),
+                                       _per_frame(ctx_part.out, t), l2)  # fmt: skip
+            out = out.to(q.dtype)
+        ctx.save_for_backward(
+            q, k, v, k_ctx, v_ctx, shift, out, lse, w2 if ctx.needs_input_grad[5] else None, *own.state, *ctx_part.state
+        )
+        ctx.lse_rows = (own.lse_rows, ctx_part.lse_rows)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, k_ctx, v_ctx, shift, out, lse, w2, *states = ctx.saved_tensors
+        kernel = _KERNELS[q.device.type]
+        own_state, ctx_state = states[: len(states) // 2], states[len(states) // 2 :]
+        own_rows, ctx_rows = ctx.lse_rows
+        scale = ctx.scale
+        b, t = q.shape[:2]
+        with torch.autocast(q.device.type, enabled=False):
+            g = grad_out.contiguous()
+            gq, gk, gv = kernel.backward(
+                g.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), out.flatten(0, 1),
+                lse.flatten(0, 1), own_state, own_rows, scale,
+            )  # fmt: skip
+            lse_ctx = lse if shift is None else lse - shift.to(lse.dtype)[:, None]  # the part's own logits
+            gq_ctx, gk_ctx, gv_ctx = kernel.backward(
+                _per_video(g).contiguous(), _per_video(q), k_ctx, v_ctx, _per_video(out).contiguous(),
+                _per_video(lse_ctx).contiguous(), ctx_state, ctx_rows, scale,
+            )  # fmt: skip
+            grad_q = gq.unflatten(0, (b, t)) + _per_frame(gq_ctx, t)
+            grad_shift = None
+            if w2 is not None:
+                # d shift = sum over queries i and context keys j of dS_ij = P_ij (dO_i.v_j - dO_i.O_i), per head;
+                # sum_ij P_ij dO_i.v_j = sum_j v_j.dv_j and sum_j P_ij = w2_i.
+                dot_out = (g * out).sum(-1, dtype=lse.dtype)  # [B, T, H, N]
+                through_values = (v_ctx * gv_ctx).sum((0, 2, 3), dtype=lse.dtype)  # [H]
+                grad_shift = (through_values - (w2 * dot_out).sum((0, 1, 3))).to(shift.dtype)
+        return grad_q, gk.unflatten(0, (b, t)), gv.unflatten(0, (b, t)), gk_ctx, gv_ctx, grad_shift, None
+
+
+def split_context_attention(
+    q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor, v_ctx: Tensor, shift: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Each frame's queries over [its own keys ; the video's context keys] in two fused calls, never copying the
+    context keys per frame.
+
+    Part 1: frame t's N queries on its N keys (one call over B*T frames). Part 2: all T*N queries of a video on its
+    K context keys (one call over B videos). `merge_parts` combines them through their log-sum-exps; `shift` is
+    added to the context part's log-sum-exp, which is the same as adding it to every context logit.
+
+    Args:
+        q, k, v: [B, T, H, N, dh].
+        k_ctx, v_ctx: [B, H, K, dh].
+        shift: [H] added to the context logits, or None.
+        scale: logit scale.
+
+    Returns:
+        (attention output [B, T, H, N, dh], log-sum-exp over all N + K logits [B, T, H, N], no gradient).
+    """
+    return _SplitContextAttention.apply(q, k, v, k_ctx, v_ctx, shift, scale)
+
+
+def _copied_keys_attention(
+    q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor | None, v_ctx: Tensor | None, bias: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """The same attention through `F.scaled_dot_product_attention`, the context keys/values copied next to every
+    frame's (2*T*K*dh more elements per head and layer) and the bias as an additive mask (CUDA's memory-efficient
+    kernel gives the mask its gradient). Returns the output [B, T, H, N, dh] and the keys each frame saw."""
+    t = q.shape[1]
+    if k_ctx is not None:
+        k = torch.cat([k, k_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
+        v = torch.cat([v, v_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)
+    mask = None if bias is None else bias[None, :, None]  # [1, H, 1, N + K]: over frames and queries
+    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale)
+    return out.unflatten(0, q.shape[:2]), k
+
+
+def key_bias(table: Tensor | None, num_frame_keys: int, num_context: int, dtype: torch.dtype) -> Tensor | None:
+    """[H, N + K] additive logit bias from the local-global table [H, 1, 2]: b_local on the frame keys, b_global on
+    the context keys (None without a table or context)."""
+    if table is None or num_context == 0:
+        return None
+    table = table.to(dtype)
+    return torch.cat([table[..., 0].expand(-1, num_frame_keys), table[..., 1].expand(-1, num_context)], dim=-1)
+
+
+def frame_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_ctx: Tensor | None,
+    v_ctx: Tensor | None,
+    bias_table: Tensor | None,
+    scale: float,
+    class_scores: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The fast TC attention: what `TCAttention`'s plain branch computes, through fused kernels.
+
+    Args:
+        q, k, v: [B, T, H, N, dh] the frames' queries, keys, values.
+        k_ctx, v_ctx: [B, H, K, dh] the video's context keys/values, or None.
+        bias_table: [H, 1, 2] (b_local, b_global) per head, or None.
+        scale: logit scale.
+        class_scores: also return the class query's head-averaged probabilities on the P patch keys [B, T, P].
+
+    Returns:
+        ([B, T, H, N, dh] output, [B, T, P] class-token scores or None). The scores carry no gradient: only their
+        ranking is used (the seeds are indices).
+    """
+    n = q.shape[-2]
+    if k_ctx is not None and split_context_supported(q):
+        # Only b_global - b_local matters: a shift shared by all keys of a query leaves the softmax unchanged.
+        shift = None if bias_table is None else bias_table[:, 0, 1] - bias_table[:, 0, 0]  # [H]
+        out, lse = split_context_attention(q, k, v, k_ctx, v_ctx, shift, scale)
+        if not class_scores:
+            return out, None
+        with torch.no_grad():  # p(class query -> patch j) = exp(logit - lse), the frame keys carrying no shift
+            logits = (q[..., :1, :] @ k[..., 1:n, :].transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, P]
+            return out, (logits - lse[..., :1].to(logits.dtype)).exp().mean(dim=2)
+    bias = key_bias(bias_table, n, 0 if k_ctx is None else k_ctx.shape[-2], q.dtype)
+    out, keys = _copied_keys_attention(q, k, v, k_ctx, v_ctx, bias, scale)
+    if not class_scores:
+        return out, None
+    with torch.no_grad():  # normalised over every key the query sees, bias included, as in the attention itself
+        logits = (q[..., :1, :] @ keys.transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, N (+ K)]
+        if bias is not None:
+            logits = logits + bias
+        return out, logits.softmax(dim=-1)[..., 1:n].mean(dim=2)  # patch columns, mean over heads
