@@ -323,7 +323,6 @@ def train_worker(
     _register_cpu_flash_attention_flops()
     cfg = settings.model_config()
     model = build_model(cfg, settings.train_classes, device).train()
-    path_context = use_path(model, path)
     model.image_encoder.gradient_checkpointing = checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.001)
@@ -333,7 +332,7 @@ def train_worker(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, dtype), path_context:
+        with _autocast(device, dtype), use_path(model, path):
             logits = model(video)
         F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()

@@ -1,7 +1,7 @@
-"""The plain reference implementation: its own pieces, and the fast model checked against it in float64.
+"""The test oracle (tests/oracle.py): its own pieces, and the model checked against it in float64.
 
-Spec section 9: exactness is checked in float64, to 1e-8 relative; seeds and merges are discrete choices on float
-scores, so they only agree when both sides compute in float64.
+Exactness is checked in float64, to 1e-8 relative; seeds and merges are discrete choices on float scores, so they
+only agree when both sides compute in float64 (docs/model.md, "Exactness").
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ def _assert_close(actual: Tensor, expected: Tensor, rtol: float = 1e-8, what: st
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Token merging (spec 2.3e).
+# Token merging (temporal context summarisation).
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_merge_schedule_follows_spec() -> None:
-    assert merge_schedule(16 * 58, 96, 100) == [100] * 8 + [32]  # the spec's worked example
+def test_merge_schedule_follows_the_official_schedule() -> None:
+    assert merge_schedule(16 * 58, 96, 100) == [100] * 8 + [32]  # ViT-B/16, T=16: 928 seeds (docs/model.md)
     assert merge_schedule(12, 6, 2) == [2, 2, 2]
     assert merge_schedule(12, 4, 5) == [5, 3]  # one step of r, then min(count - K, count // 2)
     assert merge_schedule(32, 5, 5) == [5, 5, 5, 5, 5, 2]
@@ -103,7 +103,7 @@ def test_summarise_tokens_gives_means_of_a_partition() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Class names and prompts (spec 3.1-3.2).
+# Class names and prompts.
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -157,7 +157,7 @@ def _tiny_open_clip(seed: int):
         for name, p in model.named_parameters():
             if ".ln_" in name or name.startswith("ln_"):
                 p.add_(0.1 * torch.randn_like(p))
-            p.copy_(p.half().double())  # spec 9: fp16-exact weights
+            p.copy_(p.half().double())  # fp16-exact weights, as CLIP's (docs/model.md)
     return model.eval()
 
 
@@ -205,7 +205,7 @@ def test_vanilla_clip_reference_matches_open_clip() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The fast model against the reference (float64, spec 9).
+# The model against the oracle (float64; docs/model.md, "Exactness").
 # --------------------------------------------------------------------------------------------------------------
 
 NEW_PARAMETER_MARKERS = ("local_global_bias_table", "prompt_learner.ctx", "prompt_generation_layer")

@@ -27,7 +27,7 @@ def make_prompt_learner(names=NAMES, **kwargs) -> PromptLearner:
         ("ApplyEyeMakeUp", "Apply Eye Make Up"),
         ("YoYo", "Yo Yo"),
         ("brush_hair", "brush hair"),
-        ("Playing_Daf", "Playing  Daf"),  # the `_` becomes a space after the CamelCase split (spec 3.1 order)
+        ("Playing_Daf", "Playing  Daf"),  # the `_` becomes a space after the CamelCase split (the official order)
         ("abseiling", "abseiling"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The TC vision encoder and the per-frame encoder on the tiny CLIP (spec 1, 2, 4)."""
+"""The TC vision encoder and the per-frame encoder on the tiny CLIP (docs/model.md: where the paper's steps are)."""
 
 from __future__ import annotations
 
