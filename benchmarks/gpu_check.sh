@@ -40,7 +40,7 @@ step() {
     timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
     rc=$?
     local seconds
-    seconds=$(( ($(date +%s%N) - start) / 1000000 ))e-3
+    seconds=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
     echo "=== $name: exit $rc after ${seconds}s" | tee -a "$LOG"
     "$PYTHON" -c 'import json, sys; print(json.dumps({"step": sys.argv[1], "exit": int(sys.argv[2]),
         "seconds": float(sys.argv[3]), "command": sys.argv[4:]}))' "$name" "$rc" "$seconds" "$@" >> "$STEPS"
