@@ -65,7 +65,7 @@ def class_key(name: str) -> str:
     probability between them. CLIP's tokenizer lower-cases and collapses white space; the model turns
     ``ApplyEyeMakeup`` and ``apply_eye_makeup`` into the same words.
     """
-    from tcclip.model.text import process_class_name
+    from tcclip.model.prompting import process_class_name
 
     return " ".join(process_class_name(name).lower().split())
 
