@@ -69,6 +69,47 @@ def stamped_videos(tmp_path_factory) -> dict[str, tuple[Path, int]]:
     return videos
 
 
+@pytest.fixture(scope="session")
+def quirk_videos(tmp_path_factory) -> dict:
+    """Every video of ``tcclip.data.quirks`` (real-footage quirks, frames stamped with their index), 32 px high.
+
+    Returns ``{quirk name: QuirkVideo}``.
+    """
+    from tcclip.data.quirks import QUIRKS, write_quirk_video
+
+    root = tmp_path_factory.mktemp("quirk_videos")
+    return {kind: write_quirk_video(kind, root) for kind in QUIRKS}
+
+
+def _sequential_decode(path):
+    """The oracle: every frame a plain, single-threaded PyAV decode from the start yields, upright, uint8 [N, H, W, 3].
+
+    A packet that fails to decode is skipped, as a player does. Written independently of tcclip's readers.
+    """
+    import av
+    import numpy as np
+
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for packet in container.demux(stream):
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError:
+                continue
+            for frame in decoded:
+                image = frame.to_ndarray(format="rgb24")
+                frames.append(np.rot90(image, k=int(frame.rotation) // 90) if frame.rotation else image)
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="session")
+def sequential_decode():
+    """``sequential_decode(path)``: the oracle every video backend is checked against (see ``_sequential_decode``)."""
+    return _sequential_decode
+
+
 # ====================================================================================================================
 # end of the data core block
 # ====================================================================================================================

@@ -87,3 +87,21 @@ def test_broken_eval_videos_are_excluded_not_replaced(mixed_root, tmp_path):
     assert log.count("test/x") == 4
     empty = collate([dataset[3], dataset[4]])  # a batch of broken videos only
     assert empty["video"].shape == (0, 2, T, 3, S, S) and empty["label"].shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_a_last_frame_that_does_not_decode_never_makes_a_video_broken(quirk_videos, tmp_path, backend):
+    """The count shrinks before sampling, so no view (40 test views, 30 training draws) can hit the bad frame."""
+    if backend == "decord":
+        pytest.importorskip("decord")
+    video = quirk_videos["missing_last_frame_mp4"]
+    annotations = [Annotation(video.path.name, 0)]
+    log = BrokenVideoLog(tmp_path)
+    test_set = VideoDataset(
+        annotations, video.path.parent, T, TestTransform(S), num_clip=40, backend=backend, broken_log=log
+    )
+    assert test_set[0]["video"].shape == (40, T, 3, S, S)  # the views reach the last frame that decodes
+    train_set = VideoDataset(annotations, video.path.parent, T, TrainTransform(S), train=True, backend=backend)
+    torch.manual_seed(0)
+    assert all(train_set[0]["index"] == 0 for _ in range(30))
+    assert log.count("data") == 0 and train_set.broken_log.count("data") == 0

@@ -86,7 +86,9 @@ class VideoDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
         num_clip: temporal views per video in evaluation.
         num_crop: spatial crops per view in evaluation (1 = centre crop, 3 = three crops along the long side).
-        backend: video decoder: decord, pyav or torchcodec.
+        backend: video decoder: auto (exact: torchcodec where it works, else pyav), torchcodec, pyav, or decord
+            (the official code's decoder, for bit-compatibility with published numbers; wrong frames on MPEG-4
+            part 2 AVIs with B-frames). See ``tcclip.data.video_reader``.
         splits_dir: folder with the official ``labels/`` and ``datasets_splits/`` (default ``$TCCLIP_SPLITS_DIR``
             or ``data_splits/files``; fill it with ``tcclip splits download``).
         max_broken_fraction: stop when more than this fraction of a list cannot be read.
@@ -113,7 +115,7 @@ class VideoDataModule(LightningDataModule):
         num_workers: int = 4,
         num_clip: int = 2,
         num_crop: int = 1,
-        backend: str = "decord",
+        backend: str = "auto",
         splits_dir: str | None = None,
         max_broken_fraction: float = 0.01,
         run_dir: str | None = None,

@@ -98,7 +98,8 @@ class VideoDataset(Dataset):
         train: training sampling (random offsets, 1 view) and broken videos replaced; otherwise test sampling
             (``num_clip`` deterministic views) and broken videos excluded.
         num_clip: temporal views per video at test time.
-        backend: video decoder (see ``tcclip.data.video_reader.open_video``).
+        backend: video decoder (see ``tcclip.data.video_reader.open_video``); checked here, so that a backend that
+            cannot run stops the run at once with the fix instead of marking every video broken.
         split: name of this list in logs and in ``broken_videos.txt`` (unique within a run).
         broken_log: where broken videos are recorded; by default a ``broken_videos.txt`` in a fresh temporary folder.
         max_broken_fraction: stop when more than this fraction of the list is broken.
@@ -113,7 +114,7 @@ class VideoDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         train: bool = False,
         num_clip: int = 1,
-        backend: str = "decord",
+        backend: str = "auto",
         split: str = "data",
         broken_log: BrokenVideoLog | None = None,
         max_broken_fraction: float = 0.01,
@@ -127,7 +128,9 @@ class VideoDataset(Dataset):
         self.transform = transform
         self.train = train
         self.num_clip = 1 if train else num_clip
-        self.backend = backend
+        from tcclip.data.video_reader import resolve_backend
+
+        self.backend = resolve_backend(backend)
         self.split = split
         if broken_log is None:
             import tempfile
@@ -164,12 +167,10 @@ class VideoDataset(Dataset):
         from tcclip.data.video_reader import VideoDecodeError, open_video
 
         full_path = self.root / self.path(index)
-        if not full_path.is_file():
-            raise VideoDecodeError(f"{full_path}: file not found")
         reader = open_video(full_path, backend=self.backend)
+        # The shared frame definition: a count that only holds frames that decode, whatever the backend, so the
+        # sampled views never decide whether a file is broken (see tcclip.data.video_frames).
         num_video_frames = len(reader)
-        if num_video_frames <= 0:
-            raise VideoDecodeError(f"{full_path}: the video has no frames")
         if self.train:
             # A fresh generator from torch's RNG: seeded per worker by the DataLoader, so runs are reproducible.
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
@@ -178,8 +179,8 @@ class VideoDataset(Dataset):
             views = test_indices(num_video_frames, self.num_frames, self.num_clip)
             indices = [i for view in views for i in view]
         frames = reader.get_frames(indices)
-        if frames.shape[0] != len(indices):  # a truncated file can decode to fewer frames than its header says
-            raise VideoDecodeError(f"{full_path}: decoded {frames.shape[0]} of {len(indices)} requested frames")
+        if frames.shape[0] != len(indices):  # a reader that breaks its contract must not pass silently
+            raise VideoDecodeError(full_path, f"decoded {frames.shape[0]} of {len(indices)} requested frames")
         return frames
 
     def _try_load(self, index: int) -> torch.Tensor | None:

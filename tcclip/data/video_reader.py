@@ -1,44 +1,40 @@
-"""Decode chosen frames of a video file into a uint8 tensor, with decord (default), PyAV or torchcodec.
+"""Decode chosen frames of a video file into a uint8 tensor, exactly, with torchcodec or PyAV (or decord on request).
 
->>> reader = open_video("v_Archery_g01_c01.avi")                  # nothing is read yet
->>> frames = reader.get_frames(test_indices(len(reader), 8)[0])   # uint8 RGB [8, H, W, 3]
+>>> reader = open_video("v_Archery_g01_c01.avi")                  # nothing is decoded yet
+>>> frames = reader.get_frames(test_indices(len(reader), 8)[0])   # uint8 RGB [8, H, W, 3], upright
 
-Every backend gives the same answer: ``len(reader)`` frames, numbered from 0 in presentation
-order, and ``get_frames`` returns exactly the frames asked for, in the order asked (repeats
-allowed). Anything that prevents that raises :class:`VideoDecodeError` naming the file and the
-reason: a missing or empty file, no video stream, zero frames, undecodable data, a file cut short
-("truncated"), a requested frame the decoder marks corrupt. Nothing is returned silently instead.
+Every backend follows one definition of a video's frames (:mod:`tcclip.data.video_frames`): ``len(reader)``
+frames, numbered from 0 in presentation order, the last frame being the last one that decodes, and
+``get_frames`` returns exactly the frames asked for, in the order asked (repeats allowed), turned upright when
+the file carries a rotation. Anything that prevents that raises :class:`VideoDecodeError` naming the file and the
+reason (missing, empty, no video stream, no frames, undecodable, truncated); nothing is returned silently instead.
 
-Integrity check (``verify=True``, the default): before first use, the container's packets are
-demuxed with PyAV, without decoding (about a millisecond for a short clip), and the file is
-reported as truncated if it holds fewer packets than its header declares (MP4, AVI) or, when the
-header declares no count (WebM), fewer than 90% - 1 of the frames its duration implies. decord
-alone would read a cut AVI or WebM as a shorter video whose last frame repeats the one before.
+Backends (``backend=`` of :func:`open_video`, ``data.init_args.backend`` in configs):
 
-Worker safety: a reader opens its decoder lazily, on first use, and remembers the process that
-opened it; used from another process (a forked DataLoader worker) or after unpickling, it opens a
-fresh decoder there, so decord handles are never shared across ``fork``. Datasets should still
-create readers inside ``__getitem__``; this only makes misuse harmless.
+- ``auto`` (default): ``torchcodec`` where it works on this machine, else ``pyav``.
+- ``torchcodec``: FFmpeg through torchcodec's exact seek mode; needs ``pip install torchcodec`` and FFmpeg's
+  shared libraries. Its seeking misplaces frames on some files (MPEG-4 part 2 AVI with B-frames), so the
+  timestamps of the frames it returns are checked against the frame table: on a mismatch the file is decoded
+  by the ``pyav`` path instead (and, in this process, from then on).
+- ``pyav``: FFmpeg through PyAV, no system libraries needed. Seeks to the key frame from which the first
+  requested frame decodes and decodes forward, frames being matched by timestamp (never by counting).
+- ``decord``: the decoder of the official TC-CLIP code, kept only for bit-compatibility with published numbers.
+  Its random access returns wrong frames on MPEG-4 part 2 files with B-frames (the format of UCF-101 and
+  HMDB-51); opening such a file warns. ``tcclip data check --verify-frames`` finds the affected files.
 
-Backends:
-
-- ``decord`` (default, what the official code uses): seeks to the key frame before each requested
-  frame, fast for long videos. The frame count is decord's (the container index).
-- ``pyav``: frame-exact by construction, correctness first. Each call decodes from the start of
-  the file up to the largest requested index and keeps the requested frames: O(max index) decoding
-  instead of a seek, which is fine for action clips (2-10 s) and never depends on a container's
-  seek accuracy (AVI and WebM seeking is only key-frame accurate). The frame count is the
-  container's declared count (MP4 sample table, AVI header), else the number of video packets.
-- ``torchcodec``: optional (``pip install torchcodec`` built for your torch, plus FFmpeg 4-8 shared
-  libraries on the system), exact seek mode. :func:`available_backends` says whether it works here.
+Worker safety: a reader opens its decoder lazily, on first use, and remembers the process that opened it; used
+from another process (a forked DataLoader worker) or after unpickling, it opens a fresh decoder there, so decoder
+handles are never shared across ``fork``. Datasets should still create readers inside ``__getitem__``.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,107 +42,126 @@ import av
 import numpy as np
 import torch
 
-DEFAULT_BACKEND = "decord"
+from tcclip.data.video_frames import (
+    VideoDecodeError,
+    VideoFrames,
+    decode_packets,
+    plain_reason,
+    read_video_frames,
+    seek,
+    upright,
+)
+from tcclip.errors import UserError
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "VideoDecodeError",
+    "VideoReader",
+    "available_backends",
+    "decode_exact",
+    "open_video",
+    "resolve_backend",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKEND = "auto"
+
+FFMPEG_FIX = (
+    "Fix: install torchcodec for your torch (`pip install torchcodec`) and FFmpeg's shared libraries (4 to 7; "
+    "Debian/Ubuntu: `apt-get install ffmpeg`, conda: `conda install -c conda-forge ffmpeg`), or choose "
+    "backend auto or pyav, which need neither."
+)
 
 # Decoder handles inherited through fork. Their destructors would tear down threads that exist only in the parent
 # (decord aborts the process with std::system_error), so they are kept alive, unused, for the life of the child.
 _INHERITED_HANDLES: list[Any] = []
+# Files on which torchcodec returned a frame other than the one asked for, in this process: decoded by PyAV.
+_TORCHCODEC_MISPLACES: set[str] = set()
+_DECORD_WARNED: set[str] = set()
 
 
-class VideoDecodeError(RuntimeError):
-    """A video could not be decoded as asked; ``path`` and ``reason`` say which and why.
+def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int = 1) -> np.ndarray:
+    """Frames at sorted, unique ``indices`` of ``frames.path``, upright, as uint8 [n, H, W, 3], with PyAV.
 
-    ``VideoDecodeError(path, reason)``; a single argument is taken as the whole message (as pickling by
-    DataLoader workers and plain ``raise VideoDecodeError("...")`` do).
+    Each run of requested frames that share a key frame is decoded forward from that key frame; frames are
+    recognised by their timestamps. Should a seek land after the key frame it asked for (a container with a
+    coarse index), the missing frames are decoded from the start of the file instead.
     """
+    wanted = {frames.pts[i] for i in indices}
+    out: dict[int, np.ndarray] = {}
+    runs: list[list[int]] = []
+    for i in indices:  # seek_pts never decreases with the frame index
+        if runs and frames.seek_pts[runs[-1][-1]] == frames.seek_pts[i]:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
 
-    def __init__(self, path: str | Path, reason: str | None = None) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(self.path if reason is None else f"cannot decode video {self.path}: {reason}")
+    def collect(container: av.container.InputContainer, stream: Any, until: int) -> None:
+        for frame in decode_packets(container, stream):
+            if frame.pts in wanted and frame.pts not in out:
+                out[frame.pts] = frame.to_ndarray(format="rgb24")
+            if frame.pts is not None and frame.pts >= until:
+                return
 
-    def __reduce__(self) -> tuple[Any, ...]:  # keep both fields through pickling
-        return type(self), (self.path, self.reason)
+    def open_stream(container: av.container.InputContainer) -> Any:
+        stream = container.streams.video[0]
+        # One thread unless asked: PyAV's default slice threading conceals damaged slices differently.
+        stream.codec_context.thread_count = num_threads
+        if num_threads != 1:
+            stream.thread_type = "AUTO"
+        return stream
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__  # decord's messages span several lines
-
-
-def probe_frame_count(path: str | Path) -> int:
-    """Frame count from PyAV's demuxer (no decoding), after the integrity checks of the module docstring.
-
-    Raises:
-        VideoDecodeError: unreadable, no video stream, no frames, or truncated.
-    """
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
-            declared = int(stream.frames or 0)
-            packets = shown = 0
-            for packet in container.demux(stream):
-                if packet.dts is None and packet.size == 0:
-                    continue  # the demuxer's end-of-stream flush packet
-                packets += 1
-                shown += packet.size > 0  # zero-size packets stand for dropped frames (AVI)
-            rate = float(stream.average_rate or 0)
-            duration = container.duration / av.time_base if container.duration else 0.0
+        with av.open(frames.path) as container:
+            stream = open_stream(container)
+            for run in runs:
+                seek(container, stream, frames.seek_pts[run[0]])
+                collect(container, stream, frames.pts[run[-1]])
+        if len(out) < len(wanted):
+            with av.open(frames.path) as container:
+                collect(container, open_stream(container), max(wanted - out.keys()))
     except av.error.FFmpegError as err:
-        raise VideoDecodeError(path, _one_line(err)) from err
-    if declared > 0:
-        if packets < declared:
-            raise VideoDecodeError(path, f"truncated: the container declares {declared} frames but holds {packets}")
-        return declared
-    # No count in the header (WebM/Matroska): one shown packet per frame. The header's duration still tells
-    # a file that was cut short; 10% + 1 frame of slack keeps variable frame rates and rounding safe.
-    expected = duration * rate
-    if shown < 0.9 * expected - 1:
-        raise VideoDecodeError(
-            path, f"truncated: its duration holds ~{expected:.0f} frames at {rate:g} fps but only {shown} are present"
-        )
-    if shown == 0:
-        raise VideoDecodeError(path, "the video stream has no frames")
-    return shown
+        raise VideoDecodeError(frames.path, f"cannot be decoded ({plain_reason(err)})") from err
+    missing = [i for i in indices if frames.pts[i] not in out]
+    if missing:
+        raise VideoDecodeError(frames.path, f"frame {missing[0]} of {len(frames)} does not decode (damaged file)")
+    return upright(np.stack([out[frames.pts[i]] for i in indices]), frames.rotation)
 
 
 class VideoReader(ABC):
     """Random access to the frames of one video file; subclasses wrap one decoding library."""
 
     backend: ClassVar[str]
-    _open_verifies: ClassVar[bool] = False  # True where _open runs probe_frame_count itself
 
-    def __init__(self, path: str | Path, num_threads: int = 1, verify: bool = True) -> None:
+    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
         """
         Args:
             path: video file.
             num_threads: decoder threads; 1 suits DataLoader workers (the workers are the parallelism).
-            verify: run the integrity check of the module docstring before first use.
         """
         self.path = Path(path)
         self.num_threads = num_threads
-        self.verify = verify
         if not self.path.is_file():
             raise VideoDecodeError(self.path, "file not found" if not self.path.exists() else "not a regular file")
         if self.path.stat().st_size == 0:
             raise VideoDecodeError(self.path, "file is empty")
         self._handle: Any = None
         self._handle_pid: int | None = None
-        self._num_frames: int | None = None
 
     # -- public API -------------------------------------------------------------------------------------------
+    @property
+    def frames(self) -> VideoFrames:
+        """The shared frame table (read on first use, cached per process)."""
+        return read_video_frames(self.path)
+
     def __len__(self) -> int:
-        """Number of frames (opens the file on first call)."""
-        if self._num_frames is None:
-            count = self._call(self._count_frames)
-            if count <= 0:
-                raise VideoDecodeError(self.path, "the video stream has no frames")
-            self._num_frames = count
-        return self._num_frames
+        """Number of frames."""
+        return len(self.frames)
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        """Frames at ``indices`` (0-based, any order, repeats allowed) as uint8 RGB [len(indices), H, W, 3]."""
+        """Frames at ``indices`` (0-based, any order, repeats allowed) as upright uint8 RGB [len(indices), H, W, 3]."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             raise ValueError(f"{self.path}: get_frames needs at least one index")
@@ -154,7 +169,12 @@ class VideoReader(ABC):
         if idx.min() < 0 or idx.max() >= num:
             raise IndexError(f"{self.path}: frame indices must be in [0, {num}), got {idx.min()}..{idx.max()}")
         unique, inverse = np.unique(idx, return_inverse=True)  # decode each frame once, in file order
-        frames = self._call(lambda: self._decode(unique.tolist()))
+        try:
+            frames = self._decode(unique.tolist())
+        except VideoDecodeError:
+            raise
+        except self._library_errors() as err:
+            raise VideoDecodeError(self.path, f"cannot be decoded ({plain_reason(err)})") from err
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
             raise VideoDecodeError(self.path, f"the decoder returned {frames.dtype} {tuple(frames.shape)}")
         return torch.from_numpy(np.ascontiguousarray(frames[inverse]))
@@ -186,41 +206,65 @@ class VideoReader(ABC):
     def _get_handle(self) -> Any:
         if self._handle is None or self._handle_pid != os.getpid():
             self._drop_handle()
-            if self.verify and self._num_frames is None and not self._open_verifies:
-                probe_frame_count(self.path)
             self._handle = self._open()
             self._handle_pid = os.getpid()
         return self._handle
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``, turning the library's own errors into VideoDecodeError."""
-        try:
-            return fn()
-        except VideoDecodeError:
-            raise
-        except self._library_errors() as err:
-            raise VideoDecodeError(self.path, _one_line(err)) from err
-
     # -- backend hooks ----------------------------------------------------------------------------------------
-    @abstractmethod
     def _library_errors(self) -> tuple[type[BaseException], ...]:
         """Exceptions of the decoding library that mean "this video cannot be decoded"."""
+        return (av.error.FFmpegError,)
 
-    @abstractmethod
     def _open(self) -> Any:
-        """Open the decoder in this process."""
-
-    @abstractmethod
-    def _count_frames(self) -> int:
-        """Number of frames."""
+        """Open the decoder in this process (backends that keep one open)."""
+        return None
 
     @abstractmethod
     def _decode(self, indices: list[int]) -> np.ndarray:
-        """Frames at sorted, unique, in-range ``indices`` as uint8 [n, H, W, 3]."""
+        """Upright frames at sorted, unique, in-range ``indices`` as uint8 [n, H, W, 3]."""
+
+
+class PyAVReader(VideoReader):
+    """PyAV: key-frame seek and forward decoding, frames matched by timestamp (:func:`decode_exact`)."""
+
+    backend = "pyav"
+
+    def _decode(self, indices: list[int]) -> np.ndarray:
+        return decode_exact(self.frames, indices, self.num_threads)
+
+
+class TorchCodecReader(VideoReader):
+    """torchcodec's VideoDecoder in exact seek mode, its answers checked by timestamp (PyAV where they are wrong)."""
+
+    backend = "torchcodec"
+
+    def _library_errors(self) -> tuple[type[BaseException], ...]:
+        return (RuntimeError, ValueError, IndexError, av.error.FFmpegError)
+
+    def _open(self) -> Any:
+        from torchcodec.decoders import VideoDecoder
+
+        return VideoDecoder(
+            str(self.path), dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=self.num_threads
+        )
+
+    def _decode(self, indices: list[int]) -> np.ndarray:
+        table = self.frames
+        if table.path not in _TORCHCODEC_MISPLACES:
+            try:
+                batch = self._get_handle().get_frames_at(indices)
+                got = [round(s / table.time_base) for s in batch.pts_seconds.tolist()]
+            except (RuntimeError, ValueError, IndexError):
+                got = None  # e.g. a frame it indexes differently: the exact path below decides
+            if got == [table.pts[i] for i in indices]:
+                return batch.data.numpy()  # torchcodec turns frames upright itself
+            _TORCHCODEC_MISPLACES.add(table.path)
+            log.debug("torchcodec returned other frames than asked for in %s; decoding it with PyAV", table.path)
+        return decode_exact(table, indices, self.num_threads)
 
 
 class DecordReader(VideoReader):
-    """decord's VideoReader on the CPU."""
+    """decord, as the official code uses it: its own random access, which is wrong on some files (see above)."""
 
     backend = "decord"
 
@@ -232,93 +276,58 @@ class DecordReader(VideoReader):
     def _open(self) -> Any:
         import decord
 
-        return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.num_threads)
-
-    def _count_frames(self) -> int:
-        return len(self._get_handle())
-
-    def _decode(self, indices: list[int]) -> np.ndarray:
-        return self._get_handle().get_batch(indices).asnumpy()
-
-
-class PyAVReader(VideoReader):
-    """PyAV (FFmpeg) with sequential, frame-exact decoding; see the module docstring for the trade-off."""
-
-    backend = "pyav"
-    _open_verifies = True
-
-    def _library_errors(self) -> tuple[type[BaseException], ...]:
-        return (av.error.FFmpegError,)
-
-    def _open(self) -> int:
-        # The container is reopened for every call (see _decode), so the only state is the frame count, which
-        # the probe computes together with its integrity checks (always on for this backend).
-        return probe_frame_count(self.path)
-
-    def _count_frames(self) -> int:
-        return self._get_handle()
-
-    def _decode(self, indices: list[int]) -> np.ndarray:
-        wanted, last = set(indices), indices[-1]
-        out: dict[int, np.ndarray] = {}
-        with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
-            if self.num_threads != 1:
-                stream.thread_type = "AUTO"
-                stream.codec_context.thread_count = self.num_threads
-            decoded = 0  # frames seen so far; frames are numbered in the decoder's (presentation) order
-            for frame in container.decode(stream):
-                index, decoded = decoded, decoded + 1
-                if index in wanted:
-                    if frame.is_corrupt:
-                        raise VideoDecodeError(self.path, f"frame {index} is corrupt (the file may be truncated)")
-                    out[index] = frame.to_ndarray(format="rgb24")
-                if index == last:
-                    break
-            else:
-                raise VideoDecodeError(
-                    self.path, f"truncated: frame {last} of {len(self)} requested but only {decoded} frames decode"
-                )
-        return np.stack([out[i] for i in indices])
-
-
-class TorchCodecReader(VideoReader):
-    """torchcodec's VideoDecoder in exact seek mode (optional dependency)."""
-
-    backend = "torchcodec"
-
-    def _library_errors(self) -> tuple[type[BaseException], ...]:
-        return (RuntimeError, ValueError)
-
-    def _open(self) -> Any:
-        if not _torchcodec_available():
-            raise ModuleNotFoundError(
-                "video backend 'torchcodec' needs `pip install torchcodec` (built for your torch) and FFmpeg "
-                "shared libraries on the system; or use backend='decord' or 'pyav'"
+        table = self.frames
+        if (table.codec == "mpeg4" or table.container == "avi") and "warned" not in _DECORD_WARNED:
+            _DECORD_WARNED.add("warned")
+            warnings.warn(
+                f"backend decord returns wrong frames from MPEG-4 part 2 / AVI files with B-frames, such as "
+                f"{self.path} may be; use backend auto for exact frames, or list the affected files with "
+                f"`tcclip data check --verify-frames`",
+                UserWarning,
+                stacklevel=2,
             )
-        from torchcodec.decoders import VideoDecoder
-
-        return VideoDecoder(
-            str(self.path), dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=self.num_threads
-        )
-
-    def _count_frames(self) -> int:
-        return len(self._get_handle())
+        handle = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.num_threads)
+        if len(handle) not in (len(table), len(table) + table.dropped_tail):
+            raise VideoDecodeError(
+                self.path, f"decord counts {len(handle)} frames where the file has {len(table)}; use backend auto"
+            )
+        return handle
 
     def _decode(self, indices: list[int]) -> np.ndarray:
-        return self._get_handle().get_frames_at(indices).data.numpy()
+        import decord
+
+        handle = self._get_handle()
+        try:
+            return handle.get_batch(indices).asnumpy()  # decord turns frames upright itself
+        except decord.DECORDError:
+            # decord stops at a damaged packet it reads ahead into (a last frame that does not decode); which
+            # sampled views touch it is chance, so the frames come from the exact path rather than a broken verdict.
+            if str(self.path) not in _DECORD_WARNED:
+                _DECORD_WARNED.add(str(self.path))
+                log.warning("decord cannot decode frames of %s; they are decoded exactly with PyAV", self.path)
+            return decode_exact(self.frames, indices, self.num_threads)
 
 
-BACKENDS: dict[str, type[VideoReader]] = {cls.backend: cls for cls in (DecordReader, PyAVReader, TorchCodecReader)}
+BACKENDS: dict[str, type[VideoReader]] = {cls.backend: cls for cls in (TorchCodecReader, PyAVReader, DecordReader)}
+"""Backend name -> reader, in order of preference."""
 
 
 @functools.cache
-def _torchcodec_available() -> bool:
+def _torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode here, or None when it can."""
+    try:
+        import torchcodec  # noqa: F401
+    except ImportError:
+        return "torchcodec is not installed"
+    except (OSError, RuntimeError):
+        return "torchcodec cannot load FFmpeg's shared libraries"
     try:
         from torchcodec._core import ops  # loading the C++ core needs FFmpeg's shared libraries
     except (ImportError, OSError, RuntimeError):
-        return False
-    return getattr(ops, "ffmpeg_major_version", None) is not None
+        return "torchcodec cannot load FFmpeg's shared libraries"
+    if getattr(ops, "ffmpeg_major_version", None) is None:
+        return "torchcodec cannot load FFmpeg's shared libraries"
+    return None
 
 
 @functools.cache
@@ -331,26 +340,43 @@ def _decord_available() -> bool:
 
 
 def available_backends() -> list[str]:
-    """Backends that can decode on this machine, in order of preference."""
-    usable = {"decord": _decord_available(), "pyav": True, "torchcodec": _torchcodec_available()}
+    """Backends that can decode on this machine, in order of preference (the first is what ``auto`` picks)."""
+    usable = {"torchcodec": _torchcodec_problem() is None, "pyav": True, "decord": _decord_available()}
     return [name for name in BACKENDS if usable[name]]
 
 
-def open_video(
-    path: str | Path, backend: str = DEFAULT_BACKEND, num_threads: int = 1, verify: bool = True
-) -> VideoReader:
-    """A reader for ``path`` with the named backend ("decord", "pyav" or "torchcodec"); opens lazily.
+def resolve_backend(backend: str | None) -> str:
+    """The backend ``backend`` names (``auto`` or None: the first of :func:`available_backends`).
+
+    Raises:
+        UserError: an unknown name, or a backend that cannot run here (with the fix).
+    """
+    if backend in (None, DEFAULT_BACKEND):
+        return available_backends()[0]
+    if backend not in BACKENDS:
+        raise UserError(
+            f"unknown video backend {backend!r}", fix=f"Choose one of {DEFAULT_BACKEND}, {', '.join(BACKENDS)}."
+        )
+    if backend == "torchcodec" and (problem := _torchcodec_problem()) is not None:
+        raise UserError(f"video backend torchcodec cannot run here: {problem}", fix=FFMPEG_FIX)
+    if backend == "decord" and not _decord_available():
+        raise UserError(
+            "video backend decord is not installed",
+            fix="Fix: `pip install decord` (x86-64 only), or choose backend auto for exact frames.",
+        )
+    return backend
+
+
+def open_video(path: str | Path, backend: str | None = DEFAULT_BACKEND, num_threads: int = 1) -> VideoReader:
+    """A reader for ``path`` with the named backend (see the module docstring); decodes lazily.
 
     Args:
         path: video file.
-        backend: decoding library.
+        backend: ``auto`` (default), ``torchcodec``, ``pyav`` or ``decord``.
         num_threads: decoder threads (1 inside DataLoader workers).
-        verify: check the container for truncation before first use (see the module docstring).
 
     Raises:
         VideoDecodeError: the file is missing or empty (other problems surface on first use).
-        ValueError: unknown backend name.
+        UserError: an unknown backend, or one that cannot run here.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend](path, num_threads=num_threads, verify=verify)
+    return BACKENDS[resolve_backend(backend)](path, num_threads=num_threads)
