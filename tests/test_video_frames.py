@@ -135,3 +135,13 @@ def test_unavailable_torchcodec_is_a_user_error_with_the_fix(quirk_videos, monke
 def test_default_backend_is_exact_and_prefers_torchcodec():
     assert video_reader.DEFAULT_BACKEND == "auto"
     assert video_reader.resolve_backend("auto") == ("torchcodec" if "torchcodec" in USABLE else "pyav")
+
+
+def test_torchcodec_is_usable_where_ci_installed_ffmpeg():
+    """CI installs FFmpeg's shared libraries (.ci/run) and sets TCCLIP_REQUIRE_TORCHCODEC: torchcodec must work."""
+    import os
+
+    if os.environ.get("TCCLIP_REQUIRE_TORCHCODEC") != "1":
+        pytest.skip("FFmpeg's shared libraries are not required here")
+    assert video_reader._torchcodec_problem() is None
+    assert "torchcodec" in USABLE
