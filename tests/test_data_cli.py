@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from tcclip.data.cli import main
 from tcclip.data.families import Synthetic
 
@@ -47,3 +49,37 @@ def test_check_without_data_section(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("trainer: {max_epochs: 1}\n")
     assert main(["check", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "no 'data:' section" in capsys.readouterr().err
+
+
+def _quirk_list(quirk_videos, tmp_path):
+    lines = "".join(f"{video.path.name} 0\n" for video in quirk_videos.values())
+    (tmp_path / "quirks.txt").write_text(lines)
+    return ["--list", str(tmp_path / "quirks.txt"), "--root", str(next(iter(quirk_videos.values())).path.parent)]
+
+
+def test_verify_frames_flags_the_bframe_avi_under_decord(quirk_videos, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("decord")
+    monkeypatch.setenv("COLUMNS", "250")
+    args = ["check", *_quirk_list(quirk_videos, tmp_path), "--workers", "1", "--num-frames", "8"]
+    assert main([*args, "--backend", "decord", "--verify-frames"]) == 1
+    err = capsys.readouterr().err
+    assert "1 videos decode differently" in err and "bframes_avi.avi" in err
+    assert "decord returns other frames than a sequential decode" in err
+    assert "6 of 6 videos readable" in err and "5 of 6 readable videos give the same frames" in err
+
+
+def test_verify_frames_passes_every_quirk_with_the_default_backend(quirk_videos, tmp_path, capsys):
+    args = ["check", *_quirk_list(quirk_videos, tmp_path), "--workers", "1", "--num-frames", "8", "--verify-frames"]
+    assert main(args) == 0
+    assert "6 of 6 readable videos give the same frames" in capsys.readouterr().err
+
+
+def test_unavailable_backend_is_one_error_line_with_the_fix(quirk_videos, tmp_path, capsys, monkeypatch):
+    import tcclip.data.video_reader as video_reader
+    from tcclip.cli import main as tcclip_main
+
+    monkeypatch.setattr(video_reader, "_torchcodec_problem", lambda: "torchcodec cannot load FFmpeg's shared libraries")
+    assert tcclip_main(["data", "check", *_quirk_list(quirk_videos, tmp_path), "--backend", "torchcodec"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tcclip data: error: video backend torchcodec cannot run here") and "Traceback" not in err
+    assert "apt-get install ffmpeg" in err

@@ -1,4 +1,5 @@
-"""``tcclip data synth|check``: make the synthetic dataset; find every unreadable video before a long run."""
+"""``tcclip data synth|check|prepare``: make the synthetic dataset; find every unreadable or misdecoded video before a
+long run; re-encode a dataset for fast training."""
 
 from __future__ import annotations
 
@@ -26,26 +27,71 @@ class VideoCheck:
     """Names of the lists that contain it."""
     error: str | None = None
     num_frames: int = 0
+    mismatch: str | None = None
+    """With ``--verify-frames``: which decoders returned other frames than a sequential decode, or None."""
 
 
-def check_video(root: str, rel_path: str, backend: str, num_frames: int) -> tuple[str | None, int]:
-    """Open a video and decode the frames a test view would use plus its last frame: (error or None, frames)."""
+FRAME_TOLERANCE = 1.0
+"""Mean absolute pixel difference (0-255) up to which two decodes of a frame count as the same frame: colour
+conversions differ by a level here and there, a neighbouring frame differs by far more."""
+
+
+def verify_frames(path: Path, backends: Sequence[str], num_frames: int) -> str | None:
+    """Decode a test view's frames plus the first and last frame with each backend and sequentially; describe
+    the backends whose frames differ from the sequential decode (None if all agree)."""
+    import numpy as np
+
+    from tcclip.data.sampling import test_indices
+    from tcclip.data.video_reader import decode_sequential, open_video
+
+    reader = open_video(path, backend=backends[0])
+    count = len(reader)
+    indices = sorted({0, *test_indices(count, num_frames)[0], count - 1})
+    reference = decode_sequential(reader.frames, indices).astype(np.float32)
+    problems = []
+    for backend in dict.fromkeys(backends):
+        frames = open_video(path, backend=backend).get_frames(indices).numpy().astype(np.float32)
+        if frames.shape != reference.shape:
+            problems.append(f"{backend} returns frames of shape {frames.shape[1:3]}, not {reference.shape[1:3]}")
+            continue
+        error = np.abs(frames - reference).mean(axis=(1, 2, 3))
+        wrong = [i for i, e in zip(indices, error.tolist(), strict=True) if e > FRAME_TOLERANCE]
+        if wrong:
+            shown = ", ".join(map(str, wrong[:6])) + (", ..." if len(wrong) > 6 else "")
+            problems.append(f"{backend} returns other frames than a sequential decode at frames {shown}")
+    return "; ".join(problems) or None
+
+
+def check_video(
+    root: str, rel_path: str, backend: str, num_frames: int, verify_with: str | None = None
+) -> tuple[str | None, int, str | None]:
+    """Open a video and decode the frames a test view would use plus its last frame.
+
+    Returns:
+        (error or None, frames, mismatch or None); ``verify_with`` names a second backend to cross-check
+        ``backend`` with (see :func:`verify_frames`).
+    """
     from tcclip.data.sampling import test_indices
     from tcclip.data.video_reader import VideoDecodeError, open_video
 
+    path = Path(root) / rel_path
     try:
-        reader = open_video(Path(root) / rel_path, backend=backend)
+        reader = open_video(path, backend=backend)
         count = len(reader)
         indices = sorted({*test_indices(count, num_frames)[0], count - 1})
         frames = reader.get_frames(indices)
         if frames.shape[0] != len(indices):
-            return f"decoded {frames.shape[0]} of {len(indices)} frames", count
-        return None, count
+            return f"decoded {frames.shape[0]} of {len(indices)} frames", count, None
+        mismatch = None
+        if verify_with is not None:
+            mismatch = verify_frames(path, [backend, verify_with], num_frames)
+        return None, count, mismatch
     except (VideoDecodeError, OSError, IndexError) as e:  # unreadable input; anything else is a bug and propagates
-        return f"{type(e).__name__}: {e}", 0
+        reason = e.reason if isinstance(e, VideoDecodeError) and e.reason else str(e)
+        return reason, 0, None
 
 
-def _check_one(args: tuple[str, str, str, int]) -> tuple[str | None, int]:
+def _check_one(args: tuple[str, str, str, int, str | None]) -> tuple[str | None, int, str | None]:
     return check_video(*args)
 
 
@@ -65,21 +111,23 @@ def collect_videos(lists: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
 def check_lists(
     lists: Sequence[tuple[str, Path]],
     root: Path,
-    backend: str = "decord",
+    backend: str = "auto",
     num_frames: int = 16,
     workers: int | None = None,
     on_done: Any = None,
+    verify_with: str | None = None,
 ) -> list[VideoCheck]:
     """Check every video of the given (name, annotation list) pairs once, in parallel processes.
 
     Args:
         on_done: called with no argument after each video (progress).
+        verify_with: a second backend: also cross-check sampled frames (see :func:`verify_frames`).
     """
     owners = collect_videos(lists)
     videos = list(owners)
     workers = workers or max(1, min(8, os.cpu_count() or 1))
-    jobs = [(str(root), v, backend, num_frames) for v in videos]
-    results: list[tuple[str | None, int]] = []
+    jobs = [(str(root), v, backend, num_frames, verify_with) for v in videos]
+    results: list[tuple[str | None, int, str | None]] = []
     if workers == 1:
         for job in jobs:
             results.append(_check_one(job))
@@ -91,7 +139,7 @@ def check_lists(
                 results.append(result)
                 if on_done:
                     on_done()
-    return [VideoCheck(v, tuple(owners[v]), err, n) for v, (err, n) in zip(videos, results, strict=True)]
+    return [VideoCheck(v, tuple(owners[v]), *result) for v, result in zip(videos, results, strict=True)]
 
 
 def load_datamodule(configs: Sequence[Path], overrides: dict[str, Any] | None = None) -> Any:
@@ -126,7 +174,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--stage", choices=tuple(PARTS), default="all", help="which lists of the config (default all)")
     check.add_argument("--list", type=Path, action="append", default=[], dest="lists", help="annotation list (repeat)")
     check.add_argument("--root", type=Path, default=None, help="dataset root (overrides the config's)")
-    check.add_argument("--backend", default=None, help="decord, pyav or torchcodec (default: the config's / decord)")
+    check.add_argument(
+        "--backend", default=None, help="auto, torchcodec, pyav or decord (default: the config's, else auto)"
+    )
+    check.add_argument(
+        "--verify-frames",
+        action="store_true",
+        help="also decode sampled frames with a second backend and sequentially, and list files where they differ",
+    )
     check.add_argument("--num-frames", type=int, default=None, help="frames per view to decode (default: config's)")
     check.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
     check.add_argument("--out", type=Path, default=None, help="also write the broken videos to this file")
@@ -161,6 +216,8 @@ def _check(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from tcclip.data.video_reader import available_backends, resolve_backend
+
     console = Console(stderr=True)
     try:
         if args.config:
@@ -170,7 +227,7 @@ def _check(args: argparse.Namespace) -> int:
             backend, num_frames = args.backend or dm.backend, args.num_frames or dm.num_frames
         elif args.lists and args.root:
             lists, root = [(str(p), p) for p in args.lists], args.root
-            backend, num_frames = args.backend or "decord", args.num_frames or 16
+            backend, num_frames = args.backend or "auto", args.num_frames or 16
         else:
             console.print("[red]error:[/red] give --config CONFIG.yaml, or --list FILE --root DIR")
             return 2
@@ -178,12 +235,25 @@ def _check(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ImportError, AttributeError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
+    backend = resolve_backend(backend)  # a backend that cannot run here is a UserError with the fix, before any work
+    verify_with = None
+    if args.verify_frames:
+        verify_with = next((b for b in available_backends() if b != backend), backend)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     ) as progress:
         task = progress.add_task(f"checking videos under {root}", total=total)
-        results = check_lists(lists, Path(root), backend, num_frames, args.workers, lambda: progress.advance(task))
+        results = check_lists(
+            lists, Path(root), backend, num_frames, args.workers, lambda: progress.advance(task), verify_with
+        )
     broken = [r for r in results if r.error is not None]
+    differ = [r for r in results if r.mismatch is not None]
+    if differ:
+        title = f"{len(differ)} videos decode differently"
+        table = Table("video", "lists", "frames", title=title, title_justify="left")
+        for r in differ:
+            table.add_row(r.path, ", ".join(r.lists), r.mismatch)
+        console.print(table)
     if broken:
         table = Table("video", "lists", "reason", title=f"{len(broken)} unreadable videos", title_justify="left")
         for r in broken:
@@ -194,4 +264,10 @@ def _check(args: argparse.Namespace) -> int:
             console.print(f"broken list written to {args.out}")
     names = ", ".join(name for name, _ in lists)
     console.print(f"{len(results) - len(broken)} of {len(results)} videos readable ({names}; backend {backend})")
-    return 1 if broken else 0
+    if verify_with is not None:
+        checked = ", ".join(dict.fromkeys([backend, verify_with]))
+        console.print(
+            f"{len(results) - len(broken) - len(differ)} of {len(results) - len(broken)} readable videos give the "
+            f"same frames with {checked} and a sequential decode"
+        )
+    return 1 if broken or differ else 0

@@ -60,6 +60,7 @@ __all__ = [
     "VideoReader",
     "available_backends",
     "decode_exact",
+    "decode_sequential",
     "open_video",
     "resolve_backend",
 ]
@@ -128,6 +129,30 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
     if missing:
         raise VideoDecodeError(frames.path, f"frame {missing[0]} of {len(frames)} does not decode (damaged file)")
     return upright(np.stack([out[frames.pts[i]] for i in indices]), frames.rotation)
+
+
+def decode_sequential(frames: VideoFrames, indices: Sequence[int]) -> np.ndarray:
+    """Frames at sorted, unique ``indices``, upright, by decoding from the start and counting the frames shown.
+
+    The slow reference that no seeking or timestamp can fool, for cross-checks (``tcclip data check
+    --verify-frames``); a packet that does not decode is skipped, as a player does.
+    """
+    wanted, last = set(indices), max(indices)
+    out: dict[int, np.ndarray] = {}
+    try:
+        with av.open(frames.path) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            for shown, frame in enumerate(decode_packets(container, stream)):
+                if shown in wanted:
+                    out[shown] = frame.to_ndarray(format="rgb24")
+                if shown >= last:
+                    break
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(frames.path, f"cannot be decoded ({plain_reason(err)})") from err
+    if len(out) < len(wanted):
+        raise VideoDecodeError(frames.path, f"a sequential decode shows only {len(out)} of the frames asked for")
+    return upright(np.stack([out[i] for i in indices]), frames.rotation)
 
 
 class VideoReader(ABC):
