@@ -169,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcclip data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("synth", help="write the synthetic dataset (see `tcclip data synth --help`)", add_help=False)
+    sub.add_parser(
+        "prepare", help="re-encode a dataset for fast training (see `tcclip data prepare --help`)", add_help=False
+    )
     check = sub.add_parser("check", help="decode every video of a config's splits (or of one list)")
     check.add_argument("--config", "-c", type=Path, action="append", default=[], help="LightningCLI YAML (repeat)")
     check.add_argument("--stage", choices=tuple(PARTS), default="all", help="which lists of the config (default all)")
@@ -189,10 +192,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip data synth ...`` / ``tcclip data check ...``; returns the exit code."""
+    """``tcclip data synth ...`` / ``check ...`` / ``prepare ...``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["synth"]:
         return _synth(argv[1:])
+    if argv[:1] == ["prepare"]:
+        from tcclip.data.prepare import main as prepare_main
+
+        return prepare_main(argv[1:])
     args = _parser().parse_args(argv)
     return _check(args)
 

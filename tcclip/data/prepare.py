@@ -1,0 +1,281 @@
+"""``tcclip data prepare``: re-encode a dataset so that training is no longer bound by video decoding.
+
+Random access into compressed video costs a decode from the previous key frame, and original dataset files
+have large frames and long groups of pictures. A copy with a short side of 320 (or 256) pixels and a key frame
+every 16 frames, in H.264, decodes several times faster (see the README's data-loading table).
+
+- Every frame the original shows (by the shared definition of :mod:`tcclip.data.video_frames`) is written,
+  upright, with its original timestamp, so frame counts, durations and sampling are unchanged.
+- Every relative path and file name is kept (the container inside is MP4 whatever the extension), so the
+  annotation lists and configs stay valid: only the dataset root changes. Given lists are copied next to the
+  videos.
+- Originals are only read. Each output is written to a hidden temporary name in its destination folder, then
+  checked (it decodes, with the same number of frames and the same duration) and renamed: an interrupted run
+  leaves no half-written file under a final name, and a rerun skips the files that are done.
+
+Evaluation against published numbers should use the original files: re-encoding changes pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from tcclip.data.video_frames import VideoDecodeError, decode_packets, plain_reason, read_video_frames, upright
+from tcclip.errors import UserError
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+FAILURES_FILE = "prepare_failures.txt"
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How videos are re-encoded."""
+
+    short_side: int = 320
+    """Frames are scaled (never enlarged) so that their shorter side has this many pixels; 256 is the other
+    common choice."""
+    keyframe_interval: int = 16
+    """Frames between key frames: random access decodes at most this many frames per requested frame."""
+    crf: int = 23
+    """x264 constant rate factor (lower is better quality and larger files)."""
+    preset: str = "veryfast"
+    """x264 speed preset."""
+
+    def __post_init__(self) -> None:
+        if self.short_side < 16 or self.short_side % 2:
+            raise UserError(f"--short-side must be an even number >= 16, got {self.short_side}")
+        if self.keyframe_interval < 1:
+            raise UserError(f"--keyframe-interval must be >= 1, got {self.keyframe_interval}")
+        if not 0 <= self.crf <= 51:
+            raise UserError(f"--crf must be in 0..51, got {self.crf}")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    path: str
+    """Relative path."""
+    status: str
+    """"done", "skipped" (prepared by an earlier run) or "failed"."""
+    size_in: int = 0
+    size_out: int = 0
+    reason: str | None = None
+
+
+def output_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) with the shorter side ``short_side`` (never enlarged), aspect kept, both even."""
+    scale = min(1.0, short_side / min(height, width))
+    return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
+
+
+def _encode(src: Path, tmp: Path, settings: PrepareSettings) -> int:
+    """Write the re-encoded copy of ``src`` to ``tmp``; returns the number of frames written."""
+    table = read_video_frames(src)
+    keep, first = set(table.pts), table.pts[0]
+    with av.open(str(src)) as source, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        stream_in = source.streams.video[0]
+        stream_in.codec_context.thread_count = 1  # the processes are the parallelism
+        rate = stream_in.average_rate or stream_in.guessed_rate or Fraction(25)
+        k = settings.keyframe_interval
+        stream_out = out.add_stream(
+            "libx264",
+            rate=rate,
+            options={
+                "crf": str(settings.crf),
+                "preset": settings.preset,
+                "x264-params": f"keyint={k}:min-keyint={k}:scenecut=0",
+            },
+        )
+        stream_out.codec_context.thread_count = 1
+        stream_out.codec_context.time_base = stream_in.time_base  # the original timestamps, variable rates included
+        stream_out.pix_fmt = "yuv420p"
+        written = 0
+        for frame in decode_packets(source, stream_in):
+            if frame.pts not in keep:
+                continue  # not a frame by the shared definition (beyond the last one that decodes)
+            if table.rotation:
+                image = upright(frame.to_ndarray(format="rgb24")[None], table.rotation)[0]
+                frame_in = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            else:
+                frame_in = frame
+            if written == 0:
+                stream_out.height, stream_out.width = output_size(frame_in.height, frame_in.width, settings.short_side)
+            resized = frame_in.reformat(
+                width=stream_out.width, height=stream_out.height, format="yuv420p", interpolation="AREA"
+            )
+            resized.pts, resized.time_base = frame.pts - first, stream_in.time_base
+            out.mux(stream_out.encode(resized))
+            written += 1
+        out.mux(stream_out.encode())
+    return written
+
+
+def _verify(src: Path, tmp: Path) -> str | None:
+    """Why the copy ``tmp`` is not a faithful copy of ``src`` (None if it is)."""
+    original, copy = read_video_frames(src), read_video_frames(tmp)
+    if len(copy) != len(original):
+        return f"the copy has {len(copy)} frames, the original {len(original)}"
+    duration_in = (original.pts[-1] - original.pts[0]) * original.time_base
+    duration_out = (copy.pts[-1] - copy.pts[0]) * copy.time_base
+    step = duration_in / max(1, len(original) - 1)
+    if abs(duration_out - duration_in) > max(step, duration_in / 100):
+        return f"the copy lasts {float(duration_out):.3f} s, the original {float(duration_in):.3f} s"
+    return None
+
+
+def prepare_video(root: str, out: str, rel_path: str, settings: PrepareSettings) -> PrepareResult:
+    """Re-encode ``root/rel_path`` to ``out/rel_path`` (see the module docstring)."""
+    src, dst = Path(root) / rel_path, Path(out) / rel_path
+    if dst.is_file():
+        return PrepareResult(rel_path, "skipped", src.stat().st_size if src.is_file() else 0, dst.stat().st_size)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(f".{dst.name}.partial-*"):  # left by an interrupted run
+        stale.unlink(missing_ok=True)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    try:
+        _encode(src, tmp, settings)
+        problem = _verify(src, tmp)
+    except VideoDecodeError as err:
+        problem = err.reason or str(err)
+    except (av.error.FFmpegError, OSError) as err:
+        problem = f"cannot be re-encoded ({plain_reason(err)})"
+    if problem is not None:
+        tmp.unlink(missing_ok=True)
+        return PrepareResult(rel_path, "failed", src.stat().st_size if src.is_file() else 0, 0, problem)
+    os.replace(tmp, dst)
+    return PrepareResult(rel_path, "done", src.stat().st_size, dst.stat().st_size)
+
+
+def _prepare_one(job: tuple[str, str, str, PrepareSettings]) -> PrepareResult:
+    return prepare_video(*job)
+
+
+def find_videos(folder: Path, exclude: Path | None = None) -> list[str]:
+    """Relative paths of the video files under ``folder`` (by extension), sorted; ``exclude`` is skipped."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file() and not path.name.startswith("."):
+            if exclude is not None and exclude in path.parents:
+                continue
+            found.append(path.relative_to(folder).as_posix())
+    return found
+
+
+def prepare_dataset(
+    videos: Sequence[str],
+    root: Path,
+    out: Path,
+    settings: PrepareSettings,
+    workers: int = 1,
+    on_done: object = None,
+) -> list[PrepareResult]:
+    """Re-encode ``videos`` (relative to ``root``) into ``out`` in ``workers`` processes; ``on_done(result)``
+    is called after each video."""
+    jobs = [(str(root), str(out), v, settings) for v in videos]
+    results: list[PrepareResult] = []
+    if workers <= 1:
+        for job in jobs:
+            results.append(_prepare_one(job))
+            if callable(on_done):
+                on_done(results[-1])
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for future in as_completed([pool.submit(_prepare_one, job) for job in jobs]):
+            results.append(future.result())
+            if callable(on_done):
+                on_done(results[-1])
+    order = {v: i for i, v in enumerate(videos)}
+    return sorted(results, key=lambda r: order[r.path])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcclip data prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--list", type=Path, action="append", default=[], dest="lists", help="annotation list (repeat)")
+    parser.add_argument("--root", type=Path, default=None, help="dataset root of the lists' paths")
+    parser.add_argument("--folder", type=Path, default=None, help="re-encode every video under this folder instead")
+    parser.add_argument("--out", type=Path, required=True, help="new dataset root (created; originals untouched)")
+    defaults = PrepareSettings()
+    parser.add_argument("--short-side", type=int, default=defaults.short_side, help="pixels (default 320; or 256)")
+    parser.add_argument("--keyframe-interval", type=int, default=defaults.keyframe_interval, help="frames (16)")
+    parser.add_argument("--crf", type=int, default=defaults.crf, help="x264 quality, lower is better (default 23)")
+    parser.add_argument("--preset", default=defaults.preset, help="x264 preset (default veryfast)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
+    return parser
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tcclip data prepare``; returns the exit code (1 if any video failed)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tcclip.data.labels import read_annotations
+
+    args = _parser().parse_args(argv)
+    settings = PrepareSettings(args.short_side, args.keyframe_interval, args.crf, args.preset)
+    out = args.out
+    if args.folder is not None:
+        if args.lists:
+            raise UserError("give either --folder or --list/--root, not both")
+        root = args.folder
+        if not root.is_dir():
+            raise UserError("folder not found", path=root)
+        videos = find_videos(root, exclude=out.resolve() if out.resolve() != root.resolve() else None)
+    elif args.lists and args.root is not None:
+        root = args.root
+        videos = list(dict.fromkeys(a.path for lst in args.lists for a in read_annotations(lst)))
+    else:
+        raise UserError("nothing to prepare", fix="Give --list FILE --root DIR (repeat --list), or --folder DIR.")
+    if out.resolve() == root.resolve():
+        raise UserError("--out is the dataset root itself", path=out, fix="Choose a new folder: originals are kept.")
+    out.mkdir(parents=True, exist_ok=True)
+    workers = args.workers or max(1, min(8, os.cpu_count() or 1))
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as progress:
+        task = progress.add_task(f"re-encoding into {out}", total=len(videos))
+        results = prepare_dataset(videos, root, out, settings, workers, lambda _: progress.advance(task))
+    for lst in args.lists:  # the same relative paths: the lists hold for the new root as they are
+        if not (out / lst.name).exists() or (out / lst.name).resolve() != lst.resolve():
+            shutil.copyfile(lst, out / lst.name)
+
+    done = [r for r in results if r.status == "done"]
+    skipped = [r for r in results if r.status == "skipped"]
+    failed = [r for r in results if r.status == "failed"]
+    size_in = sum(r.size_in for r in done + skipped)
+    size_out = sum(r.size_out for r in done + skipped)
+    console.print(
+        f"{len(done)} re-encoded, {len(skipped)} already prepared, {len(failed)} failed, of {len(results)} videos; "
+        f"{_size(size_in)} -> {_size(size_out)}"
+        + (f" ({size_out / size_in:.0%})" if size_in else "")
+        + f"; short side {settings.short_side}, a key frame every {settings.keyframe_interval} frames"
+    )
+    failures = out / FAILURES_FILE
+    if failed:
+        failures.write_text("".join(f"{r.path}\t{r.reason}\n" for r in failed))
+        for r in failed[:10]:
+            console.print(f"  failed: {r.path}: {r.reason}")
+        console.print(f"all failures listed in {failures}; rerun the same command to retry them")
+        return 1
+    failures.unlink(missing_ok=True)
+    console.print(f"new dataset root: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""`tcclip data prepare`: faithful, verified, resumable re-encoding that leaves the originals alone."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from tcclip.cli import main as tcclip_main
+from tcclip.data.labels import read_annotations
+from tcclip.data.prepare import output_size
+from tcclip.data.synth import read_index_stamp
+from tcclip.data.video_frames import read_video_frames
+from tcclip.data.video_reader import open_video
+
+
+def _digest(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture()
+def quirk_root(quirk_videos, tmp_path):
+    """A copy of the quirk videos with an annotation list, plus one file that is not a video."""
+    root = tmp_path / "original"
+    root.mkdir()
+    for video in quirk_videos.values():
+        shutil.copy(video.path, root / video.path.name)
+    (root / "garbage.avi").write_bytes(bytes(range(256)) * 20)
+    names = [v.path.name for v in quirk_videos.values()]
+    (tmp_path / "train.txt").write_text("".join(f"{name} {k % 2}\n" for k, name in enumerate(names)))
+    return root, tmp_path / "train.txt"
+
+
+def test_prepare_keeps_every_frame_in_order_and_the_lists_valid(quirk_root, quirk_videos, tmp_path, capsys):
+    root, train = quirk_root
+    before = _digest(root)
+    out = tmp_path / "prepared"
+    args = ["data", "prepare", "--list", str(train), "--root", str(root), "--out", str(out)]
+    assert tcclip_main([*args, "--short-side", "32", "--keyframe-interval", "4", "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "6 re-encoded, 0 already prepared, 0 failed, of 6 videos" in err
+    assert _digest(root) == before  # originals untouched
+    assert (out / "train.txt").read_text() == train.read_text()  # same relative paths: the list holds as it is
+    for a in read_annotations(out / "train.txt"):
+        video = next(v for v in quirk_videos.values() if v.path.name == a.path)
+        table = read_video_frames(out / a.path)
+        assert (len(table), table.codec, table.rotation) == (video.num_frames, "h264", 0)
+        assert max(np.diff(table.pts)) * table.time_base <= 4 * min(np.diff(table.pts)) * table.time_base or (
+            a.path == "vfr_avi.avi"  # variable frame rate keeps its irregular timestamps
+        )
+        frames = open_video(out / a.path, "pyav").get_frames(range(video.num_frames)).numpy()
+        # Rotated videos are stored upright: the copy shows what the original shows, the stamp still on its side.
+        assert [read_index_stamp(np.rot90(f, k=-video.rotation // 90)) for f in frames] == list(range(len(frames)))
+    assert not list(out.glob(".*partial*"))
+
+
+def test_prepare_is_resumable_and_reports_failures(quirk_root, tmp_path, capsys):
+    root, train = quirk_root
+    (train.parent / "all.txt").write_text(train.read_text() + "garbage.avi 0\n")
+    out = tmp_path / "prepared"
+    args = ["data", "prepare", "--list", str(train.parent / "all.txt"), "--root", str(root), "--out", str(out)]
+    args += ["--short-side", "16", "--workers", "1"]
+    assert tcclip_main(args) == 1
+    err = capsys.readouterr().err
+    assert "6 re-encoded, 0 already prepared, 1 failed, of 7 videos" in err and "garbage.avi" in err
+    assert not (out / "garbage.avi").exists() and "garbage.avi" in (out / "prepare_failures.txt").read_text()
+    # An interrupted run: one output lost, a half-written temporary left behind.
+    (out / "vfr_avi.avi").unlink()
+    (out / ".vfr_avi.avi.partial-12345").write_bytes(b"half")
+    assert tcclip_main(args) == 1
+    assert "1 re-encoded, 5 already prepared, 1 failed, of 7 videos" in capsys.readouterr().err
+    assert not list(out.glob(".*partial*")) and len(read_video_frames(out / "vfr_avi.avi")) == 68
+    assert output_size(48, 32, 16) == (24, 16) and output_size(10, 14, 16) == (10, 14)  # never enlarged
+    assert open_video(out / "rotated_mp4.mp4", "pyav").get_frames([0]).shape == (1, 24, 16, 3)  # upright 48x32
+
+
+def test_prepare_a_folder_and_refuse_to_overwrite_originals(quirk_root, tmp_path, capsys):
+    root, _ = quirk_root
+    (root / "garbage.avi").unlink()
+    assert tcclip_main(["data", "prepare", "--folder", str(root), "--out", str(root)]) == 2
+    assert "--out is the dataset root itself" in capsys.readouterr().err
+    out = tmp_path / "prepared"
+    assert tcclip_main(["data", "prepare", "--folder", str(root), "--out", str(out), "--short-side", "16"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in root.iterdir())
