@@ -1,142 +1,246 @@
-"""Data-loading throughput: decoded + sampled + transformed clips per second, per backend and worker count.
+"""Data-loading throughput on realistic clips: clips/s per worker, per backend, on originals and prepared copies.
 
-    python benchmarks/dataloader.py                          # synthetic 240x320 videos in a temporary folder
-    python benchmarks/dataloader.py --data DIR --list test.txt --workers 0,2,4,8 --input-size 224
+    python benchmarks/dataloader.py                        # 4 generated clips (2x 720p H.264, 2x 480p Xvid AVI)
+    python benchmarks/dataloader.py --data DIR --list val.txt --clips 32
+    python benchmarks/dataloader.py --json out.json        # also save the numbers
 
-Each cell runs a DataLoader over the videos of an annotation list (cycled to --clips clips) through the
-train pipeline (TSN sampling, multi-scale crop, flip, jitter) or the test pipeline (centre sampling,
-resize + centre crop; --num-clip / --num-crop for multi-view), and reports steady-state clips/s: the
-clock starts after the first batch, so worker start-up is not counted. workers=0 decodes in the main
-process (with --threads torch threads, default 1, as in a worker). Without --data, a synthetic
-dataset (``tcclip data synth``) is written first, at UCF-101 / HMDB-51 resolution.
+One run measures, side by side, every cell of: pipeline (train: TSN random sampling, multi-scale crop, flip,
+jitter; test: centre sampling, resize, centre crop) x backend x source (the original files, and copies written by
+`tcclip data prepare`: short side 320, a key frame every 16 frames). Each cell decodes --clips clips in this
+process with one thread, which is what one DataLoader worker does, and times decoding (opening the file and
+decoding the sampled frames) apart from the transforms. The frame table of every file is read once before the
+clock starts (DataLoader workers keep it for the whole run); its one-off cost is reported separately.
+
+Without --data, the clips are generated first: a camera panning over a multi-scale textured scene with moving
+textured objects, sensor grain and flicker, encoded like the public datasets: H.264 in MP4 at 1280x720 with
+x264's default group of pictures (Kinetics-style) and MPEG-4 part 2 with B-frames in AVI at 640x480
+(UCF-101 / HMDB-51-style, larger frames).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader, Dataset
 
+from tcclip.data.prepare import PrepareSettings, prepare_dataset
 from tcclip.data.sampling import test_indices, train_indices
-from tcclip.data.synth import make_synthetic_dataset
-from tcclip.data.transforms import TestTransform, TrainTransform, default_rng
+from tcclip.data.transforms import TestTransform, TrainTransform
+from tcclip.data.video_frames import read_video_frames
 from tcclip.data.video_reader import available_backends, open_video
 
+# ------------------------------------------------------------------------------------------------ realistic clips
 
-class ClipDataset(Dataset):
-    """The data path of training/evaluation without the bookkeeping: read, sample, decode, transform."""
 
-    def __init__(self, root: Path, paths: list[str], length: int, backend: str, train: bool, args) -> None:
-        self.root, self.paths, self.length, self.backend, self.train = root, paths, length, backend, train
-        self.num_frames, self.num_clip = args.num_frames, args.num_clip
-        if train:
-            self.transform = TrainTransform(args.input_size)
+def _texture(height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """A coloured multi-scale (roughly 1/f) texture, float [3, height, width] in 0..255."""
+    image = torch.zeros(3, height, width)
+    for octave in range(2, 10):  # from 4 to 512 cells across
+        cells = 2**octave
+        field = torch.from_numpy(rng.normal(size=(1, 3, cells * height // width + 2, cells + 2)).astype(np.float32))
+        mix = torch.from_numpy(rng.uniform(0.6, 1.0, size=(3, 1, 1)).astype(np.float32))
+        up = F.interpolate(field, size=(height, width), mode="bicubic", align_corners=False)[0]
+        image += up.mean(0, keepdim=True) * mix * 36 / octave**0.7 + up * 8 / octave**0.7
+    base = torch.from_numpy(rng.uniform(70, 180, size=(3, 1, 1)).astype(np.float32))
+    return (image + base).clamp(0, 255)
+
+
+def render_clip(height: int, width: int, num_frames: int, seed: int) -> np.ndarray:
+    """uint8 [num_frames, height, width, 3]: a slow camera pan over a textured scene with moving objects."""
+    rng = np.random.default_rng(seed)
+    pad_y, pad_x = height // 4, width // 3
+    scene = _texture(height + pad_y, width + pad_x, rng)
+    for _ in range(40):  # hard edges, as buildings, furniture and people give real scenes
+        h, w = (rng.uniform(0.03, 0.3, size=2) * [height, width]).astype(int) + 2
+        y, x = int(rng.integers(0, height + pad_y - h)), int(rng.integers(0, width + pad_x - w))
+        shade = torch.from_numpy(rng.uniform(0.55, 1.45, size=(3, 1, 1)).astype(np.float32))
+        scene[:, y : y + h, x : x + w] = (scene[:, y : y + h, x : x + w] * shade).clamp(0, 255)
+    objects = []
+    for _ in range(3):
+        size = int(rng.uniform(0.15, 0.3) * height)
+        patch = _texture(size, size, rng)
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        mask = ((yy**2 + (xx * rng.uniform(0.6, 1.0)) ** 2) < 1).float()
+        start = rng.uniform(0, 1, size=2) * [height - size, width - size]
+        velocity = rng.uniform(-1, 1, size=2) * [height, width] / num_frames * 0.8
+        objects.append((patch, mask, start, velocity, size))
+    grain = [torch.from_numpy(rng.normal(0, 3, size=(3, height, width)).astype(np.float32)) for _ in range(7)]
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    for t in range(num_frames):
+        oy = int((np.sin(2 * np.pi * t / num_frames + phase[0]) + 1) / 2 * pad_y)
+        ox = int((np.sin(np.pi * t / num_frames + phase[1]) + 1) / 2 * pad_x)
+        frame = scene[:, oy : oy + height, ox : ox + width].clone()
+        for patch, mask, start, velocity, size in objects:
+            y, x = (start + velocity * t).astype(int)
+            y, x = int(np.clip(y, 0, height - size)), int(np.clip(x, 0, width - size))
+            region = frame[:, y : y + size, x : x + size]
+            frame[:, y : y + size, x : x + size] = region * (1 - mask) + patch * mask
+        frame = frame * float(1 + 0.02 * np.sin(t / 3)) + grain[t % len(grain)]
+        frames[t] = frame.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return frames
+
+
+def write_clip(path: Path, frames: np.ndarray, fps: int) -> None:
+    """H.264 in .mp4 (x264 defaults: a key frame every 250 frames at most) or Xvid-tagged MPEG-4 part 2 with
+    B-frames in .avi (a key frame every 300 frames, as Xvid's default)."""
+    with av.open(str(path), "w") as container:
+        if path.suffix == ".avi":
+            stream = container.add_stream("mpeg4", rate=fps)
+            stream.codec_tag = "XVID"
+            stream.codec_context.max_b_frames = 2
+            stream.codec_context.gop_size = 300
+            stream.bit_rate = 3_000_000
         else:
-            self.transform = TestTransform(args.input_size, num_crop=args.num_crop, num_frames=args.num_frames)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        reader = open_video(self.root / self.paths[index % len(self.paths)], self.backend)  # opened in the worker
-        if self.train:
-            rng = default_rng()
-            return self.transform(reader.get_frames(train_indices(len(reader), self.num_frames, rng)), rng)
-        views = test_indices(len(reader), self.num_frames, self.num_clip)
-        return self.transform(reader.get_frames([i for view in views for i in view]))
+            stream = container.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast"})
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
 
 
-def measure(dataset: ClipDataset, workers: int, batch_size: int) -> float:
-    """Steady-state clips per second (after the first batch)."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-    batches = iter(loader)
-    next(batches)
-    start, clips = time.perf_counter(), 0
-    for batch in batches:
-        clips += batch.shape[0]
-    return clips / (time.perf_counter() - start) if clips else float("nan")
+CLIPS = (("clip0.mp4", 720, 1280, 240, 30), ("clip1.mp4", 720, 1280, 240, 30))
+CLIPS += (("clip2.avi", 480, 640, 200, 25), ("clip3.avi", 480, 640, 200, 25))
 
 
-def read_list(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+# ------------------------------------------------------------------------------------------------------ timing
+
+
+def time_cell(root: Path, paths: list[str], backend: str, train: bool, args: argparse.Namespace) -> dict:
+    """Decode and transform --clips clips (cycling over the videos); per-clip decode and transform times in ms."""
+    rng = np.random.default_rng(0)
+    transform = TrainTransform(args.input_size) if train else TestTransform(args.input_size, num_frames=args.frames)
+    decode_ms, transform_ms = [], []
+    for k in range(args.clips + 1):  # the first clip warms the decoder libraries up and is not counted
+        start = time.perf_counter()
+        reader = open_video(root / paths[k % len(paths)], backend)  # as a dataset does: one reader per item
+        count = len(reader)
+        indices = train_indices(count, args.frames, rng) if train else test_indices(count, args.frames)[0]
+        frames = reader.get_frames(indices)
+        middle = time.perf_counter()
+        clip = transform(frames)
+        end = time.perf_counter()
+        assert clip.shape[-1] == args.input_size
+        if k:
+            decode_ms.append(1000 * (middle - start))
+            transform_ms.append(1000 * (end - middle))
+    decode, tf = statistics.mean(decode_ms), statistics.mean(transform_ms)
+    return {"decode_ms": decode, "transform_ms": tf, "clips_per_s": 1000 / (decode + tf)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="dataset root (default: synthetic videos in a temporary folder)")
-    parser.add_argument("--list", default="train.txt", help="annotation list under --data (default train.txt)")
-    parser.add_argument("--backends", default=",".join(b for b in available_backends() if b != "torchcodec"))
-    parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--pipelines", default="train,test", help="train, test or both")
-    parser.add_argument("--clips", type=int, default=96, help="clips per measurement (the list is cycled)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-frames", type=int, default=8, help="T, frames per clip")
+    parser.add_argument("--data", type=Path, help="dataset root (default: generated clips in a temporary folder)")
+    parser.add_argument("--list", default=None, help="annotation list under --data (default: every video)")
+    parser.add_argument("--backends", default=",".join(available_backends()), help="comma-separated backends")
+    parser.add_argument("--pipelines", default="train,test")
+    parser.add_argument("--clips", type=int, default=8, help="clips per cell (the videos are cycled)")
+    parser.add_argument("--frames", type=int, default=16, help="T, frames per clip")
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--num-clip", type=int, default=1, help="test: temporal views")
-    parser.add_argument("--num-crop", type=int, default=1, choices=(1, 3), help="test: spatial crops")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads of the main process (workers always use 1)"
-    )
-    parser.add_argument("--synth-size", default="240x320", help="synthetic frame size HxW (default 240x320)")
-    parser.add_argument("--synth-frames", default="64-96", help="synthetic frames per video MIN-MAX")
-    parser.add_argument("--synth-videos", type=int, default=24, help="synthetic videos (4 classes)")
+    parser.add_argument("--short-side", type=int, default=320, help="prepared copies (tcclip data prepare)")
+    parser.add_argument("--keyframe-interval", type=int, default=16, help="prepared copies")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # one DataLoader worker
     console = Console()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)  # like the workers; more threads on a busy machine mostly add contention
 
-    with tempfile.TemporaryDirectory(prefix="tcclip_bench_") as tmp:
-        root = args.data
-        if root is None:
-            height, width = (int(x) for x in args.synth_size.lower().split("x"))
-            lo, hi = (int(x) for x in args.synth_frames.split("-"))
+    with tempfile.TemporaryDirectory(prefix="tcclip_bench_data_") as tmp:
+        tmp = Path(tmp)
+        if args.data is None:
+            root = tmp / "original"
+            root.mkdir()
             start = time.perf_counter()
-            synth = make_synthetic_dataset(
-                tmp,
-                num_classes=4,
-                videos_per_class=max(3, args.synth_videos // 4),
-                num_frames=(lo, hi),
-                size=(height, width),
-            )
-            root = synth.root
-            console.print(
-                f"synthetic data: {synth.num_videos} videos, {height}x{width}, {lo}-{hi} frames, mp4/avi/webm "
-                f"({time.perf_counter() - start:.1f} s to write)"
-            )
-        paths = [
-            p
-            for name in ("train.txt", "val.txt", "test.txt")
-            if (root / name).is_file()
-            for p in read_list(root / name)
-        ]
-        if args.data is not None:
-            paths = read_list(root / args.list)
-        frames = [len(open_video(root / p, "pyav")) for p in paths[:50]]
+            for seed, (name, height, width, frames, fps) in enumerate(CLIPS):
+                write_clip(root / name, render_clip(height, width, frames, seed), fps)
+            paths = [name for name, *_ in CLIPS]
+            console.print(f"generated {len(paths)} clips in {time.perf_counter() - start:.0f} s")
+        else:
+            root = args.data
+            if args.list:
+                paths = [line.split()[0] for line in (root / args.list).read_text().splitlines() if line.strip()]
+            else:
+                from tcclip.data.prepare import find_videos
+
+                paths = find_videos(root)
+        settings = PrepareSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval)
+        start = time.perf_counter()
+        prepared_root = tmp / "prepared"
+        results = prepare_dataset(paths, root, prepared_root, settings, workers=1)
+        prepare_s = time.perf_counter() - start
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            console.print(f"[red]prepare failed:[/red] {failed}")
+            return 1
+        size_in, size_out = sum(r.size_in for r in results), sum(r.size_out for r in results)
+
+        table_ms = {}
+        for source, folder in (("original", root), ("prepared", prepared_root)):
+            start = time.perf_counter()
+            for p in paths:
+                read_video_frames(folder / p)
+            table_ms[source] = 1000 * (time.perf_counter() - start) / len(paths)
+        info = []
+        for p in paths:
+            t = read_video_frames(root / p)
+            with av.open(str(root / p)) as c:
+                s = c.streams.video[0]
+                info.append(f"{p}: {s.codec_context.name} {s.width}x{s.height}, {len(t)} frames")
+        console.print("; ".join(info))
         console.print(
-            f"{len(paths)} videos, {np.mean(frames):.0f} frames on average; torch threads: {torch.get_num_threads()}"
+            f"prepared copies: {prepare_s:.1f} s for {len(paths)} videos, {size_in / 2**20:.1f} MiB -> "
+            f"{size_out / 2**20:.1f} MiB; frame table read once per file: {table_ms['original']:.0f} ms "
+            f"(original), {table_ms['prepared']:.0f} ms (prepared)"
         )
 
-        table = Table(title=f"clips/s (T={args.num_frames}, {args.input_size}px, batch {args.batch_size})")
-        for column in ("pipeline", "backend", "workers", "clips/s", "ms/clip"):
-            table.add_column(column, justify="right" if column in ("workers", "clips/s", "ms/clip") else "left")
+        rows = []
         for pipeline in args.pipelines.split(","):
-            views = "1 view" if pipeline == "train" else f"{args.num_clip}x{args.num_crop} views"
-            for backend in args.backends.split(","):
-                for workers in (int(w) for w in args.workers.split(",")):
-                    dataset = ClipDataset(root, paths, args.clips, backend, pipeline == "train", args)
-                    rate = measure(dataset, workers, args.batch_size)
-                    table.add_row(f"{pipeline} ({views})", backend, str(workers), f"{rate:.1f}", f"{1000 / rate:.1f}")
-                    console.print(f"  {pipeline:5s} {backend:7s} workers={workers}: {rate:.1f} clips/s")
-        console.print(table)
+            for source, folder in (("original", root), ("prepared", prepared_root)):
+                for backend in args.backends.split(","):
+                    cell = time_cell(folder, paths, backend, pipeline == "train", args)
+                    cell |= {"pipeline": pipeline, "source": source, "backend": backend}
+                    rows.append(cell)
+                    console.print(
+                        f"  {pipeline:5s} {source:8s} {backend:10s} decode {cell['decode_ms']:7.1f} ms  "
+                        f"transforms {cell['transform_ms']:5.1f} ms  {cell['clips_per_s']:6.2f} clips/s"
+                    )
+
+    title = f"clips/s per worker (1 thread), T={args.frames}, {args.input_size} px, {args.clips} clips per cell"
+    table = Table(title=title)
+    for column in ("pipeline", "source", "backend", "decode ms", "transforms ms", "clips/s", "x decord orig."):
+        table.add_column(column, justify="left" if column in ("pipeline", "source", "backend") else "right")
+    for row in rows:
+        ref = next(
+            (r for r in rows if (r["pipeline"], r["source"], r["backend"]) == (row["pipeline"], "original", "decord")),
+            None,
+        )
+        ratio = f"{row['clips_per_s'] / ref['clips_per_s']:.2f}" if ref else "-"
+        table.add_row(
+            row["pipeline"],
+            row["source"],
+            row["backend"],
+            f"{row['decode_ms']:.1f}",
+            f"{row['transform_ms']:.1f}",
+            f"{row['clips_per_s']:.2f}",
+            ratio,
+        )
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "table_ms": table_ms, "prepare_s": prepare_s}, indent=1))
     return 0
 
 
