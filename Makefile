@@ -88,3 +88,8 @@ benchmarks: $(PY)
 # SPEED_ARGS='--quick' (tiny settings), '--device cuda --dtype bf16', '--checkpointing', '--compile', '--json out.json'.
 benchmark-speed: $(PY)
 	$(PY) benchmarks/throughput.py $(SPEED_ARGS)
+
+# Data-loading throughput: clips/s per worker, per video backend, original files vs `tcclip data prepare` copies, on
+# generated 720p/480p clips (README "Decoding real footage"). DATA_ARGS='--data DIR --list val.txt --clips 32'.
+benchmark-data: $(PY)
+	$(PY) benchmarks/dataloader.py $(DATA_ARGS)

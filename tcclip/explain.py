@@ -117,7 +117,7 @@ def explain(
         labels: class names; replaces the model's list when different.
         layer: 0-based vision layer; negative counts from the last (-1, the default, is the last layer).
         top_k: classes kept in `predictions`.
-        backend: video decoder, `decord`, `pyav` or `torchcodec` (default: the first installed).
+        backend: video decoder, `torchcodec`, `pyav` or `decord` (default: torchcodec where it works, else pyav).
     """
     names = use_labels(model, labels)
     frames, indices = sample_frames(video, model_num_frames(model), clips=1, backend=backend)

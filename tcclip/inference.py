@@ -86,7 +86,7 @@ def make_test_transform(input_size: int, crops: int, num_frames: int):
 
 
 def default_backend() -> str:
-    """The preferred video decoder that is installed here (decord where it exists, else PyAV)."""
+    """The exact video decoder that works here: torchcodec where FFmpeg's libraries load, else PyAV."""
     from tcclip.data.video_reader import available_backends
 
     return available_backends()[0]
@@ -240,7 +240,7 @@ def predict(
         labels: class names to score; replaces the model's list (`set_class_names`) when different.
         top_k: how many classes to return per video.
         views: test views per video, `"clips x crops"` (see `Views`).
-        backend: video decoder, `decord`, `pyav` or `torchcodec` (default: the first installed).
+        backend: video decoder, `torchcodec`, `pyav` or `decord` (default: torchcodec where it works, else pyav).
         batch_size: videos per forward pass (each counts `views` clips).
 
     Returns:
@@ -308,7 +308,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument(
-        "--backend", choices=("decord", "pyav", "torchcodec"), help="video decoder (default: the first installed)"
+        "--backend",
+        choices=("auto", "torchcodec", "pyav", "decord"),
+        help="video decoder (default auto: torchcodec where it works, else pyav; decord matches the official code)",
     )
     parser.add_argument(
         "--clip-weights", help="where an official checkpoint's token embedding comes from (default: openai)"

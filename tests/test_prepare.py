@@ -84,3 +84,30 @@ def test_prepare_a_folder_and_refuse_to_overwrite_originals(quirk_root, tmp_path
     out = tmp_path / "prepared"
     assert tcclip_main(["data", "prepare", "--folder", str(root), "--out", str(out), "--short-side", "16"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in root.iterdir())
+
+
+@pytest.mark.slow
+def test_dataloader_benchmark_runs_on_a_given_folder(quirk_root, tmp_path):
+    """benchmarks/dataloader.py end to end on tiny videos (its numbers belong in the README, not here)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, _ = quirk_root
+    (root / "garbage.avi").unlink()
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    args = ["--data", str(root), "--clips", "2", "--frames", "4", "--input-size", "16", "--short-side", "16"]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "dataloader.py"), *args, "--backends", "pyav", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["pipeline"], r["source"]) for r in rows} == {
+        (p, s) for p in ("train", "test") for s in ("original", "prepared")
+    }
+    assert all(r["decode_ms"] > 0 and r["transform_ms"] > 0 for r in rows)

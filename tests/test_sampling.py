@@ -1,4 +1,4 @@
-"""Frame sampling against the formulas of spec section 5, written out plainly here."""
+"""Frame sampling against the segment-sampling formulas (tcclip.data.sampling), written out plainly here."""
 
 from __future__ import annotations
 

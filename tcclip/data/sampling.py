@@ -1,4 +1,4 @@
-"""Which frames of a video to decode: TSN-style segment sampling (spec section 5).
+"""Which frames of a video to decode: segment sampling as in TSN (Wang et al., ECCV 2016), which TC-CLIP follows.
 
 A video of F frames is cut into T equal segments and one frame is taken per segment.
 

@@ -1,7 +1,7 @@
-"""Video transforms on uint8 frame tensors (spec section 5), vectorised over frames with torch ops.
+"""Video transforms on uint8 frame tensors (the TC-CLIP training and test recipe), vectorised with torch ops.
 
 Input: decoded frames, uint8 RGB [T, H, W, 3] (test: also [num_clips, T, H, W, 3]).
-Output: float32 [V, T, 3, S, S], normalised with the spec's mean/std on the 0..255 scale, where
+Output: float32 [V, T, 3, S, S], normalised with CLIP's mean/std on the 0..255 scale, where
 S = ``input_size`` and V is the number of views (training: 1; testing: clips x crops).
 
 Training (:class:`TrainTransform`), with one set of random parameters per video:
