@@ -81,7 +81,7 @@ def output_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 def _encode(src: Path, tmp: Path, settings: PrepareSettings) -> int:
     """Write the re-encoded copy of ``src`` to ``tmp``; returns the number of frames written."""
     table = read_video_frames(src)
-    keep, first = set(table.pts), table.pts[0]
+    keep, first = set(table.pts.tolist()), int(table.pts[0])
     with av.open(str(src)) as source, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         stream_in = source.streams.video[0]
         stream_in.codec_context.thread_count = 1  # the processes are the parallelism
@@ -125,8 +125,8 @@ def _verify(src: Path, tmp: Path) -> str | None:
     original, copy = read_video_frames(src), read_video_frames(tmp)
     if len(copy) != len(original):
         return f"the copy has {len(copy)} frames, the original {len(original)}"
-    duration_in = (original.pts[-1] - original.pts[0]) * original.time_base
-    duration_out = (copy.pts[-1] - copy.pts[0]) * copy.time_base
+    duration_in = int(original.pts[-1] - original.pts[0]) * original.time_base
+    duration_out = int(copy.pts[-1] - copy.pts[0]) * copy.time_base
     step = duration_in / max(1, len(original) - 1)
     if abs(duration_out - duration_in) > max(step, duration_in / 100):
         return f"the copy lasts {float(duration_out):.3f} s, the original {float(duration_in):.3f} s"

@@ -67,15 +67,16 @@ def plain_reason(err: BaseException) -> str:
     return " ".join(str(text).split()) or type(err).__name__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VideoFrames:
     """The frames of one video file (see the module docstring)."""
 
     path: str
-    pts: tuple[int, ...]
-    """Presentation timestamp of every frame, in :attr:`time_base` units, increasing."""
-    seek_pts: tuple[int, ...]
-    """Per frame: presentation timestamp of the key frame to seek to before decoding forward to it."""
+    pts: np.ndarray
+    """int64 [frames]: presentation timestamp of every frame, in :attr:`time_base` units, increasing. (Arrays,
+    not tuples of Python ints: a worker caches the tables of thousands of videos.)"""
+    seek_pts: np.ndarray
+    """int64 [frames]: presentation timestamp of the key frame to seek to before decoding forward to each frame."""
     time_base: Fraction
     rotation: int
     """Counter-clockwise degrees (a multiple of 90) that turn the stored frames upright."""
@@ -91,7 +92,7 @@ class VideoFrames:
 
     def seconds(self, index: int) -> float:
         """Presentation time of frame ``index`` in seconds."""
-        return float(self.pts[index] * self.time_base)
+        return float(int(self.pts[index]) * self.time_base)
 
 
 def _stream_end(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
@@ -187,8 +188,8 @@ def _read(path: str) -> VideoFrames:
     keep = int(np.searchsorted(frame_pts, max(decoded), side="right"))
     return VideoFrames(
         path=path,
-        pts=tuple(frame_pts[:keep].tolist()),
-        seek_pts=tuple(seek_pts[:keep]),
+        pts=frame_pts[:keep].copy(),
+        seek_pts=np.array(seek_pts[:keep], dtype=np.int64),
         time_base=time_base,
         rotation=rotation or 0,
         codec=codec,

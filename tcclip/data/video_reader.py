@@ -90,11 +90,12 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
     recognised by their timestamps. Should a seek land after the key frame it asked for (a container with a
     coarse index), the missing frames are decoded from the start of the file instead.
     """
-    wanted = {frames.pts[i] for i in indices}
+    pts, seek_pts = frames.pts.tolist(), frames.seek_pts.tolist()
+    wanted = {pts[i] for i in indices}
     out: dict[int, np.ndarray] = {}
     runs: list[list[int]] = []
     for i in indices:  # seek_pts never decreases with the frame index
-        if runs and frames.seek_pts[runs[-1][-1]] == frames.seek_pts[i]:
+        if runs and seek_pts[runs[-1][-1]] == seek_pts[i]:
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -118,17 +119,17 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
         with av.open(frames.path) as container:
             stream = open_stream(container)
             for run in runs:
-                seek(container, stream, frames.seek_pts[run[0]])
-                collect(container, stream, frames.pts[run[-1]])
+                seek(container, stream, seek_pts[run[0]])
+                collect(container, stream, pts[run[-1]])
         if len(out) < len(wanted):
             with av.open(frames.path) as container:
                 collect(container, open_stream(container), max(wanted - out.keys()))
     except av.error.FFmpegError as err:
         raise VideoDecodeError(frames.path, f"cannot be decoded ({plain_reason(err)})") from err
-    missing = [i for i in indices if frames.pts[i] not in out]
+    missing = [i for i in indices if pts[i] not in out]
     if missing:
         raise VideoDecodeError(frames.path, f"frame {missing[0]} of {len(frames)} does not decode (damaged file)")
-    return upright(np.stack([out[frames.pts[i]] for i in indices]), frames.rotation)
+    return upright(np.stack([out[pts[i]] for i in indices]), frames.rotation)
 
 
 def decode_sequential(frames: VideoFrames, indices: Sequence[int]) -> np.ndarray:
@@ -281,8 +282,11 @@ class TorchCodecReader(VideoReader):
                 got = [round(s / table.time_base) for s in batch.pts_seconds.tolist()]
             except (RuntimeError, ValueError, IndexError):
                 got = None  # e.g. a frame it indexes differently: the exact path below decides
-            if got == [table.pts[i] for i in indices]:
-                return batch.data.numpy()  # torchcodec turns frames upright itself
+            if got == table.pts[indices].tolist():
+                frames = batch.data.numpy()
+                if table.rotation and getattr(self._get_handle().metadata, "rotation", None) is None:
+                    frames = upright(frames, table.rotation)  # a torchcodec too old to apply the display matrix
+                return frames
             _TORCHCODEC_MISPLACES.add(table.path)
             log.debug("torchcodec returned other frames than asked for in %s; decoding it with PyAV", table.path)
         return decode_exact(table, indices, self.num_threads)
@@ -311,7 +315,10 @@ class DecordReader(VideoReader):
                 UserWarning,
                 stacklevel=2,
             )
-        handle = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.num_threads)
+        try:
+            handle = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.num_threads)
+        except decord.DECORDError as err:  # its messages are C++ traces: say it plainly
+            raise VideoDecodeError(self.path, "decord cannot open it; backend auto reads it if it is sound") from err
         if len(handle) not in (len(table), len(table) + table.dropped_tail):
             raise VideoDecodeError(
                 self.path, f"decord counts {len(handle)} frames where the file has {len(table)}; use backend auto"
