@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import functools
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -110,10 +111,20 @@ def _display_rotation(frame: av.VideoFrame) -> int:
     return (rotation // 90 * 90) % 360 if rotation % 90 == 0 else 0  # odd angles are not turned (rare, skew)
 
 
-def decode_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream):
+def decode_packets(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, needed: Collection[int] | None = None
+):
     """Decoded frames from the stream's current position to its end; a packet that fails to decode is skipped,
-    as a player does (its frame is missing or its neighbours show concealed errors)."""
+    as a player does (its frame is missing or its neighbours show concealed errors).
+
+    With ``needed`` (presentation timestamps), the decoder skips the non-reference frames that are not needed:
+    no other frame is decoded from them, so the needed frames come out the same, and B-frames (often half of
+    a stream) cost nothing.
+    """
+    context = stream.codec_context
     for packet in container.demux(stream):
+        if needed is not None:
+            context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in needed else "NONREF"
         try:
             yield from packet.decode()
         except av.error.FFmpegError:

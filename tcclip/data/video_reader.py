@@ -101,7 +101,7 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
             runs.append([i])
 
     def collect(container: av.container.InputContainer, stream: Any, until: int) -> None:
-        for frame in decode_packets(container, stream):
+        for frame in decode_packets(container, stream, wanted):
             if frame.pts in wanted and frame.pts not in out:
                 out[frame.pts] = frame.to_ndarray(format="rgb24")
             if frame.pts is not None and frame.pts >= until:
