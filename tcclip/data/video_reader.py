@@ -17,7 +17,8 @@ Backends (``backend=`` of :func:`open_video`, ``data.init_args.backend`` in conf
   timestamps of the frames it returns are checked against the frame table: on a mismatch the file is decoded
   by the ``pyav`` path instead (and, in this process, from then on).
 - ``pyav``: FFmpeg through PyAV, no system libraries needed. Seeks to the key frame from which the first
-  requested frame decodes and decodes forward, frames being matched by timestamp (never by counting).
+  requested frame decodes and decodes forward, skipping the non-reference frames nobody asked for, frames being
+  matched by timestamp (never by counting).
 - ``decord``: the decoder of the official TC-CLIP code, kept only for bit-compatibility with published numbers.
   Its random access returns wrong frames on MPEG-4 part 2 files with B-frames (the format of UCF-101 and
   HMDB-51); opening such a file warns. ``tcclip data check --verify-frames`` finds the affected files.
