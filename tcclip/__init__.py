@@ -10,7 +10,7 @@ __all__ = ["__version__", "load_model", "predict"]
 def __getattr__(name: str):
     # Lazy so that `import tcclip` (and the CLI's --help) stays fast and torch-free until needed.
     if name == "load_model":
-        from tcclip.model.checkpoint import load_model
+        from tcclip.portable import load_model
 
         return load_model
     if name == "predict":
