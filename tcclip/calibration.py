@@ -46,6 +46,8 @@ class Calibration:
     """Videos whose score is below this are "none of the above" (None: no threshold was chosen)."""
     target_recall: float | None = None
     """Fraction of the validation videos the threshold accepts (in-distribution recall)."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """The threshold of every score at the same recall (`--reject-score` picks another one than `score`)."""
     class_names: tuple[str, ...] = ()
     """The class list the temperature and threshold were fitted for."""
     report: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -59,6 +61,7 @@ class Calibration:
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold}")
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "thresholds", {str(k): float(v) for k, v in self.thresholds.items()})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,7 +82,8 @@ class Calibration:
                 path=source,
                 fix="upgrade tcclip",
             )
-        known = {"temperature", "score", "threshold", "target_recall", "class_names", "report", "checkpoint_sha256"}
+        known = {"temperature", "score", "threshold", "target_recall", "thresholds", "class_names", "report"}
+        known.add("checkpoint_sha256")
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
         except (TypeError, ValueError) as err:

@@ -16,13 +16,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from rich.markup import escape
 from torch import Tensor, nn
 
+from tcclip.calibration import calibrated_probabilities, model_calibration
 from tcclip.errors import UserError
+
+if TYPE_CHECKING:
+    from tcclip.openset import OpenSetPrediction
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +199,14 @@ def label_length_errors(source: str | Path | None = None) -> Iterator[None]:
         ) from None
 
 
+def video_view_logits(model: nn.Module, clips: Tensor) -> Tensor:
+    """Logits of every view of a batch of videos: clips float [B, V, T, 3, S, S] -> float [B, V, C] on the CPU."""
+    device, dtype = _device_dtype(model)
+    batch, views = clips.shape[:2]
+    logits = model(clips.flatten(0, 1).to(device=device, dtype=dtype))  # [B*V, C]
+    return logits.float().view(batch, views, -1).cpu()
+
+
 def video_probabilities(model: nn.Module, clips: Tensor) -> Tensor:
     """Class probabilities of a batch of videos, each given as several views.
 
@@ -203,13 +215,15 @@ def video_probabilities(model: nn.Module, clips: Tensor) -> Tensor:
         clips: float [B, V, T, 3, S, S], normalised.
 
     Returns:
-        float [B, C] on the CPU: the mean over views of each view's softmax.
+        float [B, C] on the CPU: the mean over views of each view's softmax, temperature-scaled when the model
+        carries a calibration (`tcclip calibrate`; the ranking of the classes is unchanged).
     """
-    device, dtype = _device_dtype(model)
-    batch, views = clips.shape[:2]
-    logits = model(clips.flatten(0, 1).to(device=device, dtype=dtype))  # [B*V, C]
-    probs = logits.float().softmax(-1).view(batch, views, -1)  # [B, V, C]
-    return probs.mean(1).cpu()
+    return calibrated_probabilities(video_view_logits(model, clips), model_temperature(model))
+
+
+def model_temperature(model: nn.Module) -> float:
+    calibration = model_calibration(model)
+    return 1.0 if calibration is None else calibration.temperature
 
 
 def top_k_predictions(probabilities: Tensor, class_names: Sequence[str], k: int) -> list[Prediction]:
@@ -226,7 +240,10 @@ def predict(
     views: str | Views = "2x1",
     backend: str | None = None,
     batch_size: int = 8,
-) -> list[Prediction] | list[list[Prediction]]:
+    reject: bool = False,
+    reject_threshold: float | None = None,
+    reject_score: str | None = None,
+) -> list[Prediction] | list[list[Prediction]] | OpenSetPrediction | list[OpenSetPrediction]:
     """Classify one video or several.
 
     Example:
@@ -242,15 +259,23 @@ def predict(
         views: test views per video, `"clips x crops"` (see `Views`).
         backend: video decoder, `torchcodec`, `pyav` or `decord` (default: torchcodec where it works, else pyav).
         batch_size: videos per forward pass (each counts `views` clips).
+        reject: answer "none of the above" when the rejection score is under the threshold (`tcclip.openset`).
+        reject_threshold: the threshold (default: the one `tcclip calibrate` stored with the model).
+        reject_score: `msp`, `max_logit`, `energy` or `mcm` (default: the calibrated one).
 
     Returns:
-        For one video, its top-k `(label, probability)` pairs; for a list, one such list per video.
+        For one video, its top-k `(label, probability)` pairs; for a list, one such list per video. With `reject`,
+        an `OpenSetPrediction` (label or "none of the above", score, threshold, top-k) instead of each list.
 
     Raises:
         VideoDecodeError: a video cannot be read (the command-line tool reports these and goes on instead).
     """
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
+    if reject or reject_threshold is not None:
+        from tcclip.openset import predict_open_set
+
+        return predict_open_set(model, video, labels, top_k, views, backend, batch_size, reject_threshold, reject_score)
     single = isinstance(video, str | Path | Tensor)
     videos = [video] if single else list(video)
     names = use_labels(model, labels)
@@ -340,8 +365,10 @@ def read_labels(labels: str | None, label_file: str | None) -> list[str] | None:
 
 def check_checkpoint_path(checkpoint: str | Path) -> Path:
     """The `--checkpoint` file; a `UserError` for a folder or a path that does not exist."""
+    from tcclip.portable import is_exported_dir
+
     path = Path(checkpoint)
-    if path.is_dir():
+    if path.is_dir() and not is_exported_dir(path):  # a folder written by `tcclip export` is a model
         found = sorted(p.name for p in path.iterdir() if p.suffix in (".ckpt", ".pth", ".pt") and p.is_file())
         fix = (
             f"Pass one of the checkpoint files in it: {', '.join(found[:5])}" + (", ..." if len(found) > 5 else ".")
@@ -367,7 +394,7 @@ def load_model_from_args(args: argparse.Namespace) -> nn.Module:
     Raises:
         UserError: a bad --device, --checkpoint, --labels or --label-file, or a checkpoint that cannot be loaded.
     """
-    from tcclip.model.checkpoint import load_model
+    from tcclip.portable import load_model
 
     device = resolve_device(args.device)  # first: the cheapest mistake to find
     path = check_checkpoint_path(args.checkpoint)
@@ -428,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default 4)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2; 0: decode in this one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from tcclip.openset import add_reject_arguments
+
+    add_reject_arguments(parser)
     return parser
 
 
@@ -503,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = load_model_from_args(args)
     names = list(model.class_names)
+    from tcclip.openset import decide, rejector_from_args, verdict_text
+
+    rejector = rejector_from_args(args, model)
+    verdicts = {}
 
     dataset = _VideoFiles(paths, model_num_frames(model), model_input_size(model), views, args.backend)
     loader = torch.utils.data.DataLoader(
@@ -521,17 +555,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = progress.add_task("videos", total=len(paths))
         for batch in loader:
             good = [(i, clips) for i, clips, _ in batch if clips is not None]
-            probs = video_probabilities(model, torch.stack([c for _, c in good])) if good else []
+            logits = video_view_logits(model, torch.stack([c for _, c in good])) if good else None
+            probs = calibrated_probabilities(logits, model_temperature(model)) if good else []
             ranked = {i: top_k_predictions(p, names, args.top_k) for (i, _), p in zip(good, probs, strict=True)}
+            if rejector is not None and good:
+                verdicts = dict(zip(ranked, decide(rejector, logits, list(ranked.values())), strict=True))
             for i, _, error in batch:  # in input order, failures where they occur
                 if error is not None:
                     failed += 1
                     _report_failure(out, err, str(paths[i]), error, args.json)
                 elif args.json:
                     record = {"video": str(paths[i]), "predictions": [_as_json(p) for p in ranked[i]]}
+                    record.update(verdicts[i].to_json() if i in verdicts else {})
                     out.file.write(json.dumps(record) + "\n")
                 else:
                     out.print(str(paths[i]), style="bold", soft_wrap=True, highlight=False)
+                    if i in verdicts:
+                        out.print(verdict_text(verdicts[i]), soft_wrap=True, highlight=False)
                     out.print(_table(ranked[i]))
                     out.print()
             progress.advance(task, len(batch))
