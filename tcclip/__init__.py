@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "predict"]
+__all__ = ["__version__", "load_model", "predict", "timeline"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,9 @@ def __getattr__(name: str):
         from tcclip.inference import predict
 
         return predict
+    if name == "timeline":
+        # (the module is `timelines`: a submodule named `timeline` would replace this function once imported)
+        from tcclip.timelines import timeline
+
+        return timeline
     raise AttributeError(f"module 'tcclip' has no attribute {name!r}")

@@ -39,6 +39,7 @@ EXTRA_COMMANDS: dict[str, Command] = {
     "sweep": Command("tcclip.sweep:main", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
     "export": Command("tcclip.export:main", "write model.safetensors + config.json + model card (and ONNX)"),
     "calibrate": Command("tcclip.calibrate:main", "fit a temperature and rejection thresholds on a validation list"),
+    "timeline": Command("tcclip.timelines:main", "label a long video window by window: CSV, JSON, segments, plot"),
 }
 # `tcclip predict VIDEO ... --checkpoint CKPT` is the people's predictor; with --config it is LightningCLI's.
 PEOPLE_PREDICT = "tcclip.inference:main"

@@ -1,0 +1,463 @@
+"""Actions along a long video: `tcclip.timeline(model, path, ...)` and `tcclip timeline VIDEO --checkpoint ...`.
+
+A window of `window` seconds slides over the video every `stride` seconds; each window is one clip of the model's
+T frames, sampled at the centres of T equal parts of the window (the test sampling, in time instead of frame
+indices). The video is decoded once, in order, with PyAV; a frame is converted and transformed only when a window
+needs it, and a window is scored and dropped as soon as its T frames are there, so memory depends on the window and
+the batch, not on the video's length (docs/open_set.md, "Timelines").
+
+Outputs (`save_timeline`): `windows.csv` and `timeline.json` (per-window top-k, score, accepted label), `segments.csv`
+(consecutive windows with the same accepted label merged; rejected windows are gaps) and `timeline.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tcclip.errors import UserError
+
+TIME_SLACK = 1e-6
+"""Seconds added to every sample time, so that 0.7 + 0.2 (0.8999...) picks the frame stamped 0.9."""
+
+__all__ = ["Segment", "Timeline", "WindowResult", "merge_segments", "save_timeline", "stream_windows", "timeline"]
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One window: where it lies (seconds from the first frame), its top-k, and the decision."""
+
+    index: int
+    start: float
+    end: float
+    top_k: list[tuple[str, float]]
+    """(label, probability) pairs, most probable first."""
+    label: str | None
+    """The accepted label (the top-1 unless rejected); None when the window was rejected."""
+    score: float | None = None
+    """The rejection score (None without rejection)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive windows with the same accepted label. `start`/`end` tile the timeline between window centres."""
+
+    label: str
+    start: float
+    end: float
+    first_window: int
+    last_window: int
+    mean_probability: float
+
+
+@dataclass(frozen=True)
+class Timeline:
+    video: str
+    duration: float
+    """Seconds from the first frame to the end of the last one."""
+    window: float
+    stride: float
+    num_frames: int
+    windows: list[WindowResult]
+    segments: list[Segment]
+    rejection: dict | None = None
+    """Score name and threshold when rejection was on."""
+    class_names: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "video": self.video,
+            "duration": round(self.duration, 6),
+            "window": self.window,
+            "stride": self.stride,
+            "num_frames": self.num_frames,
+            "class_names": self.class_names,
+            "rejection": self.rejection,
+            "windows": [
+                {**asdict(w), "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in w.top_k]}
+                for w in self.windows
+            ],
+            "segments": [asdict(s) for s in self.segments],
+        }
+
+
+# ----------------------------------------------------------------------------------------------- streaming decode
+
+
+def _frame_time(frame, index: int, rate: float) -> float:
+    return float(frame.time) if frame.time is not None else index / rate
+
+
+def stream_windows(
+    path: str | Path,
+    num_frames: int,
+    window: float,
+    stride: float,
+    convert: Callable[[object], Tensor],
+    on_time: Callable[[float], None] | None = None,
+) -> Iterator[tuple[int, float, float, list[Tensor]]]:
+    """Decode `path` once and yield `(index, start, end, frames)` per complete window, in order.
+
+    Window k covers [k * stride, k * stride + window) seconds from the first frame; its sample i is the frame shown
+    at start + (i + 0.5) * window / num_frames (the last frame whose timestamp is <= that time). `convert` turns a
+    PyAV frame into what is kept (called once per needed frame). Only windows that fit inside the video are
+    yielded; a video shorter than one window gives one window over the whole video (decoded a second time).
+    """
+    import av
+
+    path = Path(path)
+    step = window / num_frames
+    pending: dict[int, list[Tensor | None]] = {}  # window index -> its samples so far
+    next_window = 0
+    emitted = 0
+    prev_time, prev_frame, prev_converted = None, None, None
+    start_time = None
+    index = -1
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise UserError(f"cannot open the video ({err})", path=path, fix="check the file (ffprobe)") from err
+    with container:
+        if not container.streams.video:
+            raise UserError("has no video stream", path=path, fix="give a video file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+
+        def fill(until: float) -> Iterator[tuple[int, float, float, list[Tensor]]]:
+            """Give prev_frame to every pending sample time in [prev_time, until); yield completed windows."""
+            nonlocal next_window, prev_converted, emitted
+            # open the windows whose first sample time comes before `until`
+            while next_window * stride + 0.5 * step + TIME_SLACK < until:
+                pending[next_window] = [None] * num_frames
+                next_window += 1
+            for k in sorted(pending):
+                samples = pending[k]
+                start = k * stride
+                for i in range(num_frames):
+                    # a microsecond of slack: a sample time that is a frame's timestamp up to rounding gets that frame
+                    t = start + (i + 0.5) * step + TIME_SLACK
+                    if samples[i] is None and prev_time <= t < until:
+                        if prev_converted is None:
+                            prev_converted = convert(prev_frame)
+                        samples[i] = prev_converted
+                if all(s is not None for s in samples):
+                    del pending[k]
+                    emitted += 1
+                    yield k, start, start + window, samples  # type: ignore[misc]
+
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                t = _frame_time(frame, index, rate)
+                if start_time is None:
+                    start_time = t
+                t -= start_time
+                if prev_frame is not None:
+                    yield from fill(t)
+                prev_time, prev_frame, prev_converted = t, frame, None
+                if on_time is not None:
+                    on_time(t)
+        except av.error.FFmpegError as err:
+            raise UserError(f"decoding failed after frame {index} ({err})", path=path, fix="re-encode it") from err
+        if prev_frame is None:
+            raise UserError("the video has no frames", path=path, fix="give a video with frames")
+        end = prev_time + 1.0 / rate  # the last frame is shown for one frame period
+        # windows that end inside the video get their last samples from the last frame
+        for k in list(pending):
+            if k * stride + window > end + 1e-6:
+                del pending[k]
+        yield from fill(end)
+    if emitted == 0:  # shorter than one window: one window over the whole video
+        yield from stream_windows(path, num_frames, end * (1 - 1e-9), max(stride, end), convert)
+
+
+# ----------------------------------------------------------------------------------------------- segments
+
+
+def merge_segments(windows: Sequence[WindowResult], stride: float) -> list[Segment]:
+    """Merge consecutive windows with the same accepted label; rejected windows (label None) are gaps.
+
+    A window stands for the stretch of time nearer its centre than its neighbours' centres
+    ([centre - stride / 2, centre + stride / 2], within the window; the first window from its start, the last to its
+    end), so segments tile the covered time and a boundary lies half-way between the centres of the two windows
+    around it.
+    """
+    segments: list[Segment] = []
+    run: list[WindowResult] = []
+
+    def cell(i: int) -> tuple[float, float]:
+        w = windows[i]
+        centre = 0.5 * (w.start + w.end)
+        lo = w.start if i == 0 else max(w.start, centre - 0.5 * stride)
+        hi = w.end if i == len(windows) - 1 else min(w.end, centre + 0.5 * stride)
+        return lo, hi
+
+    def close() -> None:
+        if run and run[0].label is not None:
+            first, last = run[0].index, run[-1].index
+            probs = [dict(w.top_k).get(run[0].label, 0.0) for w in run]
+            segments.append(
+                Segment(run[0].label, cell(first)[0], cell(last)[1], first, last, float(sum(probs) / len(probs)))
+            )
+
+    for w in windows:
+        if run and (w.label != run[-1].label or w.index != run[-1].index + 1):
+            close()
+            run = []
+        run.append(w)
+    close()
+    return segments
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+def timeline(
+    model: nn.Module,
+    path: str | Path,
+    labels: Sequence[str] | None = None,
+    window: float = 2.0,
+    stride: float | None = None,
+    top_k: int = 3,
+    reject: bool = False,
+    reject_threshold: float | None = None,
+    reject_score: str | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> Timeline:
+    """Score a long video window by window.
+
+    Args:
+        model: a model from `tcclip.load_model`.
+        path: the video file.
+        labels: class names (default: the model's).
+        window: window length in seconds (each window is one clip of the model's T frames).
+        stride: seconds between window starts (default: half the window).
+        top_k: classes kept per window.
+        reject / reject_threshold / reject_score: "none of the above" per window, as in `tcclip.predict`.
+        batch_size: windows per forward pass.
+        progress: show a progress bar (rich, on stderr) while decoding.
+    """
+    from tcclip.calibration import calibrated_probabilities
+    from tcclip.inference import (
+        evaluating,
+        make_test_transform,
+        model_input_size,
+        model_num_frames,
+        model_temperature,
+        top_k_predictions,
+        use_labels,
+        video_view_logits,
+    )
+    from tcclip.openset import Rejector
+
+    stride = window / 2 if stride is None else stride
+    if not (window > 0 and stride > 0 and math.isfinite(window) and math.isfinite(stride)):
+        raise UserError(f"window and stride must be positive seconds, got {window} and {stride}", fix="e.g. 2 and 1")
+    if top_k < 1 or batch_size < 1:
+        raise UserError("top_k and batch_size must be >= 1", fix="pass positive numbers")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("no such video file", path=path, fix="give a video file")
+    names = use_labels(model, labels)
+    rejector = (
+        Rejector.for_model(model, reject_threshold, reject_score) if reject or reject_threshold is not None else None
+    )
+    temperature = model_temperature(model)
+    num_frames = model_num_frames(model)
+    transform = make_test_transform(model_input_size(model), 1, 1)
+
+    def convert(frame) -> Tensor:
+        # one frame through the test transform (every step is per frame): [3, S, S]
+        return transform(torch.from_numpy(frame.to_ndarray(format="rgb24"))[None])[0, 0]
+
+    results: list[WindowResult] = []
+    batch: list[tuple[int, float, float, list[Tensor]]] = []
+
+    def flush() -> None:
+        clips = torch.stack([torch.stack(frames) for _, _, _, frames in batch])[:, None]  # [B, 1, T, 3, S, S]
+        logits = video_view_logits(model, clips)  # [B, 1, C]
+        probs = calibrated_probabilities(logits, temperature)
+        scores, accepted = rejector(logits) if rejector is not None else (None, None)
+        for j, (k, start, end, _) in enumerate(batch):
+            ranked = [(p.label, p.probability) for p in top_k_predictions(probs[j], names, top_k)]
+            ok = True if accepted is None else bool(accepted[j])
+            score = None if scores is None else float(scores[j])
+            results.append(WindowResult(k, start, end, ranked, ranked[0][0] if ok else None, score))
+        batch.clear()
+
+    bar, on_time = _progress(path, progress)
+    with bar, evaluating(model):
+        for item in stream_windows(path, num_frames, window, stride, convert, on_time):
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    duration = results[-1].end if results else 0.0
+    duration = max(duration, _probe_duration(path))
+    rejection = None if rejector is None else {"score": rejector.score, "threshold": rejector.threshold}
+    return Timeline(
+        str(path), duration, window, stride, num_frames, results, merge_segments(results, stride), rejection, names
+    )
+
+
+def _probe_duration(path: Path) -> float:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        return float(container.duration or 0) / 1e6
+
+
+def _progress(path: Path, enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = _probe_duration(path) if enabled else 0.0
+    bar = Progress(
+        TextColumn("timeline"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )
+    task = bar.add_task("video", total=total or None)
+    return bar, (lambda t: bar.update(task, completed=t)) if enabled else None
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def plot_timeline(tl: Timeline):
+    """A matplotlib Figure: the segments as coloured bars over time, and every window's top-1 probability."""
+    from matplotlib.figure import Figure
+
+    labels = sorted({s.label for s in tl.segments})
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    fig = Figure(figsize=(max(6.0, min(24.0, tl.duration / 10)), 3.2), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(1, 2))
+    for seg in tl.segments:
+        top.broken_barh([(seg.start, seg.end - seg.start)], (0, 1), color=colours[seg.label])
+        if seg.end - seg.start > 0.04 * max(tl.duration, 1e-9):
+            top.text(0.5 * (seg.start + seg.end), 0.5, seg.label, ha="center", va="center", fontsize=8, clip_on=True)
+    top.set_yticks([])
+    top.set_ylabel("segments", fontsize=8)
+    centres = [0.5 * (w.start + w.end) for w in tl.windows]
+    bottom.plot(centres, [w.top_k[0][1] for w in tl.windows], color="0.3", lw=1, label="top-1 probability")
+    for w, c in zip(tl.windows, centres, strict=True):
+        bottom.scatter([c], [w.top_k[0][1]], s=10, color=colours.get(w.label, "0.7"), zorder=3)
+    bottom.set_ylim(0, 1.02)
+    bottom.set_xlim(0, max(tl.duration, 1e-6))
+    bottom.set_xlabel("seconds")
+    bottom.set_ylabel("top-1 prob.", fontsize=8)
+    handles = [bottom.scatter([], [], color=colours[lab], label=lab) for lab in labels]
+    if handles:
+        bottom.legend(handles=handles, fontsize=7, loc="lower right", ncols=min(4, len(handles)))
+    return fig
+
+
+def save_timeline(tl: Timeline, out_dir: str | Path) -> list[Path]:
+    """windows.csv, segments.csv, timeline.json and timeline.png in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k = max((len(w.top_k) for w in tl.windows), default=0)
+    with open(out / "windows.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["window", "start", "end", "label", "score"]
+        for r in range(1, k + 1):
+            header += [f"label_{r}", f"probability_{r}"]
+        writer.writerow(header)
+        for w in tl.windows:
+            row = [
+                w.index,
+                f"{w.start:.3f}",
+                f"{w.end:.3f}",
+                w.label or "",
+                "" if w.score is None else f"{w.score:.6g}",
+            ]
+            for lab, p in w.top_k:
+                row += [lab, f"{p:.6f}"]
+            writer.writerow(row)
+    with open(out / "segments.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "start", "end", "first_window", "last_window", "mean_probability"])
+        for s in tl.segments:
+            writer.writerow([s.label, f"{s.start:.3f}", f"{s.end:.3f}", s.first_window, s.last_window,
+                             f"{s.mean_probability:.6f}"])  # fmt: skip
+    (out / "timeline.json").write_text(json.dumps(tl.to_json(), indent=1) + "\n")
+    plot_timeline(tl).savefig(out / "timeline.png", dpi=120)
+    return [out / n for n in ("windows.csv", "segments.csv", "timeline.json", "timeline.png")]
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tcclip.inference import add_model_arguments
+    from tcclip.openset import add_reject_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="tcclip timeline",
+        description="Slide a window of the model's T frames over a long video: per-window top-k (CSV, JSON), merged "
+        "segments and a PNG timeline plot.",
+        epilog="Example: tcclip timeline match.mp4 --checkpoint tc_clip.ckpt --labels 'serve,rally,break' --window 3",
+    )
+    parser.add_argument("video", help="the video file")
+    add_model_arguments(parser)
+    parser.add_argument("--window", type=float, default=2.0, help="window length in seconds (default 2)")
+    parser.add_argument("--stride", type=float, help="seconds between window starts (default: half the window)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes kept per window (default 3)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <video name>_timeline/ next to the video)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reject_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tcclip.inference import load_model_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    out = Console()
+    model = load_model_from_args(args)
+    tl = timeline(
+        model,
+        args.video,
+        window=args.window,
+        stride=args.stride,
+        top_k=args.top_k,
+        reject=args.reject,
+        reject_threshold=args.reject_threshold,
+        reject_score=args.reject_score,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    video = Path(args.video)
+    out_dir = args.out or video.with_name(video.stem + "_timeline")
+    files = save_timeline(tl, out_dir)
+    table = Table(title=f"{escape(str(video))}: {len(tl.windows)} windows of {tl.window:g} s every {tl.stride:g} s")
+    for column in ("start", "end", "label", "mean prob."):
+        table.add_column(column, justify="right" if column != "label" else "left")
+    for s in tl.segments:
+        table.add_row(f"{s.start:.2f}", f"{s.end:.2f}", escape(s.label), f"{s.mean_probability:.3f}")
+    out.print(table)
+    out.print("wrote " + ", ".join(str(f) for f in files), highlight=False, soft_wrap=True)
+    return 0
