@@ -4,10 +4,11 @@
 deterministic clip, centre crop) and writes:
 
 - `seeds.png`: the sampled frames (as the model saw them, after resize and crop) in a grid, showing only the seed
-  patches of the chosen layer (per frame, the patches its class token attended to most, spec 2.3.c) in colour,
-  and the other patches in grey;
-- `context_tokens.png`: the same frames with one colour per context token: all patches, across all frames,
-  whose seed tokens were merged into that token (spec 2.3.e); patches in no token are greyed out;
+  patches of the chosen layer in colour (per frame, the patches its class token attended to most: the informative
+  tokens of the TC-CLIP paper, Sec. 3.2), and the other patches in grey;
+- `context_tokens.png`: the same frames with one colour per context token: all patches, across all frames, whose
+  seed tokens were merged into that token (the paper's temporal context summarisation, Sec. 3.2); patches in no
+  token are greyed out;
 - `top_k.png`: a bar chart of the most probable classes; `summary.png`: the three together;
 - `explanation.json`: the numbers behind the pictures (frame indices, seed indices, token of every patch, top-k);
 - with `--format gif` or `both`: `explain.gif`, one animation frame per video frame (frame | seeds | tokens).

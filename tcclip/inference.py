@@ -1,8 +1,9 @@
 """Run a trained model on video files: `tcclip.predict(...)` and the `tcclip predict VIDEO ... --checkpoint` command.
 
-The videos go through the test pipeline of spec section 5 (deterministic frame sampling, short-side resize and
-centre crop, normalisation); with several views the per-view softmax probabilities are averaged (the spec sums them,
-which ranks the classes the same way; the mean stays a probability).
+The videos go through the evaluation pipeline (`tcclip.data.sampling.test_indices` and
+`tcclip.data.transforms.TestTransform`: deterministic frame sampling, short-side resize and centre crop,
+normalisation); with several views the per-view softmax probabilities are averaged (the official evaluation sums
+them, which ranks the classes the same way; the mean stays a probability).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class Views:
 
 
 def make_test_transform(input_size: int, crops: int, num_frames: int):
-    """The spec's test transform (resize, crop(s), normalise) for clips of `num_frames`."""
+    """The evaluation transform (resize, crop(s), normalise) for clips of `num_frames`."""
     from tcclip.data.transforms import TestTransform
 
     return TestTransform(input_size, num_crop=crops, num_frames=num_frames)

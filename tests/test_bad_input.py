@@ -104,6 +104,10 @@ def permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
 
 
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich's tables keep a row on one line
+
+
 LONG = "/".join(["d" * 200] * 6)  # a 1200-character folder path, each part near the 255-byte name limit
 
 
@@ -436,6 +440,15 @@ CASES: list[Case] = [
         2,
         "--device 'gpu' is not a device",
         absent=("pictures",),
+    ),
+    # --- tcclip data check ------------------------------------------------------------------------------------
+    Case(
+        "data-check-missing-video-named-with-its-line",
+        ("data", "check", "--list", "list.txt", "--root", ".", "--workers", "1", "--backend", "pyav"),
+        1,
+        "│ v/gone.mp4 │ list.txt:2 │ VideoDecodeError: cannot decode video v/gone.mp4: file not found",
+        files={"list.txt": "v/folder.mp4 0\nv/gone.mp4 1\n", "v/folder.mp4": DIR},
+        setup=wide_terminal,
     ),
     # --- the tcclip command itself --------------------------------------------------------------------------
     Case("help-lists-every-command", ("--help",), 0, "convert-checkpoint turn an official TC-CLIP .pth"),

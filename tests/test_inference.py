@@ -71,7 +71,7 @@ def test_predict_one_video_gives_sorted_label_probability_pairs(model, videos):
 
 
 def test_predict_averages_the_softmax_of_every_view(model, videos):
-    """All classes: the probabilities are the mean of the per-view softmax, on the spec's test pipeline."""
+    """All classes: the probabilities are the mean of the per-view softmax, on the evaluation pipeline."""
     result = predict(model, str(videos / "a.mp4"), top_k=len(CLASSES), views="2x3")
     reader = open_video(videos / "a.mp4")
     from tcclip.data.sampling import test_indices

@@ -24,7 +24,7 @@ class VideoCheck:
     path: str
     """Path relative to the root, as in the list."""
     lists: tuple[str, ...]
-    """Names of the lists that contain it."""
+    """Where the lists name it, as ``list:line``."""
     error: str | None = None
     num_frames: int = 0
     mismatch: str | None = None
@@ -96,15 +96,13 @@ def _check_one(args: tuple[str, str, str, int, str | None]) -> tuple[str | None,
 
 
 def collect_videos(lists: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
-    """Every distinct video path of the given (name, annotation list) pairs -> the names of its lists."""
+    """Every distinct video path of the given (name, annotation list) pairs -> where it is listed (``name:line``)."""
     from tcclip.data.labels import read_annotations
 
     owners: dict[str, list[str]] = {}
     for name, path in lists:
         for a in read_annotations(path):
-            names = owners.setdefault(a.path, [])
-            if name not in names:
-                names.append(name)
+            owners.setdefault(a.path, []).append(f"{name}:{a.line}")
     return owners
 
 

@@ -20,7 +20,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcclip.errors import UserError
@@ -56,6 +56,8 @@ class Annotation:
     """Video path relative to the dataset root, exactly as written in the list."""
     label: int
     """Class id, an index into the label file that goes with the list."""
+    line: int | None = field(default=None, compare=False)
+    """1-based line in the list it was read from (for messages about this video); not part of its identity."""
 
 
 def class_key(name: str) -> str:
@@ -276,7 +278,7 @@ def read_annotations(path: str | os.PathLike, num_classes: int | None = None) ->
                 line=line_no,
                 fix="Use the label file that goes with this list, or correct the class id.",
             )
-        annotations.append(Annotation(video, label))
+        annotations.append(Annotation(video, label, line_no))
     if not annotations:
         raise LabelFileError("the list has no videos", path=path, fix="Add lines '<relative video path> <label>'.")
     return annotations
