@@ -430,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"{what}", path=args.video, fix="Give explain one video file.")
     out = check_writable_folder(args.out, "--out")  # before the model runs, not after
     model = load_model_from_args(args)
+    num_layers = int(model.cfg.clip.vision.layers)
+    if not -num_layers <= args.layer < num_layers:
+        raise UserError(
+            f"--layer {args.layer}: the vision encoder of this checkpoint has layers 0..{num_layers - 1}",
+            fix="Pick one of those, or a negative number to count from the last (-1).",
+        )
     try:
         expl = explain(model, args.video, layer=args.layer, top_k=args.top_k, backend=args.backend)
     except (RuntimeError, OSError, ValueError) as error:

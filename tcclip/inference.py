@@ -520,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         views = Views.parse(args.views)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(f"argument --views: {error}")
 
     check_model_args(args)
     paths, problems = expand_video_paths(args.videos)

@@ -406,6 +406,17 @@ CASES: list[Case] = [
         "junk.ckpt: not a checkpoint",
         files={"junk.ckpt": bytes(range(256)) * 4},
     ),
+    Case("predict-empty-labels", predict("--labels", " , "), 2, "--labels is empty. Give class names separated"),
+    Case(
+        "predict-label-file-is-a-folder",
+        predict("--label-file", "labels.csv"),
+        2,
+        "labels.csv: is a folder, not a file",
+        files={"labels.csv": DIR},
+    ),
+    Case("predict-top-k-zero", predict("--top-k", "0"), 2, "--top-k and --batch-size must be >= 1"),
+    Case("predict-bad-views", predict("--views", "2x2"), 2, "argument --views: views need clips >= 1 and crops 1 or 3"),
+    Case("predict-video-missing", ("predict", "nowhere.mp4", "--checkpoint", "{ckpt}"), 1, "nowhere.mp4: no such file"),
     Case(
         "explain-out-is-a-file",
         ("explain", "{video}", "--checkpoint", "{ckpt}", "--out", "taken"),
@@ -433,6 +444,12 @@ CASES: list[Case] = [
         2,
         "nowhere.mp4: no such file",
         absent=("pictures",),
+    ),
+    Case(
+        "explain-layer-out-of-range",
+        ("explain", "{video}", "--checkpoint", "{ckpt}", "--out", "pictures", "--layer", "5"),
+        2,
+        "--layer 5: the vision encoder of this checkpoint has layers 0..1",
     ),
     Case(
         "explain-device-unknown",
@@ -596,3 +613,17 @@ def test_outputs_are_readable_like_any_new_file(tmp_path):
     probe = tmp_path / "probe"
     probe.write_text("")
     assert path.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777
+
+
+def test_predict_reads_a_video_with_a_unicode_and_very_long_path(tiny_checkpoint, tiny_video, tmp_path, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / LONG / "vidéos 跳跃"
+    folder.mkdir(parents=True)
+    video = shutil.copy(tiny_video, folder / "saut à la perche 跳.mp4")
+    argv = ["predict", str(video), "--checkpoint", str(tiny_checkpoint), "--json", "--workers", "0", "--views", "1x1"]
+    assert cli.main(argv) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["video"] == str(video)
+    assert sorted(p["label"] for p in record["predictions"]) == sorted(CKPT_CLASSES)
