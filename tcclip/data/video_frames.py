@@ -188,7 +188,8 @@ def _read(path: str) -> VideoFrames:
             # Decode the last group of pictures once: trailing frames that do not decode are not frames.
             seek(container, stream, seek_pts[-1])
             decoded, rotation = [], None
-            for frame in decode_packets(container, stream):
+            # Only the last frames are looked at: earlier non-reference frames need not be decoded.
+            for frame in decode_packets(container, stream, needed=set(frame_pts[-8:].tolist())):
                 if frame.pts is not None:
                     decoded.append(frame.pts)
                     rotation = _display_rotation(frame) if rotation is None else rotation
