@@ -476,6 +476,29 @@ CASES: list[Case] = [
         "tcclip: error: unknown command 'fitt'. Did you mean `tcclip fit`?",
     ),
     Case("no-command", (), 2, "usage: tcclip COMMAND"),
+    # --- export, calibrate, rejection, timeline ---------------------------------------------------------------
+    Case("export-missing-checkpoint", ("export", "nope.ckpt", "out"), 2, "nope.ckpt: no such checkpoint"),
+    Case("export-plain-folder", ("export", "m", "out"), 2, "m: is a directory without config.json", files={"m": DIR}),
+    Case(
+        "exported-config-not-json",
+        ("predict", "{video}", "--checkpoint", "exp", "--workers", "0"),
+        2,
+        "exp/config.json:1: not valid JSON",
+        files={"exp/config.json": "{oops", "exp/model.safetensors": b"x"},
+    ),
+    Case(
+        "calibrate-missing-config",
+        ("calibrate", "--config", "no.yaml", "--ckpt_path", "{ckpt}"),
+        2,
+        "no.yaml: no such config file",
+    ),
+    Case("predict-reject-uncalibrated", predict("--reject"), 2, "no rejection threshold for the 'msp' score"),
+    Case(
+        "timeline-zero-stride",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--stride", "0", "--quiet"),
+        2,
+        "window and stride must be positive seconds",
+    ),
 ]
 
 # ---------------------------------------------------------------------------------------------------- the runner

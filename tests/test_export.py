@@ -6,6 +6,7 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,12 @@ def test_calibration_travels_into_the_export(tmp_path, lightning_run):
 def test_export_command_and_its_errors(tmp_path, lightning_run, capsys):
     assert cli_main(["export", str(lightning_run), str(tmp_path / "out"), "--labels", "a,b"]) == 0
     assert tcclip.load_model(tmp_path / "out").class_names == ["a", "b"]
+    from tcclip.data.synth import render_video, write_video
+
+    video = write_video(tmp_path / "v.mp4", render_video("Grow", 8, 32, 32, np.random.default_rng(0)))
+    capsys.readouterr()
+    assert cli_main(["predict", str(video), "--checkpoint", str(tmp_path / "out"), "--workers", "0", "--json"]) == 0
+    assert {p["label"] for p in json.loads(capsys.readouterr().out)["predictions"]} == {"a", "b"}
     assert cli_main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "out2")]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
     (tmp_path / "junk").mkdir()
