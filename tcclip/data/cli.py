@@ -1,5 +1,7 @@
-"""``tcclip data synth|check|prepare``: make the synthetic dataset; find every unreadable or misdecoded video before a
-long run; re-encode a dataset for fast training."""
+"""Make the synthetic dataset (synth), find unreadable or misdecoded videos (check), re-encode for speed (prepare).
+
+``tcclip data synth|check|prepare``; ``check`` runs before a long run, ``prepare`` before training on real footage.
+"""
 
 from __future__ import annotations
 

@@ -310,9 +310,10 @@ class DecordReader(VideoReader):
         if (table.codec == "mpeg4" or table.container == "avi") and "warned" not in _DECORD_WARNED:
             _DECORD_WARNED.add("warned")
             warnings.warn(
-                f"backend decord returns wrong frames from MPEG-4 part 2 / AVI files with B-frames, such as "
-                f"{self.path} may be; use backend auto for exact frames, or list the affected files with "
-                f"`tcclip data check --verify-frames`",
+                f"{self.path} is an MPEG-4 part 2 / AVI file: backend decord (the official code's decoder, kept for "
+                f"bit-compatibility) returns wrong frames from such files when they have B-frames. Use backend auto "
+                f"for exact frames, or list the affected files with `tcclip data check --backend decord "
+                f"--verify-frames`",
                 UserWarning,
                 stacklevel=2,
             )
