@@ -146,3 +146,12 @@ def test_torchcodec_is_usable_where_ci_installed_ffmpeg():
         pytest.skip("FFmpeg's shared libraries are not required here")
     assert video_reader._torchcodec_problem() is None
     assert "torchcodec" in USABLE
+
+
+def test_a_seek_that_lands_too_late_falls_back_to_decoding_from_the_start(quirk_videos, monkeypatch):
+    """A container whose index sends every seek past the key frame asked for still yields the exact frames."""
+    video = quirk_videos["bframes_avi"]
+    original = video_reader.seek
+    monkeypatch.setattr(video_reader, "seek", lambda container, stream, pts: original(container, stream, pts + 60))
+    indices = [3, 40, 41, 120, 199]
+    assert _stamps(open_video(video.path, "pyav").get_frames(indices).numpy()) == indices
