@@ -71,7 +71,9 @@ def test_verify_frames_flags_the_bframe_avi_under_decord(quirk_videos, tmp_path,
 def test_verify_frames_passes_every_quirk_with_the_default_backend(quirk_videos, tmp_path, capsys):
     args = ["check", *_quirk_list(quirk_videos, tmp_path), "--workers", "1", "--num-frames", "8", "--verify-frames"]
     assert main(args) == 0
-    assert "6 of 6 readable videos give the same frames" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "6 of 6 readable videos give the same frames" in err
+    assert "1 videos end with frames that do not decode" in err and "missing_last_frame_mp4.mp4 (1)" in err
 
 
 def test_unavailable_backend_is_one_error_line_with_the_fix(quirk_videos, tmp_path, capsys, monkeypatch):

@@ -31,6 +31,8 @@ class VideoCheck:
     num_frames: int = 0
     mismatch: str | None = None
     """With ``--verify-frames``: which decoders returned other frames than a sequential decode, or None."""
+    dropped_tail: int = 0
+    """Frames at the end that the container lists but that do not decode (not counted as frames)."""
 
 
 FRAME_TOLERANCE = 1.0
@@ -66,12 +68,12 @@ def verify_frames(path: Path, backends: Sequence[str], num_frames: int) -> str |
 
 def check_video(
     root: str, rel_path: str, backend: str, num_frames: int, verify_with: str | None = None
-) -> tuple[str | None, int, str | None]:
+) -> tuple[str | None, int, str | None, int]:
     """Open a video and decode the frames a test view would use plus its last frame.
 
     Returns:
-        (error or None, frames, mismatch or None); ``verify_with`` names a second backend to cross-check
-        ``backend`` with (see :func:`verify_frames`).
+        (error or None, frames, mismatch or None, frames dropped at the end); ``verify_with`` names a second
+        backend to cross-check ``backend`` with (see :func:`verify_frames`).
     """
     from tcclip.data.sampling import test_indices
     from tcclip.data.video_reader import VideoDecodeError, open_video
@@ -83,17 +85,17 @@ def check_video(
         indices = sorted({*test_indices(count, num_frames)[0], count - 1})
         frames = reader.get_frames(indices)
         if frames.shape[0] != len(indices):
-            return f"decoded {frames.shape[0]} of {len(indices)} frames", count, None
+            return f"decoded {frames.shape[0]} of {len(indices)} frames", count, None, 0
         mismatch = None
         if verify_with is not None:
             mismatch = verify_frames(path, [backend, verify_with], num_frames)
-        return None, count, mismatch
+        return None, count, mismatch, reader.frames.dropped_tail
     except (VideoDecodeError, OSError, IndexError) as e:  # unreadable input; anything else is a bug and propagates
         reason = e.reason if isinstance(e, VideoDecodeError) and e.reason else str(e)
-        return reason, 0, None
+        return reason, 0, None, 0
 
 
-def _check_one(args: tuple[str, str, str, int, str | None]) -> tuple[str | None, int, str | None]:
+def _check_one(args: tuple[str, str, str, int, str | None]) -> tuple[str | None, int, str | None, int]:
     return check_video(*args)
 
 
@@ -127,7 +129,7 @@ def check_lists(
     videos = list(owners)
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     jobs = [(str(root), v, backend, num_frames, verify_with) for v in videos]
-    results: list[tuple[str | None, int, str | None]] = []
+    results: list[tuple[str | None, int, str | None, int]] = []
     if workers == 1:
         for job in jobs:
             results.append(_check_one(job))
@@ -271,6 +273,13 @@ def _check(args: argparse.Namespace) -> int:
             console.print(f"broken list written to {args.out}")
     names = ", ".join(name for name, _ in lists)
     console.print(f"{len(results) - len(broken)} of {len(results)} videos readable ({names}; backend {backend})")
+    cut = [r for r in results if r.dropped_tail]
+    if cut:
+        shown = ", ".join(f"{r.path} ({r.dropped_tail})" for r in cut[:5]) + (", ..." if len(cut) > 5 else "")
+        console.print(
+            f"{len(cut)} videos end with frames that do not decode, left out of their frame counts (not an error): "
+            f"{shown}"
+        )
     if verify_with is not None:
         checked = ", ".join(dict.fromkeys([backend, verify_with]))
         console.print(
