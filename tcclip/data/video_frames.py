@@ -173,7 +173,8 @@ def _read(path: str) -> VideoFrames:
             ends = [p + (d or step) for p, d in zip(pts, duration, strict=True) if p is not None]
             if declared_end is not None:
                 missing = declared_end - max(ends)
-                if missing > max(TRUNCATION_SLACK_FRAMES * step, TRUNCATION_SLACK_FRACTION * (declared_end - pts[0])):
+                length = declared_end - int(frame_pts[0])
+                if missing > max(TRUNCATION_SLACK_FRAMES * step, TRUNCATION_SLACK_FRACTION * length):
                     end_s, declared_s = float(max(ends) * time_base), float(declared_end * time_base)
                     raise VideoDecodeError(
                         path, f"truncated: its frames end at {end_s:.2f} s but the file declares {declared_s:.2f} s"
