@@ -59,10 +59,46 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(argv)
     except UserError as error:
-        # Name the sub-command only when the first word is one (not an option, a file or a typo).
-        command = " ".join(["tcclip", *argv[:1]]) if argv[:1] and argv[0] in known_commands() else "tcclip"
-        print(f"{command}: error: {error.format()}", file=sys.stderr)
-        return error.exit_code
+        return _report(error, argv)
+    except Exception as error:
+        wrapped = wrapped_user_error(error)
+        if wrapped is None:
+            raise
+        return _report(wrapped, argv)
+
+
+def _report(error: UserError, argv: list[str]) -> int:
+    # Name the sub-command only when the first word is one (not an option, a file or a typo).
+    command = " ".join(["tcclip", *argv[:1]]) if argv[:1] and argv[0] in known_commands() else "tcclip"
+    print(f"{command}: error: {error.format()}", file=sys.stderr)
+    return error.exit_code
+
+
+WRAPPING_LIBRARIES = ("jsonargparse", "lightning")
+"""Libraries that catch our exceptions and raise their own instead (LightningCLI's argument parser re-raises a
+DataModule's error as "Does not validate against any of the Union subtypes", with ours as its context)."""
+
+
+def wrapped_user_error(error: BaseException) -> UserError | None:
+    """The `UserError` that a library caught and replaced by its own exception, if that is what happened.
+
+    Only an exception raised inside one of `WRAPPING_LIBRARIES` counts: an error raised by tcclip's own code while
+    handling a `UserError` is a bug and keeps its traceback.
+    """
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    if not module.startswith(WRAPPING_LIBRARIES):
+        return None
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def help_text() -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tcclip import cli
+from tcclip.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DIR = object()
@@ -650,3 +651,27 @@ def test_predict_reads_a_video_with_a_unicode_and_very_long_path(tiny_checkpoint
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["video"] == str(video)
     assert sorted(p["label"] for p in record["predictions"]) == sorted(CKPT_CLASSES)
+
+
+def test_fit_reports_a_bad_label_file_that_lightning_cli_wraps(data_synth, tmp_path, capsys):
+    import shutil
+
+    root = shutil.copytree(data_synth, tmp_path / "data")
+    (root / "labels.csv").write_text('id,name\n0,MoveLeft\n1,"MoveRight\n2,Grow\n')
+    argv = ["fit", "--config", str(REPO / "configs" / "demo.yaml"), f"--data.init_args.root={root}"]
+    assert cli.main([*argv, f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"tcclip fit: error: {root / 'labels.csv'}:3: the name of class 1 has a line break" in err
+    assert "Traceback" not in err and "Union subtypes" not in err
+
+
+def test_only_errors_wrapped_by_a_library_are_unwrapped():
+    def ours():
+        try:
+            raise UserError("bad label")
+        except UserError:
+            raise KeyError("a bug while handling it") from None
+
+    with pytest.raises(KeyError) as bug:
+        ours()
+    assert cli.wrapped_user_error(bug.value) is None  # ours: a bug keeps its traceback
