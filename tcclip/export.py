@@ -287,6 +287,13 @@ def export(
         raise UserError("no such checkpoint", path=checkpoint, fix="give a .ckpt, .pth or exported directory")
     if out_dir.resolve() == checkpoint.resolve():
         raise UserError("the output directory is the input", path=out_dir, fix="choose another OUT_DIR")
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not _is_previous_export(out_dir)):
+        # README.md and config.json are common names: never write over the files of an unrelated folder
+        raise UserError(
+            "exists and is not an empty folder or an earlier export",
+            path=out_dir,
+            fix="choose a new or empty OUT_DIR (an earlier `tcclip export` folder is overwritten)",
+        )
     from tcclip.model.checkpoint import CheckpointError
 
     try:
@@ -305,6 +312,15 @@ def export(
     card = model_card(model, provenance, results, training_config(checkpoint), calibration, onnx_name)
     (out_dir / MODEL_CARD).write_text(card)
     return out_dir
+
+
+def _is_previous_export(folder: Path) -> bool:
+    from tcclip.portable import EXPORT_FORMAT
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

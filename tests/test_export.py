@@ -132,6 +132,12 @@ def test_export_command_and_its_errors(tmp_path, lightning_run, capsys):
     assert {p["label"] for p in json.loads(capsys.readouterr().out)["predictions"]} == {"a", "b"}
     assert cli_main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "out2")]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
+    assert cli_main(["export", str(lightning_run), str(tmp_path / "out")]) == 0  # an earlier export: replaced
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "README.md").write_text("mine")
+    assert cli_main(["export", str(lightning_run), str(tmp_path / "project")]) == 2
+    assert (tmp_path / "project" / "README.md").read_text() == "mine"
+    assert "not an empty folder or an earlier export" in capsys.readouterr().err
     (tmp_path / "junk").mkdir()
     with pytest.raises(tcclip.errors.UserError, match="tcclip export"):
         tcclip.load_model(tmp_path / "junk")
