@@ -132,7 +132,7 @@ def memory(ckpt: Path, out: Path, window: float, stride: float, minutes: list[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--window", type=float, default=1.5, help="seconds (the demo clips last 1.3-2 s)")
+    parser.add_argument("--window", type=float, default=1.0, help="seconds (the demo clips last 1.3-2 s)")
     parser.add_argument("--stride", type=float, default=0.5)
     parser.add_argument("--stretches", type=int, default=16)
     parser.add_argument("--minutes", default="1,10")
