@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -42,11 +43,6 @@ _NOT_IN_OFFICIAL_CHECKPOINTS = frozenset({"prompt_learner.token_embedding.weight
 # --------------------------------------------------------------------------------------------------------------------
 # Small helpers (pure functions, unit-tested)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def soft_target_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy against soft targets [B, C] (mixup / cutmix with label smoothing), averaged over the batch."""
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 def multi_view_probabilities(model: nn.Module, video: Tensor) -> Tensor:
@@ -347,7 +343,8 @@ class TCCLIPModule(L.LightningModule):
         labels = labels.repeat_interleave(num_views)
         if self.mixup_fn is not None:
             video, targets = self.mixup_fn(video, labels)
-            loss = soft_target_cross_entropy(self.model(video), targets)
+            # Cross-entropy against the mixed, label-smoothed targets [B, C], averaged over the batch.
+            loss = SoftTargetCrossEntropy()(self.model(video).float(), targets)
         else:
             logits = self.model(video)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)

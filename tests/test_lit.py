@@ -17,7 +17,6 @@ from tcclip.lit import (
     TCCLIPModule,
     load_init_checkpoint,
     multi_view_probabilities,
-    soft_target_cross_entropy,
 )
 from tcclip.model.config import TCCLIPConfig
 
@@ -57,9 +56,11 @@ def test_multi_view_probabilities_need_a_view_axis() -> None:
 
 
 def test_soft_target_cross_entropy_matches_torch() -> None:
+    from timm.loss import SoftTargetCrossEntropy  # the loss of the mixup training step
+
     logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
     targets = torch.softmax(torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), -1)
-    torch.testing.assert_close(soft_target_cross_entropy(logits, targets), F.cross_entropy(logits, targets))
+    torch.testing.assert_close(SoftTargetCrossEntropy()(logits, targets), F.cross_entropy(logits, targets))
 
 
 def test_set_metrics_top1_top5_per_class_and_count() -> None:
