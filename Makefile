@@ -6,6 +6,13 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test test-slow lint format demo splits benchmark-speed benchmark-data clean
 
+# Tests that compare with the official split and label files read them from $TCCLIP_UPSTREAM_MIRROR (a copy of the
+# official repository) and are skipped without it; use the copy beside the checkout when there is one.
+UPSTREAM_COPY := $(abspath $(CURDIR)/../shared/reference/tcclip-upstream)
+ifneq ($(wildcard $(UPSTREAM_COPY)/labels),)
+export TCCLIP_UPSTREAM_MIRROR ?= $(UPSTREAM_COPY)
+endif
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
@@ -58,7 +65,7 @@ demo:
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 
-# Protocol benchmarks (spec section 7) through `tcclip sweep`: one run directory per grid cell under runs/, tables,
+# Protocol benchmarks (the paper's tables) through `tcclip sweep`: one run directory per grid cell under runs/, tables,
 # CSV and plots beside the paper's numbers under results/. Finished cells are skipped, dead runs resume. Variables:
 # SMOKE=1 (synthetic data, tiny model, a few CPU steps), DATASETS=hmdb51,ucf101  SHOTS=2,8  SEEDS=1  VARIANTS=plain,llm
 # ONLY='hmdb51_k8_*'  CKPT_DIR=folder (evaluate those checkpoints instead of training)  GPUS=0,1,2,3 (one cell per GPU)

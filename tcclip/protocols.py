@@ -4,7 +4,7 @@ Everything that enumerates experiments reads it: the sweep runner (`tcclip.sweep
 beside the published numbers of `tcclip.paper_results`), the config generator (`configs/generate.py`), the data
 modules (which protocols and official K / seed values exist) and the tests. See docs/protocols.md.
 
-The protocols are those of the paper's experiments (TC-CLIP, ECCV 2024, Sec. 4.1): zero-shot (train on Kinetics-400,
+The protocols are those of the paper's experiments (TC-CLIP, ECCV 2024, Sec. 4): zero-shot (train on Kinetics-400,
 evaluate on HMDB-51, UCF-101 and Kinetics-600), few-shot (K = 2, 4, 8, 16 videos per class), base-to-novel (three
 seeded training splits of the base classes) and fully-supervised Kinetics-400; `temporal` and `static` are evaluation
 subsets of Kinetics-400 and SSv2 (classes that need motion, classes one frame suffices for). Each trained protocol has

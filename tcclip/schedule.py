@@ -1,8 +1,8 @@
 """Optimisation helpers: learning-rate schedule, gradient accumulation from the global batch, parameter groups.
 
-Spec section 6: AdamW, weight decay on every trainable tensor, x10 learning rate for the newly initialised
-parts, cosine decay per optimiser step with a linear warm-up from 0 and a floor `lr_min`, and an effective
-batch of `total_batch_size` whatever the hardware.
+The recipe of the paper's experiments (its implementation details; see docs/protocols.md): AdamW, weight decay on
+every trainable tensor, x10 learning rate for the newly initialised parts, cosine decay per optimiser step with a
+linear warm-up from 0 and a floor `lr_min`, and an effective batch of `total_batch_size` whatever the hardware.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def accumulation_steps(total_batch_size: int, per_device_batch_size: int, world_
     """Gradient-accumulation steps so that `per_device_batch_size * world_size * steps == total_batch_size`.
 
     Args:
-        total_batch_size: the effective batch the recipe asks for (spec section 6 table).
+        total_batch_size: the effective batch the recipe asks for (`tcclip.protocols.RECIPES`).
         per_device_batch_size: videos per device per forward pass (the data module's `batch_size`).
         world_size: devices x nodes.
 

@@ -1,26 +1,26 @@
-"""Shared pytest fixtures. Each owner appends fixtures in their own clearly marked block."""
+"""Shared pytest fixtures: official split files, synthetic datasets and videos, the tiny `tcclip` run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-# ====================================================================================================================
-# Data: datasets, datamodules, splits (owner: tcclip/data/{labels,dataset,datamodule,families,splits,cli}.py)
-# ====================================================================================================================
-
-UPSTREAM_MIRROR = Path("/work/shared/reference/tcclip-upstream")
+UPSTREAM_MIRROR_ENV = "TCCLIP_UPSTREAM_MIRROR"
+"""A local copy of the official TC-CLIP repository (its labels/ and datasets_splits/); `make test` sets it when one
+sits beside the checkout."""
 
 
 @pytest.fixture(scope="session")
 def upstream_mirror() -> Path:
-    """Local byte-for-byte mirror of the official split/label files (skipped where it is absent)."""
-    import os
-
-    mirror = Path(os.environ.get("TCCLIP_UPSTREAM_MIRROR", UPSTREAM_MIRROR))
+    """Byte-for-byte copy of the official split and label files, from $TCCLIP_UPSTREAM_MIRROR (skipped without it)."""
+    value = os.environ.get(UPSTREAM_MIRROR_ENV, "")
+    if not value:
+        pytest.skip(f"${UPSTREAM_MIRROR_ENV} is not set (a copy of the official repository's labels/ and splits)")
+    mirror = Path(value)
     if not (mirror / "labels").is_dir():
-        pytest.skip(f"no local mirror of the official split files at {mirror}")
+        pytest.skip(f"${UPSTREAM_MIRROR_ENV}={mirror} has no labels/ folder")
     return mirror
 
 
@@ -36,15 +36,7 @@ def data_synth(tmp_path_factory) -> Path:
     return root
 
 
-# ====================================================================================================================
-# end of the data block
-# ====================================================================================================================
-
-
-# ====================================================================================================================
-# Data core: decoding, sampling, transforms, mixup, synthetic videos
-# (owner: tcclip/data/{video_reader,sampling,transforms,mixup,synth}.py)
-# ====================================================================================================================
+# Videos whose frames carry their index (decoding and sampling tests).
 
 STAMPED_FRAME_COUNTS = {"mp4": 17, "avi": 20, "webm": 23}
 """Frames of each stamped test video: different, odd-ish counts so off-by-one errors show."""
@@ -110,14 +102,7 @@ def sequential_decode():
     return _sequential_decode
 
 
-# ====================================================================================================================
-# end of the data core block
-# ====================================================================================================================
-
-
-# ====================================================================================================================
-# Runs of the `tcclip` CLI on the tiny data (test_e2e, test_resume, test_ddp)
-# ====================================================================================================================
+# Runs of the `tcclip` CLI on the tiny data (test_e2e, test_resume, test_ddp).
 
 REPO = Path(__file__).resolve().parents[1]
 

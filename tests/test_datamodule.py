@@ -113,7 +113,7 @@ def test_synthetic_every_protocol(data_synth):
     assert dm.train_class_names == ["MoveLeft", "MoveRight"] and dm.test_sets[1].class_names == ["MoveUp"]
 
 
-def test_synthetic_loaders_give_contract_batches(data_synth, tmp_path):
+def test_synthetic_loaders_give_the_batches_the_module_expects(data_synth, tmp_path):
     dm = _synthetic(data_synth, protocol="few_shot", shots=2, num_clip=2, run_dir=str(tmp_path))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

@@ -1,4 +1,4 @@
-"""Learning-rate schedule, gradient accumulation from the global batch, parameter groups (spec section 6)."""
+"""Learning-rate schedule, gradient accumulation from the global batch, parameter groups (the paper's recipe)."""
 
 from __future__ import annotations
 
