@@ -1,8 +1,8 @@
-"""`tcclip sweep`: run the protocol grids of `tcclip.protocols` locally, as a SLURM job array, or in smoke mode.
+"""`tcclip sweep`: run the protocol grids of `tcclip.protocols` locally or as SLURM job arrays, then collect tables.
 
-Every cell becomes one branch of a bash task script (`render_script`); the local runner executes that script per cell
-and the SLURM writer submits it as a job array, so resuming, skipping finished cells and locating checkpoints are
-written once, in the script.
+A cell is run by `tcclip.cells.run_cell` in both cases (skip what is finished, resume a stopped fit, evaluate what
+has no results): the local runner calls it in worker threads, each SLURM array task calls it through the job script
+`tcclip/templates/sweep.sbatch`.
 
 Run directory layout (relative to the runs folder):
     <protocol>/<cell>/                  `tcclip fit` default_root_dir: checkpoints, logs, `fit.done` when finished
@@ -15,189 +15,35 @@ import argparse
 import logging
 import os
 import queue
-import re
 import shlex
+import string
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tcclip.errors import UserError
-from tcclip.protocols import (
-    DATASETS,
-    GRIDS,
-    SEEDS,
-    SHOTS,
-    VARIANTS,
-    Cell,
-    Evaluation,
-    Selection,
-    build_grid,
-    canonical_dataset,
-    find_cell,
+from tcclip.cells import (
+    CellFailed,
+    SweepSettings,
+    cell_done,
+    find_eval_checkpoint,
+    fit_done,
+    run_cell,
+    subprocess_runner,
+    write_plan,
 )
+from tcclip.errors import UserError
+from tcclip.protocols import GRIDS, SEEDS, SHOTS, VARIANTS, Cell, Selection, build_grid, canonical_dataset, find_cell
 from tcclip.results import collect_protocol
 
 log = logging.getLogger(__name__)
 
-# Fit option through which a cell starts from another model's weights (the LightningModule's init argument).
-INIT_CHECKPOINT_OPTION = "--model.init_checkpoint"
 # Trainer options that make every SLURM task a (multi-node) DDP job that requeues itself when preempted.
 SLURM_PLUGIN = "lightning.pytorch.plugins.environments.SLURMEnvironment"
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """Where a sweep reads configs and writes runs, and how each cell is modified (smoke, evaluation-only)."""
-
-    runs_dir: Path = Path("runs")
-    config_dir: Path = Path("configs")
-    smoke_data_dir: Path | None = None
-    """Set in smoke mode: the synthetic dataset every cell trains and evaluates on, with a tiny model."""
-    smoke_steps: int = 2
-    """Smoke mode: training batches per cell (one epoch)."""
-    ckpt_dir: Path | None = None
-    """Evaluation-only mode: evaluate the checkpoints in this folder instead of training."""
-    pretrained_ckpt: Path | None = None
-    """Model the pretrained variant starts from; default: the zero-shot K400 cell of this sweep."""
-    extra_args: tuple[str, ...] = ()
-    """Arguments appended to every `tcclip fit`/`test` (your own variants)."""
-    tcclip: tuple[str, ...] = (sys.executable, "-m", "tcclip.cli")
-    workdir: Path = field(default_factory=Path.cwd)
-
-    def run_dir(self, cell: Cell) -> Path:
-        return cell.run_dir(self.runs_dir)
-
-    def results_path(self, cell: Cell, evaluation: Evaluation) -> Path:
-        return cell.results_path(self.runs_dir, evaluation)
-
-
-def cell_done(cell: Cell, settings: SweepSettings) -> bool:
-    """A cell is finished when every one of its evaluations has written its results file."""
-    return all(settings.results_path(cell, e).is_file() for e in cell.evaluations)
-
-
-def fit_done(cell: Cell, settings: SweepSettings) -> bool:
-    return (settings.run_dir(cell) / "fit.done").is_file()
-
-
-# Smoke mode: the synthetic dataset under the cell's protocol (the data module keeps protocol, shots, seed and LLM
-# labels from the cell's config), the test-tiny CLIP with random weights, one short epoch on the CPU.
-SMOKE_DATA = "tcclip.data.families.Synthetic"
-SMOKE_MODEL = (
-    "--model.model_config.arch=test-tiny",
-    "--model.model_config.context_token_k=8",
-    "--model.model_config.tome_r=4",
-    "--model.model_config.prompt_generation_layer_level=[2]",
-    "--model.clip_weights=null",
-    "--model.total_batch_size=null",
-    "--model.log_confusion_matrix=false",
-)
-
-
-def smoke_overrides(settings: SweepSettings) -> list[str]:
-    """Arguments that turn a cell into a smoke run: synthetic videos, tiny random model, a few CPU steps."""
-    assert settings.smoke_data_dir is not None
-    return [
-        f"--data.class_path={SMOKE_DATA}",
-        f"--data.init_args.root={settings.smoke_data_dir}",
-        "--data.init_args.num_frames=4",
-        "--data.init_args.batch_size=2",
-        "--data.init_args.eval_batch_size=8",
-        "--data.init_args.num_workers=0",
-        *SMOKE_MODEL,
-        "--trainer.max_epochs=1",
-        f"--trainer.limit_train_batches={settings.smoke_steps}",
-        "--trainer.limit_val_batches=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-    ]
-
-
-_OFFICIAL_SUFFIXES = (".pth", ".pt")
-
-
-def find_eval_checkpoint(cell: Cell, ckpt_dir: Path) -> Path | None:
-    """The checkpoint in `ckpt_dir` for `cell`: ours (`<cell>.ckpt`, `<protocol>/<cell>.ckpt`) or an official one
-    (`few_shot_hmdb51_8shot_tc_clip.pth`, `base2novel_k400_base1_tc_clip.pth`, `zero_shot_k400_tc_clip.pth`, ...),
-    matched on name tokens (dataset, K or seed, protocol, variant)."""
-    for stem in (cell.name, f"{cell.protocol}_{cell.name}", f"{cell.protocol}/{cell.name}"):
-        for suffix in (".ckpt", *_OFFICIAL_SUFFIXES):
-            path = ckpt_dir / f"{stem}{suffix}"
-            if path.is_file():
-                return path
-    matches = []
-    files = [p for p in ckpt_dir.rglob("*") if p.suffix in (".ckpt", *_OFFICIAL_SUFFIXES) and p.is_file()]
-    for path in files:
-        tokens = set(re.split(r"[^a-z0-9]+", str(path.relative_to(ckpt_dir).with_suffix("")).lower()))
-        dataset_ok = cell.dataset in tokens or DATASETS[cell.dataset].short in tokens
-        protocol_ok = all(t in tokens for t in cell.protocol.split("_")) or cell.protocol in tokens
-        shots_ok = cell.shots is None or bool({f"{cell.shots}shot", f"k{cell.shots}"} & tokens)
-        seed_ok = cell.seed is None or bool({f"base{cell.seed}", f"s{cell.seed}", f"seed{cell.seed}"} & tokens)
-        has = {"llm": "llm" in tokens, "pretrained": bool({"pretrained", "p"} & tokens)}
-        variant_ok = has.get(cell.variant, True) and not any(v for k, v in has.items() if k != cell.variant)
-        if dataset_ok and protocol_ok and shots_ok and seed_ok and variant_ok:
-            matches.append(path)
-    if len(matches) > 1:
-        names = ", ".join(str(m) for m in sorted(matches))
-        raise ValueError(f"{cell.key}: several checkpoints in {ckpt_dir} match ({names}); name one {cell.name}.ckpt")
-    return matches[0] if matches else None
-
-
-def checkpoint_args(path: Path | str, pretrained: bool = False) -> list[str]:
-    """How `tcclip test` evaluates a checkpoint: official ones as the module's init weights, ours through Lightning's
-    ckpt_path (for the pretrained variant also as init weights, in place of the config's zero-shot model)."""
-    if str(path).endswith(_OFFICIAL_SUFFIXES):
-        return [INIT_CHECKPOINT_OPTION, str(path)]
-    return ["--ckpt_path", str(path)] + ([INIT_CHECKPOINT_OPTION, str(path)] if pretrained else [])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The task script: one `case` branch per cell; the same file runs locally (`bash script.sh INDEX`) and under SLURM.
-
-_SCRIPT_FUNCTIONS = r"""
-newest() {  # newest file under $1 whose name matches one of the patterns $2...
-  local dir=$1 args=() p; shift
-  [[ -d $dir ]] || return 0
-  for p in "$@"; do args+=(-o -name "$p"); done
-  find "$dir" -type f \( "${args[@]:1}" \) -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-
-}
-final_checkpoint() {  # the trained model of a finished fit
-  local ckpt; ckpt=$(newest "$1" 'last*.ckpt')
-  if [[ -z $ckpt ]]; then
-    echo "tcclip sweep: no last.ckpt under $1: run its fit first (or pass the checkpoint explicitly)" >&2
-    return 1
-  fi
-  echo "$ckpt"
-}
-cell_done() {  # RUN_DIR EVAL...: every evaluation has its results file
-  local run_dir=$1 name; shift
-  for name in "$@"; do [[ -f $run_dir/eval/$name/results.json ]] || return 1; done
-}
-fit_cell() {  # RUN_DIR ARGS...: train unless finished; a run that died resumes from its newest checkpoint
-  local run_dir=$1 resume=() ckpt; shift
-  if [[ -f $run_dir/fit.done ]]; then echo "fit: finished earlier in $run_dir"; return 0; fi
-  mkdir -p "$run_dir"
-  ckpt=$(newest "$run_dir" 'last*.ckpt' 'hpc_ckpt_*.ckpt')
-  if [[ -n $ckpt ]]; then echo "fit: resuming from $ckpt"; resume=(--ckpt_path "$ckpt"); fi
-  @RUN@ fit "$@" @TRAINER@--trainer.default_root_dir "$run_dir" ${resume[@]+"${resume[@]}"}
-  touch "$run_dir/fit.done"
-}
-test_cell() {  # OUT_DIR ARGS...: evaluate unless OUT_DIR/results.json exists
-  local out=$1 found; shift
-  if [[ -f $out/results.json ]]; then echo "test: $out/results.json exists"; return 0; fi
-  mkdir -p "$out"
-  @RUN@ test "$@" @TRAINER@--trainer.default_root_dir "$out"
-  if [[ ! -f $out/results.json ]]; then  # a logger may have put it in a versioned sub-folder
-    found=$(newest "$out" results.json)
-    if [[ -z $found ]]; then echo "tcclip sweep: the test wrote no results.json under $out" >&2; return 1; fi
-    cp "$found" "$out/results.json"
-  fi
-}
-"""
+JOB_TEMPLATE = Path(__file__).resolve().parent / "templates" / "sweep.sbatch"
 
 
 @dataclass(frozen=True)
@@ -231,110 +77,38 @@ class SlurmOptions:
             "--trainer.plugins.auto_requeue=true",
         ]
 
-    def header(self, num_tasks: int) -> list[str]:
-        array = f"0-{num_tasks - 1}" + (f"%{self.max_parallel}" if self.max_parallel else "")
-        lines = [
-            f"--job-name={self.job_name}",
-            f"--array={array}",
-            f"--nodes={self.nodes}",
-            f"--ntasks-per-node={self.gpus_per_node}",
-            f"--gres=gpu:{self.gpus_per_node}",
-            f"--cpus-per-task={self.cpus_per_task}",
-        ]
-        lines += [f"--{k}={v}" for k, v in (("partition", self.partition), ("account", self.account)) if v]
-        lines += [f"--{k}={v}" for k, v in (("time", self.time), ("mem", self.mem)) if v]
-        lines += [
-            f"--output={self.log_dir}/%x-%A_%a.out",
-            "--open-mode=append",  # a requeued task appends to its log
-            f"--signal=SIGUSR1@{self.requeue_grace_s}",  # Lightning saves an hpc checkpoint and requeues
-            "--requeue",
-        ]
-        for extra in self.extra_sbatch:
-            extra = extra.removeprefix("#SBATCH").strip()
-            lines.append(extra if extra.startswith("-") else f"--{extra}")
-        return [f"#SBATCH {x}" for x in lines]
+    def launcher(self) -> tuple[str, ...]:
+        # One process per GPU; Lightning's SLURM environment turns them into one DDP job.
+        return ("srun", "--kill-on-bad-exit=1")
 
 
-def _q(args: Iterable[str | Path]) -> str:
-    return " ".join(shlex.quote(str(a)) for a in args)
-
-
-def cell_commands(cell: Cell, settings: SweepSettings) -> list[str]:
-    """Bash lines that run one cell: skip it when finished, else fit (resuming) and evaluate what is missing."""
-    lines = [
-        f"run={shlex.quote(str(settings.run_dir(cell)))}",
-        f'if cell_done "$run" {_q(e.name for e in cell.evaluations)}; then',
-        f'  echo "{cell.key}: every results file exists, nothing to do"; exit 0',
-        "fi",
-    ]
-    cfg = settings.config_dir
-    common = [*settings.extra_args, *cell.overrides]
-    if settings.smoke_data_dir is not None:
-        common += smoke_overrides(settings)
-    if settings.ckpt_dir is not None:
-        ckpt = find_eval_checkpoint(cell, settings.ckpt_dir)
-        if ckpt is None:
-            raise FileNotFoundError(
-                f"{cell.key}: no checkpoint for this cell in {settings.ckpt_dir}; name it {cell.name}.ckpt "
-                "(ours) or keep the official name, or leave the cell out with --only"
-            )
-        test_ckpt = _q(checkpoint_args(ckpt, pretrained=cell.requires is not None))
-    else:
-        init = []
-        if cell.requires is not None:
-            if settings.pretrained_ckpt is not None:
-                lines.append(f"init={shlex.quote(str(settings.pretrained_ckpt))}")
-            else:
-                source = settings.run_dir(find_cell(cell.requires))
-                lines.append(f"init=$(final_checkpoint {shlex.quote(str(source))})")
-            init = [f'{INIT_CHECKPOINT_OPTION} "$init"']
-        lines.append(" ".join(['fit_cell "$run"', _q(["--config", cfg / str(cell.fit_config), *common]), *init]))
-        lines.append('ckpt=$(final_checkpoint "$run")')
-        # The init checkpoint goes to the test too: the module loads it before the trained weights replace it, and
-        # the results file then names the variant.
-        test_ckpt = " ".join(['--ckpt_path "$ckpt"', *init])
-    for evaluation in cell.evaluations:
-        out = f'"$run"/eval/{shlex.quote(evaluation.name)}'
-        lines.append(f"test_cell {out} {_q(['--config', cfg / evaluation.config, *common])} {test_ckpt}")
-    return lines
-
-
-def render_script(
-    cells: Sequence[Cell],
-    settings: SweepSettings,
-    slurm: SlurmOptions | None = None,
-    title: str = "",
-) -> str:
-    """The task script for `cells`: `bash script.sh INDEX` runs cell INDEX; under SLURM the array index picks it."""
-    lines = ["#!/usr/bin/env bash"]
-    if slurm is not None:
-        lines += slurm.header(len(cells))
-    lines += [
-        f"# tcclip sweep{': ' + title if title else ''} ({len(cells)} cells), written by `tcclip sweep`.",
-        "# Run one cell with `bash THIS_SCRIPT INDEX` (under SLURM the array index picks it).",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(settings.workdir))}",
-    ]
-    if slurm is not None:
-        lines += list(slurm.setup)
-    # One process per GPU under srun; Lightning's SLURM environment turns them into one DDP job.
-    run = ("srun --kill-on-bad-exit=1 " if slurm is not None else "") + _q(settings.tcclip)
-    trainer = "".join(f"{shlex.quote(a)} " for a in slurm.trainer_args()) if slurm is not None else ""
-    lines.append(_SCRIPT_FUNCTIONS.strip("\n").replace("@RUN@", run).replace("@TRAINER@", trainer))
-    lines += [
-        "TASK=${1:-${SLURM_ARRAY_TASK_ID:-}}",
-        'if [[ -z $TASK ]]; then echo "usage: $0 INDEX (0..' + str(len(cells) - 1) + ')" >&2; exit 2; fi',
-        'case "$TASK" in',
-    ]
-    for index, cell in enumerate(cells):
-        meta = f"dataset={cell.dataset} variant={cell.variant}"
-        meta += f" shots={cell.shots}" if cell.shots is not None else ""
-        meta += f" seed={cell.seed}" if cell.seed is not None else ""
-        lines.append(f"  {index})  # {cell.key}: {meta}")
-        lines += [f"    {x}" for x in cell_commands(cell, settings)]
-        lines.append("    ;;")
-    lines += ['  *) echo "no cell $TASK in this script (0..' + str(len(cells) - 1) + ')" >&2; exit 2 ;;', "esac", ""]
-    return "\n".join(lines)
+def render_job_script(num_cells: int, plan: Path, settings: SweepSettings, slurm: SlurmOptions, title: str) -> str:
+    """The sbatch script of one job array over the `num_cells` cells of `plan`, from the packaged template."""
+    optional = [f"--{k}={v}" for k, v in (("partition", slurm.partition), ("account", slurm.account)) if v]
+    optional += [f"--{k}={v}" for k, v in (("time", slurm.time), ("mem", slurm.mem)) if v]
+    for extra in slurm.extra_sbatch:
+        extra = extra.removeprefix("#SBATCH").strip()
+        optional.append(extra if extra.startswith("-") else f"--{extra}")
+    values = {
+        "title": title,
+        "num_cells": num_cells,
+        "plan": shlex.quote(str(plan)),
+        "job_name": slurm.job_name,
+        "last_index": num_cells - 1,
+        "throttle": f"%{slurm.max_parallel}" if slurm.max_parallel else "",
+        "nodes": slurm.nodes,
+        "gpus_per_node": slurm.gpus_per_node,
+        "cpus_per_task": slurm.cpus_per_task,
+        "log_dir": slurm.log_dir,
+        "requeue_grace_s": slurm.requeue_grace_s,
+        "optional_sbatch": "\n".join(f"#SBATCH {x}" for x in optional),
+        "workdir": shlex.quote(str(settings.workdir)),
+        "setup": "\n".join(slurm.setup),
+        "srun": shlex.join(slurm.launcher()),
+        "trainer_args": shlex.join(slurm.trainer_args()),
+        "python": shlex.quote(sys.executable),
+    }
+    return string.Template(JOB_TEMPLATE.read_text()).substitute(values)
 
 
 def missing_configs(cells: Iterable[Cell], settings: SweepSettings) -> list[Path]:
@@ -370,14 +144,14 @@ class CellOutcome:
 
 def run_local(
     waves: Sequence[Sequence[Cell]],
-    script: Path,
     settings: SweepSettings,
     gpus: Sequence[str] = (),
     jobs: int = 1,
-    report=None,
+    report: Callable[[CellOutcome, int, int], None] | None = None,
 ) -> list[CellOutcome]:
-    """Run the cells of `script` wave after wave; N at a time, each pinned to one of `gpus` when given."""
-    all_cells = [c for wave in waves for c in wave]
+    """Run the cells wave after wave (a wave waits for the one before); N at a time, each pinned to one of `gpus`
+    when given. Each cell's output goes to `<run dir>/sweep.log`."""
+    total = sum(len(w) for w in waves)
     slots: queue.Queue[str | None] = queue.Queue()
     for slot in gpus or [None] * max(1, jobs):
         slots.put(slot)
@@ -387,19 +161,25 @@ def run_local(
     def run_one(cell: Cell) -> CellOutcome:
         slot = slots.get()
         try:
-            env = dict(os.environ)
-            if slot is not None:
-                env["CUDA_VISIBLE_DEVICES"] = slot
+            env = dict(os.environ) | ({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})
             run_dir = settings.run_dir(cell)
             run_dir.mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "sweep.log"
             start = time.perf_counter()
+            returncode = 0
             with open(log_path, "a") as log_file:
-                index = str(all_cells.index(cell))
-                proc = subprocess.run(["bash", str(script), index], stdout=log_file, stderr=subprocess.STDOUT, env=env)
-            outcome = CellOutcome(cell, proc.returncode, time.perf_counter() - start, log_path)
+
+                def say(message: str) -> None:
+                    print(message, file=log_file, flush=True)
+
+                try:
+                    run_cell(cell, settings, subprocess_runner(settings, log_file, env), say)
+                except CellFailed as err:
+                    say(f"tcclip sweep: {err}")
+                    returncode = err.returncode or 1
+            outcome = CellOutcome(cell, returncode, time.perf_counter() - start, log_path)
             if report is not None:
-                report(outcome, len(outcomes) + 1, len(all_cells))
+                report(outcome, len(outcomes) + 1, total)
             return outcome
         finally:
             slots.put(slot)
@@ -432,6 +212,13 @@ def queued_job(cell: Cell, settings: SweepSettings) -> str | None:
     return job if proc.returncode == 0 and proc.stdout.strip() else None
 
 
+def planned(cell: Cell, settings: SweepSettings) -> list[str]:
+    """The commands `run_cell` would run for `cell` now (and what it would skip), as text."""
+    lines: list[str] = []
+    run_cell(cell, settings, lambda command: lines.append(shlex.join(command)), lines.append, dry_run=True)
+    return lines
+
+
 def submit_array(
     cells: Sequence[Cell],
     settings: SweepSettings,
@@ -439,23 +226,31 @@ def submit_array(
     name: str,
     depends_on: Sequence[str] = (),
     dry_run: bool = False,
-    out=None,
+    out: Callable[[str], None] | None = None,
 ) -> str:
-    """Write one job array over `cells` and submit it with sbatch (after `depends_on` succeeded); returns its job id.
+    """Write one job array over `cells` (a plan and its job script) and submit it with sbatch (after `depends_on`
+    succeeded); returns its job id.
 
-    With `dry_run` the script and the sbatch command are passed to `out` instead and the id is a placeholder."""
+    With `dry_run` nothing is written or submitted: `out` gets the script, the sbatch command and the commands each
+    task would run now, and the id is a placeholder."""
     opts = replace(slurm, job_name=f"{slurm.job_name}-{name}")
-    text = render_script(cells, settings, opts, title=name)
+    task_settings = replace(settings, launcher=opts.launcher(), trainer_args=tuple(opts.trainer_args()))
     command = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{':'.join(depends_on)}"] if depends_on else [])
+    stamp = "DRY-RUN" if dry_run else time.strftime("%Y%m%d-%H%M%S")
     script_dir = settings.runs_dir / "slurm"
+    path, plan = script_dir / f"{opts.job_name}-{stamp}.sbatch", script_dir / f"{opts.job_name}-{stamp}.json"
+    text = render_job_script(len(cells), plan, settings, opts, title=name)
     if dry_run:
-        path = script_dir / f"{opts.job_name}.sbatch"
         if out is not None:
-            out(f"# ==== {path} (submit: {_q(command)} {path})\n{text}")
+            out(f"# ==== {path} (submit: {shlex.join(command)} {path})\n{text}")
+            for index, cell in enumerate(cells):
+                out(
+                    f"# task {index} ({cell.key}) would run now:\n"
+                    + "\n".join(f"#   {x}" for x in planned(cell, task_settings))
+                )
         return f"<{opts.job_name}>"
-    script_dir.mkdir(parents=True, exist_ok=True)
-    slurm.log_dir.mkdir(parents=True, exist_ok=True)
-    path = script_dir / f"{opts.job_name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    write_plan(plan, cells, task_settings)
+    opts.log_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     proc = subprocess.run([*command, str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -572,7 +367,7 @@ def prepare_smoke_data(settings: SweepSettings, console) -> None:
     command = [*settings.tcclip, "data", "synth", "--out", str(data)]
     proc = subprocess.run(command, cwd=settings.workdir, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`{_q(command)}` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        raise RuntimeError(f"`{shlex.join(command)}` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -706,13 +501,10 @@ def _run_protocol(
             job = submit_array(todo, settings, slurm, protocol, depends, args.dry_run, console.out)
             submitted.update((c.key, job) for c in todo)
         return 0
-    text = render_script([*first, *todo], settings, title=protocol)
     if args.dry_run:
-        console.out(text)
+        for cell in [*first, *todo]:
+            console.out("\n".join([f"# {cell.key}", *planned(cell, settings)]), highlight=False)
         return 0
-    script = settings.runs_dir / protocol / "sweep.sh"
-    script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(text)
 
     def report(outcome: CellOutcome, done: int, total: int) -> None:
         ok = "[green]ok[/green]" if outcome.returncode == 0 else f"[red]failed ({outcome.returncode})[/red]"
@@ -722,7 +514,7 @@ def _run_protocol(
             console.out("\n".join(f"    {line}" for line in tail), highlight=False)
             console.out(f"    (full log: {outcome.log})", highlight=False)
 
-    outcomes = run_local([first, todo], script, settings, gpus=args.gpus, jobs=args.jobs, report=report)
+    outcomes = run_local([first, todo], settings, gpus=args.gpus, jobs=args.jobs, report=report)
     failed = [o for o in outcomes if o.returncode != 0]
     if failed:
         console.print(f"[red]{protocol}: {len(failed)} of {len(outcomes)} cells failed[/red]")

@@ -10,13 +10,16 @@ import json
 import os
 import re
 import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tcclip import protocols, sweep
+from tcclip.cells import write_plan
 from tcclip.protocols import Selection, build_grid
-from tcclip.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, render_script
+from tcclip.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, planned, render_job_script
 
 FAKE_TCCLIP = r"""#!/usr/bin/env bash
 # Fake tcclip: logs its command line, writes a last.ckpt (fit) or a results.json one folder down (test).
@@ -103,7 +106,8 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
     opts = SlurmOptions(
         nodes=2, gpus_per_node=4, partition="gpu", account="proj", time="12:00:00", extra_sbatch=("qos=high",)
     )
-    text = render_script(cells, SweepSettings(tcclip=("tcclip",)), opts)
+    settings = SweepSettings(tcclip=("tcclip",), runs_dir=tmp_path / "runs")
+    text = render_job_script(len(cells), tmp_path / "plan.json", settings, opts, title="few_shot")
     _bash_n(text, tmp_path)
     sbatch = re.findall(r"^#SBATCH (.*)$", text, flags=re.M)
     for line in (
@@ -120,11 +124,22 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
     ):
         assert line in sbatch
     assert text.splitlines()[0] == "#!/usr/bin/env bash" and text.index("#SBATCH") < text.index("set -euo")
-    fit = next(line for line in text.splitlines() if " fit " in line and "srun" in line)
-    assert fit.strip().startswith("srun --kill-on-bad-exit=1 tcclip fit")
+    assert (
+        text.rstrip().splitlines()[-1]
+        == f'exec {sys.executable} -m tcclip.cells {tmp_path}/plan.json "$SLURM_ARRAY_TASK_ID"'
+    )
+    # What each task runs: srun over all its GPUs, Lightning's SLURM environment with requeue.
+    task = replace(settings, launcher=opts.launcher(), trainer_args=tuple(opts.trainer_args()))
+    fit = next(line for line in planned(cells[0], task) if " fit " in line)
+    assert fit.startswith("srun --kill-on-bad-exit=1 tcclip fit")
     for flag in ("--trainer.devices=4", "--trainer.num_nodes=2", "SLURMEnvironment", "auto_requeue=true"):
-        assert flag in fit
-    assert "hpc_ckpt_*.ckpt" in text and "--ckpt_path" in text  # resumes from Lightning's requeue checkpoint
+        assert flag in fit and flag in text  # the script states the srun line too
+    # A task requeued after SIGUSR1 resumes from the checkpoint Lightning wrote.
+    hpc = task.run_dir(cells[0]) / "checkpoints" / "hpc_ckpt_1.ckpt"
+    hpc.parent.mkdir(parents=True)
+    hpc.touch()
+    fit = next(line for line in planned(cells[0], task) if " fit " in line)
+    assert fit.endswith(f"--ckpt_path {hpc}")
 
 
 def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> None:
@@ -135,7 +150,10 @@ def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> N
     assert first.startswith("--parsable ") and "tcclip-few_shot-prerequisites" in first
     assert second.startswith("--parsable --dependency=afterok:1001 ")
     script = Path(second.split()[-1]).read_text()
-    assert "#SBATCH --array=0-2" in script and "init=$(final_checkpoint" in script
+    assert "#SBATCH --array=0-2" in script
+    plan = json.loads(Path(script.split("-m tcclip.cells ")[1].split()[0]).read_text())
+    assert [c["requires"] for c in plan["cells"]] == [None, None, "zero_shot/k400_plain"]  # plain, llm, (P)
+    assert plan["settings"]["launcher"] == ["srun", "--kill-on-bad-exit=1"]
     # A second sweep needing the same K400 model waits for the queued job instead of training it again.
     assert sweep.main([args[0], "base2novel", "--datasets", "ucf101", "--seeds", "1", *args[6:]]) == 0
     third = fake["sbatch_log"].read_text().splitlines()[2:]
@@ -150,12 +168,13 @@ def test_dry_run_prints_scripts_without_submitting(fake: dict[str, Path], capsys
     assert not fake["sbatch_log"].exists()
 
 
-def test_task_script_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, Path]) -> None:
+def test_array_task_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, Path]) -> None:
     settings = _settings(fake)
     cells = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
-    script = fake["root"] / "task.sh"
-    script.write_text(render_script(cells, settings))
-    run = lambda **env: subprocess.run(["bash", str(script), "0"], env={**os.environ, **env}, capture_output=True)  # noqa: E731
+    plan = fake["root"] / "plan.json"
+    write_plan(plan, cells, settings)
+    task = [sys.executable, "-m", "tcclip.cells", str(plan), "0"]  # what the job script runs in array task 0
+    run = lambda **env: subprocess.run(task, env={**os.environ, **env}, capture_output=True)  # noqa: E731
     assert run(FAKE_DIE="1").returncode == 3  # the fit dies after writing last.ckpt
     assert run().returncode == 0
     fits = [line for line in fake["log"].read_text().splitlines() if line.startswith("fit ")]
@@ -167,6 +186,7 @@ def test_task_script_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str,
     calls = len(fake["log"].read_text().splitlines())
     assert b"nothing to do" in run().stdout
     assert len(fake["log"].read_text().splitlines()) == calls
+    assert subprocess.run([*task[:-1], "1"], capture_output=True).returncode == 2  # the plan has no cell 1
 
 
 def test_local_sweep_runs_cells_and_collects(fake: dict[str, Path]) -> None:
@@ -202,8 +222,8 @@ def test_eval_only_finds_our_and_official_checkpoints(tmp_path: Path) -> None:
     assert find_eval_checkpoint(few["ucf101_k4_pretrained"], tmp_path).name == "ucf101_k4_pretrained.ckpt"
     assert find_eval_checkpoint(few["hmdb51_k2_plain"], tmp_path) is None
     settings = SweepSettings(ckpt_dir=tmp_path, tcclip=("tcclip",))
-    text = render_script([few["hmdb51_k8_plain"]], settings)
-    assert " fit " not in text.split("case")[-1] and "init_checkpoint" in text.split("case")[-1]
+    (command,) = planned(few["hmdb51_k8_plain"], settings)
+    assert command.startswith("tcclip test ") and "--model.init_checkpoint" in command
 
 
 def test_eval_only_sweep_tests_the_checkpoints_it_finds(fake: dict[str, Path]) -> None:
