@@ -66,10 +66,13 @@ def _clean_env() -> dict[str, str]:
 
 def test_installed_package_has_its_data(wheel_venv: Path, tmp_path: Path) -> None:
     code = (
-        "import tcclip, tcclip.lightning_cli as c, tcclip.data.splits as s; "
-        "print(tcclip.__file__); print(c.defaults_files()[0]); print(len(s.load_manifest().files))"
+        "import tcclip, tcclip.lightning_cli as c, tcclip.data.splits as s, tcclip.sweep as w; "
+        "print(tcclip.__file__); print(c.defaults_files()[0]); print(len(s.load_manifest().files)); "
+        "print(w.JOB_TEMPLATE.is_file())"
     )
-    module, defaults, entries = _run([str(wheel_venv / "python"), "-c", code], tmp_path, _clean_env()).split()[:3]
+    out = _run([str(wheel_venv / "python"), "-c", code], tmp_path, _clean_env()).split()
+    module, defaults, entries, template = out[:4]
+    assert template == "True"  # the SLURM job script template
     venv = wheel_venv.parent.resolve()
     assert Path(module).resolve().is_relative_to(venv), module
     assert Path(defaults).resolve().is_relative_to(venv) and Path(defaults).name == "defaults.yaml"
