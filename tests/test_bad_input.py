@@ -500,6 +500,20 @@ CASES: list[Case] = [
         2,
         "window and stride must be positive seconds",
     ),
+    # --- sweep selections: an empty selection is an error that says what it selected from, before any output ---------
+    *(
+        Case(f"sweep-{name}", ("sweep", *argv, "--smoke"), 2, phrase, absent=("runs", "results"))
+        for name, argv, phrase in (
+            ("empty-grid", ("--grid", ""), "--grid '' names no protocol"),
+            ("zero-shots", ("--grid", "few_shot", "--shots", "0"), "0 is not one of the paper's values (2, 4, 8, 16)"),
+            ("zero-seeds", ("--grid", "all", "--seeds", "0"), "0 is not one of the paper's values (1, 2, 3)"),
+            (
+                "only-matches-nothing",
+                ("--grid", "few_shot", "--only", "nomatch*"),
+                "leaves no cell of the grid few_shot",
+            ),
+        )
+    ),
 ]
 
 # ---------------------------------------------------------------------------------------------------- the runner
