@@ -91,7 +91,7 @@ def render_job_script(num_cells: int, plan: Path, settings: SweepSettings, slurm
         optional.append(extra if extra.startswith("-") else f"--{extra}")
     values = {
         "title": title,
-        "num_cells": num_cells,
+        "cells": f"{num_cells} cell" + ("" if num_cells == 1 else "s"),
         "plan": shlex.quote(str(plan)),
         "job_name": slurm.job_name,
         "last_index": num_cells - 1,
