@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from rich.markup import escape
@@ -25,9 +25,7 @@ from torch import Tensor, nn
 
 from tcclip.calibration import calibrated_probabilities, model_calibration
 from tcclip.errors import UserError
-
-if TYPE_CHECKING:
-    from tcclip.openset import OpenSetPrediction
+from tcclip.openset import OpenSetPrediction, Rejector, decide
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +272,6 @@ def predict(
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
     if reject or reject_threshold is not None:
-        from tcclip.openset import predict_open_set
-
         return predict_open_set(model, video, labels, top_k, views, backend, batch_size, reject_threshold, reject_score)
     single = isinstance(video, str | Path | Tensor)
     videos = [video] if single else list(video)
@@ -595,3 +591,34 @@ def _report_failure(out, err, video: str, reason: str, as_json: bool) -> None:
 
 def _as_json(prediction: Prediction) -> dict[str, str | float]:
     return {"label": prediction.label, "probability": round(prediction.probability, 6)}
+
+
+def predict_open_set(
+    model: nn.Module,
+    video,
+    labels: Sequence[str] | None = None,
+    top_k: int = 5,
+    views="2x1",
+    backend: str | None = None,
+    batch_size: int = 8,
+    reject_threshold: float | None = None,
+    reject_score: str | None = None,
+) -> OpenSetPrediction | list[OpenSetPrediction]:
+    """`tcclip.predict(..., reject=True)`: like `predict`, with "none of the above" under the threshold."""
+    single = isinstance(video, str | Path | Tensor)
+    videos = [video] if single else list(video)
+    names = use_labels(model, labels)
+    rejector = Rejector.for_model(model, reject_threshold, reject_score)
+    views = Views.parse(views)
+    temperature = rejector.temperature
+    results: list[OpenSetPrediction] = []
+    with evaluating(model):
+        for start in range(0, len(videos), batch_size):
+            batch = [
+                load_clip_views(v, model_num_frames(model), model_input_size(model), views, backend)
+                for v in videos[start : start + batch_size]
+            ]
+            logits = video_view_logits(model, torch.stack(batch))
+            probs = calibrated_probabilities(logits, temperature)
+            results.extend(decide(rejector, logits, [top_k_predictions(p, names, top_k) for p in probs]))
+    return results[0] if single else results

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -182,48 +181,6 @@ def decide(rejector: Rejector, view_logits: Tensor, top_k: Sequence[Sequence]) -
         label = ranked[0].label if ok else NONE_OF_THE_ABOVE
         out.append(OpenSetPrediction(label, not ok, float(score), rejector.threshold, rejector.score, list(ranked)))
     return out
-
-
-def predict_open_set(
-    model: nn.Module,
-    video,
-    labels: Sequence[str] | None = None,
-    top_k: int = 5,
-    views="2x1",
-    backend: str | None = None,
-    batch_size: int = 8,
-    reject_threshold: float | None = None,
-    reject_score: str | None = None,
-) -> OpenSetPrediction | list[OpenSetPrediction]:
-    """`tcclip.predict(..., reject=True)`: like `predict`, with "none of the above" under the threshold."""
-    from tcclip.inference import (
-        Views,
-        evaluating,
-        load_clip_views,
-        model_input_size,
-        model_num_frames,
-        top_k_predictions,
-        use_labels,
-        video_view_logits,
-    )
-
-    single = isinstance(video, str | Path | Tensor)
-    videos = [video] if single else list(video)
-    names = use_labels(model, labels)
-    rejector = Rejector.for_model(model, reject_threshold, reject_score)
-    views = Views.parse(views)
-    temperature = rejector.temperature
-    results: list[OpenSetPrediction] = []
-    with evaluating(model):
-        for start in range(0, len(videos), batch_size):
-            batch = [
-                load_clip_views(v, model_num_frames(model), model_input_size(model), views, backend)
-                for v in videos[start : start + batch_size]
-            ]
-            logits = video_view_logits(model, torch.stack(batch))
-            probs = calibrated_probabilities(logits, temperature)
-            results.extend(decide(rejector, logits, [top_k_predictions(p, names, top_k) for p in probs]))
-    return results[0] if single else results
 
 
 def add_reject_arguments(parser) -> None:

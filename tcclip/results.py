@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
-import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tcclip import paper_results
+from tcclip.outputs import staged_files
 from tcclip.protocols import Cell
 
 DATASET_LABEL = {"k400": "K-400", "k600": "K-600", "hmdb51": "HMDB-51", "ucf101": "UCF-101", "ssv2": "SSv2"}
@@ -346,7 +345,7 @@ def _plot_few_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     _legend(axes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -396,7 +395,7 @@ def _plot_base2novel(rows: list[dict[str, Any]], path: Path, title: str) -> None
     _legend(axes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -423,7 +422,7 @@ def _plot_zero_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     _legend(axes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -435,7 +434,7 @@ def _plot_fully_supervised(rows: list[dict[str, Any]], path: Path, title: str) -
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -475,14 +474,10 @@ def collect_protocol(
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         names = [f"{protocol}.{ext}" for ext in ("csv", "md", "png")]
-        # Written in a scratch folder first and then renamed: a failure (say, in plotting) leaves the tables of an
-        # earlier collection as they were instead of a new CSV beside an old plot.
-        with tempfile.TemporaryDirectory(prefix=f".{protocol}-", dir=results_dir) as scratch:
-            staged = [Path(scratch) / name for name in names]
-            write_csv(rows, staged[0])
-            staged[1].write_text(result.markdown)
-            plot(rows, staged[2], title + ("\n" + textwrap.fill(note, 48) if note else ""))
-            for path, name in zip(staged, names, strict=True):
-                os.replace(path, results_dir / name)
+        # All three or none: a failure (say, in plotting) leaves the tables of an earlier collection as they were.
+        with staged_files() as stage:
+            write_csv(rows, stage(results_dir / names[0]))
+            stage(results_dir / names[1]).write_text(result.markdown)
+            plot(rows, stage(results_dir / names[2]), title + ("\n" + textwrap.fill(note, 48) if note else ""))
         result.files = [results_dir / name for name in names]
     return result

@@ -31,7 +31,10 @@ def import_graph() -> dict[str, set[str]]:
                     base = ".".join([*anchor, base] if base else anchor)
                 # `from tcclip import paper_results` imports a module; `from tcclip.x import f` the module tcclip.x.
                 targets.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
-        graph[name] = {t for t in targets if t in modules and t != name}
+        # A module's parent packages are imported before it anyway, so importing one adds no dependency (and a
+        # package's __init__ may expose its children lazily, as `tcclip.predict` does).
+        ancestors = {".".join(name.split(".")[:n]) for n in range(1, name.count(".") + 1)}
+        graph[name] = {t for t in targets if t in modules and t != name and t not in ancestors}
     return graph
 
 
