@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (first imported outside captured output: it keeps the stream it logs to)
 import pytest
 
 from tcclip import cli
