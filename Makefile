@@ -21,13 +21,14 @@ install: $(PY)
 	$(PY) -m pip install $(TORCH_PIN)
 	$(PY) -m pip install -e ".[dev]"
 
-# On a fresh clone the first `make test` installs (the venv then lacks pytest or tcclip).
+# On a fresh clone the first `make test` installs (the venv then lacks pytest or the installed tcclip and its
+# dependencies; `import tcclip` alone would find the checkout's folder).
 test: $(PY)
-	@$(PY) -c "import pytest, tcclip" 2>/dev/null || $(MAKE) install
+	@$(PY) -c "import pytest, importlib.metadata as m; m.version('tcclip')" 2>/dev/null || $(MAKE) install
 	$(PY) -m pytest -q
 
 test-slow: $(PY)
-	@$(PY) -c "import pytest, tcclip" 2>/dev/null || $(MAKE) install
+	@$(PY) -c "import pytest, importlib.metadata as m; m.version('tcclip')" 2>/dev/null || $(MAKE) install
 	$(PY) -m pytest -q -m slow
 
 lint: $(PY)
