@@ -50,14 +50,14 @@ def long_video(path: Path, classes: list[str], stretches: int, seed: int) -> lis
     return parts
 
 
-def accuracy(ckpt: Path, out: Path, window: float, stride: float, stretches: int) -> dict:
+def accuracy(ckpt: Path, out: Path, window: float, stride: float, stretches: int, smooth: int = 1) -> dict:
     import tcclip
     from tcclip.timelines import save_timeline
 
     model = tcclip.load_model(ckpt)
     parts = long_video(out / "long.mp4", list(model.class_names), stretches, seed=0)
     start = time.perf_counter()
-    tl = tcclip.timeline(model, out / "long.mp4", window=window, stride=stride, top_k=3)
+    tl = tcclip.timeline(model, out / "long.mp4", window=window, stride=stride, top_k=3, smooth=smooth)
     seconds = time.perf_counter() - start
     save_timeline(tl, out / "timeline")
     bounds = [end for _, _, end in parts[:-1]]
@@ -74,6 +74,7 @@ def accuracy(ckpt: Path, out: Path, window: float, stride: float, stretches: int
         "duration_s": tl.duration,
         "window_s": window,
         "stride_s": stride,
+        "smooth": smooth,
         "boundaries": len(bounds),
         "boundaries_within_one_stride": sum(e <= stride for e in errors),
         "max_boundary_error_s": max(errors) if errors else 0.0,
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=1.0, help="seconds (the demo clips last 1.3-2 s)")
     parser.add_argument("--stride", type=float, default=0.5)
     parser.add_argument("--stretches", type=int, default=16)
+    parser.add_argument("--smooth", type=int, default=1, help="windows averaged for each label (tcclip timeline)")
     parser.add_argument("--minutes", default="1,10")
     parser.add_argument("--only", choices=("accuracy", "memory"), help="run one part")
     parser.add_argument("--out", type=Path)
@@ -146,7 +148,7 @@ def main() -> None:
 
     acc, rows = None, None
     if args.only != "memory":
-        acc = accuracy(args.ckpt, out, args.window, args.stride, args.stretches)
+        acc = accuracy(args.ckpt, out, args.window, args.stride, args.stretches, args.smooth)
         print_accuracy(console, acc, args)
     if args.only != "accuracy":
         rows = memory(args.ckpt, out, args.window, args.stride, [float(m) for m in args.minutes.split(",")])

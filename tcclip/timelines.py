@@ -232,6 +232,7 @@ def timeline(
     reject_score: str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    smooth: int = 1,
 ) -> Timeline:
     """Score a long video window by window.
 
@@ -245,6 +246,8 @@ def timeline(
         reject / reject_threshold / reject_score: "none of the above" per window, as in `tcclip.predict`.
         batch_size: windows per forward pass.
         progress: show a progress bar (rich, on stderr) while decoding.
+        smooth: label each window from the mean probabilities of this many windows centred on it (odd; 1: off).
+            Removes one-window flickers; the rejection score stays the window's own.
     """
     from tcclip.calibration import calibrated_probabilities
     from tcclip.inference import (
@@ -262,6 +265,8 @@ def timeline(
     stride = window / 2 if stride is None else stride
     if not (window > 0 and stride > 0 and math.isfinite(window) and math.isfinite(stride)):
         raise UserError(f"window and stride must be positive seconds, got {window} and {stride}", fix="e.g. 2 and 1")
+    if smooth < 1 or smooth % 2 == 0:
+        raise UserError(f"smooth must be an odd number of windows, got {smooth}", fix="e.g. 1 (off), 3 or 5")
     if top_k < 1 or batch_size < 1:
         raise UserError("top_k and batch_size must be >= 1", fix="pass positive numbers")
     path = Path(path)
@@ -279,7 +284,7 @@ def timeline(
         # one frame through the test transform (every step is per frame): [3, S, S]
         return transform(torch.from_numpy(frame.to_ndarray(format="rgb24"))[None])[0, 0]
 
-    results: list[WindowResult] = []
+    scored: list[tuple[int, float, float, Tensor, float | None, bool]] = []  # per window: probabilities [C], ...
     batch: list[tuple[int, float, float, list[Tensor]]] = []
 
     def flush() -> None:
@@ -288,10 +293,8 @@ def timeline(
         probs = calibrated_probabilities(logits, temperature)
         scores, accepted = rejector(logits) if rejector is not None else (None, None)
         for j, (k, start, end, _) in enumerate(batch):
-            ranked = [(p.label, p.probability) for p in top_k_predictions(probs[j], names, top_k)]
             ok = True if accepted is None else bool(accepted[j])
-            score = None if scores is None else float(scores[j])
-            results.append(WindowResult(k, start, end, ranked, ranked[0][0] if ok else None, score))
+            scored.append((k, start, end, probs[j], None if scores is None else float(scores[j]), ok))
         batch.clear()
 
     bar, on_time = _progress(path, progress)
@@ -302,12 +305,29 @@ def timeline(
                 flush()
         if batch:
             flush()
+    # C numbers per window are kept until the end (for the smoothing), never frames
+    smoothed = moving_average(torch.stack([row[3] for row in scored]), smooth) if scored else []
+    results: list[WindowResult] = []
+    for (k, start, end, _, score, ok), p in zip(scored, smoothed, strict=True):
+        ranked = [(pred.label, pred.probability) for pred in top_k_predictions(p, names, top_k)]
+        results.append(WindowResult(k, start, end, ranked, ranked[0][0] if ok else None, score))
     duration = results[-1].end if results else 0.0
     duration = max(duration, _probe_duration(path))
     rejection = None if rejector is None else {"score": rejector.score, "threshold": rejector.threshold}
     return Timeline(
         str(path), duration, window, stride, num_frames, results, merge_segments(results, stride), rejection, names
     )
+
+
+def moving_average(x: Tensor, n: int) -> Tensor:
+    """Centred mean over n consecutive rows of x [N, C] (fewer at the ends, where the window is cut): [N, C]."""
+    if n == 1:
+        return x
+    half = n // 2
+    total = torch.cat([x.new_zeros(1, x.shape[1]), x.double().cumsum(0)])  # [N+1, C] running sums
+    idx = torch.arange(x.shape[0])
+    lo, hi = (idx - half).clamp(min=0), (idx + half + 1).clamp(max=x.shape[0])
+    return ((total[hi] - total[lo]) / (hi - lo)[:, None]).to(x.dtype)
 
 
 def _probe_duration(path: Path) -> float:
@@ -421,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=float, help="seconds between window starts (default: half the window)")
     parser.add_argument("--top-k", type=int, default=3, help="classes kept per window (default 3)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument(
+        "--smooth", type=int, default=1, help="label windows from the mean of this many windows' probabilities (odd)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <video name>_timeline/ next to the video)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_reject_arguments(parser)
@@ -449,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reject_score=args.reject_score,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        smooth=args.smooth,
     )
     video = Path(args.video)
     out_dir = args.out or video.with_name(video.stem + "_timeline")

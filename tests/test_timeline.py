@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+import tcclip.errors
 from tcclip.cli import main as cli_main
 from tcclip.data.synth import draw_index_stamp, read_index_stamp, write_video
 from tcclip.data.transforms import MEAN, STD
-from tcclip.timelines import WindowResult, merge_segments, save_timeline, stream_windows, timeline
+from tcclip.timelines import WindowResult, merge_segments, moving_average, save_timeline, stream_windows, timeline
 
 FPS = 10
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -165,3 +166,15 @@ def test_python_api_names():
     from tcclip.portable import load_model
 
     assert tcclip.load_model is load_model
+
+
+def test_smoothing(tmp_path):
+    x = torch.rand(9, 4)
+    for n in (1, 3, 5):
+        naive = torch.stack([x[max(0, i - n // 2) : i + n // 2 + 1].mean(0) for i in range(9)])
+        torch.testing.assert_close(moving_average(x, n), naive)
+    colour_video(tmp_path / "v.mp4", [("red", 3), ("blue", 3)])
+    tl = timeline(ColourModel(), tmp_path / "v.mp4", window=1.0, stride=0.5, smooth=3)
+    assert [s.label for s in tl.segments] == ["red", "blue"] and abs(tl.segments[0].end - 3.0) <= 0.5
+    with pytest.raises(tcclip.errors.UserError, match="odd"):
+        timeline(ColourModel(), tmp_path / "v.mp4", smooth=2)
