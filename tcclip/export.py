@@ -5,7 +5,7 @@
   calibration, licence of the weights it derives from).
 - `--onnx`: `model.onnx`, the network for the exported class list as one graph, `video [B, T, 3, S, S]` (normalised
   pixels, the fixed batch B given by `--onnx-batch`) -> `logits [B, C]`. The text side is part of the graph (TC-CLIP's
-  prompts depend on the video), the class list is baked in. It is traced from the model's reference execution
+  prompts depend on the video), the class list is baked in. It is traced from the model's plain execution
   path (the same numbers as the default path, written with plain tensor operations, see docs/open_set.md).
 """
 
@@ -247,10 +247,10 @@ def export_onnx(model: nn.Module, path: str | Path, batch_size: int = 1) -> Path
     import copy
 
     path = Path(path)
-    # A copy on the CPU in fp32 on the reference execution path: plain tensor operations (the fast path calls
+    # A copy on the CPU in fp32 on the plain execution path: plain tensor operations (the fast path calls
     # fused attention kernels the exporter does not translate) and no text cache (the graph must hold it all).
     net = copy.deepcopy(model).float().cpu().eval()
-    net.set_execution_path("reference")
+    net.set_fast_path(False)
     cfg = net.cfg
     size = cfg.clip.vision.image_size
     example = torch.zeros(batch_size, cfg.num_frames, 3, size, size)

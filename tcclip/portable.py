@@ -36,13 +36,20 @@ def is_exported_dir(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tcclip")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def write_exported(
     model: nn.Module, out_dir: str | Path, calibration: Calibration | None = None, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write `model.safetensors` and `config.json` of `model` (its current class names) into `out_dir`."""
     from safetensors.torch import save_file
-
-    import tcclip
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +59,7 @@ def write_exported(
     config = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
-        "tcclip_version": tcclip.__version__,
+        "tcclip_version": _installed_version(),
         "model_config": model.cfg.to_dict(),
         "class_names": list(model.class_names),
         "calibration": None if calibration is None else calibration.to_dict(),
