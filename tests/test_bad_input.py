@@ -690,3 +690,21 @@ def test_only_errors_wrapped_by_a_library_are_unwrapped():
     with pytest.raises(KeyError) as bug:
         ours()
     assert cli.wrapped_user_error(bug.value) is None  # ours: a bug keeps its traceback
+
+
+def test_python_api_refuses_class_lists_that_would_split_a_probability():
+    from types import SimpleNamespace
+
+    from tcclip.data.labels import LabelFileError
+    from tcclip.inference import use_labels
+
+    model = SimpleNamespace(class_names=["run"], set_class_names=lambda names: pytest.fail("must not be reached"))
+    for labels, message in (
+        (["Run", "Run"], "the class name 'Run' appears twice"),
+        (["jump", "run", "Jump"], "class 2 'Jump' reads the same to the text encoder as class 0 'jump'"),
+        (["jump\nrun"], "line break"),
+        ([], "the label list is empty"),
+    ):
+        with pytest.raises(ValueError, match=message) as error:
+            use_labels(model, labels)
+        assert isinstance(error.value, LabelFileError)
