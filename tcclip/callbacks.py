@@ -1,4 +1,4 @@
-"""Callbacks of the experiment suite: the results file, predictions file and per-epoch seeding."""
+"""Callbacks of the experiment suite: the results file, predictions file, per-epoch seeding and the run guard."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.seed import seed_everything
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+
+from tcclip.atomic import atomic_write
+from tcclip.finite import NonFiniteError, nonfinite_tensors
+from tcclip.runs import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +25,8 @@ PREDICTIONS_FILE = "predictions.json"
 
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    text = (json.dumps(payload, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text), what=path.name)
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -191,3 +193,72 @@ class EpochSeed(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_epoch = int(state_dict.get("next_epoch", 0))
         self._reseed()
+
+
+class RunGuard(Callback):
+    """Keeps a run folder whole: one writing process at a time, and a resumable checkpoint when `fit` is stopped.
+
+    - `setup`: takes the run folder's lock (`tcclip.runs.RunLock`); a second process aimed at the same folder
+      stops with a message instead of interleaving its checkpoints and logs with the first one's. Released at
+      `teardown` or on an exception.
+    - Ctrl-C (KeyboardInterrupt) or a non-finite training loss during a training epoch: saves the current weights
+      (still finite: the failing step was not taken) as `last.ckpt`, where `--ckpt_path last` finds them, and says
+      so. Weights that are already non-finite are not saved; the previous `last.ckpt` stays the resume point.
+      Under DDP nothing is saved here (the ranks may not reach a common barrier); the previous `last.ckpt` stays.
+    """
+
+    def __init__(self) -> None:
+        self._lock: RunLock | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir  # collective: every rank calls it
+        if trainer.is_global_zero and self._lock is None:
+            self._lock = RunLock(Path(log_dir or trainer.default_root_dir))
+            self._lock.acquire()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        try:
+            stopping = isinstance(exception, (KeyboardInterrupt, NonFiniteError))
+            if stopping and trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
+                self._save_on_stop(trainer, pl_module, exception)
+        finally:
+            self._release()
+
+    def _save_on_stop(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        previous = self._last_path(trainer)
+        if trainer.world_size > 1:
+            saved = None
+        elif nonfinite_tensors(pl_module.state_dict()):
+            saved = None
+        else:
+            saved = previous
+            trainer.save_checkpoint(saved)
+        if saved is not None:
+            note = f"Stopped at {where}; the weights from before the stop are saved in {saved}."
+        elif previous is not None and previous.is_file():
+            note = f"Stopped at {where}; nothing saved now, the last good checkpoint is {previous}."
+        else:
+            note = f"Stopped at {where}; no checkpoint was saved yet."
+        resume = "To resume, run the same command with --ckpt_path last."
+        if isinstance(exception, NonFiniteError):
+            exception.fix = f"{exception.fix} {note} {resume}".strip()
+        else:
+            log.warning("tcclip fit: interrupted. %s %s", note, resume)
+
+    @staticmethod
+    def _last_path(trainer: L.Trainer) -> Path | None:
+        """Where `--ckpt_path last` looks: the file of the ModelCheckpoint that monitors nothing (`last.ckpt`)."""
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.monitor is None and callback.dirpath:
+                return Path(callback.dirpath) / f"{callback.filename or 'last'}{callback.FILE_EXTENSION}"
+        folder = trainer.log_dir or trainer.default_root_dir
+        return Path(folder) / "checkpoints" / "last.ckpt" if folder else None

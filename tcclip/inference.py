@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from tcclip.calibration import calibrated_probabilities, model_calibration
 from tcclip.errors import UserError
+from tcclip.finite import check_finite_logits
 from tcclip.openset import OpenSetPrediction, Rejector, decide
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def video_view_logits(model: nn.Module, clips: Tensor) -> Tensor:
     device, dtype = _device_dtype(model)
     batch, views = clips.shape[:2]
     logits = model(clips.flatten(0, 1).to(device=device, dtype=dtype))  # [B*V, C]
+    check_finite_logits(logits, f"{batch} video(s)")  # never an arbitrary top-1 with probability NaN
     return logits.float().view(batch, views, -1).cpu()
 
 

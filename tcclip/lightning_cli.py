@@ -7,14 +7,21 @@ What it adds to LightningCLI:
   are linked, so the two cannot disagree;
 - run-time defaults: `trainer.precision` (bf16-mixed on a GPU that has it, else 32-true) and
   `trainer.default_root_dir` (`runs/<name of the last --config file>`) when left null;
-- `--ckpt_path last` / `best` look for the newest `last*.ckpt` under `trainer.default_root_dir` (every version
-  folder), so a new process can resume or evaluate; the network's configuration then comes from the checkpoint,
-  while evaluation options (WiSE-FT weight, ...) stay those of the command line;
+- `--ckpt_path last` / `best` are looked up under `trainer.default_root_dir` (`tcclip.runs.find_checkpoint`:
+  unreadable files skipped, `best` from the run's whole record), so a new process can resume or evaluate; the
+  network's configuration then comes from the checkpoint, while evaluation options (WiSE-FT weight, ...) stay
+  those of the command line;
+- a resumed `fit` continues in its checkpoint's version folder (same logs, same checkpoints, the callbacks' whole
+  history), and no two processes write one run folder at once (`tcclip.callbacks.RunGuard`);
+- checkpoints are written atomically and read safely (`tcclip.checkpoint_io.AtomicCheckpointIO`);
+- `--trainer.enable_progress_bar false` drops the progress bar of the defaults; an unwritable
+  `trainer.default_root_dir` is a one-paragraph error;
 - the results file (`<log dir>/results.json`) and predictions file are always written.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -22,13 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from tcclip.callbacks import PredictionsJSON, ResultsJSON
+from tcclip.atomic import atomic_write
+from tcclip.callbacks import PredictionsJSON, ResultsJSON, RunGuard
+from tcclip.checkpoint_io import AtomicCheckpointIO
 from tcclip.data.datamodule import VideoDataModule
+from tcclip.errors import UserError
 from tcclip.lit import TCCLIPModule
+from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
+from tcclip.runs import find_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +84,37 @@ def default_precision(accelerator: Any) -> str:
     return "32-true"
 
 
-def find_checkpoint(which: str, root: str | Path) -> str | None:
-    """`last`: the newest `last*.ckpt` under `root`; `best`: the best model recorded in that checkpoint's
-    ModelCheckpoint state (None when there is nothing)."""
-    root = Path(root)
-    lasts = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    if not lasts:
-        return None
-    last = lasts[-1]
-    if which == "last":
-        return str(last)
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    for key, value in state.get("callbacks", {}).items():
-        # The ModelCheckpoint that monitors a metric (the one keeping last.ckpt monitors nothing).
-        if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
-            best = Path(value["best_model_path"])
-            if best.is_file():
-                return str(best)
-    return None
+def _is_progress_bar(callback: Any) -> bool:
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    if class_path is None:
+        return isinstance(callback, ProgressBar)
+    module_name, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
+def check_writable(folder: str | Path, key: str) -> None:
+    """Raise a UserError naming the config `key` unless `folder` can be created and written (nothing is created:
+    a file is written and removed in the nearest folder that exists)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise UserError(
+            f"{key} cannot be created: {existing} is a file, not a folder",
+            path=folder,
+            fix=f"Set {key} to a folder you can write to.",
+        )
+    probe = existing / f".tcclip-write-test-{os.getpid()}"
+    try:
+        atomic_write(probe, lambda f: f.write(b"ok"), what="test file")
+    except UserError as err:
+        raise UserError(
+            f"{key} cannot be written: {err.message}", path=folder, fix=f"Set {key} to a folder you can write to."
+        ) from err
+    probe.unlink(missing_ok=True)
 
 
 class TCCLIPLightningCLI(LightningCLI):
@@ -99,16 +127,20 @@ class TCCLIPLightningCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        cfg = self.config if subcommand is None else self.config[subcommand]
+        trainer = cfg.trainer
+        if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            # The defaults add a progress bar; Lightning refuses one together with enable_progress_bar=false.
+            trainer.callbacks = [c for c in trainer.callbacks if not _is_progress_bar(c)]
         if subcommand is None:
             return
-        cfg = self.config[subcommand]
-        trainer = cfg.trainer
         if trainer.get("precision") is None:
             trainer.precision = default_precision(trainer.get("accelerator", "auto"))
         if trainer.get("default_root_dir") is None:
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "tcclip"
             trainer.default_root_dir = str(RUNS_DIR / name)
+        check_writable(trainer.default_root_dir, "trainer.default_root_dir")
         ckpt = cfg.get("ckpt_path")
         if ckpt in ("last", "best"):
             found = find_checkpoint(ckpt, trainer.default_root_dir)
@@ -122,12 +154,13 @@ class TCCLIPLightningCLI(LightningCLI):
             cfg.ckpt_path = found
         if cfg.get("ckpt_path"):
             self._network_from_checkpoint(subcommand, cfg.ckpt_path)
+            if subcommand == "fit":
+                self._resume_in_own_folder(cfg.ckpt_path)
 
     def _network_from_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
         """Take the network's configuration from the checkpoint so its weights fit (evaluation options stay)."""
-        if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file. Fix: give a .ckpt written by tcclip fit.")
-        hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        ckpt = safe_load(ckpt_path, mmap=True)  # a CheckpointError (UserError) for a missing or unreadable file
+        hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
         network = {k: hparams[k] for k in NETWORK_HPARAMS if k in hparams}
         if not network:
             return
@@ -137,6 +170,27 @@ class TCCLIPLightningCLI(LightningCLI):
         if model_config:
             network["model_config"] = model_config
         self.config = self.parser.parse_object({subcommand: {"model": network}}, self.config)
+
+    def _resume_in_own_folder(self, ckpt_path: str) -> None:
+        """A resumed fit logs and checkpoints into the version folder its checkpoint came from (when the default
+        TensorBoard logger is used), so the callbacks restore their whole history and one folder holds the run."""
+        cfg = self.config["fit"]
+        folder = run_folder_of(ckpt_path)
+        if folder is None or cfg.trainer.get("logger") is not True:
+            return
+        logger = {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(folder.save_dir), "name": folder.name, "version": folder.version},
+        }
+        self.config = self.parser.parse_object({"fit": {"trainer": {"logger": logger}}}, self.config)
+        rank_zero_info(f"resuming in {folder.path}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Every checkpoint written atomically and read safely, unless the user configured a CheckpointIO of their own.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would copy every hyper-parameter of the checkpoint over the command line (WiSE-FT weight
@@ -163,7 +217,7 @@ def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> TCCLIP
         args=argv,
         run=run,
         parser_kwargs=parser_kwargs,
-        trainer_defaults={"callbacks": [ResultsJSON(), PredictionsJSON()]},
+        trainer_defaults={"callbacks": [RunGuard(), ResultsJSON(), PredictionsJSON()]},
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )

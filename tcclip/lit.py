@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from tcclip.data.mixup import MixupCutmix
+from tcclip.finite import NonFiniteError, check_finite_logits
 from tcclip.model.checkpoint import read_checkpoint, wise_ft
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
@@ -45,7 +46,7 @@ _NOT_IN_OFFICIAL_CHECKPOINTS = frozenset({"prompt_learner.token_embedding.weight
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def multi_view_probabilities(model: nn.Module, video: Tensor) -> Tensor:
+def multi_view_probabilities(model: nn.Module, video: Tensor, what: str = "a batch of videos") -> Tensor:
     """Class probabilities of multi-view videos: softmax of every view's logits, averaged over the views.
 
     Spec section 5 sums the per-view softmax; the mean (sum / V) ranks classes identically and stays a probability.
@@ -54,15 +55,24 @@ def multi_view_probabilities(model: nn.Module, video: Tensor) -> Tensor:
     Args:
         model: maps [B, T, 3, S, S] to logits [B, C].
         video: [B, V, T, 3, S, S].
+        what: whose logits these are, for the error message.
 
     Returns:
         [B, C] float32.
+
+    Raises:
+        NonFiniteError: a view's logits hold NaN / Inf (no answer is better than an arbitrary one).
     """
     if video.dim() != 6:
         raise ValueError(f"expected video [B, V, T, 3, S, S], got shape {tuple(video.shape)}")
     num_views = video.shape[1]
-    probs = sum(model(video[:, v]).float().softmax(dim=-1) for v in range(num_views))
-    return probs / num_views
+    total: Tensor | None = None
+    for v in range(num_views):
+        logits = model(video[:, v])
+        check_finite_logits(logits, what)
+        probs = logits.float().softmax(dim=-1)
+        total = probs if total is None else total + probs
+    return total / num_views
 
 
 class BestLastTracker:
@@ -348,6 +358,14 @@ class TCCLIPModule(L.LightningModule):
         else:
             logits = self.model(video)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        if not bool(torch.isfinite(loss)):
+            # Stop before the optimiser step spreads it to the weights; RunGuard saves the still-finite weights.
+            raise NonFiniteError(
+                f"the training loss became {float(loss)} at epoch {self.current_epoch}, global step "
+                f"{self.global_step} (batch {batch_idx}); the run stops here",
+                fix="Lower model.lr, set trainer.gradient_clip_val, or use trainer.precision=32-true; check the "
+                "epoch's videos.",
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
         return loss
 
@@ -362,7 +380,7 @@ class TCCLIPModule(L.LightningModule):
         sets = self._predict_sets()
         names = list(sets[dataloader_idx].class_names) if sets else self.train_class_names
         use_class_names(self.model, names)
-        probs = multi_view_probabilities(self.model, batch["video"])
+        probs = multi_view_probabilities(self.model, batch["video"], f"predict batch {batch_idx}")
         out = {"probs": probs.cpu(), "index": batch["index"].cpu(), "class_names": names}
         if "label" in batch:
             out["label"] = batch["label"].cpu()
@@ -371,11 +389,12 @@ class TCCLIPModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> None:
         names = list(self._eval_sets(stage)[dataloader_idx].class_names)
         use_class_names(self.model, names)
-        probs = multi_view_probabilities(self.model, batch["video"])
+        what = f"a {stage} batch of {self._eval_sets(stage)[dataloader_idx].name}"
+        probs = multi_view_probabilities(self.model, batch["video"], what)
         self.eval_metrics[stage][dataloader_idx].update(probs, batch["label"])
         if self._wise_model is not None:
             use_class_names(self._wise_model, names)
-            wise_probs = multi_view_probabilities(self._wise_model, batch["video"])
+            wise_probs = multi_view_probabilities(self._wise_model, batch["video"], f"{what} (WiSE-FT model)")
             self.eval_metrics[f"{stage}_wise"][dataloader_idx].update(wise_probs, batch["label"])
 
     def _eval_sets(self, stage: str) -> list[Any]:

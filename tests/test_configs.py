@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tcclip.data.datamodule import VideoDataModule
-from tcclip.lightning_cli import TCCLIPLightningCLI, default_precision, find_checkpoint
+from tcclip.lightning_cli import TCCLIPLightningCLI, default_precision
 from tcclip.lit import TCCLIPModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,23 +196,3 @@ def test_default_precision() -> None:
     assert default_precision("cpu") == "32-true"
     if not torch.cuda.is_available():
         assert default_precision("auto") == "32-true"
-
-
-def test_find_checkpoint_last_and_best(tmp_path: Path) -> None:
-    assert find_checkpoint("last", tmp_path) is None
-    old, new = tmp_path / "version_0" / "checkpoints", tmp_path / "version_1" / "checkpoints"
-    for folder in (old, new):
-        folder.mkdir(parents=True)
-    best = new / "best-epoch003.ckpt"
-    best.write_bytes(b"")
-    state = {
-        "callbacks": {
-            "ModelCheckpoint{'monitor': None}": {"monitor": None, "best_model_path": str(new / "last.ckpt")},
-            "ModelCheckpoint{'monitor': 'val/top1'}": {"monitor": "val/top1", "best_model_path": str(best)},
-        }
-    }
-    torch.save(state, old / "last.ckpt")
-    torch.save(state, new / "last.ckpt")
-    os.utime(old / "last.ckpt", (1, 1))
-    assert find_checkpoint("last", tmp_path) == str(new / "last.ckpt")
-    assert find_checkpoint("best", tmp_path) == str(best)

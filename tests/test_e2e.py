@@ -85,10 +85,15 @@ def test_predict_writes_every_video(data_synth: Path, tmp_path: Path, tiny_args)
     assert len(first["top"]) == 3 and sum(p for _, p in first["top"]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_ckpt_path_last_resumes_in_a_new_process_folder(data_synth: Path, tmp_path: Path, tiny_args) -> None:
+def test_ckpt_path_last_resumes_in_the_runs_own_folder(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     run_dir = tmp_path / "run"
     args = tiny_args(data_synth, run_dir)
     run("fit", [*args, "--trainer.max_epochs=1"])
     cli = run("fit", [*args, "--ckpt_path=last"])
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 4  # continued, not restarted
-    assert len(list(run_dir.rglob("last.ckpt"))) == 2  # one per version folder; the newest is the resumed run's
+    # One run, one folder: the resumed run writes where it came from, no second version_N.
+    assert [p.name for p in (run_dir / "lightning_logs").iterdir()] == ["version_0"]
+    assert [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("last.ckpt")] == [
+        "lightning_logs/version_0/checkpoints/last.ckpt"
+    ]
+    assert not list(run_dir.rglob("tcclip.lock"))  # released
