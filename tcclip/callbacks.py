@@ -15,7 +15,8 @@ from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from tcclip.atomic import atomic_write
-from tcclip.finite import NonFiniteError, nonfinite_tensors
+from tcclip.errors import UserError
+from tcclip.finite import nonfinite_tensors
 from tcclip.runs import RunLock
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,10 @@ class RunGuard(Callback):
     - `setup`: takes the run folder's lock (`tcclip.runs.RunLock`); a second process aimed at the same folder
       stops with a message instead of interleaving its checkpoints and logs with the first one's. Released at
       `teardown` or on an exception.
-    - Ctrl-C (KeyboardInterrupt) or a non-finite training loss during a training epoch: saves the current weights
-      (still finite: the failing step was not taken) as `last.ckpt`, where `--ckpt_path last` finds them, and says
-      so. Weights that are already non-finite are not saved; the previous `last.ckpt` stays the resume point.
-      Under DDP nothing is saved here (the ranks may not reach a common barrier); the previous `last.ckpt` stays.
+    - Ctrl-C (KeyboardInterrupt) or a `UserError` during a training epoch (a non-finite loss, too many broken
+      videos): saves the current weights (the failing step was not taken) as `last.ckpt`, where `--ckpt_path last`
+      finds them, and says so. Weights that are already non-finite are not saved; the previous `last.ckpt` stays
+      the resume point. Under DDP nothing is saved here (the ranks may not reach a common barrier).
     """
 
     def __init__(self) -> None:
@@ -226,7 +227,7 @@ class RunGuard(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         try:
-            stopping = isinstance(exception, (KeyboardInterrupt, NonFiniteError))
+            stopping = isinstance(exception, (KeyboardInterrupt, UserError))
             if stopping and trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
                 self._save_on_stop(trainer, pl_module, exception)
         finally:
@@ -241,7 +242,11 @@ class RunGuard(Callback):
             saved = None
         else:
             saved = previous
-            trainer.save_checkpoint(saved)
+            try:
+                trainer.save_checkpoint(saved)
+            except UserError as err:  # e.g. the disk is full: say so, and keep the original error
+                log.warning("could not save a checkpoint on stopping: %s", err.format())
+                saved = None
         if saved is not None:
             note = f"Stopped at {where}; the weights from before the stop are saved in {saved}."
         elif previous is not None and previous.is_file():
@@ -249,7 +254,7 @@ class RunGuard(Callback):
         else:
             note = f"Stopped at {where}; no checkpoint was saved yet."
         resume = "To resume, run the same command with --ckpt_path last."
-        if isinstance(exception, NonFiniteError):
+        if isinstance(exception, UserError):
             exception.fix = f"{exception.fix} {note} {resume}".strip()
         else:
             log.warning("tcclip fit: interrupted. %s %s", note, resume)

@@ -24,7 +24,7 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None, fix: str = ""):
-        self.message = message
+        self.message = _strip_worker_traceback(message, type(self))
         self.path = None if path is None else Path(path)
         self.line = line
         self.fix = fix
@@ -38,3 +38,15 @@ class UserError(Exception):
         if self.fix:
             text = text.rstrip() + ("" if text.rstrip().endswith(".") else ".") + " " + self.fix
         return text
+
+
+def _strip_worker_traceback(message: str, cls: type) -> str:
+    """The original message of an error re-raised by a DataLoader worker.
+
+    torch re-creates an exception from a worker process as `cls("Caught ... Original Traceback ...: <message>")`;
+    the one paragraph is the last line's text after the class name.
+    """
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    return message.rsplit(marker, 1)[1].strip() if marker in message else message

@@ -96,6 +96,17 @@ def _is_progress_bar(callback: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
+def _user_error_in(err: BaseException | None) -> UserError | None:
+    """The first UserError in an exception's chain of causes, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def check_writable(folder: str | Path, key: str) -> None:
     """Raise a UserError naming the config `key` unless `folder` can be created and written (nothing is created:
     a file is written and removed in the nearest folder that exists)."""
@@ -184,6 +195,17 @@ class TCCLIPLightningCLI(LightningCLI):
         }
         self.config = self.parser.parse_object({"fit": {"trainer": {"logger": logger}}}, self.config)
         rank_zero_info(f"resuming in {folder.path}")
+
+    def instantiate_classes(self) -> None:
+        # jsonargparse wraps an error raised while building the data module or model in its own ValueError (with the
+        # union subtypes it tried); a UserError in that chain is the message that matters.
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            user_error = _user_error_in(err)
+            if user_error is None:
+                raise
+            raise user_error from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -74,3 +74,11 @@ def test_non_finite_logits_are_an_error_in_evaluation_and_prediction() -> None:
         multi_view_probabilities(Broken(), video, "a val batch")
     with pytest.raises(NonFiniteError, match=r"logits for 2 video\(s\) are not finite"):
         video_probabilities(Broken(), video)
+
+
+def test_missing_data_root(tiny_run_args, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "not_extracted_yet"
+    assert run(["fit", *tiny_run_args(root, tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tcclip fit: error: {root}: the dataset root does not exist")
+    assert "data.init_args.root" in err and "TCCLIP_DATA_ROOT" in err and "Traceback" not in err

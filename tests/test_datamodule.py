@@ -14,6 +14,7 @@ from tcclip.data.datamodule import VideoDataModule, VideoListDataModule
 from tcclip.data.families import HMDB51, UCF101, Kinetics400, Kinetics600, SSv2, Synthetic
 from tcclip.data.labels import read_annotations
 from tcclip.data.splits import SplitFilesError
+from tcclip.errors import UserError
 
 # (family, protocol, extra args) -> (train list lines, train classes, {eval set: classes} for val, the same for test)
 Z3 = {"split1": 51, "split2": 51, "split3": 51}
@@ -82,7 +83,7 @@ def test_missing_split_files_tell_the_download_command(tmp_path, upstream_mirror
 def test_root_from_env_or_clear_error(upstream_mirror, tmp_path, monkeypatch):
     monkeypatch.delenv("TCCLIP_DATA_ROOT", raising=False)
     dm = HMDB51(splits_dir=str(upstream_mirror))
-    with pytest.raises(ValueError, match="no dataset root.*TCCLIP_DATA_ROOT"):
+    with pytest.raises(UserError, match="no dataset root.*TCCLIP_DATA_ROOT"):
         dm.root  # noqa: B018
     monkeypatch.setenv("TCCLIP_DATA_ROOT", str(tmp_path))
     assert dm.root == tmp_path

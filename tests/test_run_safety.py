@@ -143,3 +143,29 @@ def test_a_second_process_on_the_same_run_is_refused_and_nan_weights_are_refused
     assert run(["test", *args, f"--ckpt_path={tmp_path / 'nan.ckpt'}"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'nan.ckpt'}: " in err and f"{name} (" in err and "NaN" in err and "Traceback" not in err
+
+
+def test_too_many_broken_videos_stop_the_run_with_a_checkpoint(args, tmp_path, monkeypatch, capsys) -> None:
+    from tcclip.data.dataset import VideoDataset
+    from tcclip.data.video_reader import VideoDecodeError
+
+    state = {"unplugged": False}  # the disk holding the videos goes away when epoch 1 starts
+    load_frames = VideoDataset.load_frames
+
+    def flaky(self, index):
+        if state["unplugged"]:
+            raise VideoDecodeError(self.root / self.path(index), "input/output error")
+        return load_frames(self, index)
+
+    def unplug(self) -> None:
+        state["unplugged"] = self.current_epoch == 1
+
+    monkeypatch.setattr(VideoDataset, "load_frames", flaky)
+    monkeypatch.setattr(TCCLIPModule, "on_train_epoch_start", unplug, raising=False)
+    assert run(["fit", *args, "--trainer.max_epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be read" in err and "raise data.init_args.max_broken_fraction" in err
+    last = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"saved in {last}" in err and "--ckpt_path last" in err and "Traceback" not in err
+    saved = load(last)
+    assert saved["epoch"] == 1 and saved["global_step"] >= 3  # epoch 0 and whatever of epoch 1 was trained

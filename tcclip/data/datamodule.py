@@ -33,6 +33,7 @@ from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
 from tcclip.data.distributed import EvalDistributedSampler
 from tcclip.data.labels import read_class_names
 from tcclip.data.splits import default_splits_dir, require_split_file
+from tcclip.errors import UserError
 from tcclip.protocols import DATA_PROTOCOLS, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)
@@ -179,14 +180,13 @@ class VideoDataModule(LightningDataModule):
     def root(self) -> Path:
         """Dataset root: the ``root`` argument, else ``$TCCLIP_DATA_ROOT``."""
         root = self._root or os.environ.get(DATA_ROOT_ENV)
+        fix = f"Set data.init_args.root (or ${DATA_ROOT_ENV}) to the folder the video paths in the lists start from."
         if not root:
-            raise ValueError(
-                f"{type(self).__name__}: no dataset root. Fix: pass data.init_args.root (the folder the video paths "
-                f"in the lists are relative to) or set ${DATA_ROOT_ENV}."
-            )
+            raise UserError(f"{type(self).__name__}: no dataset root given", fix=fix)
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"{type(self).__name__}: dataset root {root} is not a folder. Fix: data.root.")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise UserError(f"the dataset root {what}", path=root, fix=fix)
         return root
 
     def _file(self, rel_path: str) -> Path:
@@ -212,6 +212,12 @@ class VideoDataModule(LightningDataModule):
         from tcclip.data.transforms import TestTransform, TrainTransform
 
         broken_log = BrokenVideoLog(self._run_dir())
+        if not any(self.root.iterdir()):
+            raise UserError(
+                "the dataset root is empty",
+                path=self.root,
+                fix=f"Set data.init_args.root (or ${DATA_ROOT_ENV}) to the folder that holds the videos.",
+            )
         common = {"root": self.root, "num_frames": self.num_frames, "backend": self.backend, "broken_log": broken_log}
         common["max_broken_fraction"] = self.max_broken_fraction
         if part == "train":

@@ -11,12 +11,14 @@ Broken input (a missing, truncated, zero-frame or undecodable file) never stops 
   batch, so accuracies are computed over the readable videos only and their count (``num_videos``) is honest.
   Replacing it would silently count another video twice;
 - the run stops with :class:`BrokenVideosError` only when the broken videos of one split exceed
-  ``max_broken_fraction`` of that split (a wrong root or a half-extracted dataset, not bad luck).
+  ``max_broken_fraction`` of that split (a wrong root or a half-extracted dataset, not bad luck), or as soon as the
+  videos tried so far show beyond reasonable doubt that they will (:func:`surely_above`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tcclip.data.labels import Annotation, read_annotations
+from tcclip.errors import UserError
 
 try:  # POSIX file locks make the shared broken-video file exact across processes; elsewhere best effort.
     import fcntl
@@ -39,8 +42,27 @@ log = logging.getLogger(__name__)
 BROKEN_VIDEOS_FILE = "broken_videos.txt"
 
 
-class BrokenVideosError(RuntimeError):
+class BrokenVideosError(UserError, RuntimeError):
     """Too many videos of one split could not be read."""
+
+
+BROKEN_CONFIDENCE_Z = 4.0
+"""Standard deviations of certainty before the first videos alone stop a run (about 3e-5 one-sided)."""
+
+
+def surely_above(broken: int, tried: int, fraction: float, z: float = BROKEN_CONFIDENCE_Z) -> bool:
+    """True when `broken` of `tried` videos show, beyond reasonable doubt, that more than `fraction` of the whole list
+    is broken: the Wilson score lower bound of the broken fraction (z standard deviations) exceeds it.
+
+    A wrong root or a half-extracted dataset is then known after a handful of videos instead of once the count alone
+    exceeds the limit (most of an epoch for a generous limit). At least 3 broken videos are required.
+    """
+    if broken < 3 or tried <= 0:
+        return False
+    p, n = broken / tried, tried
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n) > fraction
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,7 @@ class VideoDataset(Dataset):
         self.broken_log = broken_log
         self.max_broken_fraction = max_broken_fraction
         self._known_broken: set[int] = set()  # per process: do not decode a known-broken file again
+        self._tried = 0  # per process: decodes attempted, for the early estimate of the broken fraction
 
     def __len__(self) -> int:
         return len(self.annotations)
@@ -188,6 +211,7 @@ class VideoDataset(Dataset):
 
         if index in self._known_broken:
             return None
+        self._tried += 1
         try:
             frames = self.load_frames(index)
         except (VideoDecodeError, OSError) as e:  # unreadable input only; other errors are bugs and propagate
@@ -203,12 +227,15 @@ class VideoDataset(Dataset):
         if self.broken_log.record(self.split, self.path(index), reason):
             log.warning("broken video %s (split %s, %s): %s", self.root / self.path(index), self.split, action, reason)
         count = self.broken_log.count(self.split)
-        if count > self.max_broken_fraction * len(self):
+        early = surely_above(len(self._known_broken), self._tried, self.max_broken_fraction)
+        if count > self.max_broken_fraction * len(self) or early:
+            seen = f" ({len(self._known_broken)} of the first {self._tried} tried)" if early else ""
             raise BrokenVideosError(
-                f"{count} of {len(self)} videos of split {self.split!r} could not be read "
-                f"(more than max_broken_fraction={self.max_broken_fraction}); the list is in {self.broken_log.path}. "
-                f"Fix: check the dataset root ({self.root}) and the files, list them all with `tcclip data check "
-                f"--config <your config>`, or raise data.max_broken_fraction."
+                f"{count} of {len(self)} videos of split {self.split!r} could not be read{seen}: more than "
+                f"max_broken_fraction={self.max_broken_fraction} of the list is broken; the list is in "
+                f"{self.broken_log.path}",
+                fix=f"Check the dataset root ({self.root}) and the files, list them all with `tcclip data check "
+                "--config <your config>`, or raise data.init_args.max_broken_fraction.",
             )
 
 
