@@ -52,7 +52,7 @@ def summarize_sets(sets: dict[str, dict[str, Any]], protocol: str | None) -> dic
 
 
 def results_payload(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
-    """The contract's results dict for the last evaluation of `module` (None before any)."""
+    """The results dict (`results.json`) of the last evaluation of `module` (None before any)."""
     results = getattr(module, "eval_results", None)
     if not results:
         return None
@@ -219,6 +219,22 @@ class RunGuard(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._release()
+
+    def _heartbeat(self) -> None:
+        if self._lock is not None:
+            self._lock.heartbeat()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._heartbeat()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._heartbeat()
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._heartbeat()
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._heartbeat()
 
     def _release(self) -> None:
         if self._lock is not None:

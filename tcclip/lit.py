@@ -1,7 +1,8 @@
 """`TCCLIPModule`: the LightningModule around a TC-CLIP / ViFi-CLIP / vanilla CLIP network.
 
-The network comes from `tcclip.model.factory.create_model`; this module adds the loss (spec 5), the optimiser and
-schedule (spec 6), multi-view evaluation with torchmetrics and the reports of spec 7 (per evaluation set top-1 / top-5,
+The network comes from `tcclip.model.factory.create_model`; this module adds the loss (mixup / cutmix with
+soft-target cross-entropy, or label smoothing), the optimiser and schedule (AdamW, linear warm-up then cosine, as the
+official code trains), multi-view evaluation with torchmetrics and the reports (per evaluation set top-1 / top-5,
 per-class accuracy, confusion matrix, WiSE-FT, best and last epoch). Devices, DDP and precision belong to the Trainer.
 """
 
@@ -37,7 +38,7 @@ RANDOM_CLIP_SEED = 0
 """Random CLIP weights (`clip_weights: null`) are drawn from this seed, so that WiSE-FT can rebuild them."""
 # Keys of our own in Lightning checkpoints.
 CKPT_KEY = "tcclip"
-# Official checkpoints do not store the token-embedding table (it comes from CLIP, spec section 8).
+# Official checkpoints do not store the token-embedding table (it comes from CLIP's weights).
 _NOT_IN_OFFICIAL_CHECKPOINTS = frozenset({"prompt_learner.token_embedding.weight"})
 
 
@@ -49,7 +50,8 @@ _NOT_IN_OFFICIAL_CHECKPOINTS = frozenset({"prompt_learner.token_embedding.weight
 def multi_view_probabilities(model: nn.Module, video: Tensor, what: str = "a batch of videos") -> Tensor:
     """Class probabilities of multi-view videos: softmax of every view's logits, averaged over the views.
 
-    Spec section 5 sums the per-view softmax; the mean (sum / V) ranks classes identically and stays a probability.
+    The official evaluation sums the per-view softmax; the mean (sum / V) ranks classes identically and stays a
+    probability.
     Views run one at a time to bound memory (4 clips x 3 crops for fully-supervised testing).
 
     Args:
@@ -174,7 +176,7 @@ class TCCLIPModule(L.LightningModule):
             (drawn from a fixed seed; tests and the demo).
         init_checkpoint: start from a TC-CLIP checkpoint instead of CLIP (the (P) variants): an official `.pth` or
             one of our Lightning `.ckpt` files. Loaded at `setup`, before any `--ckpt_path` restore.
-        lr: peak learning rate of the CLIP parameters (spec 6 table).
+        lr: peak learning rate of the CLIP parameters (the protocol's recipe, see `configs/`).
         lr_min: floor of the cosine schedule (absolute, for every group).
         warmup_epochs: linear warm-up length in epochs (may be fractional).
         weight_decay: AdamW weight decay on every trainable tensor.
@@ -183,7 +185,7 @@ class TCCLIPModule(L.LightningModule):
         lr_10x: ten times the learning rate for the new parts (prompt learner, prompt-generation layers).
         total_batch_size: effective batch; gradient accumulation = total / (per-device batch x devices x nodes) is
             set at the start of `fit`. null: use `trainer.accumulate_grad_batches` as given.
-        mixup: mixup / cutmix with soft-target cross-entropy (spec 5); off: label-smoothing cross-entropy.
+        mixup: mixup / cutmix with soft-target cross-entropy; off: label-smoothing cross-entropy.
         mixup_alpha: Beta(alpha, alpha) of mixup.
         cutmix_alpha: Beta(alpha, alpha) of cutmix.
         mixup_switch_prob: probability of cutmix instead of mixup for a batch.
@@ -191,7 +193,7 @@ class TCCLIPModule(L.LightningModule):
         freeze_image: freeze the CLIP image encoder (TC-CLIP's own additions, e.g. the local-global bias, still train).
         freeze_text: freeze the CLIP text encoder (the prompt learner and prompt-generation layers still train).
             Both together ("backbone") also freeze `logit_scale`.
-        wise_ft_weight: when set, `validate` / `test` also evaluate the WiSE-FT model (spec 7):
+        wise_ft_weight: when set, `validate` / `test` also evaluate the WiSE-FT model (Wortsman et al., CVPR 2022):
             (1 - w) * CLIP + w * fine-tuned, the TC-CLIP additions staying fine-tuned.
         log_confusion_matrix: log a confusion-matrix image per evaluation set to TensorBoard.
     """
@@ -405,7 +407,7 @@ class TCCLIPModule(L.LightningModule):
         return list(getattr(datamodule, "predict_sets", None) or getattr(datamodule, "test_sets", []))
 
     # ----------------------------------------------------------------------------------------------------------------
-    # WiSE-FT (spec 7)
+    # WiSE-FT (Wortsman et al., CVPR 2022)
     # ----------------------------------------------------------------------------------------------------------------
 
     def wise_ft_model(self, weight: float) -> nn.Module:

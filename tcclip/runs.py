@@ -161,18 +161,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class RunLock:
-    """An exclusive lock on a run folder: `tcclip.lock` holding the owner's pid, host and start time.
+HEARTBEAT_S = 60.0
+"""How often a running owner refreshes its lock's modification time."""
+STALE_AFTER_S = 15 * 60.0
+"""A lock of another host not refreshed for this long belongs to a dead run."""
 
-    Created with O_EXCL, so of two processes only one gets it. A lock whose process is gone (same host, pid not
-    running) is stale: it is replaced, with a warning. A lock of another host is respected (its process cannot be
-    checked from here); remove the file by hand if that run is known to be dead.
+
+def _slurm_job() -> str | None:
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return None if job is None else f"{job}_{task}" if task is not None else job
+
+
+class RunLock:
+    """An exclusive lock on a run folder: `tcclip.lock` holding the owner's pid, host, SLURM job and start time.
+
+    Created with O_EXCL, so of two processes only one gets it. The owner refreshes the file's modification time
+    while it runs (`heartbeat`). A lock is stale, and replaced with a warning, when its process is gone: on this
+    host, its pid is not running; under SLURM, it names this very job (a requeued job runs once at a time); on
+    another host, it has not been refreshed for `STALE_AFTER_S`. Otherwise the second process is refused.
     """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self.held = False
+        self._beat = 0.0
 
     def acquire(self) -> None:
         try:
@@ -206,11 +220,10 @@ class RunLock:
                     fix="Set trainer.default_root_dir to a folder you can write to.",
                 ) from err
             with os.fdopen(fd, "w") as f:
-                json.dump(
-                    {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-                    f,
-                )
+                owner = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": _slurm_job()}
+                json.dump({**owner, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
             self.held = True
+            self._beat = time.monotonic()
             return
         raise UserError("could not take the run lock (it keeps reappearing)", path=self.path)
 
@@ -221,13 +234,26 @@ class RunLock:
             return None  # unreadable or half-written by a killed process: stale
         return owner if isinstance(owner, dict) else None
 
-    @staticmethod
-    def _stale(owner: dict[str, Any]) -> bool:
+    def _stale(self, owner: dict[str, Any]) -> bool:
+        if owner.get("slurm_job") is not None and owner.get("slurm_job") == _slurm_job():
+            return True
         if owner.get("host") != socket.gethostname():
-            return False
+            try:
+                return time.time() - self.path.stat().st_mtime > STALE_AFTER_S
+            except OSError:
+                return True
         pid = owner.get("pid")
         # Our own pid: a lock left by an earlier run of this process (one process runs one fit at a time).
         return not isinstance(pid, int) or pid == os.getpid() or not _alive(pid)
+
+    def heartbeat(self) -> None:
+        """Refresh the lock's modification time (at most every `HEARTBEAT_S`), so other hosts see the run alive."""
+        if self.held and time.monotonic() - self._beat > HEARTBEAT_S:
+            self._beat = time.monotonic()
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # the lock is advisory; a failed refresh must not stop the run
 
     def release(self) -> None:
         if self.held:

@@ -469,6 +469,24 @@ CASES: list[Case] = [
         files={"list.txt": "v/folder.mp4 0\nv/gone.mp4 1\n", "v/folder.mp4": DIR},
         setup=wide_terminal,
     ),
+    # --- checkpoints: conversion -------------------------------------------------------------------------------
+    Case(
+        "convert-checkpoint-random-bytes",
+        ("convert-checkpoint", "junk.pth", "out.ckpt"),
+        2,
+        "junk.pth: not a checkpoint: it is neither a torch zip archive nor a pickle",
+        files={"junk.pth": bytes(range(256)) * 4},
+        not_phrase=("unsafe", "arbitrary code"),
+        absent=("out.ckpt",),
+    ),
+    Case(
+        "convert-checkpoint-empty-file",
+        ("convert-checkpoint", "empty.pth", "out.ckpt"),
+        2,
+        "empty.pth: not a checkpoint: it is empty (0 bytes)",
+        files={"empty.pth": b""},
+        absent=("out.ckpt",),
+    ),
     # --- the tcclip command itself --------------------------------------------------------------------------
     Case("help-lists-every-command", ("--help",), 0, "convert-checkpoint turn an official TC-CLIP .pth"),
     Case(

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tcclip.errors import UserError
-from tcclip.runs import LOCK_FILE, RunFolder, RunLock, find_checkpoint, run_folder_of
+from tcclip.runs import LOCK_FILE, STALE_AFTER_S, RunFolder, RunLock, find_checkpoint, run_folder_of
 
 
 def save(path: Path, epoch: int, top1: float, best: tuple[int, float] | None, mtime: int) -> Path:
@@ -113,3 +113,21 @@ def test_lock_in_an_unwritable_place(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot create the run folder.*trainer.default_root_dir"):
         RunLock(blocker / "run").acquire()
+
+
+def test_locks_of_dead_runs_elsewhere_are_replaced(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    # Another host's lock, not refreshed for longer than a live run would leave it: its run is dead.
+    owner = {"pid": 1, "host": socket.gethostname() + "-elsewhere", "slurm_job": None, "started": "x"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(owner))
+    old = (tmp_path / LOCK_FILE).stat().st_mtime - STALE_AFTER_S - 60
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    lock.release()
+    # A requeued SLURM job finds the lock of its own previous incarnation (another node, same job id).
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / LOCK_FILE).write_text(json.dumps({**owner, "slurm_job": "4242"}))
+    lock.acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["slurm_job"] == "4242"
+    lock.release()
