@@ -210,6 +210,13 @@ class RunGuard(Callback):
 
     def __init__(self) -> None:
         self._lock: RunLock | None = None
+        self._training = False  # between on_train_start and on_train_end: there is a run to save
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         log_dir = trainer.log_dir  # collective: every rank calls it
@@ -244,9 +251,12 @@ class RunGuard(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         try:
             stopping = isinstance(exception, (KeyboardInterrupt, UserError))
-            if stopping and trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
+            # Only a run that holds its folder and has started training saves (never over another process's files).
+            ours = self._lock is not None and self._lock.held and self._training
+            if stopping and ours and trainer.training and not trainer.sanity_checking:
                 self._save_on_stop(trainer, pl_module, exception)
         finally:
+            self._training = False
             self._release()
 
     def _save_on_stop(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

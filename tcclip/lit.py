@@ -363,7 +363,7 @@ class TCCLIPModule(L.LightningModule):
         if not bool(torch.isfinite(loss)):
             # Stop before the optimiser step spreads it to the weights; RunGuard saves the still-finite weights.
             raise NonFiniteError(
-                f"the training loss became {float(loss)} at epoch {self.current_epoch}, global step "
+                f"the training loss became {loss.detach().item()} at epoch {self.current_epoch}, global step "
                 f"{self.global_step} (batch {batch_idx}); the run stops here",
                 fix="Lower model.lr, set trainer.gradient_clip_val, or use trainer.precision=32-true; check the "
                 "epoch's videos.",
