@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tcclip.model.checkpoint import (
     load_model,
     load_official_checkpoint,
     official_config_to_tcclip,
+    safe_load,
     save_model,
     to_official_state_dict,
     wise_ft,
@@ -387,3 +389,13 @@ def test_wise_ft_on_a_model_keeps_the_new_parts(model):
     for name in ("prompt_learner.ctx", "image_encoder.transformer.resblocks.1.attn.local_global_bias_table"):
         assert torch.equal(mixed[name], finetuned[name])
     assert torch.equal(mixed["text_encoder.ln_final.weight"], finetuned["text_encoder.ln_final.weight"])  # unchanged
+
+
+def test_any_garbage_is_reported_as_not_a_checkpoint(tmp_path):
+    rng = random.Random(0)
+    for i in range(200):
+        path = tmp_path / f"junk{i}.ckpt"
+        head = rng.choice([b"", b"\x80\x02", b"\x80\x04", b"PK\x03\x04"])  # bare, pickle-like, zip-like
+        path.write_bytes(head + rng.randbytes(rng.randint(1, 4096)))
+        with pytest.raises(CheckpointError, match=f"junk{i}.ckpt: not a checkpoint"):
+            safe_load(path)

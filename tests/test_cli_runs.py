@@ -3,7 +3,7 @@ logits are an error wherever probabilities are computed."""
 
 from __future__ import annotations
 
-import os
+import random
 import sys
 from pathlib import Path
 from unittest import mock
@@ -43,7 +43,17 @@ def test_unwritable_default_root_dir(tiny_run_args, data_synth: Path, tmp_path: 
     assert "Traceback" not in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize(("content", "phrase"), [(os.urandom(2048), "not a checkpoint"), (b"", "empty (0 bytes)")])
+RANDOM = random.Random(0)
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        *[(RANDOM.randbytes(2048), "not a checkpoint") for _ in range(3)],
+        (b"\x80\x02" + RANDOM.randbytes(2048), "its pickled data cannot be read"),  # looks like a legacy pickle
+        (b"", "empty (0 bytes)"),
+    ],
+)
 def test_bad_file_given_to_ckpt_path(tiny_run_args, data_synth, tmp_path, capsys, content, phrase) -> None:
     bad = tmp_path / "model.ckpt"
     bad.write_bytes(content)
