@@ -161,6 +161,24 @@ CASES: list[Case] = [
         check=no_carriage_returns,
     ),
     Case(
+        "labels-json-with-bom-and-crlf-works",
+        make("--shots", "1", "--base-novel", "--base-shots", "1", labels="labels.json"),
+        0,
+        "wrote out/base2novel/novel_labels.csv",
+        files={
+            "labels.json": '\ufeff{\r\n "0": "run",\r\n "1": "jump",\r\n "2": "swim"\r\n}\r\n',
+            "full.txt": LIST_3x2,
+        },
+        check=no_carriage_returns,
+    ),
+    Case(
+        "list-missing",
+        make("--shots", "1", video_list="nowhere.txt"),
+        2,
+        "nowhere.txt: file not found. Check the path",
+        files={"labels.csv": LABELS_3},
+    ),
+    Case(
         "list-with-crlf-works",
         make("--shots", "2", "--base-novel", "--base-shots", "2", "--eval-list", "full.txt"),
         0,
