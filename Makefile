@@ -12,6 +12,11 @@ UPSTREAM_COPY := $(abspath $(CURDIR)/../shared/reference/tcclip-upstream)
 ifneq ($(wildcard $(UPSTREAM_COPY)/labels),)
 export TCCLIP_UPSTREAM_MIRROR ?= $(UPSTREAM_COPY)
 endif
+# Likewise the tensor list of an official checkpoint ($TCCLIP_OFFICIAL_TENSORS).
+TENSORS_COPY := $(abspath $(CURDIR)/../shared/reference/official_checkpoint_tensors.json)
+ifneq ($(wildcard $(TENSORS_COPY)),)
+export TCCLIP_OFFICIAL_TENSORS ?= $(TENSORS_COPY)
+endif
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -24,6 +24,24 @@ def upstream_mirror() -> Path:
     return mirror
 
 
+OFFICIAL_TENSORS_ENV = "TCCLIP_OFFICIAL_TENSORS"
+"""A JSON file listing the tensors of an official TC-CLIP checkpoint (`{"tensors": {name: shape}}`); `make test` sets
+it when one sits beside the checkout."""
+
+
+@pytest.fixture(scope="session")
+def official_tensors() -> dict[str, list[int]]:
+    """Name -> shape of every tensor of the official checkpoint, from $TCCLIP_OFFICIAL_TENSORS (skipped without it)."""
+    import json
+
+    value = os.environ.get(OFFICIAL_TENSORS_ENV, "")
+    if not value:
+        pytest.skip(f"${OFFICIAL_TENSORS_ENV} is not set (the tensor list of an official checkpoint)")
+    if not Path(value).is_file():
+        pytest.skip(f"${OFFICIAL_TENSORS_ENV}={value} is not a file")
+    return json.loads(Path(value).read_text())["tensors"]
+
+
 @pytest.fixture(scope="session")
 def data_synth(tmp_path_factory) -> Path:
     """A tiny synthetic dataset (3 classes x 5 videos, 32 px, 8-12 frames, mp4/avi/webm) with protocol splits."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import random
 import re
 from pathlib import Path
@@ -32,7 +31,6 @@ from tcclip.model.clip_backbone import load_clip_state_dict
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import build_model, create_model
 
-OFFICIAL_TENSORS = Path("/work/shared/reference/official_checkpoint_tensors.json")
 NAMES = ["ApplyEyeMakeup", "brush_hair", "YoYo"]
 CFG = TCCLIPConfig(
     arch="test-tiny", num_frames=3, context_token_k=4, tome_r=4, prompt_generation_layer_level=(2,), n_ctx=3
@@ -112,8 +110,8 @@ def assert_same_logits(a, b) -> None:
 # -- official layout -----------------------------------------------------------------------------------------------
 
 
-def test_default_model_has_exactly_the_official_tensors():
-    expected = json.loads(OFFICIAL_TENSORS.read_text())["tensors"]
+def test_default_model_has_exactly_the_official_tensors(official_tensors):
+    expected = official_tensors
     num_classes = expected["module.prompt_learner.token_prefix"][0]
     with torch.device("meta"):
         net = build_model(TCCLIPConfig(), [f"class {i}" for i in range(num_classes)])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,7 +10,6 @@ from tcclip.model.config import TCCLIPConfig
 from tcclip.model.tc_attention import TCAttention
 from tcclip.model.vision import FrameVisionEncoder, TCVisionEncoder
 
-OFFICIAL_TENSORS = Path("/work/shared/reference/official_checkpoint_tensors.json")
 # Tiny: P = 16 patches, s = 4 seeds per frame, T*s = 12 seeds merged down to K = 5 in 4 steps.
 CFG = TCCLIPConfig(arch="test-tiny", num_frames=3, context_token_k=5, tome_r=2)
 
@@ -222,9 +218,8 @@ def test_loading_clip_keeps_the_bias_initialisation_and_splits_qkv(clip_state):
     assert torch.equal(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), in_proj)
 
 
-@pytest.mark.skipif(not OFFICIAL_TENSORS.is_file(), reason="official tensor list not available")
-def test_parameter_names_and_shapes_match_the_official_checkpoint():
-    official = json.loads(OFFICIAL_TENSORS.read_text())["tensors"]
+def test_parameter_names_and_shapes_match_the_official_checkpoint(official_tensors):
+    official = official_tensors
     prefix = "module.image_encoder."
     expected = {k[len(prefix) :]: tuple(v) for k, v in official.items() if k.startswith(prefix)}
     cfg = TCCLIPConfig(arch="ViT-B-16")
