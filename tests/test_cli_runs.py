@@ -92,3 +92,14 @@ def test_missing_data_root(tiny_run_args, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith(f"tcclip fit: error: {root}: the dataset root does not exist")
     assert "data.init_args.root" in err and "TCCLIP_DATA_ROOT" in err and "Traceback" not in err
+
+
+def test_empty_data_root(tiny_run_args, data_synth: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "mounted_but_empty"
+    root.mkdir()
+    # The lists come from the real data; the root that should hold the videos is empty (an unmounted share).
+    argv = ["fit", *tiny_run_args(root, tmp_path / "run"), f"--data.init_args.splits_dir={data_synth}"]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tcclip fit: error: {root}: the dataset root is empty")
+    assert "data.init_args.root" in err and "Traceback" not in err
