@@ -11,7 +11,15 @@
    rate at 95% true-positive rate (threshold set on the test videos themselves, the usual definition), and the
    operating point a user gets (the validation threshold applied to test and held-out videos).
 
-Prints one table per step; `--json` keeps every number.
+Prints one table per step; `--json` keeps every number. The README's figures come from:
+
+    tcclip data synth --out runs/os_data --classes MoveLeft,MoveRight,MoveUp,MoveDown --class-colours \
+        --videos-per-class 200 --size 32 --num-frames 16-24            # the demo data (Makefile DEMO_SYNTH_ARGS)
+    tcclip data synth --out runs/os_ood --classes RotateClockwise,Grow,StandStill,ChangeColor --class-colours \
+        --videos-per-class 25 --size 32 --num-frames 16-24 --seed 1     # classes the model never sees
+    tcclip fit --config configs/demo.yaml --data.init_args.root runs/os_data --trainer.default_root_dir runs/os
+    python benchmarks/open_set.py --ckpt runs/os/lightning_logs/version_0/checkpoints/last.ckpt \
+        --data runs/os_data --ood runs/os_ood
 """
 
 from __future__ import annotations
