@@ -17,7 +17,8 @@ Prints one table per step; `--json` keeps every number. The README's figures com
         --videos-per-class 200 --size 32 --num-frames 16-24            # the demo data (Makefile DEMO_SYNTH_ARGS)
     tcclip data synth --out runs/os_ood --classes RotateClockwise,Grow,StandStill,ChangeColor --class-colours \
         --videos-per-class 25 --size 32 --num-frames 16-24 --seed 1     # classes the model never sees
-    tcclip fit --config configs/demo.yaml --data.init_args.root runs/os_data --trainer.default_root_dir runs/os
+    tcclip fit --config configs/demo.yaml --data.init_args.root runs/os_data --trainer.default_root_dir runs/os \
+        --trainer.check_val_every_n_epoch 10                            # (was run with OMP_NUM_THREADS=1)
     python benchmarks/open_set.py --ckpt runs/os/lightning_logs/version_0/checkpoints/last.ckpt \
         --data runs/os_data --ood runs/os_ood
 """
