@@ -96,6 +96,17 @@ def _is_progress_bar(callback: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
+def _stored_checkpoint_dir(ckpt_path: str) -> str | None:
+    """`<dirpath>/x.ckpt` with the folder exactly as the run that wrote `ckpt_path` spelled it (its ModelCheckpoint
+    state), when that is the checkpoint's own folder; None otherwise."""
+    ckpt = safe_load(ckpt_path, mmap=True)
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        dirpath = state.get("dirpath") if key.startswith("ModelCheckpoint") and isinstance(state, dict) else None
+        if dirpath and Path(dirpath).is_dir() and os.path.samefile(dirpath, Path(ckpt_path).parent):
+            return str(Path(dirpath) / Path(ckpt_path).name)
+    return None
+
+
 def _user_error_in(err: BaseException | None) -> UserError | None:
     """The first UserError in an exception's chain of causes, if any."""
     seen = set()
@@ -186,8 +197,10 @@ class TCCLIPLightningCLI(LightningCLI):
         """A resumed fit logs and checkpoints into the version folder its checkpoint came from (when the default
         TensorBoard logger is used), so the callbacks restore their whole history and one folder holds the run."""
         cfg = self.config["fit"]
-        folder = run_folder_of(ckpt_path)
-        if folder is None or cfg.trainer.get("logger") is not True:
+        if cfg.trainer.get("logger") is not True:
+            return
+        folder = run_folder_of(_stored_checkpoint_dir(ckpt_path) or ckpt_path)
+        if folder is None:
             return
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

@@ -137,11 +137,17 @@ class RunFolder:
 
 
 def run_folder_of(checkpoint: str | Path) -> RunFolder | None:
-    """The run folder a checkpoint was written in (`.../<name>/version_N/checkpoints/x.ckpt`), else None."""
-    path = Path(checkpoint).resolve()
+    """The run folder a checkpoint was written in (`.../<name>/version_N/checkpoints/x.ckpt`), else None.
+
+    The path is taken as spelled (relative stays relative): Lightning's ModelCheckpoint compares its folder with the
+    one stored in the checkpoint as strings, and restores its full state only when they are equal.
+    """
+    path = Path(checkpoint)
     if path.parent.name != "checkpoints":
         return None
     version_dir = path.parent.parent
+    if version_dir.parent == version_dir.parent.parent:  # too short to hold <save_dir>/<name>/version_N
+        return None
     match = _VERSION.fullmatch(version_dir.name)
     if match is None:
         return None

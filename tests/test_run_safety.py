@@ -169,3 +169,12 @@ def test_too_many_broken_videos_stop_the_run_with_a_checkpoint(args, tmp_path, m
     assert f"saved in {last}" in err and "--ckpt_path last" in err and "Traceback" not in err
     saved = load(last)
     assert saved["epoch"] == 1 and saved["global_step"] >= 3  # epoch 0 and whatever of epoch 1 was trained
+
+
+def test_resume_with_a_relative_run_folder_keeps_one_last_checkpoint(args, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = [*args, "--trainer.default_root_dir=rel_run"]  # as a user types it, relative to the working folder
+    assert run(["fit", *relative, "--trainer.max_epochs=1"]) == 0
+    assert run(["fit", *relative, "--trainer.max_epochs=2", "--ckpt_path=last"]) == 0
+    (last,) = (tmp_path / "rel_run").rglob("last*.ckpt")  # no last-v1.ckpt beside a stale last.ckpt
+    assert last.name == "last.ckpt" and (load(last)["epoch"], load(last)["global_step"]) == (1, 6)

@@ -82,6 +82,8 @@ def test_run_folder_of_a_checkpoint(tmp_path: Path) -> None:
     assert run_folder_of(path).path == path.parent.parent
     assert run_folder_of(tmp_path / "last.ckpt") is None
     assert run_folder_of(tmp_path / "x" / "checkpoints" / "last.ckpt") is None
+    relative = Path("run/lightning_logs/version_0/checkpoints/last.ckpt")  # kept as spelled
+    assert run_folder_of(relative) == RunFolder(Path("run"), "lightning_logs", 0)
 
 
 def test_lock_refuses_a_second_writer(tmp_path: Path) -> None:
