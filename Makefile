@@ -6,18 +6,6 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test test-slow lint format demo splits benchmark-speed benchmark-data clean
 
-# Tests that compare with the official split and label files read them from $TCCLIP_UPSTREAM_MIRROR (a copy of the
-# official repository) and are skipped without it; use the copy beside the checkout when there is one.
-UPSTREAM_COPY := $(abspath $(CURDIR)/../shared/reference/tcclip-upstream)
-ifneq ($(wildcard $(UPSTREAM_COPY)/labels),)
-export TCCLIP_UPSTREAM_MIRROR ?= $(UPSTREAM_COPY)
-endif
-# Likewise the tensor list of an official checkpoint ($TCCLIP_OFFICIAL_TENSORS).
-TENSORS_COPY := $(abspath $(CURDIR)/../shared/reference/official_checkpoint_tensors.json)
-ifneq ($(wildcard $(TENSORS_COPY)),)
-export TCCLIP_OFFICIAL_TENSORS ?= $(TENSORS_COPY)
-endif
-
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
