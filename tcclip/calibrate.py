@@ -9,13 +9,14 @@ result is written next to the checkpoint as `<ckpt>.calibration.json` (`tcclip.c
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 from tcclip.calibration import (
@@ -163,8 +164,8 @@ def validation_logits(model: nn.Module, datamodule: Any, set_name: str | None, q
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="tcclip calibrate",
         description="Fit a temperature (NLL) and choose rejection thresholds on the config's validation list; "
         "writes <ckpt>.calibration.json next to the checkpoint. Extra --data.init_args.KEY VALUE pairs override "
@@ -183,22 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
-    """`--data.init_args.root DIR` / `--data.init_args.root=DIR` pairs as omegaconf dot-list items."""
-    out, i = [], 0
-    while i < len(extra):
-        item = extra[i]
-        if not item.startswith("--") or "." not in item:
-            parser.error(f"unrecognised argument {item!r}")
-        if "=" in item:
-            out.append(item[2:])
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(calibrate's own options, config overrides): `--data.init_args.root DIR` / `--data.init_args.root=DIR` pairs
+    (any `--a.b` option: calibrate's own have no dot) become omegaconf dot-list items `data.init_args.root=DIR`."""
+    own: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if not (item.startswith("--") and "." in item.split("=", 1)[0]):
+            own.append(item)
             i += 1
-        elif i + 1 < len(extra):
-            out.append(f"{item[2:]}={extra[i + 1]}")
+        elif "=" in item:
+            overrides.append(item[2:])
+            i += 1
+        elif i + 1 < len(argv):
+            overrides.append(f"{item[2:]}={argv[i + 1]}")
             i += 2
         else:
-            parser.error(f"{item} needs a value")
-    return out
+            raise UserError(f"{item} needs a value", fix=f"Give it one: {item} VALUE (or {item}=VALUE).")
+    return own, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,13 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tcclip.openset import logit_scale
 
     parser = build_parser()
-    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    own, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
     if not 0.0 < args.target_recall <= 1.0:
         parser.error("--target-recall must be in (0, 1]")
     ckpt = Path(args.ckpt_path)
     if not ckpt.is_file():
         raise UserError("no such checkpoint file", path=ckpt, fix="give the .ckpt to calibrate")
-    config = read_config_files(args.config, _overrides(extra, parser))
+    config = read_config_files(args.config, overrides)
     try:
         model = load_model(ckpt, None)
     except CheckpointError as err:

@@ -1,7 +1,11 @@
-"""The `tcclip` command: LightningCLI for fit/validate/test/predict, plus the project's own sub-commands.
+"""The `tcclip` command: LightningCLI for fit/validate/test/score, one table for the project's own sub-commands.
 
-Every sub-command is one row of a table (name, where it lives, one line of help), so `tcclip --help` lists them all
-and an unknown word gets the list of the ones that exist.
+Two mechanisms, each used the same way by every command it serves:
+- `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.lightning_cli`); `score` is LightningCLI's `predict` loop
+  (a config's test sets -> predictions.json), renamed so that `predict` means one program;
+- `EXTRA_COMMANDS` name a module with `build_parser()` (a `jsonargparse.ArgumentParser`) and `main(argv)`; the module
+  is imported only when its command runs, so `tcclip --help` and `tcclip CMD --help` stay fast.
+`tcclip --help` lists every command once and an unknown word gets the list of the ones that exist.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from tcclip.errors import UserError
 class Command(NamedTuple):
     """One `tcclip` sub-command that is not LightningCLI's."""
 
-    target: str
-    """"module:function"; function(argv: list[str]) -> int (the exit code)."""
+    module: str
+    """The module that runs it: `build_parser()` -> its `jsonargparse.ArgumentParser`, `main(argv)` -> exit code."""
     summary: str
     """One line for `tcclip --help`."""
 
@@ -28,26 +32,31 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train (and validate) a model from a config: tcclip fit --config configs/....yaml",
     "validate": "evaluate a checkpoint on the validation split of a config",
     "test": "evaluate a checkpoint on the test split of a config and write results.json",
-    "predict": "classify video files: tcclip predict VIDEO... --checkpoint CKPT (with --config: Lightning's loop)",
+    "score": "per-video top-k of a config's test sets into predictions.json (tcclip score --config ... --ckpt_path)",
 }
+# Our name -> LightningCLI's: `predict` is the video predictor below, so Lightning's predict loop is `score`.
+LIGHTNING_SUBCOMMAND = {"fit": "fit", "validate": "validate", "test": "test", "score": "predict"}
 
 EXTRA_COMMANDS: dict[str, Command] = {
-    "splits": Command("tcclip.data.splits:main", "download the official split files; make splits of your own data"),
-    "data": Command("tcclip.data.cli:main", "make a synthetic dataset; check that every video of a dataset decodes"),
-    "convert-checkpoint": Command("tcclip.convert:main", "turn an official TC-CLIP .pth into a tcclip .ckpt"),
-    "explain": Command("tcclip.explain:main", "draw the seed patches, context tokens and top-k classes of a video"),
-    "sweep": Command("tcclip.sweep:main", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
-    "export": Command("tcclip.export:main", "write model.safetensors + config.json + model card (and ONNX)"),
-    "calibrate": Command("tcclip.calibrate:main", "fit a temperature and rejection thresholds on a validation list"),
-    "timeline": Command("tcclip.timelines:main", "label a long video window by window: CSV, JSON, segments, plot"),
+    "predict": Command("tcclip.inference", "classify video files: tcclip predict VIDEO... --checkpoint CKPT"),
+    "splits": Command("tcclip.data.splits", "download the official split files; make splits of your own data"),
+    "data": Command("tcclip.data.cli", "make a synthetic dataset; check that every video of a dataset decodes"),
+    "convert-checkpoint": Command("tcclip.convert", "turn an official TC-CLIP .pth into a tcclip .ckpt"),
+    "explain": Command("tcclip.explain", "draw the seed patches, context tokens and top-k classes of a video"),
+    "sweep": Command("tcclip.sweep", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
+    "export": Command("tcclip.export", "write model.safetensors + config.json + model card (and ONNX)"),
+    "calibrate": Command("tcclip.calibrate", "fit a temperature and rejection thresholds on a validation list"),
+    "timeline": Command("tcclip.timelines", "label a long video window by window: CSV, JSON, segments, plot"),
 }
-# `tcclip predict VIDEO ... --checkpoint CKPT` is the people's predictor; with --config it is LightningCLI's.
-PEOPLE_PREDICT = "tcclip.inference:main"
 
 
-def _run(target: str, argv: list[str]) -> int:
-    module_name, func_name = target.split(":")
-    return int(getattr(importlib.import_module(module_name), func_name)(argv) or 0)
+def _run(module: str, argv: list[str]) -> int:
+    return int(importlib.import_module(module).main(argv) or 0)
+
+
+def build_parser(name: str):
+    """The `jsonargparse.ArgumentParser` of one of `EXTRA_COMMANDS` (for its --help, tests and docs)."""
+    return importlib.import_module(EXTRA_COMMANDS[name].module).build_parser()
 
 
 def known_commands() -> list[str]:
@@ -122,10 +131,14 @@ def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(help_text())
         return 0 if argv else 2
+    if argv[0] == "predict" and any(a in ("-c", "--config") or a.startswith(("--config=", "-c=")) for a in argv):
+        raise UserError(
+            "`tcclip predict` classifies video files and takes no --config",
+            fix="To score a config's test sets into predictions.json, run the same command as `tcclip score "
+            "--config ...`; to classify videos, `tcclip predict VIDEO... --checkpoint CKPT`.",
+        )
     if argv[0] in EXTRA_COMMANDS:
-        return _run(EXTRA_COMMANDS[argv[0]].target, argv[1:])
-    if argv[0] == "predict" and not any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
-        return _run(PEOPLE_PREDICT, argv[1:])
+        return _run(EXTRA_COMMANDS[argv[0]].module, argv[1:])
     if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
         close = difflib.get_close_matches(argv[0], known_commands(), n=1)
         guess = f"Did you mean `tcclip {close[0]}`? " if close else ""
@@ -135,6 +148,8 @@ def _dispatch(argv: list[str]) -> int:
         )
     from tcclip.lightning_cli import run_lightning_cli
 
+    if argv[0] in LIGHTNING_SUBCOMMAND:
+        argv = [LIGHTNING_SUBCOMMAND[argv[0]], *argv[1:]]
     run_lightning_cli(argv)
     return 0
 

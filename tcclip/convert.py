@@ -8,13 +8,13 @@ written, never resolved (see `tcclip.model.checkpoint`); settings it lacks, or g
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 
 from tcclip.atomic import atomic_write
 from tcclip.errors import UserError
@@ -104,8 +104,8 @@ def convert(
     return out, cfg, len(state)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="tcclip convert-checkpoint",
         description="Convert an official TC-CLIP checkpoint into a tcclip Lightning checkpoint (state_dict + "
         "model_config), loadable by tcclip.load_model and by `tcclip validate/test --ckpt_path`.",

@@ -16,7 +16,6 @@ deterministic clip, centre crop) and writes:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 from rich.markup import escape
 from torch import Tensor, nn
 
@@ -397,8 +397,8 @@ def save_explanation(expl: Explanation, out_dir: str | Path, formats: Sequence[s
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="tcclip explain",
         description="Draw the seed patches, context tokens and top-k classes of TC-CLIP on one video.",
         epilog="Example: tcclip explain clip.mp4 --checkpoint tc_clip.ckpt --label-file labels.csv --out explain/",

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 from torch import nn
 
 from tcclip.calibration import Calibration, model_calibration
@@ -323,8 +323,8 @@ def _is_previous_export(folder: Path) -> bool:
         return False
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="tcclip export",
         description="Write model.safetensors + config.json + README.md (model card), loadable without pickle by "
         "tcclip.load_model(OUT_DIR); with --onnx also model.onnx for a fixed class list.",

@@ -8,7 +8,6 @@ them, which ranks the classes the same way; the mean stays a probability).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from jsonargparse import ArgumentParser, Namespace
 from rich.markup import escape
 from torch import Tensor, nn
 
@@ -322,7 +322,7 @@ def expand_video_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[t
     return list(dict.fromkeys(found)), problems
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: ArgumentParser) -> None:
     """The options `tcclip predict` and `tcclip explain` share: checkpoint, classes, device, decoder."""
     parser.add_argument("--checkpoint", required=True, help="our .ckpt / save_model file, or an official TC-CLIP .pth")
     labels = parser.add_mutually_exclusive_group()
@@ -380,14 +380,14 @@ def check_checkpoint_path(checkpoint: str | Path) -> Path:
     return path
 
 
-def check_model_args(args: argparse.Namespace) -> None:
+def check_model_args(args: Namespace) -> None:
     """Find a bad --device, --checkpoint path or class list before any slow work (`UserError`)."""
     resolve_device(args.device)
     check_checkpoint_path(args.checkpoint)
     read_labels(args.labels, args.label_file)
 
 
-def load_model_from_args(args: argparse.Namespace) -> nn.Module:
+def load_model_from_args(args: Namespace) -> nn.Module:
     """The model that `add_model_arguments`' options ask for, on its device.
 
     Raises:
@@ -437,8 +437,8 @@ def _keep_list(batch: list) -> list:
     return batch
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="tcclip predict",
         description="Classify video files with a trained checkpoint (ours or an official TC-CLIP .pth).",
         epilog="Example: tcclip predict clips/ --checkpoint tc_clip.ckpt --label-file labels.csv --top-k 3",

@@ -1,4 +1,5 @@
-"""`tcclip fit|validate|test|predict`: a LightningCLI over `TCCLIPModule` and the tcclip data modules.
+"""`tcclip fit|validate|test|score`: a LightningCLI over `TCCLIPModule` and the tcclip data modules (`score` is
+Lightning's `predict` loop, renamed in `tcclip.cli` so that `tcclip predict` means the video predictor).
 
 What it adds to LightningCLI:
 - `tcclip/configs/defaults.yaml` (package data) is read before any `--config` (trainer, callbacks, seed), so an

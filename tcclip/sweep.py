@@ -11,7 +11,6 @@ Run directory layout (relative to the runs folder):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue
@@ -24,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from jsonargparse import ArgumentParser, Namespace
 
 from tcclip.cells import (
     CellFailed,
@@ -269,16 +270,20 @@ def submit_array(
 # Command line.
 
 
-def _csv(value: str) -> tuple[str, ...]:
+def _csv(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(value, tuple):  # jsonargparse passes the (already parsed) default through the type too
+        return value
     return tuple(x.strip() for x in value.split(",") if x.strip())
 
 
-def _ints(value: str) -> tuple[int, ...]:
+def _ints(value: str | tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(value, tuple):
+        return value
     return tuple(int(x.lstrip("kKsS")) for x in _csv(value))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="tcclip sweep",
         description="Run the paper's protocol grids locally or as SLURM job arrays, then collect tables.",
         epilog="Arguments after `--` go to every `tcclip fit`/`test` (your own variants; pair with --tag).",
@@ -346,7 +351,7 @@ def _check_values(option: str, values: Sequence[int], allowed: Sequence[int]) ->
         )
 
 
-def _default_dir(base: str, args: argparse.Namespace) -> Path:
+def _default_dir(base: str, args: Namespace) -> Path:
     sub = args.tag or ("smoke" if args.smoke else "eval" if args.ckpt_dir else None)
     return Path(base) / sub if sub else Path(base)
 
@@ -455,7 +460,7 @@ def _run_protocol(
     cells: list[Cell],
     settings: SweepSettings,
     slurm: SlurmOptions,
-    args: argparse.Namespace,
+    args: Namespace,
     console,
     submitted: dict[str, str],
 ) -> int:

@@ -12,7 +12,6 @@ Outputs (`save_timeline`): `windows.csv` and `timeline.json` (per-window top-k, 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 from tcclip.errors import UserError
@@ -425,11 +425,11 @@ def save_timeline(tl: Timeline, out_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     from tcclip.inference import add_model_arguments
     from tcclip.openset import add_reject_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tcclip timeline",
         description="Slide a window of the model's T frames over a long video: per-window top-k (CSV, JSON), merged "
         "segments and a PNG timeline plot.",

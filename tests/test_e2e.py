@@ -1,4 +1,4 @@
-"""End to end on synthetic videos with a tiny TC-CLIP: `tcclip fit`, `validate`, `test` (with WiSE-FT), `predict`."""
+"""End to end on synthetic videos with a tiny TC-CLIP: `tcclip fit`, `validate`, `test` (with WiSE-FT), `score`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from unittest import mock
 
 import pytest
 
+from tcclip.cli import main as cli_main
 from tcclip.lightning_cli import run_lightning_cli
 
 pytestmark = pytest.mark.slow
@@ -71,13 +72,14 @@ def test_fit_validate_test(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     assert tested["best"] == fit["best"] and tested["last"] == fit["last"]  # carried by the checkpoint
 
 
-def test_predict_writes_every_video(data_synth: Path, tmp_path: Path, tiny_args) -> None:
+def test_score_writes_every_video(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     run_dir = tmp_path / "run"
     args = tiny_args(data_synth, run_dir)
     run("fit", [*args, "--trainer.max_epochs=1"])
     run("test", [*args, "--ckpt_path=last"])
     tested = json.loads(newest(run_dir, "results.json").read_text())
-    run("predict", [*args, "--ckpt_path=last"])
+    with mock.patch.object(sys, "argv", ["tcclip"]):  # `tcclip score` is LightningCLI's predict loop
+        assert cli_main(["score", *args, "--ckpt_path=last"]) == 0
     predictions = json.loads(newest(run_dir, "predictions.json").read_text())["dataloaders"][0]
     assert predictions["num_videos"] == 3 and len(predictions["videos"]) == 3
     assert predictions["top1"] == pytest.approx(tested["sets"]["split1"]["top1"], abs=1e-3)

@@ -17,8 +17,8 @@ def test_cli_prints_user_errors_without_traceback(monkeypatch, capsys):
     def boom(argv):
         raise UserError("no such folder", path="/nowhere", fix="Pass --root.")
 
-    monkeypatch.setitem(cli.EXTRA_COMMANDS, "boom", cli.Command("tests_boom:run", "raise an error"))
-    monkeypatch.setattr(cli, "_run", lambda target, argv: boom(argv))
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "boom", cli.Command("tests_boom", "raise an error"))
+    monkeypatch.setattr(cli, "_run", lambda module, argv: boom(argv))
     assert cli.main(["boom", "x"]) == 2
     err = capsys.readouterr().err
     assert err == "tcclip boom: error: /nowhere: no such folder. Pass --root.\n"

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
@@ -14,7 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jsonargparse
 
 log = logging.getLogger(__name__)
 
@@ -167,17 +169,17 @@ def load_datamodule(configs: Sequence[Path], overrides: dict[str, Any] | None = 
     return cls(**(data["init_args"] | (overrides or {})))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tcclip data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("synth", help="write the synthetic dataset (see `tcclip data synth --help`)", add_help=False)
-    sub.add_parser(
-        "prepare", help="re-encode a dataset for fast training (see `tcclip data prepare --help`)", add_help=False
-    )
-    check = sub.add_parser("check", help="decode every video of a config's splits (or of one list)")
-    check.add_argument("--config", "-c", type=Path, action="append", default=[], help="LightningCLI YAML (repeat)")
+def build_parser() -> jsonargparse.ArgumentParser:
+    """``tcclip data synth|prepare|check``: one jsonargparse parser, each sub-command's options from its module."""
+    from jsonargparse import ArgumentParser
+
+    from tcclip.data.prepare import build_parser as prepare_parser
+    from tcclip.data.synth import build_parser as synth_parser
+
+    check = ArgumentParser(description="Decode every video of a config's splits (or of one list).")
+    check.add_argument("--config", "-c", action="append", default=[], help="LightningCLI YAML (repeat)")
     check.add_argument("--stage", choices=tuple(PARTS), default="all", help="which lists of the config (default all)")
-    check.add_argument("--list", type=Path, action="append", default=[], dest="lists", help="annotation list (repeat)")
+    check.add_argument("--list", action="append", default=[], dest="lists", help="annotation list (repeat)")
     check.add_argument("--root", type=Path, default=None, help="dataset root (overrides the config's)")
     check.add_argument(
         "--backend", default=None, help="auto, torchcodec, pyav or decord (default: the config's, else auto)"
@@ -190,37 +192,36 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--num-frames", type=int, default=None, help="frames per view to decode (default: config's)")
     check.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
     check.add_argument("--out", type=Path, default=None, help="also write the broken videos to this file")
+
+    parser = ArgumentParser(prog="tcclip data", description=__doc__.splitlines()[0])
+    sub = parser.add_subcommands(dest="command")
+    sub.add_subcommand("synth", synth_parser(), help="write the synthetic dataset")
+    sub.add_subcommand("prepare", prepare_parser(), help="re-encode a dataset for fast training")
+    sub.add_subcommand("check", check, help="decode every video of a config's splits (or of one list)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``tcclip data synth ...`` / ``check ...`` / ``prepare ...``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["synth"]:
-        return _synth(argv[1:])
-    if argv[:1] == ["prepare"]:
-        from tcclip.data.prepare import main as prepare_main
+    parser = build_parser()
+    parsed = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parsed[parsed.command]
+    if parsed.command == "synth":
+        from tcclip.data.splits import make_synthetic_protocol_splits
+        from tcclip.data.synth import run as synth
 
-        return prepare_main(argv[1:])
-    args = _parser().parse_args(argv)
+        code = synth(args, parser)
+        if code == 0:
+            make_synthetic_protocol_splits(args.out)  # so the Synthetic DataModule can run every protocol
+        return code
+    if parsed.command == "prepare":
+        from tcclip.data.prepare import run as prepare
+
+        return prepare(args)
     return _check(args)
 
 
-def _synth(argv: list[str]) -> int:
-    from tcclip.data.splits import make_synthetic_protocol_splits
-    from tcclip.data.synth import synth_main
-
-    code = synth_main(argv)
-    if code == 0 and "--help" not in argv and "-h" not in argv:
-        out = argparse.ArgumentParser(add_help=False)
-        out.add_argument("--out", type=Path)
-        folder = out.parse_known_args(argv)[0].out
-        if folder is not None:
-            make_synthetic_protocol_splits(folder)  # so the Synthetic DataModule can run every protocol
-    return code
-
-
-def _check(args: argparse.Namespace) -> int:
+def _check(args: jsonargparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -231,11 +232,11 @@ def _check(args: argparse.Namespace) -> int:
     try:
         if args.config:
             overrides = {"root": str(args.root)} if args.root else {}
-            dm = load_datamodule(args.config, overrides)
+            dm = load_datamodule([Path(c) for c in args.config], overrides)
             lists, root = dm.annotation_files(PARTS[args.stage]), dm.root
             backend, num_frames = args.backend or dm.backend, args.num_frames or dm.num_frames
         elif args.lists and args.root:
-            lists, root = [(str(p), p) for p in args.lists], args.root
+            lists, root = [(str(Path(p)), Path(p)) for p in args.lists], args.root
             backend, num_frames = args.backend or "auto", args.num_frames or 16
         else:
             console.print("[red]error:[/red] give --config CONFIG.yaml, or --list FILE --root DIR")

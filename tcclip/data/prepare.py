@@ -18,21 +18,23 @@ Evaluation against published numbers should use the original files: re-encoding 
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from tcclip.data.video_frames import VideoDecodeError, decode_packets, plain_reason, read_video_frames, upright
 from tcclip.errors import UserError
+
+if TYPE_CHECKING:
+    import jsonargparse
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 FAILURES_FILE = "prepare_failures.txt"
@@ -198,9 +200,13 @@ def prepare_dataset(
     return sorted(results, key=lambda r: order[r.path])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tcclip data prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--list", type=Path, action="append", default=[], dest="lists", help="annotation list (repeat)")
+def build_parser() -> jsonargparse.ArgumentParser:
+    """The options of ``tcclip data prepare``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="tcclip data prepare", description=__doc__.splitlines()[0])
+    # (jsonargparse applies `type` to the appended list as a whole, so the strings become paths in `run`)
+    parser.add_argument("--list", action="append", default=[], dest="lists", help="annotation list (repeat)")
     parser.add_argument("--root", type=Path, default=None, help="dataset root of the lists' paths")
     parser.add_argument("--folder", type=Path, default=None, help="re-encode every video under this folder instead")
     parser.add_argument("--out", type=Path, required=True, help="new dataset root (created; originals untouched)")
@@ -217,26 +223,26 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip data prepare``; returns the exit code (1 if any video failed)."""
+def run(args: jsonargparse.Namespace) -> int:
+    """``tcclip data prepare`` with its parsed options; returns the exit code (1 if any video failed)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tcclip.data.labels import read_annotations
 
-    args = _parser().parse_args(argv)
+    lists = [Path(p) for p in args.lists]
     settings = PrepareSettings(args.short_side, args.keyframe_interval, args.crf, args.preset)
     out = args.out
     if args.folder is not None:
-        if args.lists:
+        if lists:
             raise UserError("give either --folder or --list/--root, not both")
         root = args.folder
         if not root.is_dir():
             raise UserError("folder not found", path=root)
         videos = find_videos(root, exclude=out.resolve() if out.resolve() != root.resolve() else None)
-    elif args.lists and args.root is not None:
+    elif lists and args.root is not None:
         root = args.root
-        videos = list(dict.fromkeys(a.path for lst in args.lists for a in read_annotations(lst)))
+        videos = list(dict.fromkeys(a.path for lst in lists for a in read_annotations(lst)))
     else:
         raise UserError("nothing to prepare", fix="Give --list FILE --root DIR (repeat --list), or --folder DIR.")
     if out.resolve() == root.resolve():
@@ -250,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as progress:
         task = progress.add_task(f"re-encoding into {out}", total=len(videos))
         results = prepare_dataset(videos, root, out, settings, workers, lambda _: progress.advance(task))
-    for lst in args.lists:  # the same relative paths: the lists hold for the new root as they are
+    for lst in lists:  # the same relative paths: the lists hold for the new root as they are
         if not (out / lst.name).exists() or (out / lst.name).resolve() != lst.resolve():
             shutil.copyfile(lst, out / lst.name)
 
@@ -275,7 +281,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures.unlink(missing_ok=True)
     console.print(f"new dataset root: {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from tcclip.data.labels import (
 )
 from tcclip.errors import UserError
 from tcclip.outputs import atomic_write_texts, check_writable_folder
+
+if TYPE_CHECKING:
+    import jsonargparse
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +460,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _shot_list(text: str) -> list[int]:
+def _shot_list(text: str | list[int]) -> list[int]:
+    if isinstance(text, list):  # jsonargparse passes the (already parsed) default through the type too
+        return text
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"expected shots per class such as 2,4,8,16, got {text!r}")
@@ -466,11 +472,13 @@ def _shot_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"every shot count {e}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tcclip splits", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> jsonargparse.ArgumentParser:
+    """`tcclip splits download|make`: one jsonargparse parser per sub-command."""
+    from jsonargparse import ArgumentParser
 
-    dl = sub.add_parser("download", help="fetch and verify the official split and label files")
+    dl = ArgumentParser(
+        prog="tcclip splits download", description="Fetch and verify the official split and label files."
+    )
     dl.add_argument(
         "--dest",
         type=Path,
@@ -481,7 +489,9 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--only", action="append", default=[], metavar="PATTERN", help="glob/substring of paths (repeat)")
     dl.add_argument("--manifest", type=Path, default=None, help="manifest file (default: the one shipped with tcclip)")
 
-    mk = sub.add_parser("make", help="make few-shot and base/novel splits of a custom dataset")
+    mk = ArgumentParser(
+        prog="tcclip splits make", description="Make few-shot and base/novel splits of a custom dataset."
+    )
     mk.add_argument("--list", type=Path, required=True, dest="full_list", help="full training annotation list")
     mk.add_argument("--labels", type=Path, required=True, help="label CSV (id,name) of that list")
     mk.add_argument("--out", type=Path, required=True, help="output folder")
@@ -496,6 +506,11 @@ def _parser() -> argparse.ArgumentParser:
         "--base-shots", type=_positive_int, default=16, help="videos per base class in fs_base_s{n}_train.txt"
     )
     mk.add_argument("--allow-fewer", action="store_true", help="classes with too few videos give all they have")
+
+    parser = ArgumentParser(prog="tcclip splits", description=__doc__.splitlines()[0])
+    sub = parser.add_subcommands(dest="command")
+    sub.add_subcommand("download", dl, help="fetch and verify the official split and label files")
+    sub.add_subcommand("make", mk, help="make few-shot and base/novel splits of a custom dataset")
     return parser
 
 
@@ -503,9 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``tcclip splits download|make``; returns the exit code (a `UserError` for bad input)."""
     from rich.console import Console
 
-    args = _parser().parse_args(argv)
+    parsed = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parsed[parsed.command]
     console = Console(stderr=True)
-    if args.command == "make":
+    if parsed.command == "make":
         files = make_splits(
             args.full_list,
             args.labels,
@@ -524,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _download_cli(args, console)
 
 
-def _download_cli(args: argparse.Namespace, console) -> int:
+def _download_cli(args: jsonargparse.Namespace, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     manifest = load_manifest(args.manifest)

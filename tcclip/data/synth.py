@@ -24,16 +24,20 @@ Layout written by :func:`make_synthetic_dataset`::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+
+if TYPE_CHECKING:
+    import jsonargparse
 
 logger = logging.getLogger(__name__)
 
@@ -372,25 +376,29 @@ def make_synthetic_dataset(
     )
 
 
-def _parse_size(text: str) -> int | tuple[int, int]:
+def _parse_size(text: str | int | tuple[int, int]) -> int | tuple[int, int]:
+    if not isinstance(text, str):  # the default, already parsed
+        return text
     if "x" in text:
         h, w = text.lower().split("x")
         return int(h), int(w)
     return int(text)
 
 
-def _parse_frames(text: str) -> int | tuple[int, int]:
+def _parse_frames(text: str | int | tuple[int, int]) -> int | tuple[int, int]:
+    if not isinstance(text, str):  # jsonargparse passes the (already parsed) default through the type too
+        return text
     if "-" in text:
         lo, hi = text.split("-")
         return int(lo), int(hi)
     return int(text)
 
 
-def synth_main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip data synth --out DIR``: write the synthetic dataset; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="tcclip data synth", description=make_synthetic_dataset.__doc__.splitlines()[0]
-    )
+def build_parser() -> jsonargparse.ArgumentParser:
+    """The options of ``tcclip data synth``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="tcclip data synth", description=make_synthetic_dataset.__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(CLASS_NAMES)} (default 10)")
     parser.add_argument(
@@ -406,7 +414,17 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stamp-index", action="store_true", help="write each frame's index into its top rows")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def synth_main(argv: Sequence[str] | None = None) -> int:
+    """``tcclip data synth --out DIR``: write the synthetic dataset; returns the exit status."""
+    parser = build_parser()
+    return run(parser.parse_args(list(sys.argv[1:] if argv is None else argv)), parser)
+
+
+def run(args: jsonargparse.Namespace, parser: jsonargparse.ArgumentParser) -> int:
+    """Write the dataset `args` (parsed by `parser`, which reports a bad value) describe."""
     try:
         result = make_synthetic_dataset(
             args.out,
