@@ -14,9 +14,9 @@ import lightning as L
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
-from tcclip.atomic import atomic_write
 from tcclip.errors import UserError
 from tcclip.finite import nonfinite_tensors
+from tcclip.outputs import atomic_write
 from tcclip.runs import RunLock
 
 log = logging.getLogger(__name__)

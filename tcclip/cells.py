@@ -4,8 +4,9 @@ The same function runs a cell for the local runner and inside a SLURM array task
 called by the job script `tcclip/templates/sweep.sbatch`), so both share one definition of "finished" and "resume":
 
 - a cell is finished when each of its evaluations has `<run dir>/eval/<name>/results.json`;
-- a fit is finished when `<run dir>/fit.done` exists; otherwise it starts again from the newest `last*.ckpt` or
-  `hpc_ckpt_*.ckpt` (the checkpoint Lightning's SLURM environment writes before it requeues a preempted job);
+- a fit is finished when `<run dir>/fit.done` exists; otherwise it starts again from the newest readable
+  `last*.ckpt` or `hpc_ckpt_*.ckpt` (the checkpoint Lightning's SLURM environment writes before it requeues a
+  preempted job), found as `--ckpt_path last` finds it (`tcclip.runs.find_checkpoint`: a truncated file is skipped);
 - an evaluation that exists is not run again.
 
 Every `tcclip fit` / `tcclip test` is a child process; under SLURM each is prefixed with the `srun` launcher so that
@@ -15,23 +16,22 @@ Lightning's SLURM environment turns its tasks into one DDP job.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tcclip.outputs import atomic_write
 from tcclip.protocols import DATASETS, Cell, Evaluation, find_cell
+from tcclip.runs import find_checkpoint
 
 # Fit option through which a cell starts from another model's weights (the LightningModule's init argument).
 INIT_CHECKPOINT_OPTION = "--model.init_checkpoint"
 FIT_DONE = "fit.done"
-RESUME_PATTERNS = ("last*.ckpt", "hpc_ckpt_*.ckpt")
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,20 @@ def newest(folder: Path, patterns: Sequence[str]) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """Where the cell's fit resumes from, and the model its tests evaluate: the `--ckpt_path last` of `tcclip fit`
+    (the newest readable `last*.ckpt` or `hpc_ckpt_*.ckpt`; unreadable ones are skipped with a warning)."""
+    found = find_checkpoint("last", run_dir)
+    return None if found is None else Path(found)
+
+
 def final_checkpoint(run_dir: Path) -> Path:
     """The trained model of a finished fit (its last checkpoint)."""
-    ckpt = newest(run_dir, ("last*.ckpt",))
+    ckpt = last_checkpoint(run_dir)
     if ckpt is None:
-        raise CellFailed(f"no last.ckpt under {run_dir}: run its fit first (or pass the checkpoint explicitly)")
+        raise CellFailed(
+            f"no readable last.ckpt under {run_dir}: run its fit first (or pass the checkpoint explicitly)"
+        )
     return ckpt
 
 
@@ -234,7 +243,7 @@ def run_cell(
         if fit_done(cell, settings):
             say(f"{cell.key}: fit finished earlier in {run_dir}")
         else:
-            resume = newest(run_dir, RESUME_PATTERNS)
+            resume = last_checkpoint(run_dir)
             if resume is not None:
                 say(f"{cell.key}: resuming from {resume}")
             config = settings.config_dir / str(cell.fit_config)
@@ -262,7 +271,7 @@ def run_cell(
 
 
 def _checkpoint(run_dir: Path, dry_run: bool) -> Path | str:
-    if dry_run and newest(run_dir, ("last*.ckpt",)) is None:
+    if dry_run and last_checkpoint(run_dir) is None:
         return f"<newest last.ckpt under {run_dir}>"
     return final_checkpoint(run_dir)
 
@@ -274,9 +283,8 @@ def _publish_results(target: Path) -> None:
     found = newest(target.parent, ("results.json",))
     if found is None:
         raise CellFailed(f"the test wrote no results.json under {target.parent}")
-    with tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False, suffix=".partial") as tmp:
-        tmp.write(found.read_bytes())
-    os.replace(tmp.name, target)  # the file that marks the evaluation done appears whole or not at all
+    data = found.read_bytes()
+    atomic_write(target, lambda f: f.write(data), what="results file")  # it marks the evaluation done: whole or absent
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -285,10 +293,8 @@ def _publish_results(target: Path) -> None:
 
 def write_plan(path: Path, cells: Sequence[Cell], settings: SweepSettings) -> None:
     data = {"settings": settings.to_json(), "cells": [_cell_json(c) for c in cells]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode()), what="sweep plan")
 
 
 def read_plan(path: Path) -> tuple[list[Cell], SweepSettings]:

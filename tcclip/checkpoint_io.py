@@ -1,6 +1,6 @@
 """`AtomicCheckpointIO`: how every Lightning checkpoint of a run is written and read.
 
-Writing: through `tcclip.atomic.atomic_write` (a temporary file in the destination folder, fsync, rename, fsync of
+Writing: through `tcclip.outputs.atomic_write` (a temporary file in the destination folder, fsync, rename, fsync of
 the folder), so a kill, a full disk or a crash during a save leaves the previous file under the final name and no
 partial file under any checkpoint name. Lightning's own `_atomic_save` stages the file through fsspec's
 transaction, which on a local disk writes to the system's temporary folder and then moves the file: a copy plus an
@@ -20,9 +20,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from tcclip.atomic import atomic_write
 from tcclip.finite import check_finite_state
 from tcclip.model.checkpoint import safe_load
+from tcclip.outputs import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

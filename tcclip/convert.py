@@ -3,7 +3,7 @@
 The output (`tcclip.model.checkpoint.lightning_checkpoint`) holds the network's weights and its `model_config`, so
 `tcclip.load_model` and `tcclip validate/test --ckpt_path` read it. The official file's embedded config is taken as
 written, never resolved (see `tcclip.model.checkpoint`); settings it lacks, or gives as interpolations, come from
-`--config model.yaml`. The output appears whole or not at all (`tcclip.atomic`).
+`--config model.yaml`. The output appears whole or not at all (`tcclip.outputs`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 
-from tcclip.atomic import atomic_write
 from tcclip.errors import UserError
 from tcclip.model.checkpoint import (
     NOT_IN_OFFICIAL,
@@ -27,6 +26,7 @@ from tcclip.model.checkpoint import (
     official_config_to_tcclip,
 )
 from tcclip.model.config import TCCLIPConfig
+from tcclip.outputs import atomic_write
 
 
 def read_yaml_settings(path: Path) -> dict[str, Any]:

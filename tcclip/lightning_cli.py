@@ -36,7 +36,6 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from tcclip.atomic import atomic_write
 from tcclip.callbacks import PredictionsJSON, ResultsJSON, RunGuard
 from tcclip.checkpoint_io import AtomicCheckpointIO
 from tcclip.data.datamodule import VideoDataModule
@@ -44,6 +43,7 @@ from tcclip.errors import UserError
 from tcclip.lit import TCCLIPModule
 from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
+from tcclip.outputs import atomic_write
 from tcclip.runs import find_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)

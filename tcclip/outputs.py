@@ -1,22 +1,32 @@
 """Output files that appear whole or not at all, and output folders checked before any work is done.
 
-A command that writes several files (split lists, pictures) first writes each to a temporary file next to its final
-place, and renames them all only once every one is complete: a failure or a kill part-way leaves the previous files
-(or none), never a truncated file with a valid-looking name. Renames within one folder are atomic on POSIX file
-systems; the temporary files start with a dot so that globs such as ``*.txt`` do not pick them up.
+Every file is first written under a hidden temporary name in its destination folder (`.<name>.tmp-<pid>-<random>`),
+then flushed to disk (`fsync`) and renamed over its final name (`os.replace`, atomic on POSIX within one file
+system), and the folder is fsynced so the rename itself survives a power loss. A command writing several files
+(split lists, pictures, result tables) renames them only once every one is complete. A failure or a kill at any
+moment leaves the previous files (or none) under the final names, never a truncated file with a valid-looking name;
+a failure also removes the temporary files. The leading dot keeps globs such as ``*.txt`` from picking up a
+temporary file that a killed writer left behind. Writing to a temporary folder elsewhere and moving the result
+would not do: across file systems a move is a copy plus an unlink, which a kill can interrupt halfway (see
+docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from tcclip.errors import UserError
 
-__all__ = ["atomic_write_texts", "check_writable_folder", "staged_files"]
+__all__ = ["atomic_write", "atomic_write_texts", "check_writable_folder", "fsync_dir", "is_temporary", "staged_files"]
+
+TMP_PREFIX = "."
+TMP_MARK = ".tmp-"
 
 
 def _file_mode() -> int:
@@ -26,6 +36,34 @@ def _file_mode() -> int:
 
 
 _FILE_MODE = _file_mode()  # what open() would give a new file (mkstemp's are private)
+
+
+def is_temporary(path: Path) -> bool:
+    """True for the in-progress files of `staged_files` (left behind only by a killed writer)."""
+    return path.name.startswith(TMP_PREFIX) and TMP_MARK in path.name
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (e.g. network mounts) refuse fsync on a folder; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    # fsync flushes the file's data whichever descriptor asks, so the writer (savefig, write_text) need not.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_writable_folder(folder: str | os.PathLike, option: str) -> Path:
@@ -55,18 +93,32 @@ def check_writable_folder(folder: str | os.PathLike, option: str) -> Path:
     return folder
 
 
+def _write_error(path: Path, what: str, err: OSError) -> UserError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason, fix = "the disk is full", "Free some space (or write elsewhere) and run the command again."
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason, fix = "the folder is not writable", "Choose a folder you can write to."
+    else:
+        reason, fix = f"{err.strerror or err}", "Check the path and that its folder can be written."
+    return UserError(f"cannot write the {what}: {reason}; nothing was written under this name", path=path, fix=fix)
+
+
 class _Stage:
     """Hands out temporary paths next to final ones (see `staged_files`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str | None) -> None:
+        self.what = what
         self.pending: list[tuple[Path, Path]] = []  # (temporary, final)
 
     def __call__(self, final: str | os.PathLike) -> Path:
         final = Path(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            prefix = f"{TMP_PREFIX}{final.name}{TMP_MARK}{os.getpid()}-"
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
         except OSError as e:
+            if self.what is not None:
+                raise _write_error(final, self.what, e) from e
             raise UserError(
                 f"cannot write into the folder {final.parent} ({e.strerror or e})",
                 path=final,
@@ -77,31 +129,65 @@ class _Stage:
         self.pending.append((Path(name), final))
         return Path(name)
 
-
-@contextmanager
-def staged_files() -> Iterator[_Stage]:
-    """``stage(final) -> temporary path`` to write to; all are renamed to their final names when the block succeeds.
-
-    Example:
-        >>> with staged_files() as stage:
-        ...     figure.savefig(stage(out / "seeds.png"), format="png")
-        ...     stage(out / "numbers.json").write_text(text)
-    """
-    stage = _Stage()
-    try:
-        yield stage
-        for _, final in stage.pending:
+    def commit(self) -> None:
+        """fsync every file, rename them all, fsync their folders."""
+        for _, final in self.pending:
             if final.is_dir():
                 raise UserError(
                     "is a folder; a file of that name was to be written",
                     path=final,
                     fix="Move the folder away or choose another output folder.",
                 )
-        for temp, final in stage.pending:
-            os.replace(temp, final)
-    finally:
+        for temp, final in self.pending:
+            try:
+                _fsync_file(temp)  # the bytes are on disk before a name points at them
+            except OSError as err:
+                raise _write_error(final, self.what or "file", err) from err
+        for temp, final in self.pending:
+            try:
+                os.replace(temp, final)
+            except OSError as err:
+                raise _write_error(final, self.what or "file", err) from err
+        for folder in dict.fromkeys(final.parent for _, final in self.pending):
+            fsync_dir(folder)
+
+
+@contextmanager
+def staged_files(what: str | None = None) -> Iterator[_Stage]:
+    """``stage(final) -> temporary path`` to write to; all are renamed to their final names when the block succeeds.
+
+    ``what`` names the output in errors (``"checkpoint"``). An exception in the block (a full disk while drawing)
+    propagates unchanged, after the temporary files are removed.
+
+    Example:
+        >>> with staged_files() as stage:
+        ...     figure.savefig(stage(out / "seeds.png"), format="png")
+        ...     stage(out / "numbers.json").write_text(text)
+    """
+    stage = _Stage(what)
+    try:
+        yield stage
+        stage.commit()
+    finally:  # also after a KeyboardInterrupt: no temporary file is left behind
         for temp, _ in stage.pending:
             temp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], what: str = "file") -> Path:
+    """Write one file all or nothing: `write(f)` fills a binary file object; returns `path`.
+
+    Raises:
+        UserError: the folder cannot be created or written, or the disk is full; nothing is left behind.
+    """
+    path = Path(path)
+    with staged_files(what) as stage:
+        temp = stage(path)
+        try:
+            with open(temp, "wb") as f:
+                write(f)
+        except OSError as err:
+            raise _write_error(path, what, err) from err
+    return path
 
 
 def atomic_write_texts(files: Mapping[str | os.PathLike, str]) -> list[Path]:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcclip.atomic import is_temporary
 from tcclip.errors import UserError
 from tcclip.model.checkpoint import CheckpointError, safe_load
+from tcclip.outputs import is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,16 @@ _VERSION = re.compile(r"version_(\d+)")
 # -- checkpoint lookup -------------------------------------------------------------------------------------------
 
 
-def _checkpoints(root: Path, pattern: str) -> list[Path]:
-    """Files matching `pattern` under `root`, newest first (in-progress temporary files excluded)."""
+LAST_PATTERNS = ("last*.ckpt", "hpc_ckpt_*.ckpt")
+"""What `last` means: ModelCheckpoint's `last.ckpt` (`last-v1.ckpt`, ...) and the `hpc_ckpt_N.ckpt` that Lightning's
+SLURM environment saves into the run's root folder before it requeues a preempted job (the newest state of the run)."""
+
+
+def _checkpoints(root: Path, *patterns: str) -> list[Path]:
+    """Files matching one of `patterns` under `root`, newest first (in-progress temporary files excluded)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.rglob(pattern) if p.is_file() and not is_temporary(p)]
+    found = {p for pattern in patterns for p in root.rglob(pattern) if p.is_file() and not is_temporary(p)}
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
@@ -68,7 +73,8 @@ def _record(obj: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def find_checkpoint(which: str, root: str | Path) -> str | None:
-    """`last`: the newest readable `last*.ckpt` under `root` (else the newest readable `*.ckpt`); `best`: the
+    """`last`: the newest readable `last*.ckpt` or `hpc_ckpt_*.ckpt` under `root` (else the newest readable `*.ckpt`,
+    with a warning); `best`: the
     checkpoint holding the weights of the run's best validation epoch. None when there is no checkpoint at all.
 
     Unreadable files (a save cut short, random bytes) are skipped with a warning. `best` reads the run's record
@@ -80,11 +86,15 @@ def find_checkpoint(which: str, root: str | Path) -> str | None:
         UserError: the record names a best epoch whose checkpoint is not on disk (any other would be the wrong model).
     """
     root = Path(root)
-    last = newest_good(_checkpoints(root, "last*.ckpt"))
+    last = newest_good(_checkpoints(root, *LAST_PATTERNS))
     if last is None:
         last = newest_good(_checkpoints(root, "*.ckpt"))
         if last is not None:
-            log.warning("no readable last*.ckpt under %s; the newest readable checkpoint is %s", root, last[0])
+            log.warning(
+                "no readable last*.ckpt or hpc_ckpt_*.ckpt under %s; the newest readable checkpoint is %s",
+                root,
+                last[0],
+            )
     if last is None:
         return None
     last_path, last_obj = last

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.atomic import atomic_write, is_temporary
 from tcclip.checkpoint_io import AtomicCheckpointIO
 from tcclip.errors import UserError
 from tcclip.finite import NonFiniteError
+from tcclip.outputs import atomic_write, is_temporary, staged_files
 from tcclip.runs import find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,34 @@ def test_atomic_write_names_an_unwritable_place(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write the report"):
         atomic_write(blocker / "sub" / "out.json", lambda f: f.write(b"{}"), what="report")
+
+
+def test_several_files_are_made_durable_before_and_after_their_renames(tmp_path: Path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    finals = [tmp_path / "a" / "train.txt", tmp_path / "a" / "val.txt", tmp_path / "b" / "test.txt"]
+    with staged_files() as stage:
+        temps = [stage(final) for final in finals]
+        for temp, final in zip(temps, finals, strict=True):
+            temp.write_text(final.name)
+    monkeypatch.undo()
+    assert [p.read_text() for p in finals] == ["train.txt", "val.txt", "test.txt"]
+    synced_files = [("fsync", str(temp)) for temp in temps]
+    renames = [("replace", str(final)) for final in finals]
+    folders = [("fsync", str(tmp_path / "a")), ("fsync", str(tmp_path / "b"))]
+    assert events == synced_files + renames + folders  # every file on disk before any name points at it
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "test.txt", "train.txt", "val.txt"]
 
 
 SLOW_WRITER = textwrap.dedent(

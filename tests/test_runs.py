@@ -50,6 +50,20 @@ def test_last_skips_unreadable_files_with_a_warning(tmp_path: Path, caplog) -> N
     assert f"{cut}: not a checkpoint" in caplog.text and f"{empty}: not a checkpoint" in caplog.text
 
 
+def test_last_includes_the_checkpoint_saved_before_a_slurm_requeue(tmp_path: Path, caplog) -> None:
+    last = save(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", 1, 50.0, (1, 50.0), 100)
+    hpc = save(tmp_path / "hpc_ckpt_1.ckpt", 2, 60.0, (2, 60.0), mtime=200)  # Lightning writes it in the root dir
+    assert find_checkpoint("last", tmp_path) == str(hpc)
+    cut = tmp_path / "hpc_ckpt_2.ckpt"
+    cut.write_bytes(hpc.read_bytes()[:100])  # the signal handler's save cut short
+    os.utime(cut, (300, 300))
+    with caplog.at_level(logging.WARNING, logger="tcclip.runs"):
+        assert find_checkpoint("last", tmp_path) == str(hpc)
+    assert f"{cut}: not a checkpoint" in caplog.text
+    hpc.unlink()
+    assert find_checkpoint("last", tmp_path) == str(last)
+
+
 def test_best_comes_from_the_runs_whole_record(tmp_path: Path) -> None:
     ckpts = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     # Epochs 0..3 validated at 50, 90, 60, 70: the best (epoch 1) was saved before a resume; later best-* files

@@ -7,6 +7,7 @@ script's logic is tested without training anything.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from tcclip import protocols, sweep
 from tcclip.cells import write_plan
@@ -22,14 +24,15 @@ from tcclip.protocols import Selection, build_grid
 from tcclip.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, planned, render_job_script
 
 FAKE_TCCLIP = r"""#!/usr/bin/env bash
-# Fake tcclip: logs its command line, writes a last.ckpt (fit) or a results.json one folder down (test).
+# Fake tcclip: logs its command line, writes a last.ckpt (a copy of a real one, fit) or a results.json one folder
+# down (test).
 echo "$*" >> "$FAKE_LOG"
 echo "${CUDA_VISIBLE_DEVICES:-unset}" >> "$FAKE_LOG.gpus"
 cmd=$1; shift
 root=""; prev=""
 for a in "$@"; do [[ $prev == --trainer.default_root_dir ]] && root=$a; prev=$a; done
 if [[ $cmd == fit ]]; then
-  mkdir -p "$root/checkpoints" && touch "$root/checkpoints/last.ckpt"
+  mkdir -p "$root/checkpoints" && cp "$FAKE_CKPT" "$root/checkpoints/last.ckpt"
   if [[ -n ${FAKE_DIE:-} ]]; then exit 3; fi
 elif [[ $cmd == test ]]; then
   mkdir -p "$root/version_0" && echo '{"sets": {"test": {"top1": 42.0, "top5": 90.0}}}' > "$root/version_0/results.json"
@@ -55,6 +58,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     log, sbatch_log = tmp_path / "tcclip.log", tmp_path / "sbatch.log"
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.setenv("FAKE_SBATCH_LOG", str(sbatch_log))
+    monkeypatch.setenv("FAKE_CKPT", str(_save_checkpoint(tmp_path / "trained.ckpt")))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     configs = tmp_path / "configs"
     configs.mkdir()
@@ -63,6 +67,15 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
             for name in filter(None, [cell.fit_config, *(e.config for e in cell.evaluations)]):
                 (configs / name).touch()
     return {"tcclip": tcclip, "log": log, "sbatch_log": sbatch_log, "configs": configs, "root": tmp_path}
+
+
+def _save_checkpoint(path: Path, mtime: int | None = None) -> Path:
+    """A small readable Lightning-style checkpoint (what a cell resumes from and evaluates)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"model.w": torch.zeros(2)}, "epoch": 0}, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
 
 
 def _settings(fake: dict[str, Path], **kw) -> SweepSettings:
@@ -135,9 +148,7 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
     for flag in ("--trainer.devices=4", "--trainer.num_nodes=2", "SLURMEnvironment", "auto_requeue=true"):
         assert flag in fit and flag in text  # the script states the srun line too
     # A task requeued after SIGUSR1 resumes from the checkpoint Lightning wrote.
-    hpc = task.run_dir(cells[0]) / "checkpoints" / "hpc_ckpt_1.ckpt"
-    hpc.parent.mkdir(parents=True)
-    hpc.touch()
+    hpc = _save_checkpoint(task.run_dir(cells[0]) / "hpc_ckpt_1.ckpt")  # where Lightning saves it: the root dir
     fit = next(line for line in planned(cells[0], task) if " fit " in line)
     assert fit.endswith(f"--ckpt_path {hpc}")
 
@@ -187,6 +198,24 @@ def test_array_task_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, 
     assert b"nothing to do" in run().stdout
     assert len(fake["log"].read_text().splitlines()) == calls
     assert subprocess.run([*task[:-1], "1"], capture_output=True).returncode == 2  # the plan has no cell 1
+
+
+def test_a_truncated_newest_last_checkpoint_is_skipped_on_resume(
+    fake: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(fake)
+    (cell,) = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
+    logs = settings.run_dir(cell) / "lightning_logs"
+    good = _save_checkpoint(logs / "version_0" / "checkpoints" / "last.ckpt", mtime=100)
+    cut = logs / "version_1" / "checkpoints" / "last.ckpt"  # the save a kill cut short: newer, unreadable
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    os.utime(cut, (200, 200))
+    older = _save_checkpoint(logs / "version_0" / "checkpoints" / "last-v1.ckpt", mtime=50)  # readable, but older
+    with caplog.at_level(logging.WARNING, logger="tcclip.runs"):
+        fit = next(line for line in planned(cell, settings) if " fit " in line)
+    assert fit.endswith(f"--ckpt_path {good}") and str(older) not in fit
+    assert f"skipping an unreadable checkpoint: {cut}" in caplog.text
 
 
 def test_local_sweep_runs_cells_and_collects(fake: dict[str, Path]) -> None:
