@@ -15,7 +15,7 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from tcclip.errors import UserError
+from tcclip.errors import UserError, user_error_in_chain
 
 
 class Command(NamedTuple):
@@ -100,14 +100,7 @@ def wrapped_user_error(error: BaseException) -> UserError | None:
     module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
     if not module.startswith(WRAPPING_LIBRARIES):
         return None
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, UserError):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
+    return user_error_in_chain(error)
 
 
 def help_text() -> str:

@@ -50,3 +50,14 @@ def _strip_worker_traceback(message: str, cls: type) -> str:
         return message
     marker = f"{cls.__module__}.{cls.__qualname__}: "
     return message.rsplit(marker, 1)[1].strip() if marker in message else message
+
+
+def user_error_in_chain(error: BaseException | None) -> UserError | None:
+    """The first `UserError` in an exception's chain of causes and contexts (the exception itself included)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from tcclip.callbacks import PredictionsJSON, ResultsJSON, RunGuard
 from tcclip.checkpoint_io import AtomicCheckpointIO
 from tcclip.data.datamodule import VideoDataModule
-from tcclip.errors import UserError
+from tcclip.errors import UserError, user_error_in_chain
 from tcclip.lit import TCCLIPModule
 from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
@@ -105,17 +105,6 @@ def _stored_checkpoint_dir(ckpt_path: str) -> str | None:
         dirpath = state.get("dirpath") if key.startswith("ModelCheckpoint") and isinstance(state, dict) else None
         if dirpath and Path(dirpath).is_dir() and os.path.samefile(dirpath, Path(ckpt_path).parent):
             return str(Path(dirpath) / Path(ckpt_path).name)
-    return None
-
-
-def _user_error_in(err: BaseException | None) -> UserError | None:
-    """The first UserError in an exception's chain of causes, if any."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
     return None
 
 
@@ -216,7 +205,7 @@ class TCCLIPLightningCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as err:
-            user_error = _user_error_in(err)
+            user_error = user_error_in_chain(err)
             if user_error is None:
                 raise
             raise user_error from err

@@ -23,3 +23,25 @@ def test_cli_prints_user_errors_without_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == "tcclip boom: error: /nowhere: no such folder. Pass --root.\n"
     assert "Traceback" not in err
+
+
+def test_user_error_found_through_causes_and_contexts():
+    from tcclip.errors import user_error_in_chain
+
+    inner = UserError("bad root", path="/data")
+    try:
+        try:
+            raise inner
+        except UserError as err:
+            raise ValueError("wrapped by a library") from err
+    except ValueError as outer:
+        assert user_error_in_chain(outer) is inner
+    try:
+        try:
+            raise inner
+        except UserError:
+            raise RuntimeError("raised while handling it")  # noqa: B904 (the implicit context is what is tested)
+    except RuntimeError as outer:
+        assert user_error_in_chain(outer) is inner
+    assert user_error_in_chain(ValueError("no user error")) is None
+    assert user_error_in_chain(None) is None
