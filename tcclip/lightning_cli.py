@@ -26,6 +26,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -234,15 +235,19 @@ def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> TCCLIP
     else:
         parser_kwargs = {"default_config_files": defaults}
     if argv is not None and list(argv) == sys.argv[1:]:
-        argv = None  # the same words: let LightningCLI read sys.argv itself (it warns when given both)
-    return TCCLIPLightningCLI(
-        TCCLIPModule,
-        VideoDataModule,
-        subclass_mode_data=True,
-        args=argv,
-        run=run,
-        parser_kwargs=parser_kwargs,
-        trainer_defaults={"callbacks": [RunGuard(), ResultsJSON(), PredictionsJSON()]},
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-    )
+        argv = None  # the same words: let LightningCLI read sys.argv itself
+    with warnings.catch_warnings():
+        # `tcclip score ...` reaches LightningCLI as `predict ...`: the words differ from sys.argv on purpose, which
+        # LightningCLI would otherwise warn about on every run.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return TCCLIPLightningCLI(
+            TCCLIPModule,
+            VideoDataModule,
+            subclass_mode_data=True,
+            args=argv,
+            run=run,
+            parser_kwargs=parser_kwargs,
+            trainer_defaults={"callbacks": [RunGuard(), ResultsJSON(), PredictionsJSON()]},
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+        )

@@ -109,3 +109,16 @@ def test_import_scan_sees_function_local_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    import argparse\n    from rich.console import Console\n")
     assert _imported_roots(source) == {"argparse", "rich"}
+
+
+def test_score_does_not_warn_that_its_words_differ_from_the_command_line(monkeypatch, capsys):
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["tcclip", "score", "--help"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["score", "--help"])
+    assert stop.value.code == 0
+    assert "--ckpt_path" in capsys.readouterr().out
+    assert not [w for w in caught if "args parameter" in str(w.message)]
