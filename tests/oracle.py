@@ -184,6 +184,20 @@ def _split_qkv_maps(w: _Weights, prefix: str) -> tuple[tuple[Tensor, Tensor], ..
 # --------------------------------------------------------------------------------------------------------------
 
 
+def explicit_context_attention(q, k, v, k_ctx, v_ctx, shift, scale):
+    """Plain attention over [frame keys ; context keys repeated per frame], the shift on the context logits.
+
+    Shapes: q, k, v [B, T, H, N, D]; k_ctx, v_ctx [B, H, K, D]; shift [H]. Returns the output and the log-sum-exp
+    of every query row (what the split kernels must reproduce).
+    """
+    t = q.shape[1]
+    keys = torch.cat([k, k_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
+    values = torch.cat([v, v_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
+    logits = q @ keys.transpose(-2, -1) * scale
+    logits = torch.cat([logits[..., : k.shape[-2]], logits[..., k.shape[-2] :] + shift[:, None, None]], dim=-1)
+    return logits.softmax(-1) @ values, logits.logsumexp(-1)
+
+
 def merge_schedule(num_tokens: int, k: int, r: int) -> list[int]:
     """How many tokens each bipartite step merges to go from `num_tokens` down to `k` (the official schedule)."""
     steps: list[int] = []

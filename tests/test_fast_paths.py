@@ -11,7 +11,7 @@ import contextlib
 
 import pytest
 import torch
-from oracle import reference_forward
+from oracle import explicit_context_attention, reference_forward
 from torch import Tensor
 
 from tcclip.model import kernels
@@ -222,16 +222,6 @@ def test_split_context_keys_and_copied_keys_with_a_mask_give_the_same_gradients(
         _assert_close(split[name], grad, scale=max(float(grad.abs().max()), 1e-6))
 
 
-def _explicit_context_attention(q, k, v, k_ctx, v_ctx, shift, scale):
-    """Plain attention over [frame keys ; context keys repeated per frame], the shift on the context logits."""
-    t = q.shape[1]
-    keys = torch.cat([k, k_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
-    values = torch.cat([v, v_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
-    logits = q @ keys.transpose(-2, -1) * scale
-    logits = torch.cat([logits[..., : k.shape[-2]], logits[..., k.shape[-2] :] + shift[:, None, None]], dim=-1)
-    return logits.softmax(-1) @ values, logits.logsumexp(-1)
-
-
 def test_context_attention_in_two_parts_equals_one_softmax_with_gradients():
     gen = torch.Generator().manual_seed(0)
     b, t, h, n, k, dh = 2, 3, 2, 5, 4, 8
@@ -241,7 +231,7 @@ def test_context_attention_in_two_parts_equals_one_softmax_with_gradients():
     inputs[:3] = [x.detach().transpose(2, 3).contiguous().transpose(2, 3).requires_grad_() for x in inputs[:3]]
     grad_out = torch.randn(b, t, h, n, dh, generator=gen, dtype=torch.float64)
     out, lse = kernels.split_context_attention(*inputs, 0.3)
-    expected, expected_lse = _explicit_context_attention(*inputs, 0.3)
+    expected, expected_lse = explicit_context_attention(*inputs, 0.3)
     _assert_close(out, expected, rtol=1e-12)
     _assert_close(lse, expected_lse, rtol=1e-12)
     grads = torch.autograd.grad(out, inputs, grad_out)
@@ -326,7 +316,7 @@ def test_context_attention_in_bf16_stays_within_bf16_rounding():
     grad_out = torch.randn(shapes[0], generator=gen, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = kernels.split_context_attention(*half, 32**-0.5)
-    expected, _ = _explicit_context_attention(*exact, 32**-0.5)
+    expected, _ = explicit_context_attention(*exact, 32**-0.5)
     assert out.dtype == torch.bfloat16
     _assert_close(out.double(), expected, rtol=2e-2)
     got = torch.autograd.grad(out, half, grad_out.bfloat16())

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracle import explicit_context_attention
 from torch import Tensor
 
 from tcclip.model import kernels
 
 LSE_ALIGN = 32  # CUDA's memory-efficient kernel pads its log-sum-exp to a multiple of 32 rows
-
-
-def _explicit(q, k, v, k_ctx, v_ctx, shift, scale):
-    """Plain attention over [frame keys ; context keys repeated per frame], the shift on the context logits."""
-    t = q.shape[1]
-    keys = torch.cat([k, k_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
-    values = torch.cat([v, v_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)
-    logits = q @ keys.transpose(-2, -1) * scale
-    logits = torch.cat([logits[..., : k.shape[-2]], logits[..., k.shape[-2] :] + shift[:, None, None]], dim=-1)
-    return logits.softmax(-1) @ values, logits.logsumexp(-1)
 
 
 def _efficient_standin(q, k, v, bias, compute_log_sumexp, dropout_p, is_causal, *, scale):
@@ -72,7 +63,7 @@ def test_cuda_wrappers_with_plain_math_standins_give_the_explicit_attention_and_
     inputs = _inputs()
     grad_out = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     out, lse = kernels.split_context_attention(*inputs, 0.3)
-    expected, expected_lse = _explicit(*inputs, 0.3)
+    expected, expected_lse = explicit_context_attention(*inputs, 0.3)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, expected_lse, rtol=1e-12, atol=1e-12)
     grads = torch.autograd.grad(out, inputs, grad_out)
