@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tcclip.errors import UserError
+from tcclip.errors import UserError, check_format
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,14 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "calibration") -> Calibration:
-        if d.get("format") != FORMAT:
-            raise UserError(
-                f"not a tcclip calibration record (format {d.get('format')!r})",
-                path=source,
-                fix="write it with `tcclip calibrate`",
-            )
-        if int(d.get("format_version", 0)) > FORMAT_VERSION:
-            raise UserError(
-                f"calibration format version {d['format_version']} is newer than this tcclip reads ({FORMAT_VERSION})",
-                path=source,
-                fix="upgrade tcclip",
-            )
+        check_format(
+            d,
+            name=FORMAT,
+            version=FORMAT_VERSION,
+            what="calibration record",
+            path=source,
+            fix="write it with `tcclip calibrate`",
+        )
         known = {"temperature", "score", "threshold", "target_recall", "thresholds", "class_names", "report"}
         known.add("checkpoint_sha256")
         try:

@@ -61,3 +61,19 @@ def user_error_in_chain(error: BaseException | None) -> UserError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def check_format(record: object, *, name: str, version: int, what: str, path: str | Path, fix: str) -> None:
+    """Refuse a JSON record of tcclip's that is not of format `name`, or that a newer tcclip wrote.
+
+    Records carry ``{"format": name, "format_version": N}``; a reader accepts every version up to its own.
+    """
+    found = record.get("format") if isinstance(record, dict) else None
+    if found != name:
+        raise UserError(f"not a tcclip {what} (format {found!r})", path=path, fix=fix)
+    if int(record.get("format_version", 0)) > version:
+        raise UserError(
+            f"{what} format version {record['format_version']} is newer than this tcclip reads ({version})",
+            path=path,
+            fix="upgrade tcclip",
+        )

@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from tcclip.calibration import Calibration, attach, read_sidecar
-from tcclip.errors import UserError
+from tcclip.errors import UserError, check_format
 
 EXPORT_FORMAT = "tcclip-export"
 EXPORT_VERSION = 1
@@ -77,18 +77,14 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise UserError("no config.json", path=directory, fix="give a directory written by `tcclip export`") from err
     except json.JSONDecodeError as err:
         raise UserError(f"not valid JSON ({err.msg})", path=path, line=err.lineno, fix="re-export the model") from err
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise UserError(
-            f"not a tcclip export (format {config.get('format') if isinstance(config, dict) else None!r})",
-            path=path,
-            fix="give a directory written by `tcclip export`",
-        )
-    if int(config.get("format_version", 0)) > EXPORT_VERSION:
-        raise UserError(
-            f"export format version {config['format_version']} is newer than this tcclip reads ({EXPORT_VERSION})",
-            path=path,
-            fix="upgrade tcclip",
-        )
+    check_format(
+        config,
+        name=EXPORT_FORMAT,
+        version=EXPORT_VERSION,
+        what="export",
+        path=path,
+        fix="give a directory written by `tcclip export`",
+    )
     return config
 
 

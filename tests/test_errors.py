@@ -45,3 +45,20 @@ def test_user_error_found_through_causes_and_contexts():
         assert user_error_in_chain(outer) is inner
     assert user_error_in_chain(ValueError("no user error")) is None
     assert user_error_in_chain(None) is None
+
+
+def test_check_format_refuses_other_formats_and_newer_versions():
+    import pytest
+
+    from tcclip.errors import check_format
+
+    ok = {"format": "tcclip-x", "format_version": 1}
+    check_format(ok, name="tcclip-x", version=2, what="x record", path="x.json", fix="redo it")
+    for record, phrase in (
+        ({"format": "other"}, "not a tcclip x record (format 'other')"),
+        ([1, 2], "not a tcclip x record (format None)"),
+        ({"format": "tcclip-x", "format_version": 3}, "x record format version 3 is newer than this tcclip reads (2)"),
+    ):
+        with pytest.raises(UserError) as err:
+            check_format(record, name="tcclip-x", version=2, what="x record", path="x.json", fix="redo it")
+        assert phrase in str(err.value) and str(err.value).startswith("x.json: ")
