@@ -216,8 +216,8 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> dict[str, float]:
-    """GFLOP/s of the best of `repeats` n x n matmuls: torch.matmul, and on the CPU also through oneDNN (the
-    fast path's `linear`), which is not slower than the BLAS anywhere and much faster on some CPUs."""
+    """GFLOP/s of the best of `repeats` n x n matmuls: torch.matmul, and on the CPU also through oneDNN (a route
+    of the fast path's `linear`, much faster than the BLAS on some CPUs, slower on others)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     candidates = {"torch.matmul": lambda: a @ b}
@@ -225,9 +225,10 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
         candidates["oneDNN"] = lambda: kernels.linear(a, b)
     out = {}
     for name, fn in candidates.items():
-        for _ in range(2):
-            fn()
-        out[name] = 2 * n**3 / min(_timed(fn, device) for _ in range(repeats)) / 1e9
+        with kernels.cpu_matmul_route("onednn") if name == "oneDNN" else contextlib.nullcontext():
+            for _ in range(2):
+                fn()
+            out[name] = 2 * n**3 / min(_timed(fn, device) for _ in range(repeats)) / 1e9
     return out
 
 
@@ -437,6 +438,10 @@ def machine_description(device: torch.device, threads: int) -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
     }
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+        routes = kernels.cpu_matmul_routes()  # what the fast path's float32 matmuls take on this machine
+        info["fp32_matmul_routes"] = f"forward {routes['forward']}, backward {routes['backward']}"
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -464,7 +469,9 @@ def render(results: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads"
         + (f", {machine['gpu']}" if "gpu" in machine else "")
         + f"; torch {machine['torch']} ({machine['cpu_capability']}); device {results['device']}, {results['dtype']}; "
-        + f"malloc: {results.get('malloc', 'system default')}.",
+        + f"malloc: {results.get('malloc', 'system default')}"
+        + (f"; fast-path fp32 matmuls: {machine['fp32_matmul_routes']}" if "fp32_matmul_routes" in machine else "")
+        + ".",
         f"Model: {s['arch']}, T={s['frames']}, K={s['context_token_k']}, random weights. "
         f"Matmul peak (n x n x n, n={s['matmul_size']} on CPU, twice that on GPU; best of the start and the end; "
         + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())

@@ -259,23 +259,62 @@ def test_context_attention_does_not_repeat_the_context_keys():
     assert any(len(s) >= 3 and s[-2] == 17 + 8 for s in shapes[False])
 
 
+@pytest.mark.parametrize("routes", [("onednn", "onednn"), ("blas", "blas"), ("onednn", "blas"), ("blas", "onednn")])
 @pytest.mark.parametrize(
     "shape", [(2, 4, 8, 16), (68, 16), (5, 16), (16,)], ids=["16-images", "17-images", "few-rows", "vector"]
 )
-def test_cpu_linear_and_lean_mlp_in_float32_match_torch(shape):
-    """The fast path's float32 matmuls (oneDNN on CPU) and the lean MLP backward against plain torch."""
+def test_cpu_linear_and_lean_mlp_in_float32_match_torch(shape, routes):
+    """The fast path's float32 matmuls (forward / backward through oneDNN or the BLAS) and the lean MLP backward
+    against plain torch."""
     torch.manual_seed(0)
     mlp = MLP(16)
     x = torch.randn(*shape, requires_grad=True)
     results = {}
     for path in ("fast", "plain"):
         mlp.fast = path == "fast"
-        out = mlp(x)
-        results[path] = (out, *torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()]))
+        with kernels.cpu_matmul_route(*routes):
+            out = mlp(x)
+            results[path] = (out, *torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()]))
     for fast, reference in zip(results["fast"], results["plain"], strict=True):
         _assert_close(fast, reference, rtol=1e-5)
-    with torch.no_grad():
+    with torch.no_grad(), kernels.cpu_matmul_route(*routes):
         _assert_close(mlp(x), results["plain"][0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("routes", [("onednn", "blas"), ("blas", "onednn"), ("onednn", "onednn")])
+def test_linear_with_each_route_gives_the_gradients_of_f_linear(routes):
+    """kernels.linear (the attention projections) with mixed routes, against F.linear in float64 terms."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 16, requires_grad=True)  # 256 rows: oneDNN gets 16 images
+    w, b = torch.randn(24, 16, requires_grad=True), torch.randn(24, requires_grad=True)
+    g = torch.randn(4, 64, 24)
+    with kernels.cpu_matmul_route(*routes):
+        out = kernels.linear(x, w, b)
+        grads = torch.autograd.grad(out, [x, w, b], g)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    want = torch.nn.functional.linear(x64, w64, b64)
+    want_grads = torch.autograd.grad(want, [x64, w64, b64], g.double())
+    for got, ref in zip((out, *grads), (want, *want_grads), strict=True):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_matmul_route_is_measured_once_per_thread_count(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "_ROUTE_CACHE", {})
+    monkeypatch.setattr(kernels, "_measure_onednn_faster", lambda d: calls.append(d) or d == "forward")
+    assert kernels.cpu_matmul_routes() == {"forward": "onednn", "backward": "blas"}
+    assert kernels.cpu_matmul_routes() == {"forward": "onednn", "backward": "blas"}
+    assert calls == ["forward", "backward"]
+    with kernels.cpu_matmul_route("blas"):
+        assert kernels.cpu_matmul_routes() == {"forward": "blas", "backward": "blas"}
+    with pytest.raises(ValueError, match="routes"):
+        with kernels.cpu_matmul_route("mkl"):
+            pass
+
+
+def test_measuring_the_routes_times_both_and_keeps_blas_unless_onednn_wins():
+    for direction in ("forward", "backward"):
+        assert isinstance(kernels._measure_onednn_faster(direction, rows=256, width=64), bool)
 
 
 @pytest.mark.slow

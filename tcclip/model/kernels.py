@@ -3,7 +3,8 @@
 Nothing here states an idea of the paper; each function is checked against its plain form in float64 (design:
 docs/model.md, "The fast path"). What is here:
 
-- `linear`: `F.linear`, through oneDNN on the CPU in float32 (about twice as fast where MKL is slow).
+- `linear`: `F.linear`; on the CPU in float32 each pass through oneDNN or the BLAS, whichever this machine runs
+  faster (measured once per process: oneDNN is about twice as fast on some CPUs and slower on others).
 - `clip_mlp`: CLIP's MLP with QuickGELU as a scaled SiLU and a backward pass that keeps one hidden-sized tensor.
 - `frame_attention`: TC attention (each frame's queries over [its own keys ; the video's context keys], with the
   local-global bias), without copying the context keys next to every frame's when a fused kernel that returns the
@@ -28,6 +29,8 @@ __all__ = [
     "GELU_SCALE",
     "clip_mlp",
     "copied_context_keys",
+    "cpu_matmul_route",
+    "cpu_matmul_routes",
     "frame_attention",
     "linear",
     "split_context_attention",
@@ -39,8 +42,78 @@ GELU_SCALE = 1.702
 
 
 # -- matmuls ---------------------------------------------------------------------------------------------------------
-def _onednn_images(x: Tensor) -> int:
-    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use `F.linear` instead."""
+# On the CPU in float32 a matmul can go to the BLAS (`F.linear`) or to oneDNN (as a 1x1 convolution). Which is faster
+# depends on the CPU, and separately for the forward and the backward pass (measured: oneDNN 2.2x faster both ways
+# on an AMD EPYC Zen 5 with AVX-512; on an AVX2 EPYC host 1.2x faster forward but 2.5x slower backward). So each
+# direction takes the route that a short measurement at its first use in the process finds faster.
+_ROUTE_CACHE: dict[tuple[str, int], bool] = {}
+"""(direction, threads) -> True when oneDNN is the faster route."""
+_FORCED_ROUTE: list[dict[str, str]] = []
+
+
+@contextlib.contextmanager
+def cpu_matmul_route(forward: str, backward: str | None = None) -> Iterator[None]:
+    """Send the fast path's float32 CPU matmuls through the given routes ("onednn" or "blas"; `backward` defaults to
+    `forward`) instead of the measured faster ones: for tests and benchmarks that must exercise or compare a route
+    on any machine."""
+    routes = {"forward": forward, "backward": forward if backward is None else backward}
+    if not set(routes.values()) <= {"onednn", "blas"}:
+        raise ValueError(f"routes must be 'onednn' or 'blas', got {routes}")
+    _FORCED_ROUTE.append(routes)
+    try:
+        yield
+    finally:
+        _FORCED_ROUTE.pop()
+
+
+def cpu_matmul_routes() -> dict[str, str]:
+    """The route each direction takes on this machine at the current thread count (measuring where not yet done)."""
+    return {d: "onednn" if _onednn_faster(d) else "blas" for d in ("forward", "backward")}
+
+
+def _onednn_faster(direction: str) -> bool:
+    if _FORCED_ROUTE:
+        return _FORCED_ROUTE[-1][direction] == "onednn"
+    key = (direction, torch.get_num_threads())
+    if key not in _ROUTE_CACHE:
+        if torch.compiler.is_compiling():
+            return False  # never time inside a trace; the compiler picks its own kernels anyway
+        _ROUTE_CACHE[key] = _measure_onednn_faster(direction)
+    return _ROUTE_CACHE[key]
+
+
+def _measure_onednn_faster(direction: str, rows: int = 1024, width: int = 768) -> bool:
+    """Time both routes on a ViT-B-sized matmul (best of 3 after a warm-up, about 0.2 s in all); oneDNN must win
+    by 10% to be taken (BLAS is the simpler path)."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width, generator=gen)
+    w = torch.randn(width, width, generator=gen) * width**-0.5
+    g = torch.randn(rows, width, generator=gen)
+    images = _image_split(rows)
+    if direction == "forward":
+        routes = (lambda: F.linear(x, w), lambda: _onednn_forward(x, w, None, images))
+    else:
+        needs = (True, True, True)
+        routes = (lambda: _blas_grads(g, x, w, needs), lambda: _onednn_grads(g, x, w, needs, images))
+
+    def best(fn) -> float:
+        with torch.no_grad():
+            fn()
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+        return min(times)
+
+    blas, onednn = best(routes[0]), best(routes[1])
+    return onednn < 0.9 * blas
+
+
+def _onednn_images(x: Tensor, direction: str) -> int:
+    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use the BLAS instead."""
     if not (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -50,7 +123,8 @@ def _onednn_images(x: Tensor) -> int:
         and not torch.is_autocast_enabled("cpu")
     ):
         return 0
-    return _image_split(x.numel() // x.shape[-1])
+    images = _image_split(x.numel() // x.shape[-1])
+    return images if images and _onednn_faster(direction) else 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -79,38 +153,69 @@ def _from_image(y: Tensor, leading: torch.Size) -> Tensor:
     return y.permute(0, 2, 3, 1).reshape(*leading, y.shape[1])
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x, weight, bias)`; on the CPU in float32 a 1x1 channels-last convolution, which torch hands to
-    oneDNN instead of the BLAS: the same numbers up to float32 rounding, about twice as fast on CPUs where MKL takes
-    a slow code path (measured 2.2x on an AMD EPYC Zen 5, forward and backward), on par elsewhere."""
-    images = _onednn_images(x)
-    if not images:
-        return F.linear(x, weight, bias)
+def _onednn_forward(x: Tensor, weight: Tensor, bias: Tensor | None, images: int) -> Tensor:
     y = F.conv2d(_as_image(x, images), weight[:, :, None, None], bias)  # 1x1 convolution = matmul over channels
     return _from_image(y, x.shape[:-1])
 
 
-def _linear_grads(
-    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
-    images = _onednn_images(x)
-    if images:
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            _as_image(grad_out, images), _as_image(x, images), weight[:, :, None, None], [weight.shape[0]],
-            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs),
-        )  # fmt: skip
-        return (
-            _from_image(grad_x, x.shape[:-1]) if needs[0] else None,
-            grad_w.view_as(weight) if needs[1] else None,
-            grad_b if needs[2] else None,
-        )
+def _onednn_grads(grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool], images: int):
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        _as_image(grad_out, images), _as_image(x, images), weight[:, :, None, None], [weight.shape[0]],
+        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs),
+    )  # fmt: skip
+    return (
+        _from_image(grad_x, x.shape[:-1]) if needs[0] else None,
+        grad_w.view_as(weight) if needs[1] else None,
+        grad_b if needs[2] else None,
+    )
+
+
+def _blas_grads(grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]):
     grad_2d = grad_out.reshape(-1, grad_out.shape[-1])  # [M, out]
     return (
         grad_out @ weight if needs[0] else None,
         grad_2d.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
         grad_2d.sum(0) if needs[2] else None,
     )
+
+
+class _LinearFunction(torch.autograd.Function):
+    """`F.linear` whose forward and backward passes each take their own faster route."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        images = _onednn_images(x, "forward")
+        return _onednn_forward(x, weight, bias, images) if images else F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return _linear_grads(grad_out.contiguous(), x, weight, (need_x, need_w, need_b and ctx.has_bias))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear(x, weight, bias)`; on the CPU in float32 each pass through oneDNN (as a 1x1 channels-last
+    convolution) or the BLAS, whichever this machine runs faster: the same numbers up to float32 rounding."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if _onednn_images(x, "forward") or _onednn_images(x, "backward"):
+            return _LinearFunction.apply(x, weight, bias)
+        return F.linear(x, weight, bias)
+    images = _onednn_images(x, "forward")
+    return _onednn_forward(x, weight, bias, images) if images else F.linear(x, weight, bias)
+
+
+def _linear_grads(
+    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
+    images = _onednn_images(x, "backward")
+    if images:
+        return _onednn_grads(grad_out, x, weight, needs, images)
+    return _blas_grads(grad_out, x, weight, needs)
 
 
 # -- CLIP's MLP ------------------------------------------------------------------------------------------------------
