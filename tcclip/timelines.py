@@ -48,7 +48,10 @@ class WindowResult:
 
 @dataclass(frozen=True)
 class Segment:
-    """Consecutive windows with the same accepted label. `start`/`end` tile the timeline between window centres."""
+    """Consecutive windows with the same accepted label.
+
+    `start`/`end` tile the timeline: half-way between window centres, or where `refine` placed the change.
+    """
 
     label: str
     start: float
@@ -103,13 +106,22 @@ def stream_windows(
     stride: float,
     convert: Callable[[object], Tensor],
     on_time: Callable[[float], None] | None = None,
+    *,
+    offset: float = 0.0,
+    count: int | None = None,
+    origin: float | None = None,
 ) -> Iterator[tuple[int, float, float, list[Tensor]]]:
     """Decode `path` once and yield `(index, start, end, frames)` per complete window, in order.
 
-    Window k covers [k * stride, k * stride + window) seconds from the first frame; its sample i is the frame shown
-    at start + (i + 0.5) * window / num_frames (the last frame whose timestamp is <= that time). `convert` turns a
-    PyAV frame into what is kept (called once per needed frame). Only windows that fit inside the video are
-    yielded; a video shorter than one window gives one window over the whole video (decoded a second time).
+    Window k covers [offset + k * stride, offset + k * stride + window) seconds from the first frame; its sample i
+    is the frame shown at start + (i + 0.5) * window / num_frames (the last frame whose timestamp is <= that time).
+    `convert` turns a PyAV frame into what is kept (called once per needed frame). Only windows that fit inside the
+    video are yielded; a video shorter than one window gives one window over the whole video (decoded a second
+    time).
+
+    A part of the video (boundary refinement): `count` windows from `offset` seconds, decoding stops after the last
+    one. With `origin` (the first frame's timestamp in seconds, `first_frame_time`), decoding starts at the key
+    frame before `offset` instead of at the beginning.
     """
     import av
 
@@ -119,7 +131,7 @@ def stream_windows(
     next_window = 0
     emitted = 0
     prev_time, prev_frame, prev_converted = None, None, None
-    start_time = None
+    start_time = origin
     index = -1
     try:
         container = av.open(str(path))
@@ -131,17 +143,23 @@ def stream_windows(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 25)
+        seeking = origin is not None and offset > 0 and stream.time_base is not None
+        if seeking:
+            # the key frame at or before the first sample time; frames before it only move `prev_frame` along
+            container.seek(int((origin + offset) / stream.time_base), stream=stream, backward=True)
 
         def fill(until: float) -> Iterator[tuple[int, float, float, list[Tensor]]]:
             """Give prev_frame to every pending sample time in [prev_time, until); yield completed windows."""
             nonlocal next_window, prev_converted, emitted
             # open the windows whose first sample time comes before `until`
-            while next_window * stride + 0.5 * step + TIME_SLACK < until:
+            while offset + next_window * stride + 0.5 * step + TIME_SLACK < until:
+                if count is not None and next_window == count:
+                    break
                 pending[next_window] = [None] * num_frames
                 next_window += 1
             for k in sorted(pending):
                 samples = pending[k]
-                start = k * stride
+                start = offset + k * stride
                 for i in range(num_frames):
                     # a microsecond of slack: a sample time that is a frame's timestamp up to rounding gets that frame
                     t = start + (i + 0.5) * step + TIME_SLACK
@@ -156,12 +174,16 @@ def stream_windows(
 
         try:
             for index, frame in enumerate(container.decode(stream)):
+                if seeking and frame.time is None:
+                    return  # no timestamps to place frames after a seek: no windows rather than wrong ones
                 t = _frame_time(frame, index, rate)
                 if start_time is None:
                     start_time = t
                 t -= start_time
                 if prev_frame is not None:
                     yield from fill(t)
+                    if count is not None and emitted == count:
+                        return
                 prev_time, prev_frame, prev_converted = t, frame, None
                 if on_time is not None:
                     on_time(t)
@@ -172,10 +194,10 @@ def stream_windows(
         end = prev_time + 1.0 / rate  # the last frame is shown for one frame period
         # windows that end inside the video get their last samples from the last frame
         for k in list(pending):
-            if k * stride + window > end + 1e-6:
+            if offset + k * stride + window > end + 1e-6:
                 del pending[k]
         yield from fill(end)
-    if emitted == 0:  # shorter than one window: one window over the whole video
+    if emitted == 0 and count is None:  # shorter than one window: one window over the whole video
         yield from stream_windows(path, num_frames, end * (1 - 1e-9), max(stride, end), convert)
 
 
@@ -217,6 +239,83 @@ def merge_segments(windows: Sequence[WindowResult], stride: float) -> list[Segme
     return segments
 
 
+def refinement_intervals(
+    segments: Sequence[Segment], windows: Sequence[WindowResult]
+) -> list[tuple[int, float, float]]:
+    """Where to look for each change between two touching segments: `(i, lo, hi)` for segments i and i + 1.
+
+    Window a (the last of segment i) and window b (the first of segment i + 1) disagree, so a from-A-to-B change
+    lies after a's start (a holds some A) and before b's end (b holds some B), and inside the two segments' cells.
+    Changes next to a gap (a rejected window) are not refined.
+    """
+    by_index = {w.index: w for w in windows}
+    out = []
+    for i, (left, right) in enumerate(zip(segments, segments[1:], strict=False)):
+        if right.first_window != left.last_window + 1:
+            continue
+        lo = max(by_index[left.last_window].start, left.start)
+        hi = min(by_index[right.first_window].end, right.end)
+        if hi > lo:
+            out.append((i, lo, hi))
+    return out
+
+
+def place_boundary(centres: Sequence[float], left_wins: Sequence[bool], lo: float, hi: float) -> float:
+    """The change point in [lo, hi] that agrees with the most probe windows (left of it A wins, right of it B wins).
+
+    Candidates are lo, hi and the midpoints between consecutive probe centres; among equally good candidates the
+    middle one is taken.
+    """
+    order = sorted(range(len(centres)), key=lambda j: centres[j])
+    c = [centres[j] for j in order]
+    a = [bool(left_wins[j]) for j in order]
+    candidates = [lo] + [0.5 * (x + y) for x, y in zip(c, c[1:], strict=False)] + [hi]
+    # agreement when the change is before probe j: number of B wins among probes >= j plus A wins among probes < j
+    agree = [sum(not w for w in a)]  # change at lo: every probe should be B
+    for w in a:
+        agree.append(agree[-1] + (1 if w else -1))
+    best = max(agree)
+    tied = [k for k, v in enumerate(agree) if v == best]
+    return min(max(candidates[tied[len(tied) // 2]], lo), hi)
+
+
+def apply_boundaries(segments: Sequence[Segment], boundaries: dict[int, float]) -> list[Segment]:
+    """Move the change between segments i and i + 1 to `boundaries[i]`; drop segments that vanish, merge neighbours.
+
+    A segment whose refined start passes its refined end (a flicker that the finer windows do not confirm) shrinks
+    to nothing at the mean of the two; two segments of the same label that then touch become one.
+    """
+    starts = [s.start for s in segments]
+    ends = [s.end for s in segments]
+    for i, b in boundaries.items():
+        ends[i] = starts[i + 1] = b
+    for _ in range(len(segments)):  # a collapse moves its neighbours' edges, which may collapse them in turn
+        crossed = [i for i in range(len(segments)) if ends[i] < starts[i]]
+        if not crossed:
+            break
+        for i in crossed:
+            mid = 0.5 * (starts[i] + ends[i])
+            starts[i] = ends[i] = mid
+            if i - 1 in boundaries:
+                ends[i - 1] = mid
+            if i in boundaries:
+                starts[i + 1] = mid
+    out: list[Segment] = []
+    for seg, lo, hi in zip(segments, starts, ends, strict=True):
+        if hi <= lo:
+            continue
+        seg = Segment(seg.label, lo, hi, seg.first_window, seg.last_window, seg.mean_probability)
+        prev = out[-1] if out else None
+        if prev is not None and prev.label == seg.label and abs(prev.end - seg.start) < 1e-9:
+            n1 = prev.last_window - prev.first_window + 1
+            n2 = seg.last_window - seg.first_window + 1
+            p = (prev.mean_probability * n1 + seg.mean_probability * n2) / (n1 + n2)
+            out[-1] = Segment(seg.label, prev.start, seg.end, prev.first_window, seg.last_window, p)
+        else:
+            out.append(seg)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- the model
 
 
@@ -233,6 +332,7 @@ def timeline(
     batch_size: int = 8,
     progress: bool = False,
     smooth: int = 1,
+    refine: int = 4,
 ) -> Timeline:
     """Score a long video window by window.
 
@@ -248,6 +348,9 @@ def timeline(
         progress: show a progress bar (rich, on stderr) while decoding.
         smooth: label each window from the mean probabilities of this many windows centred on it (odd; 1: off).
             Removes one-window flickers; the rejection score stays the window's own.
+        refine: place each change between two labels with windows `refine` times shorter, `refine` of them per
+            window length, over the stretch where the change can lie (a second, partial decode; 0: off, boundaries
+            half-way between window centres). The windows themselves keep their labels.
     """
     from tcclip.calibration import calibrated_probabilities
     from tcclip.inference import (
@@ -269,6 +372,8 @@ def timeline(
         raise UserError(f"smooth must be an odd number of windows, got {smooth}", fix="e.g. 1 (off), 3 or 5")
     if top_k < 1 or batch_size < 1:
         raise UserError("top_k and batch_size must be >= 1", fix="pass positive numbers")
+    if refine < 0 or refine == 1:
+        raise UserError(f"refine must be 0 (off) or a factor >= 2, got {refine}", fix="e.g. 4 (the default) or 0")
     path = Path(path)
     if not path.is_file():
         raise UserError("no such video file", path=path, fix="give a video file")
@@ -284,39 +389,72 @@ def timeline(
         # one frame through the test transform (every step is per frame): [3, S, S]
         return transform(torch.from_numpy(frame.to_ndarray(format="rgb24"))[None])[0, 0]
 
-    scored: list[tuple[int, float, float, Tensor, float | None, bool]] = []  # per window: probabilities [C], ...
-    batch: list[tuple[int, float, float, list[Tensor]]] = []
+    def score(items, keep_rejection: bool) -> list[tuple[int, float, float, Tensor, float | None, bool]]:
+        """Per window: (index, start, end, probabilities [C], rejection score, accepted), in batches."""
+        scored, batch = [], []
 
-    def flush() -> None:
-        clips = torch.stack([torch.stack(frames) for _, _, _, frames in batch])[:, None]  # [B, 1, T, 3, S, S]
-        logits = video_view_logits(model, clips)  # [B, 1, C]
-        probs = calibrated_probabilities(logits, temperature)
-        scores, accepted = rejector(logits) if rejector is not None else (None, None)
-        for j, (k, start, end, _) in enumerate(batch):
-            ok = True if accepted is None else bool(accepted[j])
-            scored.append((k, start, end, probs[j], None if scores is None else float(scores[j]), ok))
-        batch.clear()
+        def flush() -> None:
+            clips = torch.stack([torch.stack(frames) for _, _, _, frames in batch])[:, None]  # [B, 1, T, 3, S, S]
+            logits = video_view_logits(model, clips)  # [B, 1, C]
+            probs = calibrated_probabilities(logits, temperature)
+            use = rejector if keep_rejection else None
+            scores, accepted = use(logits) if use is not None else (None, None)
+            for j, (k, start, end, _) in enumerate(batch):
+                ok = True if accepted is None else bool(accepted[j])
+                scored.append((k, start, end, probs[j], None if scores is None else float(scores[j]), ok))
+            batch.clear()
 
-    bar, on_time = _progress(path, progress)
-    with bar, evaluating(model):
-        for item in stream_windows(path, num_frames, window, stride, convert, on_time):
+        for item in items:
             batch.append(item)
             if len(batch) == batch_size:
                 flush()
         if batch:
             flush()
+        return scored
+
+    bar, on_time = _progress(path, progress)
+    with bar, evaluating(model):
+        scored = score(stream_windows(path, num_frames, window, stride, convert, on_time), keep_rejection=True)
     # C numbers per window are kept until the end (for the smoothing), never frames
     smoothed = moving_average(torch.stack([row[3] for row in scored]), smooth) if scored else []
     results: list[WindowResult] = []
-    for (k, start, end, _, score, ok), p in zip(scored, smoothed, strict=True):
+    for (k, start, end, _, score_k, ok), p in zip(scored, smoothed, strict=True):
         ranked = [(pred.label, pred.probability) for pred in top_k_predictions(p, names, top_k)]
-        results.append(WindowResult(k, start, end, ranked, ranked[0][0] if ok else None, score))
+        results.append(WindowResult(k, start, end, ranked, ranked[0][0] if ok else None, score_k))
     duration = results[-1].end if results else 0.0
     duration = max(duration, _probe_duration(path))
+    segments = merge_segments(results, stride)
+    if refine and len(segments) > 1:
+        origin = first_frame_time(path)
+        probe, boundaries = window / refine, {}
+        with evaluating(model):
+            for i, lo, hi in refinement_intervals(segments, results):
+                # probe windows centred every probe/2 seconds from lo to hi (inside the video)
+                first = max(0.0, lo - 0.5 * probe)
+                count = int((min(hi + 0.5 * probe, results[-1].end) - probe - first) / (0.5 * probe) + 1e-9) + 1
+                if count < 1:
+                    continue
+                items = stream_windows(path, num_frames, probe, 0.5 * probe, convert, offset=first, count=count,
+                                       origin=origin)  # fmt: skip
+                rows = score(items, keep_rejection=False)
+                if not rows:
+                    continue
+                a, b = names.index(segments[i].label), names.index(segments[i + 1].label)
+                centres = [0.5 * (r[1] + r[2]) for r in rows]
+                boundaries[i] = place_boundary(centres, [bool(r[3][a] >= r[3][b]) for r in rows], lo, hi)
+        segments = apply_boundaries(segments, boundaries)
     rejection = None if rejector is None else {"score": rejector.score, "threshold": rejector.threshold}
-    return Timeline(
-        str(path), duration, window, stride, num_frames, results, merge_segments(results, stride), rejection, names
-    )
+    return Timeline(str(path), duration, window, stride, num_frames, results, segments, rejection, names)
+
+
+def first_frame_time(path: str | Path) -> float | None:
+    """The first decoded frame's timestamp in seconds (the timeline's zero), or None without timestamps."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            return None if frame.time is None else float(frame.time)
+    return None
 
 
 def moving_average(x: Tensor, n: int) -> Tensor:
@@ -444,6 +582,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--smooth", type=int, default=1, help="label windows from the mean of this many windows' probabilities (odd)"
     )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=4,
+        help="place each change with windows this many times shorter (default 4; 0: half-way between windows)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <video name>_timeline/ next to the video)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_reject_arguments(parser)
@@ -473,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         smooth=args.smooth,
+        refine=args.refine,
     )
     video = Path(args.video)
     out_dir = args.out or video.with_name(video.stem + "_timeline")

@@ -178,3 +178,97 @@ def test_smoothing(tmp_path):
     assert [s.label for s in tl.segments] == ["red", "blue"] and abs(tl.segments[0].end - 3.0) <= 0.5
     with pytest.raises(tcclip.errors.UserError, match="odd"):
         timeline(ColourModel(), tmp_path / "v.mp4", smooth=2)
+
+
+# ----------------------------------------------------------------------------------------------- boundary refinement
+
+
+@pytest.mark.parametrize("kind", ["stamped_gop8", "offset_start_mp4", "vfr_avi", "bframes_avi"])
+def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tmp_path, kind):
+    from tcclip.data.quirks import write_quirk_video
+    from tcclip.timelines import first_frame_time
+
+    if kind == "stamped_gop8":  # key frames every 8 frames: the seek lands well inside the video
+        frames = np.zeros((90, 32, 32, 3), dtype=np.uint8)
+        for i in range(90):
+            draw_index_stamp(frames[i], i)
+        path = write_video(tmp_path / "stamped.mp4", frames, fps=FPS)
+    else:
+        path = write_quirk_video(kind, tmp_path).path
+
+    def convert(frame):
+        return torch.tensor(read_index_stamp(frame.to_ndarray(format="rgb24")))
+
+    from tcclip.timelines import _probe_duration
+
+    duration = _probe_duration(path)
+    window, stride, t = duration / 6, duration / 40, 4
+    full = {
+        k: (start, [int(x) for x in samples])
+        for k, start, _, samples in stream_windows(path, t, window, stride, convert)
+    }
+    assert len(full) > 12
+    origin = first_frame_time(path)
+    for first in (3, len(full) // 2, len(full) - 4):
+        part = list(stream_windows(path, t, window, stride, convert, offset=first * stride, count=4, origin=origin))
+        assert [k for k, *_ in part] == [0, 1, 2, 3]
+        for k, start, _, samples in part:
+            assert start == pytest.approx(full[first + k][0])
+            assert [int(x) for x in samples] == full[first + k][1], (kind, first, k)
+
+
+def test_place_boundary():
+    from tcclip.timelines import place_boundary
+
+    centres = [0.25 * j for j in range(10)]  # 0 .. 2.25
+    assert place_boundary(centres, [True] * 4 + [False] * 6, 0.0, 2.5) == pytest.approx(0.875)  # between 0.75 and 1
+    # one stray vote on each side does not move it
+    assert place_boundary(centres, [True, True, False, True, False, False, True, False, False, False], 0.0, 2.5) == (
+        pytest.approx(0.875)
+    )
+    assert place_boundary(centres, [True] * 10, 0.0, 2.5) == 2.5  # A everywhere: the change is at the far end
+    assert place_boundary(centres, [False] * 10, 0.0, 2.5) == 0.0
+    assert place_boundary(centres[::-1], ([True] * 4 + [False] * 6)[::-1], 0.0, 2.5) == pytest.approx(0.875)
+
+
+def test_apply_boundaries_drops_an_unconfirmed_flicker_and_merges():
+    from tcclip.timelines import Segment, apply_boundaries
+
+    segs = [Segment("a", 0, 2, 0, 3, 0.9), Segment("b", 2, 2.5, 4, 4, 0.6), Segment("a", 2.5, 5, 5, 9, 0.8)]
+    # the finer windows put a -> b at 2.4 and b -> a at 2.2: b does not exist
+    out = apply_boundaries(segs, {0: 2.4, 1: 2.2})
+    assert [(s.label, s.start, s.end, s.first_window, s.last_window) for s in out] == [("a", 0, 5, 0, 9)]
+    assert out[0].mean_probability == pytest.approx((0.9 * 4 + 0.8 * 5) / 9)
+    out = apply_boundaries(segs, {0: 2.1, 1: 2.3})  # confirmed, narrower
+    assert [(s.label, s.start, s.end) for s in out] == [("a", 0, 2.1), ("b", 2.1, 2.3), ("a", 2.3, 5)]
+
+
+class LateColourModel(ColourModel):
+    """Names the colour of the last quarter of a window's frames: it switches as soon as a window's end reaches the
+    next colour, like a model that names a window after a minority of its frames (the trained demo model does so
+    for some class pairs)."""
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return super().forward(video[:, -max(1, video.shape[1] // 4) :])
+
+
+def test_refinement_places_the_changes_of_a_biased_model(tmp_path):
+    parts = [("red", 6.3), ("green", 4.4), ("blue", 5.2), ("red", 3.7), ("green", 4.1)]
+    bounds = colour_video(tmp_path / "long.mp4", parts)
+    stride = 0.5
+    for refine in (0, 4):
+        model = LateColourModel(num_frames=8)
+        tl = timeline(model, tmp_path / "long.mp4", window=2.0, stride=stride, refine=refine, batch_size=7)
+        assert [s.label for s in tl.segments] == [name for name, _ in parts]
+        errors = [abs(s.end - b) for s, b in zip(tl.segments, bounds, strict=False)]
+        for a, b in zip(tl.segments, tl.segments[1:], strict=False):
+            assert a.end == pytest.approx(b.start)  # still a tiling
+        if refine:
+            assert max(errors) <= stride, errors
+        else:  # half-way between window centres is up to most of a window early for this model
+            assert max(errors) > stride, errors
+    # the windows themselves are the same with and without refinement
+    plain = timeline(LateColourModel(num_frames=8), tmp_path / "long.mp4", window=2.0, stride=stride, refine=0)
+    assert [w.top_k for w in plain.windows] == [w.top_k for w in tl.windows]
+    with pytest.raises(tcclip.errors.UserError, match="refine"):
+        timeline(ColourModel(), tmp_path / "long.mp4", refine=1)
