@@ -50,14 +50,16 @@ def long_video(path: Path, classes: list[str], stretches: int, seed: int) -> lis
     return parts
 
 
-def accuracy(ckpt: Path, out: Path, window: float, stride: float, stretches: int, smooth: int = 1) -> dict:
+def accuracy(
+    ckpt: Path, out: Path, window: float, stride: float, stretches: int, smooth: int = 1, refine: int = 4
+) -> dict:
     import tcclip
     from tcclip.timelines import save_timeline
 
     model = tcclip.load_model(ckpt)
     parts = long_video(out / "long.mp4", list(model.class_names), stretches, seed=0)
     start = time.perf_counter()
-    tl = tcclip.timeline(model, out / "long.mp4", window=window, stride=stride, top_k=3, smooth=smooth)
+    tl = tcclip.timeline(model, out / "long.mp4", window=window, stride=stride, top_k=3, smooth=smooth, refine=refine)
     seconds = time.perf_counter() - start
     save_timeline(tl, out / "timeline")
     bounds = [end for _, _, end in parts[:-1]]
@@ -75,6 +77,7 @@ def accuracy(ckpt: Path, out: Path, window: float, stride: float, stretches: int
         "window_s": window,
         "stride_s": stride,
         "smooth": smooth,
+        "refine": refine,
         "boundaries": len(bounds),
         "boundaries_within_one_stride": sum(e <= stride for e in errors),
         "max_boundary_error_s": max(errors) if errors else 0.0,
@@ -137,6 +140,7 @@ def main() -> None:
     parser.add_argument("--stride", type=float, default=0.5)
     parser.add_argument("--stretches", type=int, default=16)
     parser.add_argument("--smooth", type=int, default=1, help="windows averaged for each label (tcclip timeline)")
+    parser.add_argument("--refine", type=int, default=4, help="boundary refinement factor (tcclip timeline; 0: off)")
     parser.add_argument("--minutes", default="1,10")
     parser.add_argument("--only", choices=("accuracy", "memory"), help="run one part")
     parser.add_argument("--out", type=Path)
@@ -148,7 +152,7 @@ def main() -> None:
 
     acc, rows = None, None
     if args.only != "memory":
-        acc = accuracy(args.ckpt, out, args.window, args.stride, args.stretches, args.smooth)
+        acc = accuracy(args.ckpt, out, args.window, args.stride, args.stretches, args.smooth, args.refine)
         print_accuracy(console, acc, args)
     if args.only != "accuracy":
         rows = memory(args.ckpt, out, args.window, args.stride, [float(m) for m in args.minutes.split(",")])
@@ -159,7 +163,8 @@ def main() -> None:
 
 def print_accuracy(console: Console, acc: dict, args) -> None:
     table = Table(title=f"timeline accuracy: {acc['duration_s']:.0f} s of synthetic video, {acc['boundaries']} "
-                  f"boundaries, window {args.window:g} s, stride {args.stride:g} s")  # fmt: skip
+                  f"boundaries, window {args.window:g} s, stride {args.stride:g} s, smooth {args.smooth}, "
+                  f"refine {args.refine}")  # fmt: skip
     table.add_column("measurement")
     table.add_column("value", justify="right")
     table.add_row("boundaries found within one stride", f"{acc['boundaries_within_one_stride']} / {acc['boundaries']}")

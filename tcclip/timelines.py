@@ -240,21 +240,24 @@ def merge_segments(windows: Sequence[WindowResult], stride: float) -> list[Segme
 
 
 def refinement_intervals(
-    segments: Sequence[Segment], windows: Sequence[WindowResult]
+    segments: Sequence[Segment], windows: Sequence[WindowResult], reach: int = 0
 ) -> list[tuple[int, float, float]]:
     """Where to look for each change between two touching segments: `(i, lo, hi)` for segments i and i + 1.
 
     Window a (the last of segment i) and window b (the first of segment i + 1) disagree, so a from-A-to-B change
     lies after a's start (a holds some A) and before b's end (b holds some B), and inside the two segments' cells.
-    Changes next to a gap (a rejected window) are not refined.
+    With labels smoothed over `2 * reach + 1` windows, a label may come from a window up to `reach` away, so the
+    stretch runs from the start of window a - reach to the end of window b + reach. Changes next to a gap (a
+    rejected window) are not refined.
     """
     by_index = {w.index: w for w in windows}
+    first, last = min(by_index, default=0), max(by_index, default=0)
     out = []
     for i, (left, right) in enumerate(zip(segments, segments[1:], strict=False)):
         if right.first_window != left.last_window + 1:
             continue
-        lo = max(by_index[left.last_window].start, left.start)
-        hi = min(by_index[right.first_window].end, right.end)
+        lo = max(by_index[max(first, left.last_window - reach)].start, left.start)
+        hi = min(by_index[min(last, right.first_window + reach)].end, right.end)
         if hi > lo:
             out.append((i, lo, hi))
     return out
@@ -428,7 +431,7 @@ def timeline(
         origin = first_frame_time(path)
         probe, boundaries = window / refine, {}
         with evaluating(model):
-            for i, lo, hi in refinement_intervals(segments, results):
+            for i, lo, hi in refinement_intervals(segments, results, reach=smooth // 2):
                 # probe windows centred every probe/2 seconds from lo to hi (inside the video)
                 first = max(0.0, lo - 0.5 * probe)
                 count = int((min(hi + 0.5 * probe, results[-1].end) - probe - first) / (0.5 * probe) + 1e-9) + 1

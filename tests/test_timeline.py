@@ -272,3 +272,19 @@ def test_refinement_places_the_changes_of_a_biased_model(tmp_path):
     assert [w.top_k for w in plain.windows] == [w.top_k for w in tl.windows]
     with pytest.raises(tcclip.errors.UserError, match="refine"):
         timeline(ColourModel(), tmp_path / "long.mp4", refine=1)
+
+
+def test_refinement_intervals_reach_further_with_smoothing_and_skip_gaps():
+    from tcclip.timelines import refinement_intervals
+
+    def w(i, label):
+        return WindowResult(i, i * 0.5, i * 0.5 + 1.0, [(label or "x", 0.9)], label)
+
+    labels = ["a", "a", "a", "b", "b", "b", None, "c", "c"]
+    windows = [w(i, lab) for i, lab in enumerate(labels)]
+    segs = merge_segments(windows, stride=0.5)
+    # a -> b between windows 2 ([1, 2]) and 3 ([1.5, 2.5]); b -> c is next to a gap: not refined
+    assert refinement_intervals(segs, windows) == [(0, 1.0, 2.5)]
+    # labels smoothed over 3 windows: from window 1's start to window 4's end, inside the segments' cells
+    assert refinement_intervals(segs, windows, reach=1) == [(0, 0.5, 3.0)]
+    assert refinement_intervals(segs, windows, reach=5) == [(0, 0.0, segs[1].end)]
