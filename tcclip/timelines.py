@@ -74,6 +74,9 @@ class Timeline:
     rejection: dict | None = None
     """Score name and threshold when rejection was on."""
     class_names: list[str] = field(default_factory=list)
+    smooth: int = 1
+    refine: int = 0
+    """The boundary refinement factor used (0: boundaries half-way between window centres)."""
 
     def to_json(self) -> dict:
         return {
@@ -81,6 +84,8 @@ class Timeline:
             "duration": round(self.duration, 6),
             "window": self.window,
             "stride": self.stride,
+            "smooth": self.smooth,
+            "refine": self.refine,
             "num_frames": self.num_frames,
             "class_names": self.class_names,
             "rejection": self.rejection,
@@ -447,7 +452,9 @@ def timeline(
                 boundaries[i] = place_boundary(centres, [bool(r[3][a] >= r[3][b]) for r in rows], lo, hi)
         segments = apply_boundaries(segments, boundaries)
     rejection = None if rejector is None else {"score": rejector.score, "threshold": rejector.threshold}
-    return Timeline(str(path), duration, window, stride, num_frames, results, segments, rejection, names)
+    return Timeline(
+        str(path), duration, window, stride, num_frames, results, segments, rejection, names, smooth, refine
+    )
 
 
 def first_frame_time(path: str | Path) -> float | None:

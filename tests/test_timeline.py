@@ -134,6 +134,7 @@ def test_outputs_and_rejection(tmp_path):
     assert [r["label"] for r in rows] == [w.label or "" for w in tl.windows]
     record = json.loads((tmp_path / "out" / "timeline.json").read_text())
     assert len(record["segments"]) == len(tl.segments) and record["windows"][0]["top_k"][0]["label"] == "red"
+    assert (record["smooth"], record["refine"]) == (1, 4)
 
 
 def test_timeline_command(tmp_path, capsys):
