@@ -441,7 +441,9 @@ def machine_description(device: torch.device, threads: int) -> dict[str, str]:
     if device.type == "cpu":
         torch.set_num_threads(threads)
         routes = kernels.cpu_matmul_routes()  # what the fast path's float32 matmuls take on this machine
-        info["fp32_matmul_routes"] = f"forward {routes['forward']}, backward {routes['backward']}"
+        info["fp32_matmul_routes"] = ", ".join(
+            f"{shape} forward {r['forward']} / backward {r['backward']}" for shape, r in routes.items()
+        )
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -298,15 +298,16 @@ def test_linear_with_each_route_gives_the_gradients_of_f_linear(routes):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_the_matmul_route_is_measured_once_per_thread_count(monkeypatch):
+def test_the_matmul_route_is_measured_once_per_pass_and_shape(monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "_ROUTE_CACHE", {})
-    monkeypatch.setattr(kernels, "_measure_onednn_faster", lambda d: calls.append(d) or d == "forward")
-    assert kernels.cpu_matmul_routes() == {"forward": "onednn", "backward": "blas"}
-    assert kernels.cpu_matmul_routes() == {"forward": "onednn", "backward": "blas"}
-    assert calls == ["forward", "backward"]
+    monkeypatch.setattr(kernels, "_measure_onednn_faster", lambda d, i, o: calls.append((d, i, o)) or i == o)
+    want = {"8->8": {"forward": "onednn", "backward": "onednn"}, "8->32": {"forward": "blas", "backward": "blas"}}
+    assert kernels.cpu_matmul_routes(((8, 8), (8, 32))) == want
+    assert kernels.cpu_matmul_routes(((8, 8), (8, 32))) == want
+    assert sorted(calls) == [("backward", 8, 8), ("backward", 8, 32), ("forward", 8, 8), ("forward", 8, 32)]
     with kernels.cpu_matmul_route("blas"):
-        assert kernels.cpu_matmul_routes() == {"forward": "blas", "backward": "blas"}
+        assert kernels.cpu_matmul_routes(((8, 8),)) == {"8->8": {"forward": "blas", "backward": "blas"}}
     with pytest.raises(ValueError, match="routes"):
         with kernels.cpu_matmul_route("mkl"):
             pass
@@ -314,7 +315,7 @@ def test_the_matmul_route_is_measured_once_per_thread_count(monkeypatch):
 
 def test_measuring_the_routes_times_both_and_keeps_blas_unless_onednn_wins():
     for direction in ("forward", "backward"):
-        assert isinstance(kernels._measure_onednn_faster(direction, rows=256, width=64), bool)
+        assert isinstance(kernels._measure_onednn_faster(direction, 64, 48, rows=256), bool)
 
 
 @pytest.mark.slow

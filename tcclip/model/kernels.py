@@ -43,12 +43,15 @@ GELU_SCALE = 1.702
 
 # -- matmuls ---------------------------------------------------------------------------------------------------------
 # On the CPU in float32 a matmul can go to the BLAS (`F.linear`) or to oneDNN (as a 1x1 convolution). Which is faster
-# depends on the CPU, and separately for the forward and the backward pass (measured: oneDNN 2.2x faster both ways
-# on an AMD EPYC Zen 5 with AVX-512; on an AVX2 EPYC host 1.2x faster forward but 2.5x slower backward). So each
-# direction takes the route that a short measurement at its first use in the process finds faster.
-_ROUTE_CACHE: dict[tuple[str, int], bool] = {}
-"""(direction, threads) -> True when oneDNN is the faster route."""
+# depends on the CPU, the pass and the shape (measured: oneDNN 2.2x faster both ways on an AMD EPYC Zen 5 with
+# AVX-512; on an AVX2 EPYC host 1.25x faster forward at 768 -> 768 but 0.8x at 768 -> 3072, and 2.5x slower
+# backward). So each (pass, weight shape) takes the route that a short timing at its first use in the process finds
+# faster.
+_ROUTE_CACHE: dict[tuple[str, int, int, int], bool] = {}
+"""(pass, in features, out features, threads) -> True when oneDNN is the faster route."""
 _FORCED_ROUTE: list[dict[str, str]] = []
+VIT_B_SHAPES = ((768, 768), (768, 3072), (3072, 768))
+"""(in, out) features of ViT-B/16's vision matmuls: attention projections and the MLP."""
 
 
 @contextlib.contextmanager
@@ -66,31 +69,35 @@ def cpu_matmul_route(forward: str, backward: str | None = None) -> Iterator[None
         _FORCED_ROUTE.pop()
 
 
-def cpu_matmul_routes() -> dict[str, str]:
-    """The route each direction takes on this machine at the current thread count (measuring where not yet done)."""
-    return {d: "onednn" if _onednn_faster(d) else "blas" for d in ("forward", "backward")}
+def cpu_matmul_routes(shapes: tuple[tuple[int, int], ...] = VIT_B_SHAPES) -> dict[str, dict[str, str]]:
+    """The route of each pass for each (in, out) weight shape on this machine at the current thread count, as
+    `{"768->3072": {"forward": "blas", "backward": "blas"}, ...}` (measuring where not yet done)."""
+    return {
+        f"{i}->{o}": {d: "onednn" if _onednn_faster(d, i, o) else "blas" for d in ("forward", "backward")}
+        for i, o in shapes
+    }
 
 
-def _onednn_faster(direction: str) -> bool:
+def _onednn_faster(direction: str, in_features: int, out_features: int) -> bool:
     if _FORCED_ROUTE:
         return _FORCED_ROUTE[-1][direction] == "onednn"
-    key = (direction, torch.get_num_threads())
+    key = (direction, in_features, out_features, torch.get_num_threads())
     if key not in _ROUTE_CACHE:
         if torch.compiler.is_compiling():
             return False  # never time inside a trace; the compiler picks its own kernels anyway
-        _ROUTE_CACHE[key] = _measure_onednn_faster(direction)
+        _ROUTE_CACHE[key] = _measure_onednn_faster(direction, in_features, out_features)
     return _ROUTE_CACHE[key]
 
 
-def _measure_onednn_faster(direction: str, rows: int = 1024, width: int = 768) -> bool:
-    """Time both routes on a ViT-B-sized matmul (best of 3 after a warm-up, about 0.2 s in all); oneDNN must win
-    by 10% to be taken (BLAS is the simpler path)."""
+def _measure_onednn_faster(direction: str, in_features: int, out_features: int, rows: int = 1024) -> bool:
+    """Time both routes on `rows` rows (best of 2 after a warm-up; 0.1-0.7 s at ViT-B's sizes on one thread);
+    oneDNN must win by 10% to be taken (the BLAS is the simpler path)."""
     import time
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, width, generator=gen)
-    w = torch.randn(width, width, generator=gen) * width**-0.5
-    g = torch.randn(rows, width, generator=gen)
+    x = torch.randn(rows, in_features, generator=gen)
+    w = torch.randn(out_features, in_features, generator=gen) * in_features**-0.5
+    g = torch.randn(rows, out_features, generator=gen)
     images = _image_split(rows)
     if direction == "forward":
         routes = (lambda: F.linear(x, w), lambda: _onednn_forward(x, w, None, images))
@@ -102,7 +109,7 @@ def _measure_onednn_faster(direction: str, rows: int = 1024, width: int = 768) -
         with torch.no_grad():
             fn()
             times = []
-            for _ in range(3):
+            for _ in range(2):
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
@@ -112,7 +119,7 @@ def _measure_onednn_faster(direction: str, rows: int = 1024, width: int = 768) -
     return onednn < 0.9 * blas
 
 
-def _onednn_images(x: Tensor, direction: str) -> int:
+def _onednn_images(x: Tensor, weight: Tensor, direction: str) -> int:
     """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use the BLAS instead."""
     if not (
         x.device.type == "cpu"
@@ -124,7 +131,7 @@ def _onednn_images(x: Tensor, direction: str) -> int:
     ):
         return 0
     images = _image_split(x.numel() // x.shape[-1])
-    return images if images and _onednn_faster(direction) else 0
+    return images if images and _onednn_faster(direction, weight.shape[1], weight.shape[0]) else 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -186,7 +193,7 @@ class _LinearFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        images = _onednn_images(x, "forward")
+        images = _onednn_images(x, weight, "forward")
         return _onednn_forward(x, weight, bias, images) if images else F.linear(x, weight, bias)
 
     @staticmethod
@@ -201,10 +208,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     convolution) or the BLAS, whichever this machine runs faster: the same numbers up to float32 rounding."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        if _onednn_images(x, "forward") or _onednn_images(x, "backward"):
+        if _onednn_images(x, weight, "forward") or _onednn_images(x, weight, "backward"):
             return _LinearFunction.apply(x, weight, bias)
         return F.linear(x, weight, bias)
-    images = _onednn_images(x, "forward")
+    images = _onednn_images(x, weight, "forward")
     return _onednn_forward(x, weight, bias, images) if images else F.linear(x, weight, bias)
 
 
@@ -212,7 +219,7 @@ def _linear_grads(
     grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
-    images = _onednn_images(x, "backward")
+    images = _onednn_images(x, weight, "backward")
     if images:
         return _onednn_grads(grad_out, x, weight, needs, images)
     return _blas_grads(grad_out, x, weight, needs)
