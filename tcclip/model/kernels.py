@@ -44,7 +44,7 @@ GELU_SCALE = 1.702
 # -- matmuls ---------------------------------------------------------------------------------------------------------
 # On the CPU in float32 a matmul can go to the BLAS (`F.linear`) or to oneDNN (as a 1x1 convolution). Which is faster
 # depends on the CPU, the pass and the shape (measured: oneDNN 2.2x faster both ways on an AMD EPYC Zen 5 with
-# AVX-512; on an AVX2 EPYC host 1.25x faster forward at 768 -> 768 but 0.8x at 768 -> 3072, and 2.5x slower
+# AVX-512; on an AVX2 EPYC host within 10% of the BLAS forward, faster or slower by shape, and 2.5x slower
 # backward). So each (pass, weight shape) takes the route that a short timing at its first use in the process finds
 # faster.
 _ROUTE_CACHE: dict[tuple[str, int, int, int], bool] = {}
