@@ -133,6 +133,14 @@ def check_writable(folder: str | Path, key: str) -> None:
 class TCCLIPLightningCLI(LightningCLI):
     """LightningCLI with the project's links and run-time defaults (see the module docstring)."""
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # `tcclip score` is Lightning's `predict` loop (`tcclip predict` is the video predictor): its usage line and
+        # errors name the command the user typed.
+        sub = self._subcommand_parsers.get("predict")
+        if sub is not None and sub.prog.endswith(" predict"):
+            sub.prog = sub.prog[: -len("predict")] + "score"
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.init_args.num_frames", "model.model_config.num_frames")
         parser.link_arguments("model.model_config.arch", "data.init_args.input_size", compute_fn=clip_image_size)

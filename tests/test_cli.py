@@ -39,6 +39,8 @@ def test_lightning_commands_have_a_help(name, capsys, monkeypatch):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "--config CONFIG" in out and "--ckpt_path" in out
+    # `score` runs Lightning's predict loop; its usage line names the command as typed
+    assert out.startswith(f"usage: tcclip [options] {name} "), out.splitlines()[0]
 
 
 def test_a_project_command_errors_name_the_option_and_exit_2(capsys):
