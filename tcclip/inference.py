@@ -208,20 +208,6 @@ def video_view_logits(model: nn.Module, clips: Tensor) -> Tensor:
     return logits.float().view(batch, views, -1).cpu()
 
 
-def video_probabilities(model: nn.Module, clips: Tensor) -> Tensor:
-    """Class probabilities of a batch of videos, each given as several views.
-
-    Args:
-        model: a classifier `video [B, T, 3, S, S] -> logits [B, C]`.
-        clips: float [B, V, T, 3, S, S], normalised.
-
-    Returns:
-        float [B, C] on the CPU: the mean over views of each view's softmax, temperature-scaled when the model
-        carries a calibration (`tcclip calibrate`; the ranking of the classes is unchanged).
-    """
-    return calibrated_probabilities(video_view_logits(model, clips), model_temperature(model))
-
-
 def model_temperature(model: nn.Module) -> float:
     calibration = model_calibration(model)
     return 1.0 if calibration is None else calibration.temperature
@@ -276,19 +262,27 @@ def predict(
     if reject or reject_threshold is not None:
         return predict_open_set(model, video, labels, top_k, views, backend, batch_size, reject_threshold, reject_score)
     single = isinstance(video, str | Path | Tensor)
-    videos = [video] if single else list(video)
     names = use_labels(model, labels)
-    views = Views.parse(views)
+    temperature = model_temperature(model)
     results: list[list[Prediction]] = []
+    for logits in batched_view_logits(model, [video] if single else list(video), views, backend, batch_size):
+        probs = calibrated_probabilities(logits, temperature)
+        results.extend(top_k_predictions(p, names, top_k) for p in probs)
+    return results[0] if single else results
+
+
+def batched_view_logits(
+    model: nn.Module, videos: list, views: str | Views, backend: str, batch_size: int
+) -> Iterator[Tensor]:
+    """Decode `videos` (paths or clips) `batch_size` at a time and yield their view logits [B, V, C]."""
+    views = Views.parse(views)
     with evaluating(model):
         for start in range(0, len(videos), batch_size):
             batch = [
                 load_clip_views(v, model_num_frames(model), model_input_size(model), views, backend)
                 for v in videos[start : start + batch_size]
             ]
-            probs = video_probabilities(model, torch.stack(batch))
-            results.extend(top_k_predictions(p, names, top_k) for p in probs)
-    return results[0] if single else results
+            yield video_view_logits(model, torch.stack(batch))
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -608,19 +602,10 @@ def predict_open_set(
 ) -> OpenSetPrediction | list[OpenSetPrediction]:
     """`tcclip.predict(..., reject=True)`: like `predict`, with "none of the above" under the threshold."""
     single = isinstance(video, str | Path | Tensor)
-    videos = [video] if single else list(video)
     names = use_labels(model, labels)
     rejector = Rejector.for_model(model, reject_threshold, reject_score)
-    views = Views.parse(views)
-    temperature = rejector.temperature
     results: list[OpenSetPrediction] = []
-    with evaluating(model):
-        for start in range(0, len(videos), batch_size):
-            batch = [
-                load_clip_views(v, model_num_frames(model), model_input_size(model), views, backend)
-                for v in videos[start : start + batch_size]
-            ]
-            logits = video_view_logits(model, torch.stack(batch))
-            probs = calibrated_probabilities(logits, temperature)
-            results.extend(decide(rejector, logits, [top_k_predictions(p, names, top_k) for p in probs]))
+    for logits in batched_view_logits(model, [video] if single else list(video), views, backend, batch_size):
+        probs = calibrated_probabilities(logits, rejector.temperature)
+        results.extend(decide(rejector, logits, [top_k_predictions(p, names, top_k) for p in probs]))
     return results[0] if single else results

@@ -204,15 +204,18 @@ class RunLock:
         self.held = False
         self._beat = 0.0
 
+    def _unwritable(self, action: str, err: OSError) -> UserError:
+        return UserError(
+            f"cannot {action} ({err.strerror or err})",
+            path=self.folder,
+            fix="Set trainer.default_root_dir to a folder you can write to.",
+        )
+
     def acquire(self) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(
-                f"cannot create the run folder ({err.strerror or err})",
-                path=self.folder,
-                fix="Set trainer.default_root_dir to a folder you can write to.",
-            ) from err
+            raise self._unwritable("create the run folder", err) from err
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -230,11 +233,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
                 continue
             except OSError as err:
-                raise UserError(
-                    f"cannot write in the run folder ({err.strerror or err})",
-                    path=self.folder,
-                    fix="Set trainer.default_root_dir to a folder you can write to.",
-                ) from err
+                raise self._unwritable("write in the run folder", err) from err
             with os.fdopen(fd, "w") as f:
                 owner = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": _slurm_job()}
                 json.dump({**owner, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)

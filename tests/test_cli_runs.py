@@ -14,7 +14,7 @@ from torch import nn
 
 from tcclip import cli
 from tcclip.finite import NonFiniteError
-from tcclip.inference import video_probabilities
+from tcclip.inference import video_view_logits
 from tcclip.lightning_cli import run_lightning_cli
 from tcclip.lit import multi_view_probabilities
 
@@ -83,7 +83,7 @@ def test_non_finite_logits_are_an_error_in_evaluation_and_prediction() -> None:
     with pytest.raises(NonFiniteError, match=r"logits for a val batch are not finite \(1 NaN of 6 values\)"):
         multi_view_probabilities(Broken(), video, "a val batch")
     with pytest.raises(NonFiniteError, match=r"logits for 2 video\(s\) are not finite"):
-        video_probabilities(Broken(), video)
+        video_view_logits(Broken(), video)
 
 
 def test_missing_data_root(tiny_run_args, tmp_path: Path, capsys) -> None:

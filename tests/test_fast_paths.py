@@ -313,9 +313,31 @@ def test_the_matmul_route_is_measured_once_per_pass_and_shape(monkeypatch):
             pass
 
 
-def test_measuring_the_routes_times_both_and_keeps_blas_unless_onednn_wins():
-    for direction in ("forward", "backward"):
-        assert isinstance(kernels._measure_onednn_faster(direction, 64, 48, rows=256), bool)
+def test_measuring_the_routes_takes_onednn_only_when_it_is_clearly_faster(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    def slow(fn):
+        def wrapped(*args):
+            time.sleep(0.02)
+            return fn(*args)
+
+        return wrapped
+
+    fast_linear = torch.nn.functional.linear
+    for direction, blas_name, onednn_name in (
+        ("forward", None, "_onednn_forward"),
+        ("backward", "_blas_grads", "_onednn_grads"),
+    ):
+        with monkeypatch.context() as m:  # oneDNN made slow: the BLAS
+            m.setattr(kernels, onednn_name, slow(getattr(kernels, onednn_name)))
+            assert kernels._measure_onednn_faster(direction, 64, 48, rows=256) is False
+        with monkeypatch.context() as m:  # the BLAS made slow: oneDNN
+            if blas_name is None:
+                m.setattr(kernels, "F", SimpleNamespace(linear=slow(fast_linear), conv2d=torch.nn.functional.conv2d))
+            else:
+                m.setattr(kernels, blas_name, slow(getattr(kernels, blas_name)))
+            assert kernels._measure_onednn_faster(direction, 64, 48, rows=256) is True
 
 
 @pytest.mark.slow
