@@ -420,7 +420,8 @@ def timeline(
             flush()
         return scored
 
-    bar, on_time = _progress(path, progress)
+    probed = _probe_duration(path)  # the container's own duration: the progress bar's total and a floor below
+    bar, on_time = _progress(probed, progress)
     with bar, evaluating(model):
         scored = score(stream_windows(path, num_frames, window, stride, convert, on_time), keep_rejection=True)
     # C numbers per window are kept until the end (for the smoothing), never frames
@@ -430,7 +431,7 @@ def timeline(
         ranked = [(pred.label, pred.probability) for pred in top_k_predictions(p, names, top_k)]
         results.append(WindowResult(k, start, end, ranked, ranked[0][0] if ok else None, score_k))
     duration = results[-1].end if results else 0.0
-    duration = max(duration, _probe_duration(path))
+    duration = max(duration, probed)
     segments = merge_segments(results, stride)
     if refine and len(segments) > 1:
         origin = first_frame_time(path)
@@ -479,24 +480,31 @@ def moving_average(x: Tensor, n: int) -> Tensor:
 
 
 def _probe_duration(path: Path) -> float:
+    """The duration the container declares (0 when it declares none or cannot be opened: the decode that follows
+    says what is wrong with the file)."""
     import av
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        return float(container.duration or 0) / 1e6
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0.0
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return float(container.duration or 0) / 1e6
+    except (av.error.FFmpegError, OSError):
+        return 0.0
 
 
-def _progress(path: Path, enabled: bool):
+def _progress(total: float, enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    total = _probe_duration(path) if enabled else 0.0
     bar = Progress(
         TextColumn("timeline"),
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        # a container may declare no duration: then the seconds decoded so far, with no total
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s" if total else "{task.completed:.0f} s"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,

@@ -289,3 +289,10 @@ def test_refinement_intervals_reach_further_with_smoothing_and_skip_gaps():
     # labels smoothed over 3 windows: from window 1's start to window 4's end, inside the segments' cells
     assert refinement_intervals(segs, windows, reach=1) == [(0, 0.5, 3.0)]
     assert refinement_intervals(segs, windows, reach=5) == [(0, 0.0, segs[1].end)]
+
+
+def test_a_file_that_is_not_a_video_is_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video\n")
+    with pytest.raises(tcclip.errors.UserError, match="cannot open the video"):
+        timeline(ColourModel(), bad, progress=True)
