@@ -308,6 +308,13 @@ def test_the_matmul_route_is_measured_once_per_pass_and_shape(monkeypatch):
     assert sorted(calls) == [("backward", 8, 8), ("backward", 8, 32), ("forward", 8, 8), ("forward", 8, 32)]
     with kernels.cpu_matmul_route("blas"):
         assert kernels.cpu_matmul_routes(((8, 8),)) == {"8->8": {"forward": "blas", "backward": "blas"}}
+    # deterministic algorithms (Lightning's `deterministic=True`): no timing, the same route every run
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert kernels.cpu_matmul_routes(((8, 8), (4, 4))) == {
+        "8->8": {"forward": "blas", "backward": "blas"},
+        "4->4": {"forward": "blas", "backward": "blas"},
+    }
+    assert len(calls) == 4
     with pytest.raises(ValueError, match="routes"):
         with kernels.cpu_matmul_route("mkl"):
             pass
