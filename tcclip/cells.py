@@ -100,11 +100,11 @@ def fit_done(cell: Cell, settings: SweepSettings) -> bool:
     return (settings.run_dir(cell) / FIT_DONE).is_file()
 
 
-def newest(folder: Path, patterns: Sequence[str]) -> Path | None:
-    """The most recently written file under `folder` whose name matches one of `patterns`."""
+def newest(folder: Path, name: str) -> Path | None:
+    """The most recently written file called `name` under `folder`."""
     if not folder.is_dir():
         return None
-    found = [p for pattern in patterns for p in folder.rglob(pattern) if p.is_file()]
+    found = [p for p in folder.rglob(name) if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
@@ -280,7 +280,7 @@ def _publish_results(target: Path) -> None:
     """Put the test's results file at `target` (a logger may have written it into a versioned sub-folder)."""
     if target.is_file():
         return
-    found = newest(target.parent, ("results.json",))
+    found = newest(target.parent, "results.json")
     if found is None:
         raise CellFailed(f"the test wrote no results.json under {target.parent}")
     data = found.read_bytes()

@@ -74,8 +74,8 @@ def _record(obj: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 
 def find_checkpoint(which: str, root: str | Path) -> str | None:
     """`last`: the newest readable `last*.ckpt` or `hpc_ckpt_*.ckpt` under `root` (else the newest readable `*.ckpt`,
-    with a warning); `best`: the
-    checkpoint holding the weights of the run's best validation epoch. None when there is no checkpoint at all.
+    with a warning); `best`: the checkpoint holding the weights of the run's best validation epoch. None when there
+    is no checkpoint at all.
 
     Unreadable files (a save cut short, random bytes) are skipped with a warning. `best` reads the run's record
     (`best`: epoch and val top-1 over the whole run, carried from checkpoint to checkpoint across resumes) from the
