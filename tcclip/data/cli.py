@@ -173,6 +173,7 @@ def build_parser() -> jsonargparse.ArgumentParser:
     """``tcclip data synth|prepare|check``: one jsonargparse parser, each sub-command's options from its module."""
     from jsonargparse import ArgumentParser
 
+    from tcclip.data.get_cli import download_parser, verify_parser
     from tcclip.data.prepare import build_parser as prepare_parser
     from tcclip.data.synth import build_parser as synth_parser
 
@@ -198,6 +199,8 @@ def build_parser() -> jsonargparse.ArgumentParser:
     sub.add_subcommand("synth", synth_parser(), help="write the synthetic dataset")
     sub.add_subcommand("prepare", prepare_parser(), help="re-encode a dataset for fast training")
     sub.add_subcommand("check", check, help="decode every video of a config's splits (or of one list)")
+    sub.add_subcommand("download", download_parser(), help="download and lay out hmdb51, ucf101, k400, k600 or ssv2")
+    sub.add_subcommand("verify", verify_parser(), help="listed / present / decodable / exact videos of a config")
     return parser
 
 
@@ -218,6 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tcclip.data.prepare import run as prepare
 
         return prepare(args)
+    if parsed.command == "download":
+        from tcclip.data.get_cli import run_download
+
+        return run_download(args)
+    if parsed.command == "verify":
+        from tcclip.data.get_cli import run_verify
+
+        return run_verify(args, load_datamodule, check_video, PARTS)
     return _check(args)
 
 

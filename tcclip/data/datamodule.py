@@ -207,6 +207,22 @@ class VideoDataModule(LightningDataModule):
         parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for part in parts.get(stage or "", ("train", "val", "test")):
             self.datasets(part)
+        if stage in ("fit", "validate", "test") and self._world()[1] == 0:
+            self._record_data_summary(stage)
+
+    def _record_data_summary(self, stage: str) -> None:
+        """Print (and keep in the run folder) how complete the data is, so a result comes with the data it was
+        measured on: presence of every listed video plus cached `tcclip data verify` results, no decoding."""
+        from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+        from tcclip.data.verify import start_of_run_summary
+
+        line = start_of_run_summary(self, stage)
+        rank_zero_info(f"data: {line}")
+        try:
+            (self._run_dir() / f"data_summary_{stage}.txt").write_text(line + "\n")
+        except OSError:
+            pass  # the run folder's own checks report an unwritable folder; the line was printed
 
     def _build(self, part: str) -> list[VideoDataset]:
         from tcclip.data.transforms import TestTransform, TrainTransform
