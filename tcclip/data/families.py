@@ -14,7 +14,8 @@ All paths are relative to the splits directory (``tcclip splits download``). Eva
 Few-shot models are evaluated on test split 1 (SSv2: its validation set); base-to-novel models are validated on
 the base classes and tested on base and novel. The K400 training list of the full zero-shot / fully-supervised
 setting (``k400_splits/train.txt``) is not in the upstream release (only ``train_tiny.txt``, 150 videos per class):
-write one for your copy of K400 or set ``train_list: datasets_splits/k400_splits/train_tiny.txt``.
+``tcclip data download k400`` writes it from the annotation CSV, or set
+``train_list: datasets_splits/k400_splits/train_tiny.txt``.
 For K400 base-to-novel training videos extracted into one folder per seed, use
 ``train_list: datasets_splits/base2novel_splits/k400_splits/fs_base_s{seed}_train_prefix.txt``.
 """
