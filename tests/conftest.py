@@ -7,6 +7,15 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_configure(config):
+    """Frame indices of the test videos go to a folder of this run, not the user's cache (subprocesses inherit it)."""
+    import tempfile
+
+    if "TCCLIP_CACHE_DIR" not in os.environ:
+        os.environ["TCCLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="tcclip-test-cache-")
+
+
 UPSTREAM_MIRROR_ENV = "TCCLIP_UPSTREAM_MIRROR"
 """A local copy of the official TC-CLIP repository (its labels/ and datasets_splits/); `make test` sets it when one
 sits beside the checkout."""
@@ -89,6 +98,28 @@ def quirk_videos(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("quirk_videos")
     return {kind: write_quirk_video(kind, root) for kind in QUIRKS}
+
+
+REQUIRE_FFMPEG_ENV = "TCCLIP_REQUIRE_FFMPEG"
+"""Set to 1 (CI does) to fail, not skip, where the ffmpeg command line or one of its encoders is missing."""
+
+
+@pytest.fixture(scope="session")
+def matrix_videos(tmp_path_factory) -> dict:
+    """Every video of ``tests/video_matrix.py`` (the datasets' own encoders), made by the ffmpeg command line.
+
+    Returns ``{entry name: (MatrixEntry, path)}``; skipped, saying why, where ffmpeg or an encoder is missing
+    (failed instead with $TCCLIP_REQUIRE_FFMPEG=1).
+    """
+    from video_matrix import MATRIX, ffmpeg_problem, write_matrix_video
+
+    problem = ffmpeg_problem({entry.encoder for entry in MATRIX})
+    if problem is not None:
+        if os.environ.get(REQUIRE_FFMPEG_ENV) == "1":
+            pytest.fail(f"{problem}, and ${REQUIRE_FFMPEG_ENV}=1")
+        pytest.skip(problem)
+    root = tmp_path_factory.mktemp("matrix_videos")
+    return {entry.name: (entry, write_matrix_video(entry, root)) for entry in MATRIX}
 
 
 def _sequential_decode(path):

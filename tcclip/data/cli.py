@@ -33,8 +33,8 @@ class VideoCheck:
     num_frames: int = 0
     mismatch: str | None = None
     """With ``--verify-frames``: which decoders returned other frames than a sequential decode, or None."""
-    dropped_tail: int = 0
-    """Frames at the end that the container lists but that do not decode (not counted as frames)."""
+    decode_errors: int = 0
+    """Packets the decoder reported errors for, or pictures it concealed errors in (read as players show them)."""
 
 
 FRAME_TOLERANCE = 1.0
@@ -74,7 +74,7 @@ def check_video(
     """Open a video and decode the frames a test view would use plus its last frame.
 
     Returns:
-        (error or None, frames, mismatch or None, frames dropped at the end); ``verify_with`` names a second
+        (error or None, frames, mismatch or None, decode errors); ``verify_with`` names a second
         backend to cross-check ``backend`` with (see :func:`verify_frames`).
     """
     from tcclip.data.sampling import test_indices
@@ -91,7 +91,7 @@ def check_video(
         mismatch = None
         if verify_with is not None:
             mismatch = verify_frames(path, [backend, verify_with], num_frames)
-        return None, count, mismatch, reader.frames.dropped_tail
+        return None, count, mismatch, reader.frames.decode_errors
     except (VideoDecodeError, OSError, IndexError) as e:  # unreadable input; anything else is a bug and propagates
         reason = e.reason if isinstance(e, VideoDecodeError) and e.reason else str(e)
         return reason, 0, None, 0
@@ -285,12 +285,12 @@ def _check(args: jsonargparse.Namespace) -> int:
             console.print(f"broken list written to {args.out}")
     names = ", ".join(name for name, _ in lists)
     console.print(f"{len(results) - len(broken)} of {len(results)} videos readable ({names}; backend {backend})")
-    cut = [r for r in results if r.dropped_tail]
-    if cut:
-        shown = ", ".join(f"{r.path} ({r.dropped_tail})" for r in cut[:5]) + (", ..." if len(cut) > 5 else "")
+    damaged = [r for r in results if r.decode_errors]
+    if damaged:
+        shown = ", ".join(f"{r.path} ({r.decode_errors})" for r in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
         console.print(
-            f"{len(cut)} videos end with frames that do not decode, left out of their frame counts (not an error): "
-            f"{shown}"
+            f"{len(damaged)} video(s) with decode errors, read with FFmpeg's concealment as players show them (not an "
+            f"error; the count of damaged packets or pictures in brackets): {shown}"
         )
     if verify_with is not None:
         checked = ", ".join(dict.fromkeys([backend, verify_with]))

@@ -1,27 +1,26 @@
-"""Decode chosen frames of a video file into a uint8 tensor, exactly, with torchcodec or PyAV (or decord on request).
+"""Decode chosen frames of a video file into a uint8 tensor, exactly, with PyAV (or torchcodec or decord on request).
 
 >>> reader = open_video("v_Archery_g01_c01.avi")                  # nothing is decoded yet
 >>> frames = reader.get_frames(test_indices(len(reader), 8)[0])   # uint8 RGB [8, H, W, 3], upright
 
-Every backend follows one definition of a video's frames (:mod:`tcclip.data.video_frames`): ``len(reader)``
-frames, numbered from 0 in presentation order, the last frame being the last one that decodes, and
-``get_frames`` returns exactly the frames asked for, in the order asked (repeats allowed), turned upright when
-the file carries a rotation. Anything that prevents that raises :class:`VideoDecodeError` naming the file and the
-reason (missing, empty, no video stream, no frames, undecodable, truncated); nothing is returned silently instead.
+Every backend follows one definition of a video's frames (:mod:`tcclip.data.video_frames`): frame i is the i-th
+picture of a sequential FFmpeg decode; ``len(reader)`` counts them, and ``get_frames`` returns exactly the frames
+asked for, in the order asked (repeats allowed), turned upright when the file carries a rotation. Anything that
+prevents that raises :class:`VideoDecodeError` naming the file and the reason (missing, empty, not a video, no
+video stream, no picture, truncated); nothing is returned silently instead.
 
 Backends (``backend=`` of :func:`open_video`, ``data.init_args.backend`` in configs):
 
-- ``auto`` (default): ``torchcodec`` where it works on this machine, else ``pyav``.
-- ``torchcodec``: FFmpeg through torchcodec's exact seek mode; needs ``pip install torchcodec`` and FFmpeg's
-  shared libraries. Its seeking misplaces frames on some files (MPEG-4 part 2 AVI with B-frames), so the
-  timestamps of the frames it returns are checked against the frame table: on a mismatch the file is decoded
-  by the ``pyav`` path instead (and, in this process, from then on).
-- ``pyav``: FFmpeg through PyAV, no system libraries needed. Seeks to the key frame from which the first
-  requested frame decodes and decodes forward, skipping the non-reference frames nobody asked for, frames being
-  matched by timestamp (never by counting).
+- ``auto`` (default): ``pyav``, the fastest exact reader on the datasets' own files (see docs/decoding.md).
+- ``pyav``: FFmpeg through PyAV. Seeks to a key picture, decodes forward (skipping the pictures nobody asked for
+  where that is proven harmless) and checks every returned picture against the digest of the sequential decode
+  (:func:`decode_exact`); a file where seeking does not give the same pictures is decoded from its start.
+- ``torchcodec``: torchcodec's exact seek mode, used where the frame index shows that its numbering (by sorted
+  timestamps) is the sequential decode's, with every returned timestamp checked; other files go to the ``pyav``
+  path. Needs ``pip install torchcodec`` and FFmpeg's shared libraries.
 - ``decord``: the decoder of the official TC-CLIP code, kept only for bit-compatibility with published numbers.
-  Its random access returns wrong frames on MPEG-4 part 2 files with B-frames (the format of UCF-101 and
-  HMDB-51); opening such a file warns. ``tcclip data check --verify-frames`` finds the affected files.
+  Its random access returns wrong frames from AVIs with B-frames (the files of UCF-101 and HMDB-51); opening an
+  AVI or MPEG-4 part 2 file warns. ``tcclip data check --verify-frames`` finds the affected files.
 
 Worker safety: a reader opens its decoder lazily, on first use, and remembers the process that opened it; used
 from another process (a forked DataLoader worker) or after unpickling, it opens a fresh decoder there, so decoder
@@ -30,6 +29,7 @@ handles are never shared across ``fork``. Datasets should still create readers i
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import os
@@ -47,6 +47,7 @@ from tcclip.data.video_frames import (
     VideoDecodeError,
     VideoFrames,
     decode_packets,
+    picture_digest,
     plain_reason,
     read_video_frames,
     seek,
@@ -81,70 +82,133 @@ FFMPEG_FIX = (
 _INHERITED_HANDLES: list[Any] = []
 # Files on which torchcodec returned a frame other than the one asked for, in this process: decoded by PyAV.
 _TORCHCODEC_MISPLACES: set[str] = set()
+# How each file's pictures are reached (decode_exact), once a faster way was found wrong for it, in this process.
+_MODES: dict[str, str] = {}
 _DECORD_WARNED: set[str] = set()
+
+
+def _open_stream(container: av.container.InputContainer, num_threads: int) -> Any:
+    stream = container.streams.video[0]
+    # One thread unless asked: FFmpeg's slice threading conceals damaged slices differently (the digests say so).
+    stream.codec_context.thread_count = num_threads
+    if num_threads != 1:
+        stream.thread_type = "AUTO"
+    return stream
+
+
+SEEK_SKIP, SEEK, FROM_START = "seek+skip", "seek", "from start"
+"""How a file's pictures are reached, fastest first (see :func:`decode_exact`)."""
+
+
+def _decode_from_start(frames: VideoFrames, indices: Sequence[int], num_threads: int = 1) -> dict[int, Any]:
+    """Pictures at ``indices`` (sorted, unique) by decoding from the start and counting the pictures shown."""
+    wanted, last = set(indices), max(indices)
+    out: dict[int, Any] = {}
+    with av.open(frames.path) as container:
+        stream = _open_stream(container, num_threads)
+        for shown, frame in enumerate(decode_packets(container, stream)):
+            if shown in wanted:
+                out[shown] = frame
+            if shown >= last:
+                break
+    return out
+
+
+def _decode_after_seeks(
+    frames: VideoFrames, indices: Sequence[int], num_threads: int = 1, skip: bool = True
+) -> dict[int, Any]:
+    """Pictures at ``indices`` (sorted, unique) by seeking to the last key picture at or before each run of them and
+    decoding forward, recognising pictures by label; with ``skip``, the non-reference pictures of packets whose
+    label is not wanted are not decoded. Unproven: the caller checks the digests."""
+    keys = frames.keys.tolist()
+    runs: dict[int, list[int]] = {}
+    for i in indices:
+        k = bisect.bisect_right(keys, i) - 1
+        runs.setdefault(keys[k] if k >= 0 else -1, []).append(i)
+    out: dict[int, Any] = {}
+    with av.open(frames.path) as container:
+        stream = _open_stream(container, num_threads)
+        for key, run in runs.items():
+            if key < 0:  # no key picture before these: from the start
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+            else:
+                seek(container, stream, int(frames.labels[key]))
+            by_label = {int(frames.labels[i]): i for i in run}
+            got = 0
+            for frame in decode_packets(container, stream, set(by_label) if skip else None):
+                i = by_label.get(frame.pts)
+                if i is not None and i not in out:
+                    out[i] = frame
+                    got += 1
+                    if got == len(run):
+                        break
+    return out
 
 
 def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int = 1) -> np.ndarray:
     """Frames at sorted, unique ``indices`` of ``frames.path``, upright, as uint8 [n, H, W, 3], with PyAV.
 
-    Each run of requested frames that share a key frame is decoded forward from that key frame; frames are
-    recognised by their timestamps. Should a seek land after the key frame it asked for (a container with a
-    coarse index), the missing frames are decoded from the start of the file instead.
+    Every picture returned is checked against the digest of the sequential decode (:mod:`tcclip.data.video_frames`).
+    A file is first read by seeking to key pictures, decoding forward and skipping the non-reference pictures
+    nobody asked for; where that misses or changes a picture, by seeking without skipping (XviD's placeholder
+    packets shift which picture comes out when); where that fails too, by decoding from the start and counting,
+    which is the definition itself. A file stays on the mode that worked, in this process.
     """
-    pts, seek_pts = frames.pts.tolist(), frames.seek_pts.tolist()
-    wanted = {pts[i] for i in indices}
-    out: dict[int, np.ndarray] = {}
-    runs: list[list[int]] = []
-    for i in indices:  # seek_pts never decreases with the frame index
-        if runs and seek_pts[runs[-1][-1]] == seek_pts[i]:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-
-    def collect(container: av.container.InputContainer, stream: Any, until: int) -> None:
-        for frame in decode_packets(container, stream, wanted):
-            if frame.pts in wanted and frame.pts not in out:
-                out[frame.pts] = frame.to_ndarray(format="rgb24")
-            if frame.pts is not None and frame.pts >= until:
-                return
-
-    def open_stream(container: av.container.InputContainer) -> Any:
-        stream = container.streams.video[0]
-        # One thread unless asked: PyAV's default slice threading conceals damaged slices differently.
-        stream.codec_context.thread_count = num_threads
-        if num_threads != 1:
-            stream.thread_type = "AUTO"
-        return stream
-
+    indices = list(indices)
+    mode = _MODES.get(frames.path, SEEK_SKIP if frames.seekable else FROM_START)
+    got: dict[int, Any] = {}
     try:
-        with av.open(frames.path) as container:
-            stream = open_stream(container)
-            for run in runs:
-                seek(container, stream, seek_pts[run[0]])
-                collect(container, stream, pts[run[-1]])
-        if len(out) < len(wanted):
-            with av.open(frames.path) as container:
-                collect(container, open_stream(container), max(wanted - out.keys()))
+        while True:
+            rest = [i for i in indices if i not in got]
+            if mode == FROM_START:
+                decoded = _decode_from_start(frames, rest, num_threads)
+            else:
+                decoded = _decode_after_seeks(frames, rest, num_threads, skip=mode == SEEK_SKIP)
+            proven = {i: f for i, f in decoded.items() if _proven(frames, i, f)}
+            got.update(proven)
+            if len(got) == len(indices):
+                break
+            if mode == FROM_START:
+                wrong = next((i for i in rest if i in decoded and i not in proven), None)
+                if wrong is not None:
+                    raise VideoDecodeError(
+                        frames.path,
+                        f"frame {wrong} decodes differently from one pass to the next (a decoder problem: re-encode "
+                        "the file with `tcclip data prepare`, or report it)",
+                    )
+                missing = next(i for i in rest if i not in decoded)
+                raise VideoDecodeError(
+                    frames.path, f"frame {missing} of {len(frames)} is not shown by a decode from the start"
+                )
+            mode = SEEK if mode == SEEK_SKIP else FROM_START
+            _MODES[frames.path] = mode
+            log.debug("%s: seeking did not give the sequential decode's pictures; now %s", frames.path, mode)
+        images = np.stack([got[i].to_ndarray(format="rgb24") for i in indices])
     except av.error.FFmpegError as err:
         raise VideoDecodeError(frames.path, f"cannot be decoded ({plain_reason(err)})") from err
-    missing = [i for i in indices if pts[i] not in out]
-    if missing:
-        raise VideoDecodeError(frames.path, f"frame {missing[0]} of {len(frames)} does not decode (damaged file)")
-    return upright(np.stack([out[pts[i]] for i in indices]), frames.rotation)
+    return upright(images, frames.rotation)
+
+
+def access_mode(frames: VideoFrames) -> str:
+    """How :func:`decode_exact` reaches this file's pictures in this process (it learns on the first reads)."""
+    return _MODES.get(frames.path, SEEK_SKIP if frames.seekable else FROM_START)
+
+
+def _proven(frames: VideoFrames, index: int, frame: Any) -> bool:
+    return picture_digest(frame) == int(frames.digests[index])
 
 
 def decode_sequential(frames: VideoFrames, indices: Sequence[int]) -> np.ndarray:
-    """Frames at sorted, unique ``indices``, upright, by decoding from the start and counting the frames shown.
+    """Frames at sorted, unique ``indices``, upright, by decoding from the start and counting the pictures shown.
 
-    The slow reference that no seeking or timestamp can fool, for cross-checks (``tcclip data check
-    --verify-frames``); a packet that does not decode is skipped, as a player does.
+    The definition itself, slow and independent of labels, seeks and digests: the reference for cross-checks
+    (``tcclip data check --verify-frames``).
     """
     wanted, last = set(indices), max(indices)
     out: dict[int, np.ndarray] = {}
     try:
         with av.open(frames.path) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
+            stream = _open_stream(container, 1)
             for shown, frame in enumerate(decode_packets(container, stream)):
                 if shown in wanted:
                     out[shown] = frame.to_ndarray(format="rgb24")
@@ -277,13 +341,14 @@ class TorchCodecReader(VideoReader):
 
     def _decode(self, indices: list[int]) -> np.ndarray:
         table = self.frames
-        if table.path not in _TORCHCODEC_MISPLACES:
+        # torchcodec numbers frames by sorted timestamps: the same pictures only where labels are in display order.
+        if table.regular and table.path not in _TORCHCODEC_MISPLACES:
             try:
                 batch = self._get_handle().get_frames_at(indices)
                 got = [round(s / table.time_base) for s in batch.pts_seconds.tolist()]
             except (RuntimeError, ValueError, IndexError):
                 got = None  # e.g. a frame it indexes differently: the exact path below decides
-            if got == table.pts[indices].tolist():
+            if got == table.labels[indices].tolist():
                 frames = batch.data.numpy()
                 if table.rotation and getattr(self._get_handle().metadata, "rotation", None) is None:
                     frames = upright(frames, table.rotation)  # a torchcodec too old to apply the display matrix
@@ -321,7 +386,7 @@ class DecordReader(VideoReader):
             handle = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.num_threads)
         except decord.DECORDError as err:  # its messages are C++ traces: say it plainly
             raise VideoDecodeError(self.path, "decord cannot open it; backend auto reads it if it is sound") from err
-        if len(handle) not in (len(table), len(table) + table.dropped_tail):
+        if len(handle) < len(table):
             raise VideoDecodeError(
                 self.path, f"decord counts {len(handle)} frames where the file has {len(table)}; use backend auto"
             )
@@ -342,7 +407,7 @@ class DecordReader(VideoReader):
             return decode_exact(self.frames, indices, self.num_threads)
 
 
-BACKENDS: dict[str, type[VideoReader]] = {cls.backend: cls for cls in (TorchCodecReader, PyAVReader, DecordReader)}
+BACKENDS: dict[str, type[VideoReader]] = {cls.backend: cls for cls in (PyAVReader, TorchCodecReader, DecordReader)}
 """Backend name -> reader, in order of preference."""
 
 
