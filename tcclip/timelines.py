@@ -100,7 +100,24 @@ class Timeline:
 # ----------------------------------------------------------------------------------------------- streaming decode
 
 
-def _frame_time(frame, index: int, rate: float) -> float:
+def _frame_index(path: Path):
+    """The video's frame index (tcclip.data.video_frames): the same refusals as predict and training (not a video,
+    truncated), and the display time of every picture, which B-frame AVIs do not carry in their timestamps."""
+    from tcclip.data.video_frames import VideoDecodeError, read_video_frames
+
+    try:
+        return read_video_frames(path)
+    except VideoDecodeError as err:
+        raise UserError(err.reason or str(err), path=path, fix="Give a readable video file.") from err
+
+
+def _frame_time(frame, index: int, rate: float, table=None, seeking: bool = False) -> float | None:
+    """Display time of the picture `frame`, the `index`-th decoded (counted from where decoding started)."""
+    if table is not None and table.seekable:
+        position = table.index_of_label.get(frame.pts)
+        return None if position is None else table.seconds(position)
+    if table is not None and not seeking and index < len(table):
+        return table.seconds(index)
     return float(frame.time) if frame.time is not None else index / rate
 
 
@@ -138,6 +155,7 @@ def stream_windows(
     prev_time, prev_frame, prev_converted = None, None, None
     start_time = origin
     index = -1
+    table = _frame_index(path)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as err:
@@ -181,7 +199,9 @@ def stream_windows(
             for index, frame in enumerate(container.decode(stream)):
                 if seeking and frame.time is None:
                     return  # no timestamps to place frames after a seek: no windows rather than wrong ones
-                t = _frame_time(frame, index, rate)
+                t = _frame_time(frame, index, rate, table, seeking)
+                if t is None:
+                    continue  # a picture a seek made that the sequential decode does not show
                 if start_time is None:
                     start_time = t
                 t -= start_time
@@ -459,13 +479,9 @@ def timeline(
 
 
 def first_frame_time(path: str | Path) -> float | None:
-    """The first decoded frame's timestamp in seconds (the timeline's zero), or None without timestamps."""
-    import av
-
-    with av.open(str(path)) as container:
-        for frame in container.decode(container.streams.video[0]):
-            return None if frame.time is None else float(frame.time)
-    return None
+    """The first frame's display time in seconds (the timeline's zero), or None without timestamps."""
+    table = _frame_index(Path(path))
+    return table.seconds(0) if table.seekable else None
 
 
 def moving_average(x: Tensor, n: int) -> Tensor:

@@ -294,5 +294,5 @@ def test_refinement_intervals_reach_further_with_smoothing_and_skip_gaps():
 def test_a_file_that_is_not_a_video_is_a_clear_error(tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video\n")
-    with pytest.raises(tcclip.errors.UserError, match="cannot open the video"):
+    with pytest.raises(tcclip.errors.UserError, match="cannot be read as a video"):
         timeline(ColourModel(), bad, progress=True)

@@ -220,3 +220,32 @@ def test_truncated_avi_is_refused_like_a_truncated_mp4(matrix_videos, tmp_path, 
     cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(VideoDecodeError, match="truncated"):
         len(open_video(cut, backend))
+
+
+@pytest.mark.parametrize("name", ["xvid_dx50_bf2_30fps", "xvid_xvid_bf1_25fps", "x264_bf3_avi"])
+def test_timeline_windows_show_the_sequential_pictures(matrix_videos, oracles, name):
+    """`tcclip timeline` streams its own decode: on B-frame AVIs (timestamps out of display order) each window's
+    sample at time t is the sequential decode's picture shown at t (frame floor(t * fps) of these constant-rate
+    files)."""
+    import torch
+
+    from tcclip.timelines import stream_windows
+
+    entry, path = matrix_videos[name]
+    oracle = oracles[name]
+    convert = lambda frame: torch.from_numpy(frame.to_ndarray(format="rgb24"))  # noqa: E731
+    windows = list(stream_windows(path, num_frames=4, window=0.8, stride=0.4, convert=convert))
+    assert len(windows) >= 4
+    for _, start, end, samples in windows:
+        for i, sample in enumerate(samples):
+            t = start + (i + 0.5) * (end - start) / 4
+            assert np.array_equal(sample.numpy(), oracle[int(np.floor(t * entry.rate + 1e-6))]), (name, t)
+
+
+def test_predict_reads_every_matrix_file(matrix_videos, oracles):
+    """`tcclip predict`'s input path (sample_frames, the default backend) gives the sequential decode's pictures."""
+    from tcclip.inference import sample_frames
+
+    for name, (_, path) in matrix_videos.items():
+        frames, indices = sample_frames(path, num_frames=8, clips=2)
+        assert np.array_equal(frames.numpy(), oracles[name][indices]), name

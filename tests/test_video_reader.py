@@ -164,3 +164,67 @@ def test_reader_pickles_and_reopens(stamped_videos):
     reader.get_frames([0])
     clone = pickle.loads(pickle.dumps(reader))
     assert len(clone) == count and _stamps(clone.get_frames([count - 1])) == [count - 1]
+
+
+def _not_videos(folder):
+    """Files FFmpeg opens and "plays" though they are not videos: text (rendered by its tty demuxer), a PNG and a
+    JPEG (image demuxers), a PNG renamed .avi, subtitles."""
+    from PIL import Image
+
+    text = folder / "README.txt"
+    text.write_text("# tcclip\n\nA text file that FFmpeg would render as a video of its characters.\n" * 20)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "photo.png")
+    Image.fromarray(image).save(folder / "photo.jpg")
+    (folder / "photo_png.avi").write_bytes((folder / "photo.png").read_bytes())
+    (folder / "subtitles.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nhello\n")
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_files_that_are_not_videos_are_refused(tmp_path, backend):
+    _backend(backend)
+    for path in _not_videos(tmp_path):
+        with pytest.raises(VideoDecodeError, match="not a video") as info:
+            len(open_video(path, backend))
+        assert info.value.path == str(path)
+
+
+def test_frame_index_is_cached_on_disk_and_follows_the_file(stamped_videos, tmp_path, monkeypatch, caplog):
+    """The index of a file is decoded once: a new process (here: the in-memory cache cleared) reads it from
+    $TCCLIP_CACHE_DIR; a rewritten file is indexed again; a damaged cache file is ignored and replaced; an
+    unwritable cache folder costs a warning, not a failure."""
+    import shutil
+
+    import tcclip.data.video_frames as vf
+
+    monkeypatch.setenv("TCCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "clip.mp4"
+    shutil.copy(stamped_videos["mp4"][0], path)
+    vf._read_cached.cache_clear()
+    first = vf.read_video_frames(path)
+    files = list((tmp_path / "cache" / "frame-index").glob("*.npz"))
+    assert len(files) == 1
+    vf._read_cached.cache_clear()
+    monkeypatch.setattr(vf, "_read", lambda p: pytest.fail("decoded again"))
+    again = vf.read_video_frames(path)
+    assert np.array_equal(again.digests, first.digests) and again.time_base == first.time_base
+    monkeypatch.undo()
+    monkeypatch.setenv("TCCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    files[0].write_bytes(b"not an index")
+    vf._read_cached.cache_clear()
+    assert np.array_equal(vf.read_video_frames(path).labels, first.labels)
+    assert np.load(files[0])["labels"].shape == first.labels.shape  # rewritten
+    shutil.copy(stamped_videos["avi"][0], path)  # a new file under the same name: indexed again
+    vf._read_cached.cache_clear()
+    assert len(vf.read_video_frames(path)) == stamped_videos["avi"][1]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TCCLIP_CACHE_DIR", str(blocked))
+    vf._read_cached.cache_clear()
+    vf._CACHE_WARNED.clear()
+    with caplog.at_level("WARNING"):
+        assert len(vf.read_video_frames(path)) == stamped_videos["avi"][1]
+    assert "cannot be cached" in caplog.text and "TCCLIP_CACHE_DIR" in caplog.text
+    monkeypatch.setenv("TCCLIP_CACHE_DIR", "none")
+    assert vf.cache_dir() is None
