@@ -202,19 +202,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 paths = find_videos(root)
             sets = {"data": paths}
         paths = [p for group in sets.values() for p in group]
-        settings = PrepareSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval)
-        start = time.perf_counter()
-        prepared_root = tmp / "prepared"
-        results = prepare_dataset(paths, root, prepared_root, settings, workers=1)
-        prepare_s = time.perf_counter() - start
-        failed = [r for r in results if r.status == "failed"]
-        if failed:
-            console.print(f"[red]prepare failed:[/red] {failed}")
-            return 1
-        size_in, size_out = sum(r.size_in for r in results), sum(r.size_out for r in results)
+        # `data prepare`'s defaults, and all-intra copies (a key frame every frame), which small frames afford
+        sources = {"original": root}
+        sizes = {"original": sum((root / p).stat().st_size for p in paths)}
+        prepare_s = {}
+        for source, interval in (("prepared", args.keyframe_interval), ("prepared-k1", 1)):
+            settings = PrepareSettings(short_side=args.short_side, keyframe_interval=interval)
+            start = time.perf_counter()
+            results = prepare_dataset(paths, root, tmp / source, settings, workers=1)
+            prepare_s[source] = time.perf_counter() - start
+            failed = [r for r in results if r.status == "failed"]
+            if failed:
+                console.print(f"[red]prepare failed:[/red] {failed}")
+                return 1
+            sources[source] = tmp / source
+            sizes[source] = sum(r.size_out for r in results)
 
         index_ms: dict[str, dict[str, float]] = {}
-        for source, folder in (("original", root), ("prepared", prepared_root)):
+        for source, folder in sources.items():
             for name, group in sets.items():
                 start = time.perf_counter()
                 for p in group:  # the one-off sequential decode of each file (no cache: a cold first epoch)
@@ -230,15 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 info.append(f"{name}: {st.codec_context.name} {st.width}x{st.height}, {len(t)} frames")
         console.print("; ".join(info))
         console.print(
-            f"prepared copies: {prepare_s:.1f} s for {len(paths)} videos, {size_in / 2**20:.1f} MiB -> "
-            f"{size_out / 2**20:.1f} MiB; frame index, once per file: "
+            f"{len(paths)} videos: "
+            + ", ".join(f"{s} {sizes[s] / 2**20:.1f} MiB" for s in sources)
+            + "; prepared in "
+            + ", ".join(f"{v:.1f} s ({s})" for s, v in prepare_s.items())
+            + "; frame index, once per file: "
             + ", ".join(f"{n} {v['original']:.0f} ms (prepared {v['prepared']:.0f} ms)" for n, v in index_ms.items())
         )
 
         rows = []
         for name, group in sets.items():
             for pipeline in args.pipelines.split(","):
-                for source, folder in (("original", root), ("prepared", prepared_root)):
+                for source, folder in sources.items():
                     for backend in args.backends.split(","):
                         cell = time_cell(folder, group, backend, pipeline == "train", args)
                         cell |= {"set": name, "pipeline": pipeline, "source": source, "backend": backend}
@@ -265,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     console.print(table)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "index_ms": index_ms, "prepare_s": prepare_s}, indent=1))
+        record = {"rows": rows, "index_ms": index_ms, "prepare_s": prepare_s, "sizes": sizes}
+        args.json.write_text(json.dumps(record, indent=1))
     return 0
 
 

@@ -109,6 +109,6 @@ def test_dataloader_benchmark_runs_on_a_given_folder(quirk_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert {(r["pipeline"], r["source"]) for r in rows} == {
-        (p, s) for p in ("train", "test") for s in ("original", "prepared")
+        (p, s) for p in ("train", "test") for s in ("original", "prepared", "prepared-k1")
     }
     assert all(r["decode_ms"] > 0 and r["transform_ms"] > 0 for r in rows)

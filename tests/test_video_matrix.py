@@ -249,3 +249,28 @@ def test_predict_reads_every_matrix_file(matrix_videos, oracles):
     for name, (_, path) in matrix_videos.items():
         frames, indices = sample_frames(path, num_frames=8, clips=2)
         assert np.array_equal(frames.numpy(), oracles[name][indices]), name
+
+
+def test_data_check_reads_the_matrix_and_flags_decord(matrix_videos, tmp_path):
+    """`tcclip data check --verify-frames`: every matrix file readable and exact with the default backend (none
+    called damaged); with decord, the XviD files with B-frames are listed as decoding differently."""
+    from tcclip.data.cli import check_lists
+
+    root = next(iter(matrix_videos.values()))[1].parent
+    listing = tmp_path / "all.txt"
+    listing.write_text("".join(f"{path.name} 0\n" for _, path in matrix_videos.values()))
+    results = check_lists([("all", listing)], root, "pyav", 8, workers=1, verify_with="torchcodec")
+    assert [r.error for r in results if r.error] == []
+    assert [r.mismatch for r in results if r.mismatch] == []
+    assert {r.path for r in results if r.decode_errors} == {"xvid_damaged_avi.avi"}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flagged = {
+            r.path
+            for r in check_lists([("all", listing)], root, "decord", 8, workers=1, verify_with="pyav")
+            if r.mismatch or r.error
+        }
+    assert {"xvid_xvid_bf2_25fps.avi", "xvid_dx50_bf1_30fps.avi"} <= flagged
+    assert flagged <= {f"{name}.{matrix_videos[name][0].ext}" for name in DECORD_WRONG}
