@@ -274,3 +274,21 @@ def test_data_check_reads_the_matrix_and_flags_decord(matrix_videos, tmp_path):
         }
     assert {"xvid_xvid_bf2_25fps.avi", "xvid_dx50_bf1_30fps.avi"} <= flagged
     assert flagged <= {f"{name}.{matrix_videos[name][0].ext}" for name in DECORD_WRONG}
+
+
+def test_a_learnt_access_mode_is_kept_for_other_processes(matrix_videos, oracles):
+    """XviD with two B-frames cannot skip B-frames after a seek (its placeholders shift the pictures): the first
+    read learns it, proven by the digests, and keeps it beside the index, where another process finds it."""
+    import tcclip.data.video_reader as vr
+    from tcclip.data.video_frames import _mode_file, recall_access
+
+    path = matrix_videos["xvid_xvid_bf2_25fps"][1]
+    frames = read_video_frames(path)
+    _mode_file(frames.path).unlink(missing_ok=True)  # learnt afresh
+    vr._MODES.pop(frames.path, None)
+    assert vr.access_mode(frames) == vr.SEEK_SKIP
+    indices = list(range(0, len(frames), 3))
+    assert np.array_equal(open_video(path).get_frames(indices).numpy(), oracles["xvid_xvid_bf2_25fps"][indices])
+    assert vr.access_mode(frames) == vr.SEEK and recall_access(frames.path) == vr.SEEK
+    vr._MODES.pop(frames.path)  # as in a new process
+    assert vr.access_mode(frames) == vr.SEEK

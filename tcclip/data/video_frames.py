@@ -419,6 +419,39 @@ def _store(file: Path, frames: VideoFrames) -> None:
             )
 
 
+def _mode_file(path: str) -> Path | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    file = _cache_file(path, stat.st_size, stat.st_mtime_ns)
+    return None if file is None else file.with_suffix(".mode")
+
+
+def recall_access(path: str) -> str | None:
+    """How an earlier process found this file's pictures are reached (see ``video_reader.decode_exact``), if any."""
+    file = _mode_file(path)
+    try:
+        return None if file is None else file.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def remember_access(path: str, mode: str) -> None:
+    """Keep beside the file's index how its pictures are reached, so that other workers and runs need not learn it
+    again (best effort: an unwritable cache only costs that)."""
+    file = _mode_file(path)
+    if file is None:
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".", suffix=".mode.partial")
+        with os.fdopen(fd, "w") as f:
+            f.write(mode)
+        os.replace(tmp, file)
+    except OSError:
+        pass
+
+
 @functools.lru_cache(maxsize=16384)
 def _read_cached(path: str, size: int, mtime_ns: int) -> VideoFrames:
     file = _cache_file(path, size, mtime_ns)

@@ -50,6 +50,8 @@ from tcclip.data.video_frames import (
     picture_digest,
     plain_reason,
     read_video_frames,
+    recall_access,
+    remember_access,
     seek,
     upright,
 )
@@ -155,7 +157,7 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
     which is the definition itself. A file stays on the mode that worked, in this process.
     """
     indices = list(indices)
-    mode = _MODES.get(frames.path, SEEK_SKIP if frames.seekable else FROM_START)
+    mode = access_mode(frames)
     got: dict[int, Any] = {}
     try:
         while True:
@@ -182,6 +184,7 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
                 )
             mode = SEEK if mode == SEEK_SKIP else FROM_START
             _MODES[frames.path] = mode
+            remember_access(frames.path, mode)
             log.debug("%s: seeking did not give the sequential decode's pictures; now %s", frames.path, mode)
         images = np.stack([got[i].to_ndarray(format="rgb24") for i in indices])
     except av.error.FFmpegError as err:
@@ -190,8 +193,15 @@ def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int =
 
 
 def access_mode(frames: VideoFrames) -> str:
-    """How :func:`decode_exact` reaches this file's pictures in this process (it learns on the first reads)."""
-    return _MODES.get(frames.path, SEEK_SKIP if frames.seekable else FROM_START)
+    """How :func:`decode_exact` reaches this file's pictures: learnt on its first reads, kept for this process and
+    beside the file's index on disk (other workers and later runs start from it)."""
+    mode = _MODES.get(frames.path)
+    if mode is None:
+        mode = recall_access(frames.path) if frames.seekable else FROM_START
+        if mode not in (SEEK_SKIP, SEEK, FROM_START):
+            mode = SEEK_SKIP
+        _MODES[frames.path] = mode
+    return mode
 
 
 def _proven(frames: VideoFrames, index: int, frame: Any) -> bool:
