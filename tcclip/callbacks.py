@@ -14,7 +14,7 @@ import lightning as L
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
-from tcclip.errors import UserError
+from tcclip.errors import UserError, note_interrupt
 from tcclip.finite import nonfinite_tensors
 from tcclip.outputs import atomic_write
 from tcclip.runs import RunLock
@@ -51,6 +51,45 @@ def summarize_sets(sets: dict[str, dict[str, Any]], protocol: str | None) -> dic
     return summary
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: str | Path) -> str | None:
+    """SHA-256 of a checkpoint file (of `model.safetensors` for a `tcclip export` folder); None when absent.
+
+    Remembered per (path, size, modification time): a run's every validation names the same file.
+    """
+    from tcclip.calibration import file_sha256
+    from tcclip.portable import WEIGHTS_FILE
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_sha256(path)
+    return _HASHES[key]
+
+
+def weights_record(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """Which weights an evaluation scored: the --ckpt_path file, the init checkpoint, the configured CLIP weights,
+    or the weights being trained (with the epoch), with the file's SHA-256 where there is a file."""
+    fn = trainer.state.fn.value if trainer.state.fn is not None else None
+    ckpt = getattr(trainer, "ckpt_path", None)
+    if fn == "fit":
+        return {"source": "training", "epoch": getattr(trainer, "current_epoch", None)}
+    if ckpt:
+        return {"source": "ckpt_path", "path": str(Path(ckpt).absolute()), "sha256": weights_sha256(ckpt)}
+    init = module.hparams.get("init_checkpoint")
+    if init:
+        return {"source": "model.init_checkpoint", "path": str(Path(init).absolute()), "sha256": weights_sha256(init)}
+    return {"source": "model.clip_weights", "path": module.hparams.get("clip_weights"), "sha256": None}
+
+
 def results_payload(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
     """The results dict (`results.json`) of the last evaluation of `module` (None before any)."""
     results = getattr(module, "eval_results", None)
@@ -79,6 +118,8 @@ def results_payload(trainer: L.Trainer, module: L.LightningModule) -> dict[str, 
         "seed": getattr(datamodule, "seed", None) if protocol == "base2novel" else None,
         "stage": trainer.state.fn.value if trainer.state.fn is not None else None,
         "checkpoint": trainer.ckpt_path or hparams.get("init_checkpoint"),
+        # Which weights these numbers belong to, beyond doubt: the file and its hash (see weights_record).
+        "weights": weights_record(trainer, module),
         "sets": results["sets"],
         "summary": summarize_sets(results["sets"], protocol),
         "wise_ft": wise,
@@ -282,8 +323,8 @@ class RunGuard(Callback):
         resume = "To resume, run the same command with --ckpt_path last."
         if isinstance(exception, UserError):
             exception.fix = f"{exception.fix} {note} {resume}".strip()
-        else:
-            log.warning("tcclip fit: interrupted. %s %s", note, resume)
+        else:  # Ctrl-C: `tcclip.cli` prints this in its one line
+            note_interrupt(f"{note} {resume}")
 
     @staticmethod
     def _last_path(trainer: L.Trainer) -> Path | None:

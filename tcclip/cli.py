@@ -15,7 +15,10 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from tcclip.errors import UserError, user_error_in_chain
+from tcclip.errors import UserError, environment_error, user_error_in_chain
+
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code after Ctrl-C (128 + SIGINT, as a shell reports a process that SIGINT ended)."""
 
 
 class Command(NamedTuple):
@@ -69,17 +72,36 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(argv)
     except UserError as error:
         return _report(error, argv)
+    except KeyboardInterrupt:
+        return _interrupted(argv)
+    except SystemExit as exit_:
+        # Lightning answers Ctrl-C with its clean-up and then sys.exit(1) from inside its `except KeyboardInterrupt`.
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            return _interrupted(argv)
+        raise
     except Exception as error:
-        wrapped = wrapped_user_error(error)
+        wrapped = wrapped_user_error(error) or environment_error(error)
         if wrapped is None:
             raise
         return _report(wrapped, argv)
 
 
-def _report(error: UserError, argv: list[str]) -> int:
+def _command(argv: list[str]) -> str:
     # Name the sub-command only when the first word is one (not an option, a file or a typo).
-    command = " ".join(["tcclip", *argv[:1]]) if argv[:1] and argv[0] in known_commands() else "tcclip"
-    print(f"{command}: error: {error.format()}", file=sys.stderr)
+    return " ".join(["tcclip", *argv[:1]]) if argv[:1] and argv[0] in known_commands() else "tcclip"
+
+
+def _interrupted(argv: list[str]) -> int:
+    """One line for Ctrl-C (what was saved, when a run saved something) and exit code 130."""
+    from tcclip.errors import take_interrupt_note
+
+    note = take_interrupt_note()
+    print(f"{_command(argv)}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE
+
+
+def _report(error: UserError, argv: list[str]) -> int:
+    print(f"{_command(argv)}: error: {error.format()}", file=sys.stderr)
     return error.exit_code
 
 
@@ -147,5 +169,13 @@ def _dispatch(argv: list[str]) -> int:
     return 0
 
 
+def console_main() -> int:
+    """The `tcclip` console script: `main`, with a Ctrl-C during start-up (imports) also ending in one line."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return _interrupted(sys.argv[1:2])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -8,6 +8,7 @@ else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -38,6 +39,49 @@ class UserError(Exception):
         if self.fix:
             text = text.rstrip() + ("" if text.rstrip().endswith(".") else ".") + " " + self.fix
         return text
+
+
+class ConfigError(UserError, ValueError):
+    """A setting out of range or of the wrong type, named by its key as a config file spells it.
+
+    Also a `ValueError`, the exception a Python caller of the class that checks the value expects.
+
+    Args:
+        key: the setting (``model.lr``, ``data.init_args.protocol``, ``tome_r``).
+        message: what is wrong with its value.
+    """
+
+    def __init__(self, key: str, message: str, *, path: str | Path | None = None, fix: str = "") -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}", path=path, fix=fix)
+
+
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: ("the disk is full", "Free some space (or write elsewhere) and run the command again."),
+    errno.EDQUOT: ("the disk quota is used up", "Free some space (or write elsewhere) and run the command again."),
+    errno.EROFS: ("the file system is read-only", "Write to a folder on a writable disk."),
+    errno.EACCES: ("permission denied", "Check the permissions of this file or folder, or use another one."),
+    errno.EPERM: ("operation not permitted", "Check the permissions of this file or folder, or use another one."),
+}
+"""OS errors that are about the machine, not a bug of tcclip: reported as one paragraph by every command."""
+
+
+def environment_error(error: BaseException | None) -> UserError | None:
+    """A full disk, a read-only folder or a permission problem anywhere in an exception's chain, as a `UserError`
+    naming the file (None for any other exception)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+            reason, fix = ENVIRONMENT_ERRNOS[error.errno]
+            name = error.filename
+            return UserError(
+                f"{reason}; the command stopped (tcclip writes its outputs whole or not at all)",
+                path=None if name is None else Path(str(name)),
+                fix=fix,
+            )
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _strip_worker_traceback(message: str, cls: type) -> str:
@@ -77,3 +121,17 @@ def check_format(record: object, *, name: str, version: int, what: str, path: st
             path=path,
             fix="upgrade tcclip",
         )
+
+
+_interrupt_note: list[str] = []
+
+
+def note_interrupt(text: str) -> None:
+    """What a command saved or kept when Ctrl-C stopped it; `tcclip.cli` prints it in its one line."""
+    _interrupt_note[:] = [text]
+
+
+def take_interrupt_note() -> str:
+    note = _interrupt_note[0] if _interrupt_note else ""
+    _interrupt_note.clear()
+    return note

@@ -35,17 +35,17 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from tcclip.callbacks import PredictionsJSON, ResultsJSON, RunGuard
-from tcclip.checkpoint_io import AtomicCheckpointIO
+from tcclip.checkpoint_io import AtomicCheckpointIO, checkpoint_kind, lightning_layout, refuse_for_fit
 from tcclip.data.datamodule import VideoDataModule
 from tcclip.errors import UserError, user_error_in_chain
 from tcclip.lit import TCCLIPModule
 from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
 from tcclip.outputs import atomic_write
-from tcclip.runs import find_checkpoint, run_folder_of
+from tcclip.runs import LAST_PATTERNS, find_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,41 @@ def check_writable(folder: str | Path, key: str) -> None:
     probe.unlink(missing_ok=True)
 
 
+NO_CHECKPOINT_FIX = (
+    "Give the run's folder with --trainer.default_root_dir (the one its fit used), or the checkpoint file with "
+    "--ckpt_path PATH; to evaluate the configured weights on purpose, leave --ckpt_path out."
+)
+
+
+def no_checkpoint_message(which: str, root: str | Path) -> str:
+    searched = ", ".join(LAST_PATTERNS) + " or any *.ckpt" if which == "last" else "the best epoch's .ckpt"
+    return (
+        f"--ckpt_path {which}: no readable checkpoint found; searched {Path(root).absolute()} and every folder "
+        f"below it for {searched}"
+    )
+
+
+def check_checkpoint_path(path: str | Path) -> None:
+    """An explicit --ckpt_path: a file, or a `tcclip export` folder; a folder of checkpoints names them."""
+    from tcclip.portable import is_exported_dir
+
+    path = Path(path)
+    if path.is_dir() and not is_exported_dir(path):
+        found = sorted(str(p.relative_to(path)) for p in path.rglob("*.ckpt"))[:5]
+        raise UserError(
+            "--ckpt_path is a folder, not a checkpoint",
+            path=path,
+            fix=(f"Pass one of its checkpoints ({', '.join(found)}), " if found else "Pass a .ckpt file, ")
+            + "or --ckpt_path last / best with --trainer.default_root_dir set to the run's folder.",
+        )
+    if not path.exists():
+        raise UserError(
+            "--ckpt_path: no such checkpoint file",
+            path=path,
+            fix="Check the path, or use --ckpt_path last / best to look under trainer.default_root_dir.",
+        )
+
+
 class TCCLIPLightningCLI(LightningCLI):
     """LightningCLI with the project's links and run-time defaults (see the module docstring)."""
 
@@ -165,29 +200,58 @@ class TCCLIPLightningCLI(LightningCLI):
         ckpt = cfg.get("ckpt_path")
         if ckpt in ("last", "best"):
             found = find_checkpoint(ckpt, trainer.default_root_dir)
-            if found is None:
-                rank_zero_warn(
-                    f"--ckpt_path {ckpt}: no checkpoint under {trainer.default_root_dir}"
-                    + ("; starting from scratch." if subcommand == "fit" else "; using the configured weights.")
-                )
+            if found is None and subcommand != "fit":
+                # Evaluating the configured weights instead would report numbers of a model nobody asked for.
+                raise UserError(no_checkpoint_message(ckpt, trainer.default_root_dir), fix=NO_CHECKPOINT_FIX)
+            if found is None:  # a requeued job's first start: nothing to resume yet
+                rank_zero_info(f"--ckpt_path {ckpt}: no checkpoint under {trainer.default_root_dir} yet; starting a new run")
             else:
                 rank_zero_info(f"--ckpt_path {ckpt}: {found}")
             cfg.ckpt_path = found
+        elif ckpt:
+            check_checkpoint_path(ckpt)
+            if subcommand == "fit":
+                refuse_for_fit(ckpt)
         if cfg.get("ckpt_path"):
             self._network_from_checkpoint(subcommand, cfg.ckpt_path)
             if subcommand == "fit":
                 self._resume_in_own_folder(cfg.ckpt_path)
+        elif subcommand != "fit":
+            model = cfg.get("model") or {}
+            init = model.get("init_checkpoint") if hasattr(model, "get") else None
+            weights = f"model.init_checkpoint {init}" if init else f"model.clip_weights {model.get('clip_weights')}"
+            rank_zero_info(f"no --ckpt_path: evaluating the configured weights ({weights})")
 
     def _network_from_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
         """Take the network's configuration from the checkpoint so its weights fit (evaluation options stay)."""
-        ckpt = safe_load(ckpt_path, mmap=True)  # a CheckpointError (UserError) for a missing or unreadable file
+        # A CheckpointError (UserError) for a missing or unreadable file; weights only (save_model, export) for
+        # an evaluation.
+        ckpt = lightning_layout(ckpt_path) if Path(ckpt_path).is_dir() else safe_load(ckpt_path, mmap=True)
+        if checkpoint_kind(ckpt_path, ckpt) != "lightning":
+            ckpt = lightning_layout(ckpt_path)
         hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
         network = {k: hparams[k] for k in NETWORK_HPARAMS if k in hparams}
         if not network:
             return
         model_config = dict(network.get("model_config", {}))
-        # num_frames is linked from the data; a mismatch only matters for the joint positional embedding.
-        model_config.pop("num_frames", None)
+        # num_frames is linked from the data: a resumed training must keep it (it is the same experiment), an
+        # evaluation may change it unless the positional embedding has one entry per frame (joint).
+        stored = model_config.pop("num_frames", None)
+        data = self.config[subcommand].get("data")
+        init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+        wanted = init_args.get("num_frames") if init_args is not None and hasattr(init_args, "get") else None
+        joint = model_config.get("positional_embedding_type") == "joint"
+        if stored is not None and wanted is not None and stored != wanted and (subcommand == "fit" or joint):
+            why = (
+                "a resumed training must keep it"
+                if subcommand == "fit"
+                else "its joint positional embedding has one entry per frame"
+            )
+            raise UserError(
+                f"data.init_args.num_frames is {wanted}, but the checkpoint was trained with {stored} frames; {why}",
+                path=ckpt_path,
+                fix=f"Set --data.init_args.num_frames {stored} (or leave it to the config the run was trained with).",
+            )
         if model_config:
             network["model_config"] = model_config
         self.config = self.parser.parse_object({subcommand: {"model": network}}, self.config)
@@ -232,8 +296,19 @@ class TCCLIPLightningCLI(LightningCLI):
         return
 
 
+class _DropInterruptNotice(logging.Filter):
+    """Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown" line: `tcclip.cli` says it in one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in str(record.msg)
+
+
+_INTERRUPT_FILTER = _DropInterruptNotice()
+
+
 def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> TCCLIPLightningCLI:
     """Parse `argv` (`fit --config configs/few_shot_hmdb_k8.yaml ...`) and run it (or only build it, `run=False`)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_INTERRUPT_FILTER)
     defaults = defaults_files()
     # With sub-commands every sub-parser reads the defaults; without (run=False) the one parser does.
     if not defaults:
