@@ -103,9 +103,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_sidecar(calibration: Calibration, checkpoint: str | Path) -> Path:
-    path = sidecar_path(checkpoint)
-    path.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
-    return path
+    from tcclip.outputs import atomic_write
+
+    text = (json.dumps(calibration.to_dict(), indent=2) + "\n").encode()
+    return atomic_write(sidecar_path(checkpoint), lambda f: f.write(text), what="calibration record")
 
 
 def read_sidecar(checkpoint: str | Path) -> Calibration | None:
@@ -169,8 +170,17 @@ def calibrated_probabilities(view_logits: Tensor, temperature: float = 1.0) -> T
     return (view_log_probabilities(view_logits.double()) / temperature).softmax(-1).float()
 
 
-def fit_temperature(log_probs: Tensor, labels: Tensor, max_iter: int = 100) -> float:
-    """The T minimising the NLL of softmax(log_probs / T) on labels: LBFGS on log T (so T stays positive).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The range a fitted temperature is kept in. Beyond 20 every probability is close to uniform (a list on which the
+model is right no more often than chance, or too few videos, drives T towards infinity); below 0.05 they are all 0
+or 1. The NLL is convex in 1/T, so the best T within the range is the unbounded optimum clamped to it."""
+
+
+def fit_temperature(
+    log_probs: Tensor, labels: Tensor, max_iter: int = 100, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> float:
+    """The T in `bounds` minimising the NLL of softmax(log_probs / T) on labels: LBFGS on log T (so T stays
+    positive), clamped to `bounds` (callers warn when it reaches one: `poor_fit_reasons`).
 
     Args:
         log_probs: [N, C] log-probabilities (or logits) of the validation videos.
@@ -192,9 +202,27 @@ def fit_temperature(log_probs: Tensor, labels: Tensor, max_iter: int = 100) -> f
     with torch.enable_grad():
         optimiser.step(closure)
     temperature = float(log_t.detach().exp())
-    if not math.isfinite(temperature):
-        raise ValueError("temperature fitting diverged (non-finite T)")
-    return temperature
+    lo, hi = bounds
+    if math.isnan(temperature):  # LBFGS left the finite range: the better end of the range
+        nll = {t: float(torch.nn.functional.cross_entropy(x / t, y)) for t in (lo, hi)}
+        return min(nll, key=nll.__getitem__)
+    return min(max(temperature, lo), hi)
+
+
+def poor_fit_reasons(temperature: float, nll_after: float, num_classes: int, top1: float) -> list[str]:
+    """Why a fitted calibration should not be trusted (empty when it looks sound)."""
+    reasons = []
+    lo, hi = TEMPERATURE_BOUNDS
+    if temperature >= hi or temperature <= lo:
+        reasons.append(f"the temperature reached the bound {temperature:g} of the range {lo:g}..{hi:g}")
+    chance_nll = math.log(num_classes)
+    if nll_after > 0.9 * chance_nll:
+        reasons.append(
+            f"the calibrated NLL {nll_after:.3f} is close to that of uniform guessing ({chance_nll:.3f})"
+        )
+    if top1 <= 100.0 / num_classes:
+        reasons.append(f"top-1 {top1:.1f}% is no better than chance ({100.0 / num_classes:.1f}%)")
+    return reasons
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:

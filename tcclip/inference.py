@@ -259,6 +259,9 @@ def predict(
     """
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
+    from tcclip.openset import check_reject_options
+
+    check_reject_options(reject, reject_threshold, reject_score)
     if reject or reject_threshold is not None:
         return predict_open_set(model, video, labels, top_k, views, backend, batch_size, reject_threshold, reject_score)
     single = isinstance(video, str | Path | Tensor)

@@ -204,7 +204,8 @@ class TCCLIPLightningCLI(LightningCLI):
                 # Evaluating the configured weights instead would report numbers of a model nobody asked for.
                 raise UserError(no_checkpoint_message(ckpt, trainer.default_root_dir), fix=NO_CHECKPOINT_FIX)
             if found is None:  # a requeued job's first start: nothing to resume yet
-                rank_zero_info(f"--ckpt_path {ckpt}: no checkpoint under {trainer.default_root_dir} yet; starting a new run")
+                root = trainer.default_root_dir
+                rank_zero_info(f"--ckpt_path {ckpt}: no checkpoint under {root} yet; starting a new run")
             else:
                 rank_zero_info(f"--ckpt_path {ckpt}: {found}")
             cfg.ckpt_path = found

@@ -143,7 +143,43 @@ class Rejector:
             check_class_names(calibration, model.class_names, "rejection threshold")
             threshold = stored[score]
         temperature = calibration.temperature if calibration is not None else 1.0
-        return cls(score, float(threshold), temperature, logit_scale(model))
+        scale = logit_scale(model)
+        check_threshold(score, float(threshold), len(model.class_names), scale)
+        return cls(score, float(threshold), temperature, scale)
+
+
+def score_range(name: str, num_classes: int, scale: float) -> tuple[float, float]:
+    """The values a score can take for `num_classes` classes: probabilities lie in [1/C, 1]; a logit is
+    scale * cosine, in [-scale, scale]; logsumexp adds at most log C to the largest logit."""
+    if name in ("msp", "mcm"):
+        return 1.0 / num_classes, 1.0
+    if name == "max_logit":
+        return -scale, scale
+    if name == "energy":
+        return -scale, scale + math.log(num_classes)
+    raise ValueError(f"unknown rejection score {name!r}; choose one of {', '.join(SCORES)}")
+
+
+def check_threshold(score: str, threshold: float, num_classes: int, scale: float) -> None:
+    """Refuse a rejection that cannot work: a probability score with one class (always 1), or a threshold outside
+    what the score can take (it would accept or reject every video)."""
+    if score in ("msp", "mcm") and num_classes < 2:
+        raise UserError(
+            f"with one class the {score!r} score is always 1, so it cannot reject anything",
+            fix="Use --reject-score max_logit or energy (reject_score=), which measure how well a video matches "
+            "the one class, or give more class names.",
+        )
+    if not math.isfinite(threshold):
+        raise UserError(f"the rejection threshold must be a finite number, got {threshold}", fix="Give a number.")
+    lo, hi = score_range(score, num_classes, scale)
+    if threshold <= lo or threshold > hi:
+        effect = "accepts every video" if threshold <= lo else "rejects every video"
+        raise UserError(
+            f"the {score!r} threshold {threshold:g} {effect}: with {num_classes} classes the score lies in "
+            f"[{lo:.6g}, {hi:.6g}]",
+            fix="Give --reject-threshold (reject_threshold=) a value inside that range, or run `tcclip calibrate` "
+            "to choose one on a validation list.",
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +234,19 @@ def add_reject_arguments(parser) -> None:
     )
 
 
+def check_reject_options(reject: bool, reject_threshold: float | None, reject_score: str | None) -> None:
+    """A rejection score without rejection asked for would be ignored: refuse it (the same for the CLI and API)."""
+    if reject_score is not None and not reject and reject_threshold is None:
+        raise UserError(
+            f"--reject-score {reject_score} (reject_score=) chooses the score of the rejection, but no rejection is "
+            "asked for",
+            fix="Add --reject (reject=True) to reject with the stored threshold, or --reject-threshold "
+            "(reject_threshold=) to give one.",
+        )
+
+
 def rejector_from_args(args, model: nn.Module) -> Rejector | None:
+    check_reject_options(args.reject, args.reject_threshold, args.reject_score)
     if not (args.reject or args.reject_threshold is not None):
         return None
     return Rejector.for_model(model, args.reject_threshold, args.reject_score)

@@ -402,6 +402,9 @@ def timeline(
         raise UserError("top_k and batch_size must be >= 1", fix="pass positive numbers")
     if refine < 0 or refine == 1:
         raise UserError(f"refine must be 0 (off) or a factor >= 2, got {refine}", fix="e.g. 4 (the default) or 0")
+    from tcclip.openset import check_reject_options
+
+    check_reject_options(reject, reject_threshold, reject_score)
     path = Path(path)
     if not path.is_file():
         raise UserError("no such video file", path=path, fix="give a video file")

@@ -113,7 +113,9 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
         "    num_workers: 0\n    batch_size: 4\n    num_clip: 2\n    backend: pyav\n"
     )
     args = ["calibrate", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", str(tmp_path / "tiny.ckpt")]
-    assert cli_main([*args, "--data.init_args.root", str(data_synth), "--quiet", "--target-recall", "0.8"]) == 0
+    root = ["--data.init_args.root", str(data_synth)]
+    assert cli_main([*args, *root, "--quiet"]) == 2  # val.txt holds 3 videos: fewer than the minimum
+    assert cli_main([*args, *root, "--quiet", "--target-recall", "0.8", "--min-videos", "3"]) == 0
     stored = json.loads(sidecar_path(tmp_path / "tiny.ckpt").read_text())
     assert stored["report"]["num_videos"] == 3 and stored["report"]["views"] == 2  # val.txt: 1 video per class
     assert stored["report"]["top1_before"] == stored["report"]["top1_after"]
@@ -131,3 +133,25 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert [label for label, _ in calibrated] == [label for label, _ in plain]
     assert cli_main(["calibrate", "--config", str(tmp_path / "missing.yaml"), "--ckpt_path", str(tmp_path)]) == 2
+
+
+def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(caplog):
+    from tcclip.calibration import TEMPERATURE_BOUNDS
+
+    g = torch.Generator().manual_seed(0)
+    names = ["a", "b", "c"]
+    with pytest.raises(UserError, match="only 2 validation video"):
+        fit_calibration(torch.randn(2, 1, 3, generator=g), torch.tensor([0, 1]), names, scale=100.0)
+    with pytest.raises(UserError, match="all of one class \\('b'\\)"):
+        fit_calibration(torch.randn(30, 1, 3, generator=g), torch.ones(30, dtype=torch.long), names, scale=100.0)
+    # A model always confidently wrong: the NLL falls as T grows without end; the fit stops at the bound and warns.
+    labels = torch.arange(30) % 3
+    wrong = 10.0 * torch.nn.functional.one_hot((labels + 1) % 3, 3).float()[:, None]
+    with caplog.at_level("WARNING", logger="tcclip.calibrate"):
+        cal = fit_calibration(wrong, labels, names, scale=100.0)
+    assert cal.temperature == TEMPERATURE_BOUNDS[1]
+    assert "reached the bound" in caplog.text and cal.report["warnings"]
+    # the unbounded optimum, computed independently: NLL(T) decreasing on a grid up to the bound
+    log_p = wrong[:, 0].log_softmax(-1).double()
+    nll = [float(torch.nn.functional.cross_entropy(log_p / t, labels)) for t in (1.0, 5.0, 20.0)]
+    assert nll[0] > nll[1] > nll[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from tcclip.openset import (
     OpenSetPrediction,
     auroc,
     fpr_at_recall,
+    logit_scale,
     rejection_score,
     threshold_for_recall,
 )
@@ -94,16 +96,22 @@ def test_predict_reject_none_of_the_above():
     model = tiny_model()
     frames = torch.randint(0, 256, (12, 40, 48, 3), dtype=torch.uint8)
     plain = predict(model, frames, top_k=2, views="1x1")
-    low = predict(model, frames, top_k=2, views="1x1", reject=True, reject_threshold=-1e9, reject_score="max_logit")
+    scale = logit_scale(model)  # a logit is scale * cosine: max_logit lies in [-scale, scale]
+    low = predict(
+        model, frames, top_k=2, views="1x1", reject=True, reject_threshold=-0.999 * scale, reject_score="max_logit"
+    )
     assert isinstance(low, OpenSetPrediction)
     assert low.label == plain[0].label and not low.rejected and low.top_k == plain
-    high = predict(model, [frames, frames], views="1x1", reject_threshold=1.0 + 1e-6, reject_score="msp")
+    high = predict(model, [frames, frames], views="1x1", reject_threshold=1.0, reject_score="msp")
     assert [h.label for h in high] == [NONE_OF_THE_ABOVE] * 2 and all(h.rejected for h in high)
     assert high[0].score == pytest.approx(plain[0].probability, rel=1e-6)  # msp is the top probability
     with pytest.raises(UserError, match="no rejection threshold"):
         predict(model, frames, reject=True)
     # the stored operating point: the calibration's threshold for the calibrated score, or any other stored one
-    attach(model, Calibration(score="mcm", threshold=0.0, thresholds={"energy": 1e9}, class_names=tuple(CLASSES)))
+    # mcm >= 1/C always; energy <= scale + log C always (the ends of their ranges)
+    top = scale + math.log(len(CLASSES))
+    stored = Calibration(score="mcm", threshold=0.25 + 1e-9, thresholds={"energy": top}, class_names=tuple(CLASSES))
+    attach(model, stored)
     assert not predict(model, frames, views="1x1", reject=True).rejected
     assert predict(model, frames, views="1x1", reject=True, reject_score="energy").rejected
 
@@ -121,7 +129,7 @@ def test_predict_command_with_reject(tmp_path, capsys):
     record = json.loads(capsys.readouterr().out.strip())
     assert record["label"] == NONE_OF_THE_ABOVE and record["rejected"] is True
     assert record["score"]["threshold"] == 0.999 and record["score"]["name"] == "msp"
-    assert cli_main([*base, "--reject-threshold", "0"]) == 0  # overrides the stored threshold
+    assert cli_main([*base, "--reject-threshold", "0.25001"]) == 0  # overrides the stored threshold (msp >= 1/4)
     record = json.loads(capsys.readouterr().out.strip())
     assert record["label"] == record["predictions"][0]["label"] and not record["rejected"]
     assert tcclip.load_model(ckpt).calibration.threshold == 0.999

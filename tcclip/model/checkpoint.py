@@ -14,7 +14,8 @@ Formats read by `load_model`:
 `lightning_checkpoint` gives the Lightning layout with empty training state (what `tcclip convert-checkpoint`,
 in `tcclip/convert.py`, writes): `{"state_dict": {"model." + k: v}, "hyper_parameters": {"model_config":
 cfg.to_dict()}, "pytorch-lightning_version": <installed lightning version>, "epoch": 0, "global_step": 0,
-"optimizer_states": [], "lr_schedulers": []}` (no "loops": Lightning then restores no loop state), so both `load_model` and `tcclip validate/test --ckpt_path` read it.
+"optimizer_states": [], "lr_schedulers": []}` (no "loops": Lightning then restores no loop state), so both
+`load_model` and `tcclip validate/test --ckpt_path` read it.
 
 Every checkpoint file of the project is read by `safe_load` (Lightning's restores too, through
 `tcclip.checkpoint_io`). Nothing is ever unpickled with `weights_only=False`: files are read with
