@@ -23,6 +23,7 @@ from torch import nn
 
 from tcclip.calibration import Calibration, model_calibration
 from tcclip.errors import UserError
+from tcclip.outputs import check_output_folder, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -285,15 +286,11 @@ def export(
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.exists():
         raise UserError("no such checkpoint", path=checkpoint, fix="give a .ckpt, .pth or exported directory")
-    if out_dir.resolve() == checkpoint.resolve():
-        raise UserError("the output directory is the input", path=out_dir, fix="choose another OUT_DIR")
-    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not _is_previous_export(out_dir)):
-        # README.md and config.json are common names: never write over the files of an unrelated folder
-        raise UserError(
-            "exists and is not an empty folder or an earlier export",
-            path=out_dir,
-            fix="choose a new or empty OUT_DIR (an earlier `tcclip export` folder is overwritten)",
-        )
+    if out_dir.resolve() == checkpoint.resolve() or checkpoint.resolve().is_relative_to(out_dir.resolve()):
+        raise UserError("the output directory is (or holds) the input", path=out_dir, fix="choose another OUT_DIR")
+    check_export_folder(out_dir)
+    if onnx_batch < 1:
+        raise UserError(f"--onnx-batch (onnx_batch=) must be >= 1, got {onnx_batch}", fix="e.g. 1")
     from tcclip.model.checkpoint import CheckpointError
 
     try:
@@ -304,14 +301,31 @@ def export(
     provenance = checkpoint_provenance(checkpoint)
     results_path = find_run_file(checkpoint, "results.json")
     results = json.loads(results_path.read_text()) if results_path is not None else None
-    write_exported(model, out_dir, calibration, extra={"provenance": provenance})
-    onnx_name = None
-    if onnx:
-        export_onnx(model, out_dir / ONNX_FILE, onnx_batch)
-        onnx_name = ONNX_FILE
-    card = model_card(model, provenance, results, training_config(checkpoint), calibration, onnx_name)
-    (out_dir / MODEL_CARD).write_text(card)
+    card = model_card(model, provenance, results, training_config(checkpoint), calibration, ONNX_FILE if onnx else None)
+    # Written into a temporary folder that then replaces OUT_DIR: an earlier export's files (a model.onnx of
+    # another class list) never survive beside the new ones, and a failure leaves the earlier export whole.
+    with staged_folder(out_dir, "OUT_DIR", EXPORT_FILES, what="export") as folder:
+        write_exported(model, folder, calibration, extra={"provenance": provenance})
+        if onnx:
+            export_onnx(model, folder / ONNX_FILE, onnx_batch)
+        (folder / MODEL_CARD).write_text(card)
     return out_dir
+
+
+EXPORT_FILES = frozenset({"model.safetensors", "config.json", MODEL_CARD, ONNX_FILE})
+"""Every file `tcclip export` writes; a folder holding only these (an earlier export) is replaced as a whole."""
+
+
+def check_export_folder(out_dir: Path) -> None:
+    """OUT_DIR is new, empty or an earlier export, and writable (before the checkpoint is loaded)."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_previous_export(out_dir):
+        # README.md and config.json are common names: never replace the files of an unrelated folder
+        raise UserError(
+            "exists and is not an empty folder or an earlier export",
+            path=out_dir,
+            fix="choose a new or empty OUT_DIR (an earlier `tcclip export` folder is replaced)",
+        )
+    check_output_folder(out_dir, "OUT_DIR", EXPORT_FILES)
 
 
 def _is_previous_export(folder: Path) -> bool:
@@ -352,6 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     out = export(args.checkpoint, args.out_dir, names, onnx=args.onnx, onnx_batch=args.onnx_batch)
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.iterdir())  # the folder holds exactly what this export wrote
     print(f"wrote {out}: {', '.join(files)}")
     return 0

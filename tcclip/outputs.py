@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,7 +24,16 @@ from typing import IO, Any
 
 from tcclip.errors import UserError
 
-__all__ = ["atomic_write", "atomic_write_texts", "check_writable_folder", "fsync_dir", "is_temporary", "staged_files"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_texts",
+    "check_output_folder",
+    "check_writable_folder",
+    "fsync_dir",
+    "is_temporary",
+    "staged_files",
+    "staged_folder",
+]
 
 TMP_PREFIX = "."
 TMP_MARK = ".tmp-"
@@ -196,3 +206,96 @@ def atomic_write_texts(files: Mapping[str | os.PathLike, str]) -> list[Path]:
         for path, text in files.items():
             stage(path).write_text(text, encoding="utf-8", newline="\n")
     return [Path(path) for path in files]
+
+
+# ------------------------------------------------------------------------------------------- whole output folders
+
+
+def _foreign_files(folder: Path, ours: frozenset[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours and not is_temporary(p))
+
+
+def check_output_folder(folder: str | os.PathLike, option: str, ours: frozenset[str]) -> Path:
+    """Before any work: `folder` can be written as a whole by a command whose outputs are the files `ours`.
+
+    It may be missing, empty, or hold an earlier output of the same command (only names in `ours`), which
+    `staged_folder` replaces; a file, or a folder with other files (never deleted), is refused, and so is a place
+    where nothing can be created. Nothing is created here.
+
+    Raises:
+        UserError: naming `option` and the fix.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {folder}: is a file, not a folder", fix=f"Give {option} a folder (new or empty).")
+    if folder.is_dir():
+        foreign = _foreign_files(folder, ours)
+        if foreign:
+            raise UserError(
+                f"{option} {folder}: holds files that this command does not write ({', '.join(foreign[:5])}"
+                + (", ..." if len(foreign) > 5 else "")
+                + "); it replaces its output folder as a whole and never deletes other files",
+                fix=f"Give {option} a new or empty folder, or one that holds an earlier output of this command.",
+            )
+    existing = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise UserError(f"{option} {folder}: cannot be created, {existing} is a file", fix=f"Give {option} a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{option} {folder}: cannot write there ({e.strerror or e})",
+            fix=f"Choose a folder you can write to for {option}.",
+        ) from None
+    return folder
+
+
+@contextmanager
+def staged_folder(final: str | os.PathLike, option: str, ours: frozenset[str], what: str = "outputs") -> Iterator[Path]:
+    """Write a whole output folder, all or nothing: yields a hidden temporary folder beside `final` to write into;
+    when the block succeeds its files are fsynced and the folder takes the place of `final` (an earlier output is
+    moved aside, then deleted), so stale files of an earlier run never survive beside new ones.
+
+    On any failure or Ctrl-C the temporary folder is deleted and `final` is as it was; an `OSError` while writing
+    (a full disk) becomes a one-paragraph `UserError` naming `final`. Check `final` first with
+    `check_output_folder` (the same `option` and `ours`).
+    """
+    final = Path(final)
+    check_output_folder(final, option, ours)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}{TMP_MARK}{os.getpid()}-", dir=final.parent))
+        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp's folder is private; a new output folder is not
+    except OSError as err:
+        raise _write_error(final, what, err) from err
+    try:
+        try:
+            yield temp
+            for path in temp.rglob("*"):
+                if path.is_file():
+                    _fsync_file(path)
+            fsync_dir(temp)
+        except OSError as err:
+            raise _write_error(final, what, err) from err
+        old = None
+        if final.exists():
+            old = final.with_name(f"{TMP_PREFIX}{final.name}{TMP_MARK}old-{os.getpid()}-{os.urandom(4).hex()}")
+            os.rename(final, old)
+        try:
+            os.rename(temp, final)
+        except OSError as err:
+            if old is not None:
+                os.rename(old, final)  # put the earlier output back
+            raise _write_error(final, what, err) from err
+        fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)  # gone already after a successful rename
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -24,6 +24,7 @@ from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 from tcclip.errors import UserError
+from tcclip.outputs import check_output_folder, staged_folder
 
 TIME_SLACK = 1e-6
 """Seconds added to every sample time, so that 0.7 + 0.2 (0.8999...) picks the frame stamped 0.9."""
@@ -393,15 +394,8 @@ def timeline(
     )
     from tcclip.openset import Rejector
 
+    check_window_options(window, stride, top_k, batch_size, smooth, refine)
     stride = window / 2 if stride is None else stride
-    if not (window > 0 and stride > 0 and math.isfinite(window) and math.isfinite(stride)):
-        raise UserError(f"window and stride must be positive seconds, got {window} and {stride}", fix="e.g. 2 and 1")
-    if smooth < 1 or smooth % 2 == 0:
-        raise UserError(f"smooth must be an odd number of windows, got {smooth}", fix="e.g. 1 (off), 3 or 5")
-    if top_k < 1 or batch_size < 1:
-        raise UserError("top_k and batch_size must be >= 1", fix="pass positive numbers")
-    if refine < 0 or refine == 1:
-        raise UserError(f"refine must be 0 (off) or a factor >= 2, got {refine}", fix="e.g. 4 (the default) or 0")
     from tcclip.openset import check_reject_options
 
     check_reject_options(reject, reject_threshold, reject_score)
@@ -436,6 +430,8 @@ def timeline(
             batch.clear()
 
         for item in items:
+            if item[0] >= MAX_WINDOWS:  # a container that declared no duration: the cap, found while decoding
+                check_window_count(item[1] + window, window, stride, path)
             batch.append(item)
             if len(batch) == batch_size:
                 flush()
@@ -444,6 +440,7 @@ def timeline(
         return scored
 
     probed = _probe_duration(path)  # the container's own duration: the progress bar's total and a floor below
+    check_window_count(probed, window, stride, path)
     bar, on_time = _progress(probed, progress)
     with bar, evaluating(model):
         scored = score(stream_windows(path, num_frames, window, stride, convert, on_time), keep_rejection=True)
@@ -496,6 +493,51 @@ def moving_average(x: Tensor, n: int) -> Tensor:
     idx = torch.arange(x.shape[0])
     lo, hi = (idx - half).clamp(min=0), (idx + half + 1).clamp(max=x.shape[0])
     return ((total[hi] - total[lo]) / (hi - lo)[:, None]).to(x.dtype)
+
+
+MAX_WINDOWS = 100_000
+"""The most windows one timeline scores (about 28 hours of video at the default 1 s stride): a stride typed a
+thousand times too small would otherwise run for days and hold millions of rows."""
+MIN_STRIDE = 1e-3
+"""Seconds: no video has two frames closer than a millisecond, so a smaller stride only repeats windows."""
+
+
+def check_window_options(
+    window: float, stride: float | None, top_k: int = 3, batch_size: int = 8, smooth: int = 1, refine: int = 4
+) -> None:
+    """Refuse window, stride and the other numbers of a timeline before any work (the option named)."""
+    if not (math.isfinite(window) and window > 0):
+        raise UserError(f"--window (window=) must be positive seconds, got {window}", fix="e.g. --window 2")
+    if stride is not None and not (math.isfinite(stride) and stride > 0):
+        raise UserError(f"window and stride must be positive seconds, got {window} and {stride}", fix="e.g. 2 and 1")
+    if stride is not None and stride < MIN_STRIDE:
+        raise UserError(
+            f"--stride {stride:g} is under a millisecond: no video has frames that close, so windows would repeat",
+            fix=f"Give --stride (stride=) at least {MIN_STRIDE:g} seconds (default: half the window).",
+        )
+    if smooth < 1 or smooth % 2 == 0:
+        raise UserError(
+            f"--smooth (smooth=) must be an odd number of windows, got {smooth}", fix="e.g. 1 (off), 3 or 5"
+        )
+    if top_k < 1 or batch_size < 1:
+        raise UserError("--top-k and --batch-size (top_k=, batch_size=) must be >= 1", fix="pass positive numbers")
+    if refine < 0 or refine == 1:
+        raise UserError(f"--refine (refine=) must be 0 (off) or a factor >= 2, got {refine}", fix="e.g. 4 or 0")
+
+
+def check_window_count(duration: float, window: float, stride: float | None, path: str | Path) -> int:
+    """The number of windows of a video of `duration` seconds; more than `MAX_WINDOWS` is refused up front."""
+    stride = window / 2 if stride is None else stride
+    count = 1 + max(0, math.floor((duration - window) / stride + 1e-9)) if duration > 0 else 1
+    if count > MAX_WINDOWS:
+        raise UserError(
+            f"{duration:.1f} s with a window of {window:g} s every {stride:g} s makes {count:,} windows, more than "
+            f"the {MAX_WINDOWS:,} a timeline scores",
+            path=path,
+            fix=f"Use a larger --stride: at least {max(duration - window, 0) / (MAX_WINDOWS - 1):.3g} s for this "
+            "video.",
+        )
+    return count
 
 
 def _probe_duration(path: Path) -> float:
@@ -564,10 +606,23 @@ def plot_timeline(tl: Timeline):
     return fig
 
 
+TIMELINE_FILES = frozenset({"windows.csv", "segments.csv", "timeline.json", "timeline.png"})
+
+
 def save_timeline(tl: Timeline, out_dir: str | Path) -> list[Path]:
-    """windows.csv, segments.csv, timeline.json and timeline.png in `out_dir`."""
+    """windows.csv, segments.csv, timeline.json and timeline.png in `out_dir`, all or nothing: written into a
+    temporary folder that then replaces `out_dir` (an earlier timeline's files never survive beside new ones).
+
+    Raises:
+        UserError: `out_dir` is a file or holds other files, or cannot be written (full disk, no permission).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out, "--out", TIMELINE_FILES, what="timeline") as folder:
+        _write_timeline_files(tl, folder)
+    return [out / n for n in ("windows.csv", "segments.csv", "timeline.json", "timeline.png")]
+
+
+def _write_timeline_files(tl: Timeline, out: Path) -> None:
     k = max((len(w.top_k) for w in tl.windows), default=0)
     with open(out / "windows.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -594,7 +649,6 @@ def save_timeline(tl: Timeline, out_dir: str | Path) -> list[Path]:
                              f"{s.mean_probability:.6f}"])  # fmt: skip
     (out / "timeline.json").write_text(json.dumps(tl.to_json(), indent=1) + "\n")
     plot_timeline(tl).savefig(out / "timeline.png", dpi=120)
-    return [out / n for n in ("windows.csv", "segments.csv", "timeline.json", "timeline.png")]
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -636,11 +690,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from tcclip.inference import load_model_from_args
+    from tcclip.inference import check_model_args, load_model_from_args
+    from tcclip.openset import check_reject_options
 
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     out = Console()
+    video = Path(args.video)
+    out_dir = args.out or video.with_name(video.stem + "_timeline")
+    # Every option and the output folder checked before the model is loaded or a frame decoded.
+    check_window_options(args.window, args.stride, args.top_k, args.batch_size, args.smooth, args.refine)
+    check_reject_options(args.reject, args.reject_threshold, args.reject_score)
+    if not video.is_file():
+        raise UserError("no such video file" if not video.exists() else "is a folder, not a video file", path=video,
+                        fix="Give a video file.")  # fmt: skip
+    check_window_count(_probe_duration(video), args.window, args.stride, video)
+    check_model_args(args)
+    check_output_folder(out_dir, "--out", TIMELINE_FILES)
     model = load_model_from_args(args)
     tl = timeline(
         model,
@@ -656,8 +722,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         smooth=args.smooth,
         refine=args.refine,
     )
-    video = Path(args.video)
-    out_dir = args.out or video.with_name(video.stem + "_timeline")
     files = save_timeline(tl, out_dir)
     table = Table(title=f"{escape(str(video))}: {len(tl.windows)} windows of {tl.window:g} s every {tl.stride:g} s")
     for column in ("start", "end", "label", "mean prob."):
