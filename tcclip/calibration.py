@@ -217,9 +217,7 @@ def poor_fit_reasons(temperature: float, nll_after: float, num_classes: int, top
         reasons.append(f"the temperature reached the bound {temperature:g} of the range {lo:g}..{hi:g}")
     chance_nll = math.log(num_classes)
     if nll_after > 0.9 * chance_nll:
-        reasons.append(
-            f"the calibrated NLL {nll_after:.3f} is close to that of uniform guessing ({chance_nll:.3f})"
-        )
+        reasons.append(f"the calibrated NLL {nll_after:.3f} is close to that of uniform guessing ({chance_nll:.3f})")
     if top1 <= 100.0 / num_classes:
         reasons.append(f"top-1 {top1:.1f}% is no better than chance ({100.0 / num_classes:.1f}%)")
     return reasons

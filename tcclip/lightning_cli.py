@@ -220,7 +220,8 @@ class TCCLIPLightningCLI(LightningCLI):
         elif subcommand != "fit":
             model = cfg.get("model") or {}
             init = model.get("init_checkpoint") if hasattr(model, "get") else None
-            weights = f"model.init_checkpoint {init}" if init else f"model.clip_weights {model.get('clip_weights')}"
+            clip = model.get("clip_weights") or "null (random weights)"
+            weights = f"model.init_checkpoint {init}" if init else f"model.clip_weights {clip}"
             rank_zero_info(f"no --ckpt_path: evaluating the configured weights ({weights})")
 
     def _network_from_checkpoint(self, subcommand: str, ckpt_path: str) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from tcclip.data.mixup import MixupCutmix
+from tcclip.errors import ConfigError, UserError
 from tcclip.finite import NonFiniteError, check_finite_logits
 from tcclip.model.checkpoint import read_checkpoint, wise_ft
 from tcclip.model.config import TCCLIPConfig
@@ -225,8 +226,20 @@ class TCCLIPModule(L.LightningModule):
         # load_from_checkpoint passes the stored dict back in.
         if isinstance(model_config, dict):
             model_config = TCCLIPConfig.from_dict(model_config)
-        if wise_ft_weight is not None and not 0.0 <= wise_ft_weight <= 1.0:
-            raise ValueError(f"model.wise_ft_weight must be in [0, 1] or null, got {wise_ft_weight}")
+        check_hyper_parameters(
+            lr=lr,
+            lr_min=lr_min,
+            warmup_epochs=warmup_epochs,
+            weight_decay=weight_decay,
+            betas=betas,
+            eps=eps,
+            total_batch_size=total_batch_size,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mixup_switch_prob=mixup_switch_prob,
+            label_smoothing=label_smoothing,
+            wise_ft_weight=wise_ft_weight,
+        )
         self.save_hyperparameters()
         # Plain types only in hparams, so checkpoints load with weights_only=True (checkpoint.load_model reads this).
         self.hparams["model_config"] = model_config.to_dict()
@@ -280,8 +293,12 @@ class TCCLIPModule(L.LightningModule):
                     label_smoothing=self.hparams.label_smoothing,
                 )
         stages = {"fit": ["val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        if stage == "fit":
+            _need_two_classes(self.train_class_names, "the training set")
         for s in stages:
             sets = self._eval_sets(s)
+            for eval_set in sets:
+                _need_two_classes(eval_set.class_names, f"the {s} set {eval_set.name!r}")
             self.eval_metrics[s] = nn.ModuleList(SetMetrics(len(e.class_names)) for e in sets)
             if self.hparams.wise_ft_weight is not None and stage != "fit":
                 self.eval_metrics[f"{s}_wise"] = nn.ModuleList(SetMetrics(len(e.class_names)) for e in sets)
@@ -507,10 +524,70 @@ class TCCLIPModule(L.LightningModule):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _need_two_classes(names: Sequence[str], what: str) -> None:
+    """A classifier of one class is always right: its accuracy (and torchmetrics) mean nothing."""
+    if len(names) < 2:
+        raise UserError(
+            f"{what} has {len(names)} class(es) ({', '.join(map(repr, names[:1])) or 'none'}); classification needs "
+            "at least two",
+            fix="Check the label file and video lists of data.init_args (root, splits): every split should cover "
+            "two or more classes.",
+        )
+
+
+def check_hyper_parameters(**values: Any) -> None:
+    """Refuse an optimiser or loss setting out of range before any work, naming its key (`model.<name>`)."""
+
+    def bad(name: str, rule: str) -> ConfigError:
+        return ConfigError(f"model.{name}", f"must be {rule}, got {values[name]!r}", fix=f"Fix model.{name}.")
+
+    def number(name: str) -> float:
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(name, "a finite number")
+        return float(value)
+
+    if number("lr") <= 0:
+        raise bad("lr", "> 0 (the peak learning rate)")
+    if not 0 <= number("lr_min") <= values["lr"]:
+        raise bad("lr_min", f">= 0 and <= model.lr ({values['lr']})")
+    for name in ("warmup_epochs", "weight_decay"):
+        if number(name) < 0:
+            raise bad(name, ">= 0")
+    if number("eps") <= 0:
+        raise bad("eps", "> 0")
+    betas = values["betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0 <= float(b) < 1 for b in betas)):
+        raise bad("betas", "two numbers in [0, 1)")
+    total = values["total_batch_size"]
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
+        raise bad("total_batch_size", "an integer >= 1, or null (use trainer.accumulate_grad_batches as given)")
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        if number(name) <= 0:
+            raise bad(name, "> 0")
+    if not 0 <= number("mixup_switch_prob") <= 1:
+        raise bad("mixup_switch_prob", "in [0, 1]")
+    if not 0 <= number("label_smoothing") < 1:
+        raise bad("label_smoothing", "in [0, 1)")
+    wise = values["wise_ft_weight"]
+    if wise is not None and not 0.0 <= number("wise_ft_weight") <= 1.0:
+        raise bad("wise_ft_weight", "in [0, 1] or null")
+
+
 def build_network(cfg: TCCLIPConfig, clip_weights: str | None) -> nn.Module:
     """`create_model` with no class names yet; random CLIP weights come from `RANDOM_CLIP_SEED`."""
     if clip_weights is not None:
-        return create_model(cfg, (), clip_weights=clip_weights)
+        try:
+            return create_model(cfg, (), clip_weights=clip_weights)
+        except UserError:
+            raise
+        except (ValueError, OSError) as err:  # not a weights file, the wrong architecture, a failed download
+            raise ConfigError(
+                "model.clip_weights",
+                f"cannot use {clip_weights!r}: {str(err).splitlines()[0][:400]}",
+                fix="Give model.clip_weights 'openai', the path of OpenAI / open_clip weights for "
+                f"{cfg.arch}, or null (random weights).",
+            ) from err
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_CLIP_SEED)
         return create_model(cfg, (), clip_weights=None)

@@ -110,7 +110,11 @@ def load_exported(directory: str | Path, class_names: Sequence[str] | None = Non
         ) from err
     names = list(class_names) if class_names is not None else list(config.get("class_names") or [])
     if not names:
-        raise UserError("stores no class names", path=directory / CONFIG_FILE, fix="pass class_names (or --labels)")
+        raise UserError(
+            "stores no class names",
+            path=directory / CONFIG_FILE,
+            fix="Give them: --labels / --label-file on the command line, class_names=[...] in Python.",
+        )
     model = build_model(cfg, names)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -33,7 +33,7 @@ from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
 from tcclip.data.distributed import EvalDistributedSampler
 from tcclip.data.labels import read_class_names
 from tcclip.data.splits import default_splits_dir, require_split_file
-from tcclip.errors import UserError
+from tcclip.errors import ConfigError, UserError
 from tcclip.protocols import DATA_PROTOCOLS, SEEDS, SHOTS
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,9 @@ class VideoDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if protocol not in PROTOCOLS:
-            raise ValueError(f"data.protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+            raise ConfigError(
+                "data.init_args.protocol", f"{protocol!r} is unknown", fix=f"Choose one of {', '.join(PROTOCOLS)}."
+            )
         self._root = root
         self.protocol = protocol
         self.shots = shots

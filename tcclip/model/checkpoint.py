@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tcclip.errors import UserError
+from tcclip.errors import ConfigError, UserError
 from tcclip.finite import check_finite_state
 from tcclip.model.config import TCCLIPConfig
 
@@ -501,10 +501,18 @@ def load_model(
     path = Path(checkpoint)
     contents = read_checkpoint(path)
     kind, state, stored_names = contents.kind, contents.state_dict, contents.class_names
-    cfg = _apply_overrides(contents.model_config, overrides, str(path))
+    try:
+        cfg = _apply_overrides(contents.model_config, overrides, str(path))
+    except ConfigError as err:  # a setting stored in the checkpoint (or an override) of the wrong type or range
+        err.path = err.path or path
+        err.fix = "The checkpoint's model_config (or an override) holds this value; fix it there."
+        raise
     if class_names is None:
         if stored_names is None:
-            raise CheckpointError(f"{path}: stores no class names; pass class_names")
+            raise CheckpointError(
+                f"{path}: stores no class names; give them: --labels / --label-file on the command line, "
+                "class_names=[...] in Python"
+            )
         class_names = stored_names
     if kind == "official":
         model = create_model(cfg, class_names, clip_weights=clip_weights or "openai")

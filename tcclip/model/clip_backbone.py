@@ -99,7 +99,10 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
     try:
         checkpoint: Any = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # pickled objects, not a torch file, truncated
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        first = str(err).splitlines()[0] if str(err) else ""
+        if "Weights only load failed" in first or "invalid load key" in first:
+            first = "not a torch file, or one holding pickled Python objects"
+        reason = f"{type(err).__name__}: {first}"
         raise ValueError(
             f"{path}: not a readable weights file ({reason}); expected an OpenAI JIT archive, "
             "a safetensors file, or a torch.save'd state dict of tensors (no pickled Python objects)"

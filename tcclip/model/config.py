@@ -106,6 +106,17 @@ class CLIPCfg:
         )
 
 
+def _bad(name: str, message: str) -> ValueError:
+    """A ConfigError (a UserError and a ValueError) naming the setting as a config file spells it."""
+    from tcclip.errors import ConfigError
+
+    return ConfigError(
+        f"model_config.{name}",
+        message,
+        fix=f"Fix model.model_config.{name} in the config (or the checkpoint's setting).",
+    )
+
+
 @dataclass(frozen=True)
 class TCCLIPConfig:
     """Everything that defines a TC-CLIP (or baseline) network, apart from the class list and weights.
@@ -146,24 +157,48 @@ class TCCLIPConfig:
     """Split CamelCase names into words (`ApplyEyeMakeup` -> `Apply Eye Makeup`), as the official `parse_ucf101`."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.model not in ("tc_clip", "vifi_clip", "clip"):
-            raise ValueError(f"model must be tc_clip, vifi_clip or clip, got {self.model!r}")
+            raise _bad("model", f"must be tc_clip, vifi_clip or clip, got {self.model!r}")
         if self.positional_embedding_type not in ("space", "joint"):
-            raise ValueError(
-                f"positional_embedding_type must be space or joint, got {self.positional_embedding_type!r}"
+            raise _bad("positional_embedding_type", f"must be space or joint, got {self.positional_embedding_type!r}")
+        if self.prompt_generation_layer_init not in ("clip", "random"):
+            raise _bad(
+                "prompt_generation_layer_init", f"must be clip or random, got {self.prompt_generation_layer_init!r}"
             )
         if not 0.0 < self.seed_token_a <= 1.0:
-            raise ValueError(f"seed_token_a must be in (0, 1], got {self.seed_token_a}")
-        if self.context_token_k < 1 or self.tome_r < 1 or self.num_frames < 1:
-            raise ValueError("context_token_k, tome_r and num_frames must be positive")
+            raise _bad("seed_token_a", f"must be in (0, 1], got {self.seed_token_a}")
+        for name in ("context_token_k", "tome_r", "num_frames", "n_ctx", "context_length"):
+            if getattr(self, name) < 1:
+                raise _bad(name, f"must be >= 1, got {getattr(self, name)}")
         if isinstance(self.prompt_generation_layer_level, int):
             object.__setattr__(self, "prompt_generation_layer_level", (self.prompt_generation_layer_level,))
         else:
             object.__setattr__(self, "prompt_generation_layer_level", tuple(self.prompt_generation_layer_level))
         if not self.prompt_generation_layer_level or min(self.prompt_generation_layer_level) < 1:
-            raise ValueError("prompt_generation_layer_level must list 1-based text block indices")
+            raise _bad("prompt_generation_layer_level", "must list 1-based text block indices")
         if list(self.prompt_generation_layer_level) != sorted(set(self.prompt_generation_layer_level)):
-            raise ValueError("prompt_generation_layer_level must be strictly increasing")
+            raise _bad("prompt_generation_layer_level", "must be strictly increasing")
+
+    def _check_types(self) -> None:
+        """Every field of the type its default has: a string where a number belongs (a hand-edited config, a
+        checkpoint written elsewhere) is named here instead of failing in a comparison deep in the network."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok, kind = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif isinstance(default, float):
+                ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            elif isinstance(default, str):
+                ok, kind = isinstance(value, str), "a string"
+            else:  # the tuple of block indices
+                items = value if isinstance(value, (list, tuple)) else [value]
+                ok = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
+                kind = "integers (a list of block indices)"
+            if not ok:
+                raise _bad(f.name, f"must be {kind}, got {type(value).__name__} {value!r}")
 
     @property
     def clip(self) -> CLIPCfg:
@@ -183,7 +218,13 @@ class TCCLIPConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown TCCLIPConfig keys: {sorted(unknown)}")
+            from tcclip.errors import ConfigError
+
+            raise ConfigError(
+                "model_config",
+                f"unknown settings {sorted(unknown)}",
+                fix=f"The settings are {', '.join(sorted(names))}.",
+            )
         return cls(**d)
 
     def replace(self, **changes: Any) -> TCCLIPConfig:
