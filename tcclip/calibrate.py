@@ -130,12 +130,12 @@ def read_config_files(configs: Sequence[str | Path], overrides: Sequence[str]) -
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from tcclip.config_files import check_config_file
     from tcclip.lightning_cli import defaults_files
 
     merged = OmegaConf.create({})
     for path in [*defaults_files(), *map(str, configs)]:
-        if not Path(path).is_file():
-            raise UserError("no such config file", path=path, fix="give a YAML config such as configs/demo.yaml")
+        check_config_file(path)  # missing, empty, not a mapping, bad YAML: named with the file (and line)
         try:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         except (OmegaConfBaseException, ValueError) as err:

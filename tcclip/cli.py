@@ -161,6 +161,9 @@ def _dispatch(argv: list[str]) -> int:
             f"unknown command {argv[0]!r}",
             fix=f"{guess}The commands are {', '.join(known_commands())}; `tcclip --help` says what each does.",
         )
+    from tcclip.config_files import check_config_files
+
+    check_config_files(argv[1:])  # an empty or malformed --config named before LightningCLI reads it
     from tcclip.lightning_cli import run_lightning_cli
 
     if argv[0] in LIGHTNING_SUBCOMMAND:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,41 @@ VIDEO_EXTENSIONS = frozenset(
 """File endings that a folder given to `tcclip predict` is searched for."""
 
 VideoInput = str | Path | Tensor
-"""A video file, or its decoded frames as uint8 [F, H, W, 3]."""
+"""A video file, or its decoded frames as uint8 [F, H, W, 3] (a torch tensor or a numpy array)."""
+
+
+class VideoInputError(UserError, TypeError):
+    """A video argument of the Python API that is neither a path nor decoded frames."""
+
+
+def as_video_input(video: object, what: str = "video") -> str | Path | Tensor:
+    """A path as it is, a numpy array of frames as a tensor (shared memory), anything else refused by name."""
+    import numpy as np
+
+    if isinstance(video, (str, Path, Tensor)):
+        return video
+    if isinstance(video, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(video))
+    if isinstance(video, os.PathLike):
+        return Path(video)
+    raise VideoInputError(
+        f"{what} is {'None' if video is None else type(video).__name__}, not a video",
+        fix="Give a file path, decoded frames as uint8 [F, H, W, 3] (a torch tensor or a numpy array), or a list "
+        "of those.",
+    )
+
+
+def _video_list(video: object) -> tuple[bool, list]:
+    """(one video given?, the videos checked): a single input, or a list/tuple of them (each named if wrong)."""
+    import numpy as np
+
+    if video is None or isinstance(video, (str, Path, Tensor, np.ndarray, os.PathLike)):
+        return True, [as_video_input(video)]
+    if not isinstance(video, (list, tuple)):
+        as_video_input(video)  # refused, by name
+    if not video:
+        raise VideoInputError("the list of videos is empty", fix="Give at least one video.")
+    return False, [as_video_input(v, f"video[{i}]") for i, v in enumerate(video)]
 
 
 class Prediction(NamedTuple):
@@ -165,13 +200,12 @@ def use_labels(model: nn.Module, labels: Sequence[str] | None) -> list[str]:
         LabelFileError: an empty list, a name with a line break, two names with the same prompt, or a name whose
             prompt is longer than the text encoder's context length.
     """
-    from tcclip.data.labels import LabelFileError, check_class_names
+    from tcclip.data.labels import LabelFileError, as_class_names
 
     if labels is not None:
-        labels = [str(label) for label in labels]
-        if not labels:
+        if isinstance(labels, Sequence) and not isinstance(labels, str) and len(labels) == 0:
             raise LabelFileError("the label list is empty", fix="Pass at least one class name.")
-        check_class_names(labels)
+        labels = as_class_names(labels, "labels")
         if list(model.class_names) != labels:
             with label_length_errors():
                 model.set_class_names(labels)
@@ -264,11 +298,11 @@ def predict(
     check_reject_options(reject, reject_threshold, reject_score)
     if reject or reject_threshold is not None:
         return predict_open_set(model, video, labels, top_k, views, backend, batch_size, reject_threshold, reject_score)
-    single = isinstance(video, str | Path | Tensor)
+    single, videos = _video_list(video)
     names = use_labels(model, labels)
     temperature = model_temperature(model)
     results: list[list[Prediction]] = []
-    for logits in batched_view_logits(model, [video] if single else list(video), views, backend, batch_size):
+    for logits in batched_view_logits(model, videos, views, backend, batch_size):
         probs = calibrated_probabilities(logits, temperature)
         results.extend(top_k_predictions(p, names, top_k) for p in probs)
     return results[0] if single else results
@@ -279,6 +313,7 @@ def batched_view_logits(
 ) -> Iterator[Tensor]:
     """Decode `videos` (paths or clips) `batch_size` at a time and yield their view logits [B, V, C]."""
     views = Views.parse(views)
+    check_views_memory(model, views, min(batch_size, len(videos)))
     with evaluating(model):
         for start in range(0, len(videos), batch_size):
             batch = [
@@ -430,6 +465,55 @@ class _VideoFiles(torch.utils.data.Dataset):
         return i, clips, None
 
 
+ACTIVATION_FACTOR = 12
+"""Peak inference memory of a transformer block per token, in units of width x 4 bytes (input, q/k/v, attention
+output, the MLP's 4x hidden layer and the residual stream, with some slack); a rough figure for `views_memory`."""
+
+
+def views_memory(model: nn.Module, views: Views, batch_size: int) -> int:
+    """Bytes one forward pass of `batch_size` videos of `views` needs at least: the float input clips and the
+    activations of the widest stage of the vision tower (an estimate, within a small factor)."""
+    cfg = model.cfg
+    vision = cfg.clip.vision
+    clips = batch_size * views.count
+    frame_input = 3 * vision.image_size**2 * 4
+    tokens = vision.num_patches + 1 + cfg.context_token_k
+    activations = tokens * vision.width * 4 * ACTIVATION_FACTOR
+    return clips * cfg.num_frames * (frame_input + activations)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a forward pass on `device` (MemAvailable on a Linux CPU, free memory on a GPU), if known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def check_views_memory(model: nn.Module, views: Views, batch_size: int) -> None:
+    """Refuse views x batch size whose forward pass cannot fit in this device's free memory (instead of the kernel
+    killing the process with no message)."""
+    device, _ = _device_dtype(model)
+    need = views_memory(model, views, batch_size)
+    free = available_memory(device)
+    if free is not None and need > free:
+        gib = 1024**3
+        raise UserError(
+            f"--views {views} with --batch-size {batch_size} (views=, batch_size=) scores {views.count * batch_size:,} "
+            f"clips of {model.cfg.num_frames} frames in one pass: about {need / gib:.1f} GiB, and {device.type} has "
+            f"{free / gib:.1f} GiB free",
+            fix="Use fewer views (the paper's test views are 4x3 at most; 2x1 is the default) or a smaller "
+            "--batch-size.",
+        )
+
+
 def _keep_list(batch: list) -> list:
     return batch
 
@@ -518,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"argument --views: {error}")
 
     check_model_args(args)
+    from tcclip.openset import check_reject_options
+
+    check_reject_options(args.reject, args.reject_threshold, args.reject_score)
     paths, problems = expand_video_paths(args.videos)
     failed = 0
     for item, reason in problems:
@@ -528,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     model = load_model_from_args(args)
+    check_views_memory(model, views, min(args.batch_size, len(paths)))
     names = list(model.class_names)
     from tcclip.openset import decide, rejector_from_args, verdict_text
 
@@ -604,11 +692,11 @@ def predict_open_set(
     reject_score: str | None = None,
 ) -> OpenSetPrediction | list[OpenSetPrediction]:
     """`tcclip.predict(..., reject=True)`: like `predict`, with "none of the above" under the threshold."""
-    single = isinstance(video, str | Path | Tensor)
+    single, videos = _video_list(video)
     names = use_labels(model, labels)
     rejector = Rejector.for_model(model, reject_threshold, reject_score)
     results: list[OpenSetPrediction] = []
-    for logits in batched_view_logits(model, [video] if single else list(video), views, backend, batch_size):
+    for logits in batched_view_logits(model, videos, views, backend, batch_size):
         probs = calibrated_probabilities(logits, rejector.temperature)
         results.extend(decide(rejector, logits, [top_k_predictions(p, names, top_k) for p in probs]))
     return results[0] if single else results

@@ -147,7 +147,14 @@ def load_model(
         **overrides: model settings (checkpoint files only).
 
     The calibration stored with the weights (`tcclip calibrate`) is attached as `model.calibration` (None if none).
+
+    Raises:
+        LabelFileError: `class_names` is one string, holds a non-string, or repeats a class (also after
+            lower-casing), as `--labels` is refused.
     """
+    from tcclip.data.labels import as_class_names
+
+    class_names = as_class_names(class_names)
     path = Path(checkpoint)
     if path.is_dir():
         if not is_exported_dir(path):

@@ -59,7 +59,7 @@ def test_a_project_command_errors_name_the_option_and_exit_2(capsys):
     assert "--shots" in capsys.readouterr().err
 
 
-def test_predict_is_the_video_predictor_and_score_is_lightnings_predict_loop(capsys, monkeypatch):
+def test_predict_is_the_video_predictor_and_score_is_lightnings_predict_loop(capsys, monkeypatch, tmp_path):
     assert "predict" in cli.EXTRA_COMMANDS and cli.EXTRA_COMMANDS["predict"].module == "tcclip.inference"
     assert "predict" not in cli.LIGHTNING_COMMANDS and cli.LIGHTNING_SUBCOMMAND["score"] == "predict"
 
@@ -72,6 +72,8 @@ def test_predict_is_the_video_predictor_and_score_is_lightnings_predict_loop(cap
 
     seen: list[list[str]] = []
     monkeypatch.setattr(tcclip.lightning_cli, "run_lightning_cli", lambda argv: seen.append(argv))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("trainer:\n  max_epochs: 1\n")  # --config files are read before LightningCLI
     assert cli.main(["score", "--config", "c.yaml", "--ckpt_path", "last"]) == 0
     assert cli.main(["test", "--config", "c.yaml"]) == 0
     assert seen == [["predict", "--config", "c.yaml", "--ckpt_path", "last"], ["test", "--config", "c.yaml"]]

@@ -181,14 +181,22 @@ class VideoDataModule(LightningDataModule):
     @property
     def root(self) -> Path:
         """Dataset root: the ``root`` argument, else ``$TCCLIP_DATA_ROOT``."""
-        root = self._root or os.environ.get(DATA_ROOT_ENV)
+        env = os.environ.get(DATA_ROOT_ENV)
+        root = self._root or env
         fix = f"Set data.init_args.root (or ${DATA_ROOT_ENV}) to the folder the video paths in the lists start from."
+        if self._root and env and Path(env).expanduser() != Path(self._root).expanduser():
+            # The config's root wins over the environment (as every explicit setting does); say so when it fails.
+            fix = (
+                f"The config sets data.init_args.root, so ${DATA_ROOT_ENV}={env} is not used. Override the root on "
+                f"the command line: --data.init_args.root {env} (tcclip fit/test/calibrate, tcclip data check --root)."
+            )
         if not root:
             raise UserError(f"{type(self).__name__}: no dataset root given", fix=fix)
         root = Path(root).expanduser()
         if not root.is_dir():
             what = "is a file, not a folder" if root.exists() else "does not exist"
-            raise UserError(f"the dataset root {what}", path=root, fix=fix)
+            source = "data.init_args.root" if self._root else f"${DATA_ROOT_ENV}"
+            raise UserError(f"the dataset root ({source}) {what}", path=root, fix=fix)
         return root
 
     def _file(self, rel_path: str) -> Path:

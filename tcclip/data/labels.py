@@ -72,6 +72,41 @@ def class_key(name: str) -> str:
     return " ".join(process_class_name(name).lower().split())
 
 
+def as_class_names(value: object, what: str = "class_names") -> list[str] | None:
+    """A class list given through the Python API, checked as the command line checks `--labels`: None stays None;
+    a list, tuple or numpy array of strings is checked by `check_class_names` (line breaks, duplicates, also
+    after lower-casing). One string is refused (taking its characters as classes is never meant, and splitting it
+    on commas would guess); so are numbers (label ids are not class names).
+
+    Raises:
+        LabelFileError: naming `what` and the fix.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        suggestion = [name.strip() for name in value.split(",") if name.strip()]
+        raise LabelFileError(
+            f"{what} is one string ({value[:60]!r}), not a list of class names",
+            fix=f"Pass a list, e.g. {what}={suggestion[:4]!r} (on the command line, --labels 'a,b' is split on "
+            "commas).",
+        )
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise LabelFileError(
+            f"{what} must be a list of class names, got {type(value).__name__}", fix=f"Pass {what}=['run', 'jump']."
+        ) from None
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise LabelFileError(
+                f"{what}[{i}] is {type(item).__name__} {item!r}, not a class name",
+                fix="Pass the names of the classes as strings (not label ids).",
+            )
+    if not items:
+        raise LabelFileError(f"{what} is empty", fix="Pass at least one class name.")
+    return check_class_names([str(item) for item in items])
+
+
 def check_class_names(
     names: Sequence[str], path: str | os.PathLike | None = None, lines: Sequence[int | None] | None = None
 ) -> list[str]:

@@ -343,9 +343,15 @@ def make_synthetic_dataset(
     if not 2 <= lo <= hi:
         raise ValueError(f"num_frames must be >= 2 (or a range lo <= hi), got {num_frames}")
     height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if min(height, width) < MIN_SIZE or height % 2 or width % 2:
+        raise ValueError(f"--size must be even and at least {MIN_SIZE} pixels a side, got {height}x{width}")
+    if fps < 1:
+        raise ValueError(f"--fps must be >= 1, got {fps}")
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--out {root}: is a file, not a folder; give a folder (it is created if missing)")
     splits = dict(zip(("train", "val", "test"), _split_counts(videos_per_class), strict=True))
 
-    root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     class_names = list(classes) if classes is not None else list(CLASS_NAMES[:num_classes])
     lines: dict[str, list[str]] = {name: [] for name in splits}
@@ -374,6 +380,10 @@ def make_synthetic_dataset(
     return SyntheticDataset(
         root=root, class_names=class_names, labels_csv=labels_csv, lists=lists, num_videos=num_videos
     )
+
+
+MIN_SIZE = 16
+"""Smallest frame side (pixels) of a synthetic video: room for a shape that moves."""
 
 
 def _parse_size(text: str | int | tuple[int, int]) -> int | tuple[int, int]:

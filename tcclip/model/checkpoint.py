@@ -496,8 +496,10 @@ def load_model(
     Raises:
         CheckpointError: unsafe or unknown file, config contradictions, key or shape mismatches.
     """
+    from tcclip.data.labels import as_class_names
     from tcclip.model.factory import build_model, create_model
 
+    class_names = as_class_names(class_names)  # a string, numbers or repeats are refused as --labels are
     path = Path(checkpoint)
     contents = read_checkpoint(path)
     kind, state, stored_names = contents.kind, contents.state_dict, contents.class_names
