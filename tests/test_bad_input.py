@@ -8,6 +8,14 @@ Placeholders, replaced in argv, in file contents and in `phrase`:
     {tmp}    the test's folder (also the working directory)
     {ckpt}   a tiny TC-CLIP checkpoint whose classes are `CKPT_CLASSES` (built once per session, only if used)
     {video}  a small real mp4 video (built once per session, only if used)
+    {lckpt}  a tiny Lightning checkpoint of configs/demo.yaml's network (8 frames), as `tcclip fit` writes
+    {strckpt} {ckpt} with a string where its model_config stores a number
+    {data}   a synthetic dataset of 3 classes (tests/conftest.py's `data_synth`)
+    {data1}  a synthetic dataset of one class
+    {config} configs/demo.yaml
+
+`test_bad_input_rows_with_the_console_script` (slow) runs every row without a `setup` again through the installed
+`tcclip` console script in a child process: a traceback anywhere, in any process, fails the suite.
 """
 
 from __future__ import annotations
@@ -111,6 +119,85 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 LONG = "/".join(["d" * 200] * 6)  # a 1200-character folder path, each part near the 255-byte name limit
+
+
+def demo(*extra: str, root: str = "{data}", run: str = "run") -> tuple[str, ...]:
+    """Options of a Lightning command on configs/demo.yaml, the test data and ./run."""
+    return ("--config", "{config}", f"--data.init_args.root={root}", f"--trainer.default_root_dir={run}", *extra)
+
+
+def raise_in(target: str, exception: BaseException) -> Callable[[pytest.MonkeyPatch], None]:
+    """A `setup` that makes `module.attribute` raise `exception` when called (a full disk, a Ctrl-C at that point)."""
+
+    def setup(monkeypatch: pytest.MonkeyPatch) -> None:
+        import importlib
+
+        parts = target.split(".")
+        for cut in range(len(parts) - 1, 0, -1):  # the longest importable prefix, then attributes (a class)
+            try:
+                owner = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name)
+
+        def fail(*args, **kwargs):
+            raise exception
+
+        monkeypatch.setattr(owner, parts[-1], fail)
+
+    return setup
+
+
+def disk_full_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up while a timeline is written: one file is there, then ENOSPC."""
+    import errno
+
+    from tcclip import timelines
+
+    def write(tl, out):
+        (out / "windows.csv").write_text("window,start\n0,0.0")  # cut mid-way
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "segments.csv"))
+
+    monkeypatch.setattr(timelines, "_write_timeline_files", write)
+
+
+def few_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcclip import timelines
+
+    monkeypatch.setattr(timelines, "MAX_WINDOWS", 5)
+
+
+def env_root_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TCCLIP_DATA_ROOT", "/elsewhere/videos")
+
+
+def earlier_timeline_kept(folder: Path) -> None:
+    assert (folder / "tl" / "windows.csv").read_text() == "earlier\n"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [], "a temporary folder was left"
+
+
+def earlier_export_kept(folder: Path) -> None:
+    assert (folder / "exp" / "model.onnx").read_text() == "earlier\n"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [], "a temporary folder was left"
+
+
+def only_new_export(folder: Path) -> None:
+    names = sorted(p.name for p in (folder / "exp").iterdir())
+    assert names == ["README.md", "config.json", "model.safetensors"], names
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "a temporary folder was left"
+
+
+def file_untouched(rel: str, text: str) -> Callable[[Path], None]:
+    def check(folder: Path) -> None:
+        assert (folder / rel).read_text() == text
+
+    return check
+
+
+ENOSPC = OSError(28, "No space left on device", "run/lightning_logs/version_0/events.out.tfevents")
+EARLIER_EXPORT = {"exp/config.json": '{"format": "tcclip-export"}', "exp/model.onnx": "earlier\n"}
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -537,6 +624,317 @@ CASES: list[Case] = [
         2,
         "window and stride must be positive seconds",
     ),
+    # --- evaluation never runs on weights nobody asked for ------------------------------------------------------
+    *(
+        Case(
+            f"{command}-ckpt-path-{which}-finds-nothing",
+            (command, *demo("--ckpt_path", which)),
+            2,
+            f"tcclip {command}: error: --ckpt_path {which}: no readable checkpoint found; searched {{tmp}}/run and "
+            "every folder below it",
+            absent=("run",),
+        )
+        for command, which in (("test", "last"), ("validate", "best"), ("score", "last"), ("test", "best"))
+    ),
+    Case(
+        "calibrate-ckpt-path-last-finds-nothing",
+        ("calibrate", *demo("--ckpt_path", "last")),
+        2,
+        "tcclip calibrate: error: --ckpt_path last: no readable checkpoint found; searched {tmp}/run",
+    ),
+    Case(
+        "test-ckpt-path-is-a-folder",
+        ("test", *demo("--ckpt_path", "ckpts")),
+        2,
+        "ckpts: --ckpt_path is a folder, not a checkpoint. Pass one of its checkpoints (a.ckpt)",
+        files={"ckpts/a.ckpt": "x"},
+    ),
+    Case("test-ckpt-path-missing", ("test", *demo("--ckpt_path", "gone.ckpt")), 2, "gone.ckpt: --ckpt_path: no such"),
+    Case(
+        "fit-ckpt-path-save-model-file",
+        ("fit", *demo("--ckpt_path", "{ckpt}")),
+        2,
+        "is a save_model file: it holds weights but no training state, so `tcclip fit --ckpt_path` cannot resume from "
+        "it. To train starting from these weights, pass --model.init_checkpoint",
+    ),
+    Case(
+        "fit-resume-with-other-num-frames",
+        ("fit", *demo("--ckpt_path", "{lckpt}", "--data.init_args.num_frames=4")),
+        2,
+        "data.init_args.num_frames is 4, but the checkpoint was trained with 8 frames; a resumed training must keep it",
+    ),
+    # --- degenerate statistics and rejection ------------------------------------------------------------------
+    Case(
+        "calibrate-too-few-videos",
+        ("calibrate", *demo("--ckpt_path", "{lckpt}", "--quiet")),
+        2,
+        "only 3 validation video(s) to calibrate on; at least 20 are needed",
+        absent=("{lckpt}.calibration.json",),
+    ),
+    Case(
+        "calibrate-min-videos-below-two",
+        ("calibrate", *demo("--ckpt_path", "{lckpt}", "--min-videos", "1")),
+        2,
+        "argument --min-videos: must be >= 2, got 1",
+    ),
+    Case("predict-reject-threshold-above-range", predict("--reject-threshold", "5"), 2, "'msp' threshold 5 rejects"),
+    Case(
+        "predict-reject-threshold-below-range",
+        predict("--reject-threshold", "0.1"),
+        2,
+        "the 'msp' threshold 0.1 accepts every video: with 3 classes the score lies in [0.333333, 1]",
+    ),
+    Case(
+        "predict-reject-one-class",
+        predict("--labels", "run", "--reject-threshold", "0.5"),
+        2,
+        "with one class the 'msp' score is always 1, so it cannot reject anything. Use --reject-score max_logit",
+    ),
+    Case(
+        "predict-reject-score-without-reject",
+        predict("--reject-score", "energy"),
+        2,
+        "--reject-score energy (reject_score=) chooses the score of the rejection, but no rejection is asked for",
+    ),
+    Case(
+        "timeline-reject-score-without-reject",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--reject-score", "mcm", "--out", "tl"),
+        2,
+        "but no rejection is asked for",
+        absent=("tl",),
+    ),
+    # --- every output all or nothing ----------------------------------------------------------------------------
+    Case(
+        "timeline-out-holds-other-files",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--quiet", "--out", "tl"),
+        2,
+        "--out tl: holds files that this command does not write (notes.txt)",
+        files={"tl/notes.txt": "mine\n"},
+        check=file_untouched("tl/notes.txt", "mine\n"),
+    ),
+    Case(
+        "timeline-out-is-a-file",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--quiet", "--out", "tl"),
+        2,
+        "--out tl: is a file, not a folder",
+        files={"tl": "mine\n"},
+    ),
+    Case(
+        "timeline-disk-full-keeps-the-earlier-timeline",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--quiet", "--out", "tl", "--refine", "0"),
+        2,
+        "tl: cannot write the timeline: the disk is full; nothing was written under this name",
+        files={"tl/windows.csv": "earlier\n"},
+        setup=disk_full_after_first_file,
+        check=earlier_timeline_kept,
+    ),
+    Case(
+        "timeline-out-not-writable",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--quiet", "--out", "tl"),
+        2,
+        "--out tl: cannot write there (Permission denied)",
+        setup=permission_denied,
+        absent=("tl",),
+    ),
+    Case(
+        "timeline-ctrl-c-keeps-the-earlier-timeline",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--quiet", "--out", "tl", "--refine", "0"),
+        130,
+        "tcclip timeline: interrupted",
+        files={"tl/windows.csv": "earlier\n"},
+        setup=raise_in("tcclip.timelines.plot_timeline", KeyboardInterrupt()),
+        check=earlier_timeline_kept,
+    ),
+    Case(
+        "export-replaces-an-earlier-export-whole",
+        ("export", "{ckpt}", "exp"),
+        0,
+        "wrote exp: README.md, config.json, model.safetensors",
+        files=EARLIER_EXPORT,
+        not_phrase=("model.onnx",),
+        check=only_new_export,
+    ),
+    Case(
+        "export-disk-full-keeps-the-earlier-export",
+        ("export", "{ckpt}", "exp"),
+        2,
+        "exp: cannot write the export: the disk is full; nothing was written under this name",
+        files=EARLIER_EXPORT,
+        setup=raise_in("tcclip.portable.write_exported", OSError(28, "No space left on device")),
+        check=earlier_export_kept,
+    ),
+    Case(
+        "export-out-not-writable",
+        ("export", "{ckpt}", "exp"),
+        2,
+        "OUT_DIR exp: cannot write there (Permission denied)",
+        setup=permission_denied,
+        absent=("exp",),
+    ),
+    Case(
+        "export-out-is-a-file",
+        ("export", "{ckpt}", "exp"),
+        2,
+        "OUT_DIR exp: is a file, not a folder",
+        files={"exp": "mine\n"},
+        check=file_untouched("exp", "mine\n"),
+    ),
+    Case(
+        "calibrate-disk-full",
+        ("calibrate", *demo("--ckpt_path", "{lckpt}", "--quiet", "--min-videos", "3")),
+        2,
+        "cannot write the calibration record: the disk is full; nothing was written under this name",
+        setup=raise_in("tcclip.outputs._fsync_file", OSError(28, "No space left on device")),
+        absent=("{lckpt}.calibration.json",),
+    ),
+    Case(
+        "fit-disk-full-is-one-paragraph",
+        ("fit", *demo("--trainer.max_epochs=1")),
+        2,
+        "tcclip fit: error: run/lightning_logs/version_0/events.out.tfevents: the disk is full; the command stopped",
+        setup=raise_in("tcclip.lit.TCCLIPModule.configure_optimizers", ENOSPC),
+    ),
+    Case(
+        "fit-read-only-root",
+        ("fit", *demo("--trainer.max_epochs=1")),
+        2,
+        "trainer.default_root_dir cannot be written",
+        setup=raise_in("tcclip.outputs._fsync_file", PermissionError(13, "Permission denied")),
+        absent=("run",),
+    ),
+    # --- Ctrl-C: exit 130, one line ------------------------------------------------------------------------------
+    Case(
+        "predict-ctrl-c",
+        predict(),
+        130,
+        "tcclip predict: interrupted",
+        setup=raise_in("tcclip.inference.video_view_logits", KeyboardInterrupt()),
+    ),
+    Case(
+        "fit-ctrl-c-says-where-it-saved",
+        ("fit", *demo("--trainer.max_epochs=1")),
+        130,
+        "tcclip fit: interrupted; Stopped at epoch 0, global step 0; the weights from before the stop are saved in "
+        "run/lightning_logs/version_0/checkpoints/last.ckpt. To resume, run the same command with --ckpt_path last.",
+        setup=raise_in("tcclip.lit.TCCLIPModule.training_step", KeyboardInterrupt()),
+        not_phrase=("Detected KeyboardInterrupt",),
+    ),
+    # --- every value checked before work starts, its key named ---------------------------------------------------
+    Case(
+        "fit-negative-tome-r",
+        ("fit", *demo("--model.model_config.tome_r=-2")),
+        2,
+        "model_config.tome_r: must be >= 1, got -2",
+        absent=("run",),
+    ),
+    Case("fit-negative-lr", ("fit", *demo("--model.lr=-0.1")), 2, "model.lr: must be > 0", absent=("run",)),
+    Case(
+        "fit-total-batch-size-zero",
+        ("fit", *demo("--model.total_batch_size=0")),
+        2,
+        "model.total_batch_size: must be an integer >= 1, or null",
+        absent=("run",),
+    ),
+    *(
+        Case(
+            f"{command}-unknown-protocol",
+            (command, *demo("--data.init_args.protocol=banana")),
+            2,
+            "data.init_args.protocol: 'banana' is unknown. Choose one of zero_shot, few_shot",
+            not_phrase=("Union subtypes",),
+        )
+        for command in ("fit", "validate")
+    ),
+    Case(
+        "fit-one-class-dataset",
+        ("fit", *demo("--trainer.max_epochs=1", root="{data1}")),
+        2,
+        "the training set has 1 class(es) ('MoveLeft'); classification needs at least two",
+    ),
+    Case(
+        "fit-clip-weights-text-file",
+        ("fit", *demo("--model.clip_weights=w.txt")),
+        2,
+        "model.clip_weights: cannot use 'w.txt': w.txt: not a readable weights file",
+        files={"w.txt": "not weights at all\n"},
+        not_phrase=("Weights only load failed",),
+    ),
+    Case(
+        "predict-checkpoint-stores-a-string-for-a-number",
+        ("predict", "{video}", "--checkpoint", "{strckpt}", "--workers", "0"),
+        2,
+        "{strckpt}: model_config.tome_r: must be an integer, got str '4'",
+    ),
+    Case(
+        "predict-views-beyond-memory",
+        predict("--views", "100000000x1"),
+        2,
+        "--views 100000000x1 with --batch-size 1 (views=, batch_size=) scores 100,000,000 clips of 4 frames in one "
+        "pass: about",
+    ),
+    Case(
+        "timeline-stride-under-a-millisecond",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--stride", "0.000001", "--out", "tl"),
+        2,
+        "--stride 1e-06 is under a millisecond",
+        absent=("tl",),
+    ),
+    Case(
+        "timeline-too-many-windows",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--window", "0.01", "--stride", "0.01", "--out", "tl"),
+        2,
+        "windows, more than the 5 a timeline scores",
+        setup=few_windows,
+        absent=("tl",),
+    ),
+    Case(
+        "timeline-negative-window",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--window", "-1", "--out", "tl"),
+        2,
+        "--window (window=) must be positive seconds, got -1",
+        absent=("tl",),
+    ),
+    Case(
+        "data-synth-size-zero",
+        ("data", "synth", "--out", "synth", "--size", "0"),
+        2,
+        "--size must be even and at least 16 pixels a side, got 0x0",
+        absent=("synth",),
+    ),
+    Case(
+        "data-synth-out-is-a-file",
+        ("data", "synth", "--out", "taken", "--num-classes", "2"),
+        2,
+        "--out taken: is a file, not a folder",
+        files={"taken": "mine\n"},
+        check=file_untouched("taken", "mine\n"),
+    ),
+    # --- messages that name the file, the option and the fix -----------------------------------------------------
+    *(
+        Case(f"fit-{name}-config", ("fit", "--config", "c.yaml"), 2, phrase, files={"c.yaml": text})
+        for name, text, phrase in (
+            ("empty", "", "c.yaml: the config file is empty (or holds only comments)"),
+            ("comment-only", "# nothing here\n", "c.yaml: the config file is empty (or holds only comments)"),
+            ("list", "- trainer\n", "c.yaml: the config holds a list, not a mapping of settings"),
+            ("bad-yaml", "trainer:\n  max_epochs: [1\n", "c.yaml:3: not valid YAML"),
+        )
+    ),
+    Case(
+        "calibrate-empty-config",
+        ("calibrate", "--config", "c.yaml", "--ckpt_path", "{ckpt}"),
+        2,
+        "c.yaml: the config file is empty (or holds only comments)",
+        files={"c.yaml": "# nothing\n"},
+    ),
+    Case(
+        "fit-config-root-hides-the-environment-root",
+        ("fit", *demo(root="nowhere")),
+        2,
+        "nowhere: the dataset root (data.init_args.root) does not exist. The config sets data.init_args.root, so "
+        "$TCCLIP_DATA_ROOT=/elsewhere/videos is not used. Override the root on the command line: "
+        "--data.init_args.root /elsewhere/videos",
+        setup=env_root_elsewhere,
+    ),
     # --- sweep selections: an empty selection is an error that says what it selected from, before any output ---------
     *(
         Case(f"sweep-{name}", ("sweep", *argv, "--smoke"), 2, phrase, absent=("runs", "results"))
@@ -580,6 +978,51 @@ def tiny_video(tmp_path_factory) -> Path:
     return write_video(path, render_video("Grow", 8, 40, 40, np.random.default_rng(0)))
 
 
+@pytest.fixture(scope="session")
+def tiny_lightning_checkpoint(tmp_path_factory) -> Path:
+    """The network of configs/demo.yaml in the layout `tcclip fit` saves, under a run's checkpoints/ folder."""
+    import torch
+
+    from tcclip.model.checkpoint import lightning_checkpoint
+    from tcclip.model.config import TCCLIPConfig
+    from tcclip.model.factory import create_model
+
+    torch.manual_seed(0)
+    cfg = TCCLIPConfig(
+        arch="test-tiny", num_frames=8, positional_embedding_type="joint", context_token_k=8, tome_r=4,
+        prompt_generation_layer_level=(2,),
+    )  # fmt: skip
+    names = ["MoveLeft", "MoveRight", "MoveUp"]
+    checkpoint = lightning_checkpoint(create_model(cfg, names, clip_weights=None))
+    checkpoint["tcclip"] = {"train_class_names": names}
+    folder = tmp_path_factory.mktemp("lightning_ckpt") / "lightning_logs" / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(checkpoint, folder / "last.ckpt")
+    return folder / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def checkpoint_with_a_string_setting(tiny_checkpoint, tmp_path_factory) -> Path:
+    import torch
+
+    stored = torch.load(tiny_checkpoint, weights_only=True)
+    stored["model_config"]["tome_r"] = "4"
+    path = tmp_path_factory.mktemp("string_ckpt") / "string.ckpt"
+    torch.save(stored, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def one_class_data(tmp_path_factory) -> Path:
+    from tcclip.data.splits import make_synthetic_protocol_splits
+    from tcclip.data.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("one_class_data")
+    make_synthetic_dataset(root, num_classes=1, videos_per_class=3, num_frames=(8, 8), size=32, seed=0)
+    make_synthetic_protocol_splits(root)
+    return root
+
+
 def _substitute(text: str, values: Mapping[str, str]) -> str:
     for key, value in values.items():
         text = text.replace("{" + key + "}", value)
@@ -587,12 +1030,22 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
 
 
 def _placeholders(case: Case, tmp_path: Path, request) -> dict[str, str]:
-    words = " ".join([*case.argv, case.phrase, *(v for v in case.files.values() if isinstance(v, str))])
+    words = " ".join([*case.argv, case.phrase, *case.absent, *(v for v in case.files.values() if isinstance(v, str))])
     values = {"tmp": str(tmp_path)}
     if "{ckpt}" in words:
         values["ckpt"] = str(request.getfixturevalue("tiny_checkpoint"))
     if "{video}" in words:
         values["video"] = str(request.getfixturevalue("tiny_video"))
+    if "{config}" in words:
+        values["config"] = str(REPO / "configs" / "demo.yaml")
+    for key, fixture in (
+        ("lckpt", "tiny_lightning_checkpoint"),
+        ("strckpt", "checkpoint_with_a_string_setting"),
+        ("data1", "one_class_data"),
+        ("data", "data_synth"),
+    ):
+        if "{" + key + "}" in words:
+            values[key] = str(request.getfixturevalue(fixture))
     return values
 
 
@@ -604,21 +1057,21 @@ def run_tcclip(argv: list[str], capsys, in_subprocess: bool = False) -> tuple[in
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         done = subprocess.run([sys.executable, "-m", "tcclip.cli", *argv], capture_output=True, text=True, env=env)
         return done.returncode, done.stdout + done.stderr
+    import signal
+
     try:
         code = cli.main(argv)
     except SystemExit as exit_:  # argparse's usage errors
         code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after one
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_bad_input(case: Case, tmp_path: Path, request, capsys, monkeypatch):
-    assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
-    monkeypatch.chdir(tmp_path)
+def _prepare(case: Case, tmp_path: Path, request) -> tuple[dict[str, str], list[str]]:
+    """Write the row's files; returns the placeholder values and the command line."""
     values = _placeholders(case, tmp_path, request)
-    if case.setup is not None:
-        case.setup(monkeypatch)
     for rel, content in case.files.items():
         path = tmp_path / _substitute(rel, values)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -628,10 +1081,10 @@ def test_bad_input(case: Case, tmp_path: Path, request, capsys, monkeypatch):
             path.write_bytes(content)
         else:
             path.write_text(_substitute(content, values), encoding="utf-8")
-    argv = [_substitute(a, values) for a in case.argv]
+    return values, [_substitute(a, values) for a in case.argv]
 
-    code, output = run_tcclip(argv, capsys, case.subprocess)
 
+def _check(case: Case, tmp_path: Path, values: Mapping[str, str], code: int, output: str) -> None:
     flat = " ".join(output.split())
     assert "Traceback" not in output, output
     assert code == case.exit_code, f"exit code {code}, expected {case.exit_code}; output:\n{output}"
@@ -639,9 +1092,68 @@ def test_bad_input(case: Case, tmp_path: Path, request, capsys, monkeypatch):
     for phrase in case.not_phrase:
         assert phrase not in flat, output
     for rel in case.absent:
-        assert not (tmp_path / rel).exists(), f"{rel} was left behind"
+        assert not (tmp_path / _substitute(rel, values)).exists(), f"{rel} was left behind"
     if case.check is not None:
         case.check(tmp_path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_bad_input(case: Case, tmp_path: Path, request, capsys, monkeypatch):
+    assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
+    monkeypatch.chdir(tmp_path)
+    if case.setup is not None:
+        case.setup(monkeypatch)
+    values, argv = _prepare(case, tmp_path, request)
+    code, output = run_tcclip(argv, capsys, case.subprocess)
+    _check(case, tmp_path, values, code, output)
+
+
+def console_script() -> Path:
+    """The `tcclip` command that `pip install` made, next to this interpreter (as a user runs it)."""
+    import shutil
+
+    script = Path(sys.executable).with_name("tcclip")
+    found = script if script.is_file() else shutil.which("tcclip")
+    if found is None:
+        pytest.fail("the tcclip console script is not installed (pip install -e . makes it)")
+    return Path(found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.setup is None], ids=lambda case: case.id)
+def test_bad_input_rows_with_the_console_script(case: Case, tmp_path: Path, request):
+    """Every row that needs no change to the world, through the installed `tcclip` in a child process: what the
+    user sees, start-up and worker processes included (a traceback anywhere fails)."""
+    import subprocess
+
+    values, argv = _prepare(case, tmp_path, request)
+    env = {k: v for k, v in os.environ.items() if k not in ("TCCLIP_DATA_ROOT", "PYTHONPATH")}
+    done = subprocess.run(
+        [str(console_script()), *argv], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
+    _check(case, tmp_path, values, done.returncode, done.stdout + done.stderr)
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_ends_in_one_line_exit_130_and_no_partial_file(tmp_path):
+    """SIGINT, as a terminal's Ctrl-C sends it, in the middle of `tcclip data synth`."""
+    import signal
+    import subprocess
+    import time
+
+    argv = [str(console_script()), "data", "synth", "--out", "synth", "--num-classes", "12"]
+    child = subprocess.Popen([*argv, "--videos-per-class", "40", "--size", "96"], cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    videos = tmp_path / "synth" / "videos"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (videos.is_dir() and any(videos.rglob("*.mp4"))):
+        time.sleep(0.1)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, (out, err)
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "tcclip data: interrupted", err
+    assert not [p for p in (tmp_path / "synth").rglob("*") if ".tmp-" in p.name], "a temporary file was left"
+    assert not (tmp_path / "synth" / "train.txt").exists()  # the lists appear only with every video
 
 
 # ---------------------------------------------------------------------------------------------------- beyond the table

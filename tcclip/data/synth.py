@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+
+from tcclip.outputs import atomic_write_texts
 
 if TYPE_CHECKING:
     import jsonargparse
@@ -269,6 +272,19 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, gop_size: i
         raise ValueError(f"frame size {height}x{width} must be even for yuv420p; pick an even size")
     codec, options = ENCODERS[ext]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Encoded under a temporary name and renamed when complete: a Ctrl-C or a full disk never leaves a truncated
+    # video under a real name (the extension stays last: it chooses the container).
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}.{ext}")
+    try:
+        _encode(temp, frames, codec, options, ext, fps, gop_size)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def _encode(path: Path, frames: np.ndarray, codec: str, options, ext: str, fps: int, gop_size: int) -> None:
+    num, height, width = frames.shape[:3]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps, options=dict(options))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -281,7 +297,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, gop_size: i
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush delayed frames
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -370,11 +385,13 @@ def make_synthetic_dataset(
             lines[split].append(f"{rel.as_posix()} {label}")
 
     labels_csv = root / "labels.csv"
-    labels_csv.write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(class_names)))
-    lists = {}
-    for split, rows in lines.items():
-        lists[split] = root / f"{split}.txt"
-        lists[split].write_text("".join(row + "\n" for row in rows))
+    lists = {split: root / f"{split}.txt" for split in lines}
+    atomic_write_texts(
+        {
+            labels_csv: "id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(class_names)),
+            **{lists[split]: "".join(row + "\n" for row in rows) for split, rows in lines.items()},
+        }
+    )
     num_videos = num_classes * videos_per_class
     logger.info("wrote %d synthetic videos to %s in %.1f s", num_videos, root, time.perf_counter() - started)
     return SyntheticDataset(
