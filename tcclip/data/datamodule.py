@@ -196,7 +196,7 @@ class VideoDataModule(LightningDataModule):
         if not root.is_dir():
             what = "is a file, not a folder" if root.exists() else "does not exist"
             source = "data.init_args.root" if self._root else f"${DATA_ROOT_ENV}"
-            raise UserError(f"the dataset root ({source}) {what}", path=root, fix=fix)
+            raise UserError(f"the dataset root {what} (set by {source})", path=root, fix=fix)
         return root
 
     def _file(self, rel_path: str) -> Path:
