@@ -930,9 +930,9 @@ CASES: list[Case] = [
         "fit-config-root-hides-the-environment-root",
         ("fit", *demo(root="nowhere")),
         2,
-        "nowhere: the dataset root does not exist (set by data.init_args.root). The config sets data.init_args.root, so "
-        "$TCCLIP_DATA_ROOT=/elsewhere/videos is not used. Override the root on the command line: "
-        "--data.init_args.root /elsewhere/videos",
+        "nowhere: the dataset root does not exist (set by data.init_args.root). The config sets "
+        "data.init_args.root, so $TCCLIP_DATA_ROOT=/elsewhere/videos is not used. Override the root on the command "
+        "line: --data.init_args.root /elsewhere/videos",
         setup=env_root_elsewhere,
     ),
     # --- sweep selections: an empty selection is an error that says what it selected from, before any output ---------
