@@ -112,3 +112,54 @@ def test_dataloader_benchmark_runs_on_a_given_folder(quirk_root, tmp_path):
         (p, s) for p in ("train", "test") for s in ("original", "prepared", "prepared-k1")
     }
     assert all(r["decode_ms"] > 0 and r["transform_ms"] > 0 for r in rows)
+
+
+def test_prepare_refuses_an_unknown_preset_before_any_work(quirk_root, tmp_path, capsys):
+    root, train = quirk_root
+    out = tmp_path / "prepared"
+    args = ["data", "prepare", "--list", str(train), "--root", str(root), "--out", str(out), "--preset", "warp9"]
+    assert tcclip_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--preset 'warp9' is not an x264 preset" in err and "veryfast" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_prepare_with_whole_files_only(quirk_videos, tmp_path):
+    """SIGINT to `tcclip data prepare` (the parent only, as `kill -INT` does; a terminal signals the workers too):
+    exit 130 and one line; the videos not started are not re-encoded; every file under a final name is complete and
+    no temporary is left; a rerun finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = tmp_path / "original"
+    root.mkdir()
+    for k in range(40):  # enough work that Ctrl-C lands in the middle
+        video = list(quirk_videos.values())[k % len(quirk_videos)]
+        shutil.copy(video.path, root / f"{k:02d}_{video.path.name}")
+    out = tmp_path / "prepared"
+    tcclip = [sys.executable, "-c", "import sys; from tcclip.cli import main; sys.exit(main())"]
+    command = [*tcclip, "data", "prepare", "--folder", str(root), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        out.is_dir() and any(p.suffix for p in out.iterdir() if p.name[0] != ".")
+    ):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert not list(out.glob(".*partial*"))
+    done = [p for p in out.iterdir() if p.suffix in (".avi", ".mp4")]
+    assert 0 < len(done) < 40
+    for p in done:  # whole files only
+        original = read_video_frames(root / p.name)
+        assert len(read_video_frames(p)) == len(original)
+    assert subprocess.run(command, capture_output=True, text=True, timeout=600).returncode == 0
+    assert len([p for p in out.iterdir() if p.suffix in (".avi", ".mp4")]) == 40
+    assert Path(out / "prepare_failures.txt").exists() is False

@@ -203,6 +203,9 @@ def prepare_video(root: str, out: str, rel_path: str, settings: PrepareSettings)
         problem = err.reason or str(err)
     except (av.error.FFmpegError, OSError) as err:
         problem = f"cannot be re-encoded ({plain_reason(err)})"
+    except BaseException:  # Ctrl-C, a worker stopped: no temporary is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     if problem is not None:
         tmp.unlink(missing_ok=True)
         return PrepareResult(rel_path, "failed", src.stat().st_size if src.is_file() else 0, 0, problem)
@@ -243,11 +246,18 @@ def prepare_dataset(
             if callable(on_done):
                 on_done(results[-1])
         return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
         for future in as_completed([pool.submit(_prepare_one, job) for job in jobs]):
             results.append(future.result())
             if callable(on_done):
                 on_done(results[-1])
+    except BaseException:
+        # Ctrl-C: the videos not started are dropped, not re-encoded while the command says it stopped; the ones
+        # running finish or remove their temporary, so every file under a final name is whole.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     order = {v: i for i, v in enumerate(videos)}
     return sorted(results, key=lambda r: order[r.path])
 
