@@ -275,3 +275,12 @@ def test_missing_libarchive_names_the_os_package(tmp_path: Path, monkeypatch) ->
     with pytest.raises(ArchiveError, match="libarchive-tools.*libarchive-c"):
         extract(archive, tmp_path / "out")
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_whole_part_left_by_a_kill_before_the_rename(tmp_path: Path) -> None:
+    with LocalServer({"/a.bin": DATA}) as server:
+        (tmp_path / "a.bin.part").write_bytes(DATA)
+        (tmp_path / "a.bin.part.url").write_text(server.url("/a.bin") + "\n")
+        report = fetch(RemoteFile("a.bin", (server.url("/a.bin"),), sha256=SHA), tmp_path)  # size not known
+        assert report.path.read_bytes() == DATA
+        assert server.served.requests == [("/a.bin", f"bytes={len(DATA)}-")]  # answered 416: nothing sent again

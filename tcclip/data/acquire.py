@@ -137,8 +137,9 @@ def _fetch(request: Request, remote: RemoteFile, ui: Ui, urls: Sequence[str] = (
             progress=progress,
             insecure=request.insecure,
         )
-    if report.failures and report.source:
-        ui.note(f"{remote.name}: from {report.source} after {len(report.failures)} failed attempts")
+    if report.source:
+        failed = f" after {len(report.failures)} failed attempts" if report.failures else ""
+        ui.note(f"downloaded {remote.name} from {report.source}{failed}")
     return report.path
 
 
@@ -236,9 +237,18 @@ def _get_kinetics_split(
     return len(chosen)
 
 
-def _k400(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
-    from tcclip.data.splits import default_splits_dir
+def _official_labels(request: Request, *names: str) -> Path:
+    """The splits folder, once the official label files the recipe needs are there (checked before any download)."""
+    from tcclip.data.splits import default_splits_dir, require_split_file
 
+    splits_dir = request.splits_dir or default_splits_dir()
+    for name in names:
+        require_split_file(splits_dir, f"labels/{name}")
+    return splits_dir
+
+
+def _k400(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
+    splits_dir = _official_labels(request, "kinetics_400_labels.csv")
     for split in request.splits or ("train", "val"):
         if split not in ("train", "val", "test"):
             raise UserError(f"k400 has no split {split!r}", fix="Use --splits train,val (and test).")
@@ -249,7 +259,6 @@ def _k400(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
         known = f" (a complete CVDF copy has {gaps.in_copy:,} of {gaps.annotated:,} annotated)" if gaps else ""
         outcome.lines.append(f"k400 {split}: {found:,} videos from {tarballs} tarballs{known}")
     if "train" in (request.splits or ("train", "val")):
-        splits_dir = request.splits_dir or default_splits_dir()
         annotations = _fetch(request, sources.kinetics_annotations("400", "train"), ui)
         outcome.lines.extend(write_k400_train_list(annotations, splits_dir, request.root))
 
@@ -303,24 +312,21 @@ def _apply_k400_replacement(request: Request, ui: Ui, steps: _Steps, outcome: Ou
 
 
 def _k600(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
-    from tcclip.data.splits import default_splits_dir
-
-    splits_dir = request.splits_dir or default_splits_dir()
+    zero_shot = [f"ZS_split{n}_K600.csv" for n in (1, 2, 3)]
+    splits_dir = _official_labels(request, "kinetics_400_labels.csv", "kinetics_600_labels.csv", *zero_shot)
     labels = splits_dir / "labels"
-    needed: set[str] | None = None
-    if (labels / "kinetics_600_labels.csv").is_file() and (labels / "kinetics_400_labels.csv").is_file():
-        check = kinetics.check_k600_zero_shot(labels)
-        outcome.lines.append(
-            f"k600 zero-shot classes: {len(check.new_classes)} K600 classes not in K400 (the 221st that a "
-            f"case-sensitive comparison finds, {kinetics.CASE_ONLY_RENAMING!r}, is K400's); the splits use "
-            + ", ".join(f"{n} ({k})" for n, k in check.split_classes.items())
-        )
-        needed = {kinetics._key(c) for c in check.new_classes}
+    check = kinetics.check_k600_zero_shot(labels)
+    outcome.lines.append(
+        f"k600 zero-shot classes: {len(check.new_classes)} K600 classes not in K400 (the 221st that a "
+        f"case-sensitive comparison finds, {kinetics.CASE_ONLY_RENAMING!r}, is K400's); the splits use "
+        + ", ".join(f"{n} ({k})" for n, k in check.split_classes.items())
+    )
+    needed = {kinetics._key(c) for c in check.new_classes}
     for split in request.splits or ("train", "val", "test"):
         # Where CVDF packs K600 per class (tarballs named after classes), only the 220 new classes are fetched.
         def keep(url: str) -> bool:
             stem = unquote(Path(urlsplit(url).path).name).removesuffix(".tar.gz").replace("_", " ")
-            return needed is None or not _is_class_name(stem, labels) or kinetics._key(stem) in needed
+            return not _is_class_name(stem, labels) or kinetics._key(stem) in needed
 
         tarballs = _get_kinetics_split(request, ui, steps, "600", split, keep)
         outcome.lines.append(f"k600 {split}: {_count(request.root / split):,} videos from {tarballs} tarballs")

@@ -217,6 +217,7 @@ class VideoDataModule(LightningDataModule):
         parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for part in parts.get(stage or "", ("train", "val", "test")):
             self.datasets(part)
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
         if stage in ("fit", "validate", "test") and self._world()[1] == 0:
             self._record_data_summary(stage)
 

@@ -232,7 +232,10 @@ def _transfer(
     response = _open(url, start, insecure, timeout)
     with response:
         if response.status == 416:
-            if remote.size is not None and start == remote.size:
+            # The .part may be whole (a run killed between the last byte and the rename): the server says how long
+            # the file is ("bytes */N"); the size and checksum checks that follow decide.
+            total = _total_size(response, start)
+            if start and start == (remote.size if remote.size is not None else total):
                 return
             part.unlink(missing_ok=True)
             raise _Cut("the server refused to resume; starting again from zero")

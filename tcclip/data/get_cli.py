@@ -79,7 +79,6 @@ class RichUi(Ui):
         with Progress(*columns, console=self.console, transient=True) as progress:
             task = progress.add_task(name, total=None)
             yield lambda done, total: progress.update(task, completed=done, total=total)
-        self.console.print(f"downloaded {name}")
 
     @contextmanager
     def extract(self, name: str) -> Iterator:
