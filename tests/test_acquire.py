@@ -298,6 +298,35 @@ def test_end_to_end(dataset: str, tmp_path: Path, splits_copy: Path, capsys, mon
     assert f"data: {dataset} (" in err  # the start-of-run summary
 
 
+@pytest.mark.slow
+def test_verify_fixture_copy_then_damage_it(tmp_path: Path, splits_copy: Path, capsys, monkeypatch) -> None:
+    """The HMDB-51 fixture laid out by `data download`, decoded in full by `data verify`, then with a missing, a
+    corrupt and an extra file."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = "configs/few_shot_hmdb_k2.yaml"
+    videos = _lists(splits_copy, Path(config).name)
+    root = tmp_path / "hmdb51"
+    with LocalServer(fx.hmdb51(videos)) as server:
+        assert data_main(["download", "hmdb51", "--root", str(root), "--url", server.url("/hmdb51_org.rar")]) == 0
+    train = fx.read_list(splits_copy / "datasets_splits" / "hmdb_splits" / "train1_few_shot_2.txt")
+    test = fx.read_list(splits_copy / "datasets_splits" / "hmdb_splits" / "val1.txt")
+    capsys.readouterr()
+    assert data_main(["verify", "--config", config, "--root", str(root), "--workers", "2"]) == 0
+    n, m = len(train), len(test)
+    expected = f"train: {n}/{n} present, {n} decodable, {n} exact; val/split1: {m:,}/{m:,} present, {m:,} decodable"
+    assert expected in capsys.readouterr().out
+    (root / train[0][0]).unlink()
+    (root / test[0][0]).write_bytes(b"RIFF" + bytes(100))
+    (root / "stray.avi").write_bytes(fx.tiny_video("avi"))
+    assert data_main(["verify", "--config", config, "--root", str(root), "--workers", "2"]) == 1
+    captured = capsys.readouterr()
+    summary = captured.out.strip().splitlines()[-1]
+    assert f"train: {n - 1}/{n} present, {n - 1} decodable, {n - 1} exact" in summary
+    assert f"val/split1: {m:,}/{m:,} present, {m - 1:,} decodable, {m - 1:,} exact" in summary
+    assert "1 video files under the root are in no list" in " ".join(captured.err.split())
+
+
 def test_kinetics_need_the_official_labels_before_any_download(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCCLIP_SPLITS_DIR", str(tmp_path / "no_splits"))
     with LocalServer({}) as server:

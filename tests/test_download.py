@@ -284,3 +284,23 @@ def test_whole_part_left_by_a_kill_before_the_rename(tmp_path: Path) -> None:
         report = fetch(RemoteFile("a.bin", (server.url("/a.bin"),), sha256=SHA), tmp_path)  # size not known
         assert report.path.read_bytes() == DATA
         assert server.served.requests == [("/a.bin", f"bytes={len(DATA)}-")]  # answered 416: nothing sent again
+
+
+def test_certificate_that_does_not_verify(tmp_path: Path) -> None:
+    """A server whose certificate fails verification (UCF-101's, for many users): skipped with the hint, and
+    --insecure downloads it (the size and checksum checks still apply)."""
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with LocalServer({"/a.bin": DATA}, tls=(str(cert), str(key))) as server:
+        remote = RemoteFile("a.bin", (server.url("/a.bin"),), size=len(DATA), sha256=SHA)
+        with pytest.raises(DownloadError, match="TLS certificate does not verify.*--insecure"):
+            fetch(remote, tmp_path / "strict")
+        assert fetch(remote, tmp_path / "insecure", insecure=True).path.read_bytes() == DATA

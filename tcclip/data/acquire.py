@@ -175,6 +175,12 @@ def _count(folder: Path) -> int:
     return sum(1 for name in kinetics.present_files(folder) if name.lower().endswith(VIDEO_SUFFIXES))
 
 
+def _count_line(dataset: str, folder: Path, released: int) -> str:
+    found = _count(folder)
+    differs = "" if found == released else f" (the release has {released:,}; data verify says which the lists miss)"
+    return f"{dataset}: {found:,} videos in {folder}{differs}"
+
+
 def _hmdb51(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
     # hmdb51_org.rar holds one RAR per class (brush_hair.rar, ...), each holding that class's clips.
     inner_dir = request.archive_dir / "hmdb51_rars"
@@ -187,7 +193,7 @@ def _hmdb51(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
             )
     for inner in sorted(inner_dir.glob("*.rar")):
         _extract_once(request, steps, ui, inner, request.root, _videos_only, f"hmdb51_rars/{inner.name}")
-    outcome.lines.append(f"hmdb51: {_count(request.root)} videos in {request.root}")
+    outcome.lines.append(_count_line("hmdb51", request.root, sources.HMDB51_VIDEOS))
 
 
 def _rars_only(name: str) -> str | None:
@@ -198,7 +204,7 @@ def _ucf101(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
     if not steps.done("UCF101.rar"):
         archive = _fetch(request, sources.UCF101_RAR, ui)
         _extract_once(request, steps, ui, archive, request.root, _videos_only, "UCF101.rar")
-    outcome.lines.append(f"ucf101: {_count(request.root)} videos in {request.root}")
+    outcome.lines.append(_count_line("ucf101", request.root, sources.UCF101_VIDEOS))
 
 
 def _tarball_urls(request: Request, version: str, split: str, ui: Ui) -> list[str]:
@@ -408,7 +414,7 @@ def _ssv2(request: Request, ui: Ui, steps: _Steps, outcome: Outcome) -> None:
                 part.unlink(missing_ok=True)
         if placed is not None and len(placed) != sources.SSV2_VIDEOS:
             ui.note(f"ssv2: {len(placed):,} videos extracted, the release has {sources.SSV2_VIDEOS:,}")
-    outcome.lines.append(f"ssv2: {_count(request.root):,} videos in {request.root}")
+    outcome.lines.append(_count_line("ssv2", request.root, sources.SSV2_VIDEOS))
 
 
 def _flat(name: str) -> str:

@@ -65,6 +65,10 @@ CVDF_K400_GAPS = {"train": KnownGaps(246_534, 240_258), "val": KnownGaps(19_906,
 """No list of which videos are missing is published, only these counts (the CVDF repository's
 arrange_by_classes.py), so `data verify` compares counts."""
 
+HMDB51_VIDEOS = 6_766
+"""Clips in hmdb51_org.rar (the HMDB paper counts 6,849; the released archive holds 6,766)."""
+UCF101_VIDEOS = 13_320
+
 SSV2_PART_PREFIX = "20bn-something-something-v2-"
 SSV2_VIDEOS = 220_847
 """Videos in the SSv2 archive (train 168,913 + validation 24,777 + test 27,157, the dataset's own figures)."""
