@@ -104,3 +104,32 @@ def test_installed_fit_writes_last_and_resumes(wheel_venv: Path, data_synth: Pat
     newest = max((work / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime_ns)
     state = torch.load(newest, map_location="cpu", weights_only=False)
     assert (state["epoch"], state["global_step"]) == (1, 6)  # continued from step 3, not started again
+
+
+def test_installed_data_download_and_verify(wheel_venv: Path, tmp_path: Path) -> None:
+    """`tcclip data download` (RAR through libarchive) and `data verify` from the wheel, outside the checkout."""
+    from local_server import LocalServer
+    from rar_writer import rar_bytes
+
+    from tcclip.data.synth import render_video, write_video
+
+    video = write_video(
+        tmp_path / "v.avi", render_video("MoveRight", 4, 32, 32, __import__("numpy").random.default_rng(0))
+    )
+    inner = rar_bytes({"jump/jump_1.avi": video.read_bytes(), "jump/jump_2.avi": video.read_bytes()})
+    root = tmp_path / "hmdb"
+    with LocalServer({"/hmdb51_org.rar": rar_bytes({"jump.rar": inner})}) as server:
+        out = _run([str(wheel_venv / "tcclip"), "data", "download", "hmdb51", "--root", str(root),
+                    "--url", server.url("/hmdb51_org.rar")], tmp_path, _clean_env())  # fmt: skip
+    assert "hmdb51: 2 videos" in out and sorted(p.name for p in root.glob("*.avi")) == ["jump_1.avi", "jump_2.avi"]
+    (tmp_path / "list.txt").write_text("jump_1.avi 0\njump_2.avi 0\n")
+    (tmp_path / "labels.csv").write_text("id,name\n0,jump\n")
+    (tmp_path / "config.yaml").write_text(
+        "data:\n  class_path: tcclip.data.datamodule.VideoListDataModule\n  init_args:\n"
+        f"    labels: {tmp_path / 'labels.csv'}\n    test_lists: [{tmp_path / 'list.txt'}]\n    root: {root}\n"
+    )
+    env = _clean_env() | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = _run(
+        [str(wheel_venv / "tcclip"), "data", "verify", "--config", "config.yaml", "--workers", "1"], tmp_path, env
+    )
+    assert "test/list: 2/2 present, 2 decodable, 2 exact" in out
