@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
@@ -202,12 +206,17 @@ def prediction_records(batches: Sequence[dict[str, Any]], top_k: int) -> dict[st
 
 
 class EpochSeed(Callback):
-    """Reseed every RNG with `seed + e` when epoch e is about to start (at the end of epoch e - 1).
+    """Reseed every RNG with `seed + e` when epoch e is about to start (at the end of epoch e - 1), and carry the RNG
+    states through a checkpoint saved in the middle of an epoch.
 
     Data order, augmentations and mixup of an epoch then depend on the epoch number only, so a run resumed from an
     end-of-epoch checkpoint (`--ckpt_path last`) continues exactly like the uninterrupted run. The reseed happens at
     the end of the previous epoch, and again when a checkpoint is restored, because Lightning draws the first batch
-    of a run's first epoch before `on_train_epoch_start`.
+    of a run's first epoch before `on_train_epoch_start`. A checkpoint saved between two training batches (on a stop
+    signal, `tcclip.preemption`) also holds the RNG states of that moment (mixup and dropout draw from them); they are
+    put back before the first batch a resumed run trains, so its remaining batches draw what the uninterrupted run
+    drew. (Which videos and which augmentations a batch holds is the training sampler's business: see
+    `tcclip.data.resumable`.)
 
     Args:
         seed: base seed; null takes the run's `seed_everything` value (env `PL_GLOBAL_SEED`), else 0.
@@ -216,6 +225,7 @@ class EpochSeed(Callback):
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
         self.next_epoch = 0
+        self._rng_to_restore: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Read once: every reseed below rewrites PL_GLOBAL_SEED.
@@ -229,12 +239,75 @@ class EpochSeed(Callback):
         self.next_epoch = trainer.current_epoch + 1
         self._reseed()
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        states, self._rng_to_restore = self._rng_to_restore, None
+        # Only a checkpoint from the middle of an epoch resumes at a batch other than the epoch's first.
+        if states is not None and trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
+            set_rng_states(states)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"next_epoch": self.next_epoch}
+        return {"next_epoch": self.next_epoch, "rng": rng_states()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_epoch = int(state_dict.get("next_epoch", 0))
         self._reseed()
+        self._rng_to_restore = state_dict.get("rng")
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states a training step draws from (torch, CUDA when initialised, numpy, Python), as tensors,
+    numbers and tuples only (checkpoints are read with `weights_only=True`)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class BatchLog(Callback):
+    """Append one line per training batch to `<log_dir>/batches.tsv` (`batches_rank<r>.tsv` under DDP): global step,
+    epoch, batch index, the videos' list indices and a SHA-256 of the batch's video tensor (its first 16 hex digits).
+
+    For checking the data order and augmentations of a run: a resumed run appends to its own file, and the last line
+    of each global step is the batch that step trained on (a batch that was being trained when the run stopped
+    appears twice). Off by default; add it with `--trainer.callbacks+=tcclip.callbacks.BatchLog`.
+    """
+
+    def __init__(self, filename: str = "batches.tsv") -> None:
+        self.filename = filename
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        name = self.filename if trainer.world_size == 1 else self.filename.replace(".", f"_rank{trainer.global_rank}.", 1)
+        path = Path(trainer.log_dir or trainer.default_root_dir) / name
+        video = batch["video"].detach().cpu().contiguous()
+        digest = hashlib.sha256(video.numpy().tobytes()).hexdigest()[:16]
+        indices = ",".join(str(i) for i in batch["index"].tolist())
+        with open(path, "a") as f:
+            f.write(f"{trainer.global_step}\t{trainer.current_epoch}\t{batch_idx}\t{indices}\t{digest}\n")
+
+
+def read_batch_log(path: Path) -> dict[int, tuple[str, str]]:
+    """{global step: (indices, digest)} of a `BatchLog` file, the last line of each step winning."""
+    steps: dict[int, tuple[str, str]] = {}
+    for line in Path(path).read_text().splitlines():
+        step, _epoch, _batch, indices, digest = line.split("\t")
+        steps[int(step)] = (indices, digest)
+    return steps
 
 
 class RunGuard(Callback):
@@ -302,7 +375,7 @@ class RunGuard(Callback):
 
     def _save_on_stop(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
-        previous = self._last_path(trainer)
+        previous = self.last_path(trainer)
         if trainer.world_size > 1:
             saved = None
         elif nonfinite_tensors(pl_module.state_dict()):
@@ -327,7 +400,7 @@ class RunGuard(Callback):
             note_interrupt(f"{note} {resume}")
 
     @staticmethod
-    def _last_path(trainer: L.Trainer) -> Path | None:
+    def last_path(trainer: L.Trainer) -> Path | None:
         """Where `--ckpt_path last` looks: the file of the ModelCheckpoint that monitors nothing (`last.ckpt`)."""
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.monitor is None and callback.dirpath:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import signal
 import sys
 from typing import NamedTuple
 
@@ -168,7 +169,14 @@ def _dispatch(argv: list[str]) -> int:
 
     if argv[0] in LIGHTNING_SUBCOMMAND:
         argv = [LIGHTNING_SUBCOMMAND[argv[0]], *argv[1:]]
-    run_lightning_cli(argv)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        run_lightning_cli(argv)
+    except SIGTERMException:
+        # Lightning ends a run on SIGTERM with exit status 0, as if it had finished: a stopped run is not finished.
+        print(f"tcclip {argv[0]}: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
 
 

@@ -15,6 +15,8 @@ What it adds to LightningCLI:
 - a resumed `fit` continues in its checkpoint's version folder (same logs, same checkpoints, the callbacks' whole
   history), and no two processes write one run folder at once (`tcclip.callbacks.RunGuard`);
 - checkpoints are written atomically and read safely (`tcclip.checkpoint_io.AtomicCheckpointIO`);
+- SIGTERM (and, under SLURM, the requeue signal SIGUSR1) saves the run at the next batch boundary and exits with
+  status 143 (`tcclip.preemption.Preemption`), so a cancelled or preempted job resumes where it stopped;
 - `--trainer.enable_progress_bar false` drops the progress bar of the defaults; an unwritable
   `trainer.default_root_dir` is a one-paragraph error;
 - the results file (`<log dir>/results.json`) and predictions file are always written.
@@ -40,10 +42,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from tcclip.callbacks import PredictionsJSON, ResultsJSON, RunGuard
 from tcclip.checkpoint_io import AtomicCheckpointIO, checkpoint_kind, lightning_layout, refuse_for_fit
 from tcclip.data.datamodule import VideoDataModule
+from tcclip.data.resumable import RestoreLoaderPosition
 from tcclip.errors import UserError, user_error_in_chain
 from tcclip.lit import TCCLIPModule
 from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
+from tcclip.preemption import Preemption
 from tcclip.outputs import atomic_write
 from tcclip.runs import LAST_PATTERNS, find_checkpoint, run_folder_of
 
@@ -332,7 +336,7 @@ def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> TCCLIP
             args=argv,
             run=run,
             parser_kwargs=parser_kwargs,
-            trainer_defaults={"callbacks": [RunGuard(), ResultsJSON(), PredictionsJSON()]},
+            trainer_defaults={"callbacks": [RunGuard(), Preemption(), RestoreLoaderPosition(), ResultsJSON(), PredictionsJSON()]},
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
         )

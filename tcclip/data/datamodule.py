@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
 from tcclip.data.distributed import EvalDistributedSampler
+from tcclip.data.resumable import TrainSampler
 from tcclip.data.labels import read_class_names
 from tcclip.data.splits import default_splits_dir, require_split_file
 from tcclip.errors import ConfigError, UserError
@@ -147,6 +148,8 @@ class VideoDataModule(LightningDataModule):
         self.run_dir = run_dir
         self.train_list = train_list
         self.flip = flip
+        # The training order's seed: the run's seed_everything value (LightningCLI seeds before building this).
+        self.shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
 
         self.splits = self.protocol_splits()
         if self.train_list is not None and self.splits.train is not None:
@@ -279,11 +282,15 @@ class VideoDataModule(LightningDataModule):
         return self._datasets[part]
 
     def train_dataloader(self) -> DataLoader:
+        # Resumable in the middle of an epoch: same videos, order and augmentations after a stop (see resumable.py).
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
         dataset = self.datasets("train")[0]
-        return DataLoader(
+        world_size, rank = self._world()
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=TrainSampler(dataset, num_replicas=world_size, rank=rank, seed=self.shuffle_seed),
             num_workers=self.num_workers,
             drop_last=len(dataset) >= self.batch_size,  # official: drop the ragged batch; tiny lists keep theirs
             pin_memory=torch.cuda.is_available(),

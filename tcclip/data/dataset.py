@@ -173,19 +173,32 @@ class VideoDataset(Dataset):
     def label(self, index: int) -> int:
         return self.annotations[index].label
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any]:
+        """The video at `key`: an index, or in training (index, seed, epoch) as `tcclip.data.resumable.TrainSampler`
+        yields them: its random frame offsets and augmentations then come from a generator seeded with exactly
+        that, the same in whichever worker, and after a resume (otherwise from torch's RNG)."""
+        rng = None
+        if isinstance(key, (tuple, list)):
+            index, seed, epoch = (int(k) for k in key)
+            rng = np.random.default_rng([seed, epoch, index]) if self.train else None
+        else:
+            index = int(key)
         if not self.train:
             video = self._try_load(index)
             return {"video": video, "label": self.label(index), "index": index}
         for step in range(len(self)):
             candidate = (index + step) % len(self)
-            video = self._try_load(candidate)
+            video = self._try_load(candidate, rng)
             if video is not None:
                 return {"video": video, "label": self.label(candidate), "index": candidate}
         raise BrokenVideosError(f"no video of split {self.split!r} under {self.root} can be read")
 
-    def load_frames(self, index: int) -> torch.Tensor:
-        """Decode the sampled frames of one video: uint8 [V*T, H, W, 3]. Raises on broken input."""
+    def load_frames(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Decode the sampled frames of one video: uint8 [V*T, H, W, 3]. Raises on broken input.
+
+        Args:
+            rng: training only: where the random frame offsets come from (default: a generator seeded from torch's
+                RNG, which the DataLoader seeds per worker)."""
         from tcclip.data.sampling import test_indices, train_indices
         from tcclip.data.video_reader import VideoDecodeError, open_video
 
@@ -195,8 +208,8 @@ class VideoDataset(Dataset):
         # sampled views never decide whether a file is broken (see tcclip.data.video_frames).
         num_video_frames = len(reader)
         if self.train:
-            # A fresh generator from torch's RNG: seeded per worker by the DataLoader, so runs are reproducible.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+            if rng is None:  # a fresh generator from torch's RNG, seeded per worker by the DataLoader
+                rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
             indices = train_indices(num_video_frames, self.num_frames, rng)
         else:
             views = test_indices(num_video_frames, self.num_frames, self.num_clip)
@@ -206,19 +219,21 @@ class VideoDataset(Dataset):
             raise VideoDecodeError(full_path, f"decoded {frames.shape[0]} of {len(indices)} requested frames")
         return frames
 
-    def _try_load(self, index: int) -> torch.Tensor | None:
+    def _try_load(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor | None:
         from tcclip.data.video_reader import VideoDecodeError
 
         if index in self._known_broken:
             return None
         self._tried += 1
         try:
-            frames = self.load_frames(index)
+            frames = self.load_frames(index, rng)
         except (VideoDecodeError, OSError) as e:  # unreadable input only; other errors are bugs and propagate
             self._mark_broken(index, f"{type(e).__name__}: {e}")
             return None
         if not self.train:
             frames = frames.unflatten(0, (self.num_clip, self.num_frames))  # [V, T, H, W, 3], views clip-major
+        if rng is not None:  # the same generator draws the augmentations (TrainTransform takes one)
+            return self.transform(frames, rng=rng)  # type: ignore[call-arg]
         return self.transform(frames)
 
     def _mark_broken(self, index: int, reason: str) -> None:

@@ -1,0 +1,37 @@
+"""A callback for tests that stop a run from outside (SIGTERM, SIGUSR1, `scancel`) at a chosen training step.
+
+`PauseAt(step, folder)`: after training step `step` (once per run folder), writes `<folder>/paused-<pid>` and waits
+(up to `wait_s`) until a stop signal has been noted by `tcclip.preemption.Preemption`, so the signal lands between two
+known batches. Used through `--trainer.callbacks+=stop_helpers.PauseAt` with `tests/` on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+
+from tcclip.preemption import Preemption
+
+
+class PauseAt(L.Callback):
+    def __init__(self, step: int, folder: str, wait_s: float = 120.0) -> None:
+        self.step = step
+        self.folder = Path(folder)
+        self.wait_s = wait_s
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        done = Path(trainer.default_root_dir) / "paused-once"
+        if done.exists():  # the resumed run goes on
+            return
+        done.touch()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"paused-{os.getpid()}").write_text(str(trainer.default_root_dir))
+        guard = next(c for c in trainer.callbacks if isinstance(c, Preemption))
+        deadline = time.monotonic() + self.wait_s
+        while guard.received is None and time.monotonic() < deadline:
+            time.sleep(0.05)

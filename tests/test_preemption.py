@@ -1,0 +1,77 @@
+"""A fit stopped by SIGTERM in the middle of an epoch saves, exits non-zero, and resumes with exactly the batches
+(videos, order, augmentations) and weights of the uninterrupted run: `tcclip fit` as a child process, signalled
+from here between two known training steps (tests/stop_helpers.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcclip.callbacks import read_batch_log
+from tcclip.preemption import STOP_KEY
+
+pytestmark = pytest.mark.slow
+
+TESTS = Path(__file__).resolve().parent
+
+
+def fit_command(tiny_run_args, data: Path, run: Path, pause_at: int | None) -> list[str]:
+    """2 epochs of 4 batches of 2 videos, mixup on (the step draws from the RNG too), a BatchLog."""
+    command = [sys.executable, "-m", "tcclip.cli", "fit", *tiny_run_args(data, run)]
+    command += ["--data.init_args.batch_size=2", "--model.total_batch_size=2", "--model.mixup=true"]
+    command += ["--trainer.max_epochs=2", "--trainer.devices=1", "--trainer.deterministic=true"]
+    command += ["--trainer.enable_progress_bar=false", "--trainer.callbacks+=tcclip.callbacks.BatchLog"]
+    if pause_at is not None:
+        command += ["--trainer.callbacks+=stop_helpers.PauseAt", f"--trainer.callbacks.init_args.step={pause_at}"]
+        command += [f"--trainer.callbacks.init_args.folder={run / 'pause'}"]
+    return command
+
+
+def child_env() -> dict[str, str]:
+    # One thread: the two runs then add up their floats in the same order, and compare bit for bit.
+    return {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    (last,) = run.rglob("last.ckpt")
+    return torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(data_synth: Path, tmp_path: Path, tiny_run_args):
+    full = tmp_path / "full"
+    proc = subprocess.run(fit_command(tiny_run_args, data_synth, full, None), env=child_env(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+
+    stopped = tmp_path / "stopped"
+    command = fit_command(tiny_run_args, data_synth, stopped, pause_at=5)  # epoch 1, after its first batch
+    child = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list((stopped / "pause").glob("paused-*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    out = child.communicate(timeout=120)[0]
+    assert child.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM at epoch 1, global step 5: saved the run in" in out
+    (last,) = stopped.rglob("last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved[STOP_KEY] == {"signal": "SIGTERM", "global_step": 5} and saved["global_step"] == 5
+
+    resume = [*command, "--ckpt_path", "last"]
+    proc = subprocess.run(resume, env=child_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (stopped / "lightning_logs").iterdir()] == ["version_0"]  # one folder holds the run
+
+    uninterrupted = read_batch_log(full / "lightning_logs" / "version_0" / "batches.tsv")
+    interrupted = read_batch_log(stopped / "lightning_logs" / "version_0" / "batches.tsv")
+    assert sorted(uninterrupted) == list(range(8))
+    assert interrupted == uninterrupted  # same videos, order and augmented pixels at every step
+    expected, got = weights(full), weights(stopped)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
