@@ -291,8 +291,12 @@ class BatchLog(Callback):
     def __init__(self, filename: str = "batches.tsv") -> None:
         self.filename = filename
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        name = self.filename if trainer.world_size == 1 else self.filename.replace(".", f"_rank{trainer.global_rank}.", 1)
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        name = (
+            self.filename if trainer.world_size == 1 else self.filename.replace(".", f"_rank{trainer.global_rank}.", 1)
+        )
         path = Path(trainer.log_dir or trainer.default_root_dir) / name
         video = batch["video"].detach().cpu().contiguous()
         digest = hashlib.sha256(video.numpy().tobytes()).hexdigest()[:16]

@@ -47,8 +47,8 @@ from tcclip.errors import UserError, user_error_in_chain
 from tcclip.lit import TCCLIPModule
 from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
-from tcclip.preemption import Preemption
 from tcclip.outputs import atomic_write
+from tcclip.preemption import Preemption
 from tcclip.runs import LAST_PATTERNS, find_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,9 @@ def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> TCCLIP
             args=argv,
             run=run,
             parser_kwargs=parser_kwargs,
-            trainer_defaults={"callbacks": [RunGuard(), Preemption(), RestoreLoaderPosition(), ResultsJSON(), PredictionsJSON()]},
+            trainer_defaults={
+                "callbacks": [RunGuard(), Preemption(), RestoreLoaderPosition(), ResultsJSON(), PredictionsJSON()]
+            },
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
         )

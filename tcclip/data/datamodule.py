@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 
 from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
 from tcclip.data.distributed import EvalDistributedSampler
-from tcclip.data.resumable import TrainSampler
 from tcclip.data.labels import read_class_names
+from tcclip.data.resumable import TrainSampler
 from tcclip.data.splits import default_splits_dir, require_split_file
 from tcclip.errors import ConfigError, UserError
 from tcclip.protocols import DATA_PROTOCOLS, SEEDS, SHOTS

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 
 import lightning as L
-from lightning.pytorch import Callback
 from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch import Callback
 from torch.utils.data import DistributedSampler
 
 SampleKey = tuple[int, int, int]
