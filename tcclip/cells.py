@@ -5,19 +5,26 @@ called by the job script `tcclip/templates/sweep.sbatch`), so both share one def
 
 - a cell is finished when each of its evaluations has `<run dir>/eval/<name>/results.json`;
 - a fit is finished when `<run dir>/fit.done` exists; otherwise it starts again from the newest readable
-  `last*.ckpt` or `hpc_ckpt_*.ckpt` (the checkpoint Lightning's SLURM environment writes before it requeues a
-  preempted job), found as `--ckpt_path last` finds it (`tcclip.runs.find_checkpoint`: a truncated file is skipped);
+  `last*.ckpt` or `hpc_ckpt_*.ckpt`, found as `--ckpt_path last` finds it (`tcclip.runs.find_checkpoint`: a
+  truncated file is skipped). `fit.done` is written only when the fit exited 0 and its newest checkpoint is one of
+  a finished fit (not one saved when a signal stopped it, `tcclip.preemption`); a marker without such a checkpoint
+  (left by an older version, or its checkpoints deleted) is stale: it is removed, with a message, and the fit
+  resumes, so that no cell is ever stuck;
 - an evaluation that exists is not run again.
 
 Every `tcclip fit` / `tcclip test` is a child process; under SLURM each is prefixed with the `srun` launcher so that
-Lightning's SLURM environment turns its tasks into one DDP job.
+Lightning's SLURM environment turns its tasks into one DDP job. A SIGTERM (`scancel`, preemption) to the task is
+passed on to the running child, which saves and stops; the task then stops too, with a non-zero status, and runs
+nothing more (a resubmission or requeue resumes the cell).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +34,7 @@ from typing import Any
 
 from tcclip.outputs import atomic_write
 from tcclip.protocols import DATASETS, Cell, Evaluation, find_cell
-from tcclip.runs import find_checkpoint
+from tcclip.runs import STOP_KEY, find_checkpoint, read_if_good
 
 # Fit option through which a cell starts from another model's weights (the LightningModule's init argument).
 INIT_CHECKPOINT_OPTION = "--model.init_checkpoint"
@@ -98,6 +105,18 @@ def cell_done(cell: Cell, settings: SweepSettings) -> bool:
 
 def fit_done(cell: Cell, settings: SweepSettings) -> bool:
     return (settings.run_dir(cell) / FIT_DONE).is_file()
+
+
+def unfinished_reason(run_dir: Path) -> str | None:
+    """Why the newest checkpoint under `run_dir` is not that of a finished fit (None when it is)."""
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None:
+        return f"no readable last.ckpt under {run_dir}"
+    stop = (read_if_good(ckpt) or {}).get(STOP_KEY)
+    if stop:
+        where = f"global step {stop.get('global_step')}"
+        return f"the newest checkpoint, {ckpt}, was saved when {stop.get('signal')} stopped the fit at {where}"
+    return None
 
 
 def newest(folder: Path, name: str) -> Path | None:
@@ -200,14 +219,64 @@ Runner = Callable[[list[str]], None]
 """Runs one command (raising CellFailed when it fails)."""
 
 
-def subprocess_runner(settings: SweepSettings, log=None, env: dict[str, str] | None = None) -> Runner:
-    """Commands as child processes in the sweep's working folder, output to `log` (default: inherited)."""
+class StopSignals:
+    """While active (main thread only), SIGTERM and SIGINT are noted and passed on to the running child instead of
+    killing this process at once: the child (a fit) saves and stops, and the cell then stops with 128 + signal."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.child: subprocess.Popen | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.received = signum
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> StopSignals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        if self.received is not None:
+            name = signal.Signals(self.received).name
+            raise CellFailed(
+                f"stopped by {name}; the fit saved where it was: run the cell again (resubmit, or requeue) to resume",
+                128 + self.received,
+            )
+
+
+def subprocess_runner(
+    settings: SweepSettings, log=None, env: dict[str, str] | None = None, stop: StopSignals | None = None
+) -> Runner:
+    """Commands as child processes in the sweep's working folder, output to `log` (default: inherited); with `stop`,
+    a stop signal is passed on to the child and no further command starts."""
 
     def run(command: list[str]) -> None:
+        if stop is not None:
+            stop.check()
         print("+ " + shlex.join(command), file=log or sys.stdout, flush=True)
-        proc = subprocess.run(command, cwd=settings.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode != 0:
-            raise CellFailed(f"`{shlex.join(command)}` failed with exit code {proc.returncode}", proc.returncode)
+        proc = subprocess.Popen(command, cwd=settings.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if stop is not None:
+            stop.child = proc
+        try:
+            returncode = proc.wait()
+        finally:
+            if stop is not None:
+                stop.child = None
+        if stop is not None:
+            stop.check()
+        if returncode != 0:
+            raise CellFailed(f"`{shlex.join(command)}` failed with exit code {returncode}", returncode)
 
     return run
 
@@ -240,6 +309,11 @@ def run_cell(
         if cell.requires is not None:
             source = settings.pretrained_ckpt or _checkpoint(settings.run_dir(find_cell(cell.requires)), dry_run)
             init = [INIT_CHECKPOINT_OPTION, str(source)]
+        if fit_done(cell, settings) and not dry_run:
+            stale = unfinished_reason(run_dir)
+            if stale is not None:
+                (run_dir / FIT_DONE).unlink(missing_ok=True)
+                say(f"{cell.key}: {run_dir / FIT_DONE} is stale ({stale}): removed it; the fit runs again")
         if fit_done(cell, settings):
             say(f"{cell.key}: fit finished earlier in {run_dir}")
         else:
@@ -247,13 +321,20 @@ def run_cell(
             if resume is not None:
                 say(f"{cell.key}: resuming from {resume}")
             config = settings.config_dir / str(cell.fit_config)
-            command = [*tcclip, "fit", "--config", str(config), *common, *init, *settings.trainer_args]
+            # The plan's trainer options first: the cell's and the user's own options after them win.
+            command = [*tcclip, "fit", "--config", str(config), *settings.trainer_args, *common, *init]
             command += ["--trainer.default_root_dir", str(run_dir)]
             command += ["--ckpt_path", str(resume)] if resume is not None else []
             if not dry_run:
                 run_dir.mkdir(parents=True, exist_ok=True)
             run(command)
             if not dry_run:
+                unfinished = unfinished_reason(run_dir)
+                if unfinished is not None:
+                    raise CellFailed(
+                        f"{cell.key}: `tcclip fit` exited 0 but {unfinished}; not marking the fit finished (run the "
+                        "cell again to resume it)"
+                    )
                 (run_dir / FIT_DONE).touch()
         # The init checkpoint goes to the test too: the module loads it before the trained weights replace it, and
         # the results file then names the variant.
@@ -264,7 +345,7 @@ def run_cell(
             say(f"{cell.key}: {target} exists")
             continue
         config = settings.config_dir / evaluation.config
-        command = [*tcclip, "test", "--config", str(config), *common, *test_ckpt, *settings.trainer_args]
+        command = [*tcclip, "test", "--config", str(config), *settings.trainer_args, *common, *test_ckpt]
         run([*command, "--trainer.default_root_dir", str(target.parent)])
         if not dry_run:
             _publish_results(target)
@@ -291,40 +372,94 @@ def _publish_results(target: Path) -> None:
 # A plan: what one SLURM job array runs, written next to its job script and read by each array task.
 
 
-def write_plan(path: Path, cells: Sequence[Cell], settings: SweepSettings) -> None:
-    data = {"settings": settings.to_json(), "cells": [_cell_json(c) for c in cells]}
+def write_plan(path: Path, cells: Sequence[Cell], settings: SweepSettings, plan_id: str = "") -> None:
+    """The plan of one job array: its id (also written into the job script), the settings, and one row per array
+    task naming its cell."""
+    data = {"id": plan_id, "settings": settings.to_json(), "cells": [{"key": c.key, **_cell_json(c)} for c in cells]}
     text = json.dumps(data, indent=1)
     atomic_write(path, lambda f: f.write(text.encode()), what="sweep plan")
 
 
 def read_plan(path: Path) -> tuple[list[Cell], SweepSettings]:
+    cells, settings, _ = read_plan_with_id(path)
+    return cells, settings
+
+
+def read_plan_with_id(path: Path) -> tuple[list[Cell], SweepSettings, str]:
     data = json.loads(Path(path).read_text())
     cells = []
     for c in data["cells"]:
-        evaluations = tuple(Evaluation(**e) for e in c["evaluations"])
-        cells.append(Cell(**{**c, "evaluations": evaluations, "overrides": tuple(c["overrides"])}))
-    return cells, SweepSettings.from_json(data["settings"])
+        fields_ = {k: v for k, v in c.items() if k != "key"}
+        evaluations = tuple(Evaluation(**e) for e in fields_["evaluations"])
+        cell = Cell(**{**fields_, "evaluations": evaluations, "overrides": tuple(fields_["overrides"])})
+        if "key" in c and c["key"] != cell.key:
+            raise ValueError(f"{path}: a row names cell {c['key']!r} but describes {cell.key!r}")
+        cells.append(cell)
+    return cells, SweepSettings.from_json(data["settings"]), str(data.get("id", ""))
 
 
 def _cell_json(cell: Cell) -> dict[str, Any]:
     return asdict(cell)
 
 
+def _name_the_log(cell: Cell) -> None:
+    """Under SLURM, give the task's output file (`<job>-<array>_<task>.out`) a second name that says which cell it
+    holds: `<protocol>-<cell>-<array>_<task>.out`, a symbolic link beside it."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    try:
+        out = Path(os.readlink("/proc/self/fd/1"))
+    except OSError:
+        return
+    if task is None or array is None or not out.is_file():
+        return
+    link = out.parent / f"{cell.protocol}-{cell.name}-{array}_{task}.out"
+    try:
+        if not link.is_symlink():
+            link.symlink_to(out.name)
+    except OSError:
+        pass  # a name for convenience only
+
+
+USAGE = "usage: python -m tcclip.cells PLAN INDEX [--plan-id ID]"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tcclip.cells PLAN INDEX`: run cell INDEX of a plan (what a SLURM array task does)."""
+    """`python -m tcclip.cells PLAN INDEX [--plan-id ID]`: run cell INDEX of a plan (what a SLURM array task does).
+
+    With `--plan-id` (the job script passes the id it was written with), a plan file that is not that script's own
+    is refused instead of running another submission's cell."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    expected_id = None
+    if len(argv) == 4 and argv[2] == "--plan-id":
+        expected_id = argv[3]
+        argv = argv[:2]
     if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m tcclip.cells PLAN INDEX", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
-    cells, settings = read_plan(Path(argv[0]))
+    plan = Path(argv[0])
+    try:
+        cells, settings, plan_id = read_plan_with_id(plan)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"tcclip sweep: cannot read the plan {plan}: {err}", file=sys.stderr)
+        return 2
+    if expected_id is not None and plan_id != expected_id:
+        print(
+            f"tcclip sweep: {plan} is plan {plan_id!r}, but this job script was written for plan {expected_id!r}; "
+            "not running a cell another submission planned. Fix: submit again with `tcclip sweep --slurm`.",
+            file=sys.stderr,
+        )
+        return 2
     index = int(argv[1])
     if index >= len(cells):
         print(f"{argv[0]}: no cell {index} (the plan has {len(cells)})", file=sys.stderr)
         return 2
     cell = cells[index]
+    _name_the_log(cell)
     print(f"{cell.key}: dataset={cell.dataset} variant={cell.variant} shots={cell.shots} seed={cell.seed}", flush=True)
     try:
-        run_cell(cell, settings, subprocess_runner(settings))
+        with StopSignals() as stop:
+            run_cell(cell, settings, subprocess_runner(settings, stop=stop))
     except CellFailed as err:
         print(f"tcclip sweep: {err}", file=sys.stderr)
         return err.returncode or 1

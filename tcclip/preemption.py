@@ -12,7 +12,8 @@ full state (weights, optimizer, loops, data-loader position, RNG states) as `las
 script, `tcclip.cells` and SLURM see a stopped run, not a finished one. On the requeue signal under SLURM it also
 asks SLURM to requeue the task (`scontrol requeue`), which then starts it again from that checkpoint.
 
-A checkpoint saved this way carries `STOP_KEY`, so that nothing mistakes it for the checkpoint of a finished fit.
+A checkpoint saved this way carries `tcclip.runs.STOP_KEY` ({"signal": name, "global_step": n}), so that nothing
+mistakes it for the checkpoint of a finished fit (`tcclip.cells` writes `fit.done` only for a finished one).
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from tcclip.finite import nonfinite_tensors
+from tcclip.runs import STOP_KEY
 
 log = logging.getLogger(__name__)
 
-STOP_KEY = "tcclip_stop"
-"""Checkpoint key of a save made on a stop signal: {"signal": name, "global_step": n}."""
 REQUEUE_SIGNAL = signal.SIGUSR1
 """What the job script asks SLURM to send `--grace` seconds before the time limit (`#SBATCH --signal`)."""
 

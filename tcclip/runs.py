@@ -26,6 +26,8 @@ from tcclip.outputs import is_temporary
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "tcclip.lock"
+STOP_KEY = "tcclip_stop"
+"""Checkpoint key of a save made when a run was stopped by a signal (`tcclip.preemption`): not a finished fit."""
 _VERSION = re.compile(r"version_(\d+)")
 
 

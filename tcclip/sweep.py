@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import shlex
 import string
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -42,17 +44,20 @@ from tcclip.results import collect_protocol
 
 log = logging.getLogger(__name__)
 
-# Trainer options that make every SLURM task a (multi-node) DDP job that requeues itself when preempted.
+# Trainer options that make every SLURM task a (multi-node) DDP job. Requeue is tcclip's own (`tcclip.preemption`:
+# save at a batch boundary, then `scontrol requeue`), so Lightning's handler, which saves mid-step, stays off.
 SLURM_PLUGIN = "lightning.pytorch.plugins.environments.SLURMEnvironment"
 JOB_TEMPLATE = Path(__file__).resolve().parent / "templates" / "sweep.sbatch"
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """Resources and behaviour of the SLURM job array; every task is one cell run with `srun` over all its GPUs."""
+    """Resources and behaviour of the SLURM job array; every task is one cell run with `srun` over all its GPUs (or,
+    with `gpus_per_node=0`, one CPU process per node)."""
 
     nodes: int = 1
     gpus_per_node: int = 1
+    """0: CPU only (no `--gres`, one task per node, `trainer.accelerator=cpu`)."""
     cpus_per_task: int = 8
     partition: str | None = None
     account: str | None = None
@@ -67,15 +72,23 @@ class SlurmOptions:
     setup: tuple[str, ...] = ()
     """Shell lines run before the cell (`module load cuda`, `source .venv/bin/activate`)."""
     requeue_grace_s: int = 90
+    """SLURM sends SIGUSR1 this many seconds before the time limit: the fit saves and the task is requeued."""
+
+    @property
+    def tasks_per_node(self) -> int:
+        return max(1, self.gpus_per_node)
 
     def trainer_args(self) -> list[str]:
         # Lightning reads ranks from SLURM's variables; devices x num_nodes must equal the srun tasks.
+        if self.gpus_per_node == 0:
+            devices = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+        else:
+            devices = ["--trainer.accelerator=gpu", f"--trainer.devices={self.gpus_per_node}"]
         return [
-            "--trainer.accelerator=gpu",
-            f"--trainer.devices={self.gpus_per_node}",
+            *devices,
             f"--trainer.num_nodes={self.nodes}",
             f"--trainer.plugins={SLURM_PLUGIN}",
-            "--trainer.plugins.auto_requeue=true",
+            "--trainer.plugins.auto_requeue=false",
         ]
 
     def launcher(self) -> tuple[str, ...]:
@@ -83,9 +96,74 @@ class SlurmOptions:
         return ("srun", "--kill-on-bad-exit=1")
 
 
-def render_job_script(num_cells: int, plan: Path, settings: SweepSettings, slurm: SlurmOptions, title: str) -> str:
+TIME_FORMATS = (
+    "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS"
+)
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def time_limit_s(value: str) -> int | None:
+    """Seconds of a SLURM `--time` value (None for UNLIMITED / INFINITE). Raises ValueError for anything else."""
+    text = value.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    match = _TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(value)
+    days, first, second, third = match.groups()
+    if days is not None:  # DAYS-HOURS[:MINUTES[:SECONDS]]
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        total = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    elif third is not None:  # HOURS:MINUTES:SECONDS
+        total = (int(first) * 60 + int(second)) * 60 + int(third)
+    elif second is not None:  # MINUTES:SECONDS
+        total = int(first) * 60 + int(second)
+    else:  # MINUTES
+        total = int(first) * 60
+    if total <= 0:
+        raise ValueError(value)
+    return total
+
+
+def check_slurm_options(slurm: SlurmOptions) -> None:
+    """Resources sbatch would refuse (or a grace time that cannot work), as one clear error before anything is
+    written."""
+
+    def bad(option: str, value: object, rule: str, fix: str) -> UserError:
+        return UserError(f"{option} {value}: {rule}", fix=f"Fix: {fix}")
+
+    if slurm.nodes < 1:
+        raise bad("--nodes", slurm.nodes, "a job needs at least one node", "give --nodes 1 or more.")
+    if slurm.gpus_per_node < 0:
+        raise bad("--gpus-per-node", slurm.gpus_per_node, "cannot be negative", "give 0 (CPU only) or more.")
+    if slurm.cpus_per_task < 1:
+        raise bad("--cpus-per-task", slurm.cpus_per_task, "a task needs at least one CPU", "give 1 or more.")
+    if slurm.max_parallel is not None and slurm.max_parallel < 1:
+        raise bad("--max-parallel", slurm.max_parallel, "must be at least 1", "give 1 or more, or leave it out.")
+    if slurm.requeue_grace_s < 1:
+        raise bad("--grace", slurm.requeue_grace_s, "must be at least 1 second", "give the seconds a save needs.")
+    if slurm.time is not None:
+        try:
+            limit = time_limit_s(slurm.time)
+        except ValueError:
+            raise bad(
+                "--time", repr(slurm.time), "not a SLURM time limit", f"write it as {TIME_FORMATS}, e.g. 24:00:00."
+            ) from None
+        if limit is not None and slurm.requeue_grace_s >= limit:
+            raise bad(
+                "--grace",
+                slurm.requeue_grace_s,
+                f"the requeue signal would come before the job starts (--time {slurm.time} is {limit} s)",
+                "give a --grace shorter than the time limit (the seconds a checkpoint save needs).",
+            )
+
+
+def render_job_script(
+    num_cells: int, plan: Path, settings: SweepSettings, slurm: SlurmOptions, title: str, plan_id: str = ""
+) -> str:
     """The sbatch script of one job array over the `num_cells` cells of `plan`, from the packaged template."""
-    optional = [f"--{k}={v}" for k, v in (("partition", slurm.partition), ("account", slurm.account)) if v]
+    optional = [f"--gres=gpu:{slurm.gpus_per_node}"] if slurm.gpus_per_node > 0 else []
+    optional += [f"--{k}={v}" for k, v in (("partition", slurm.partition), ("account", slurm.account)) if v]
     optional += [f"--{k}={v}" for k, v in (("time", slurm.time), ("mem", slurm.mem)) if v]
     for extra in slurm.extra_sbatch:
         extra = extra.removeprefix("#SBATCH").strip()
@@ -94,11 +172,12 @@ def render_job_script(num_cells: int, plan: Path, settings: SweepSettings, slurm
         "title": title,
         "cells": f"{num_cells} cell" + ("" if num_cells == 1 else "s"),
         "plan": shlex.quote(str(plan)),
+        "plan_id": shlex.quote(plan_id),
         "job_name": slurm.job_name,
         "last_index": num_cells - 1,
         "throttle": f"%{slurm.max_parallel}" if slurm.max_parallel else "",
         "nodes": slurm.nodes,
-        "gpus_per_node": slurm.gpus_per_node,
+        "tasks_per_node": slurm.tasks_per_node,
         "cpus_per_task": slurm.cpus_per_task,
         "log_dir": slurm.log_dir,
         "requeue_grace_s": slurm.requeue_grace_s,
@@ -106,6 +185,7 @@ def render_job_script(num_cells: int, plan: Path, settings: SweepSettings, slurm
         "workdir": shlex.quote(str(settings.workdir)),
         "setup": "\n".join(slurm.setup),
         "srun": shlex.join(slurm.launcher()),
+        "tcclip": shlex.join(settings.tcclip),
         "trainer_args": shlex.join(slurm.trainer_args()),
         "python": shlex.quote(sys.executable),
     }
@@ -229,33 +309,53 @@ def submit_array(
     dry_run: bool = False,
     out: Callable[[str], None] | None = None,
 ) -> str:
-    """Write one job array over `cells` (a plan and its job script) and submit it with sbatch (after `depends_on`
-    succeeded); returns its job id.
+    """Write one job array over `cells` (a plan and its job script, under a name no other submission can have) and
+    submit it with sbatch (after `depends_on` succeeded); returns its job id.
 
-    With `dry_run` nothing is written or submitted: `out` gets the script, the sbatch command and the commands each
-    task would run now, and the id is a placeholder."""
+    With `dry_run` the plan and script are written but not submitted: `out` gets the script, the sbatch command that
+    submits it as written, and the commands each task would run now; the id is a placeholder. A refused submission
+    (no sbatch, a resource the cluster does not have) is a UserError with sbatch's words, and leaves no file."""
     opts = replace(slurm, job_name=f"{slurm.job_name}-{name}")
     task_settings = replace(settings, launcher=opts.launcher(), trainer_args=tuple(opts.trainer_args()))
     command = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{':'.join(depends_on)}"] if depends_on else [])
-    stamp = "DRY-RUN" if dry_run else time.strftime("%Y%m%d-%H%M%S")
+    # Unique per submission: two sweeps submitted in the same second must not share (and overwrite) a plan.
+    plan_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     script_dir = settings.runs_dir / "slurm"
-    path, plan = script_dir / f"{opts.job_name}-{stamp}.sbatch", script_dir / f"{opts.job_name}-{stamp}.json"
-    text = render_job_script(len(cells), plan, settings, opts, title=name)
+    path, plan = script_dir / f"{opts.job_name}-{plan_id}.sbatch", script_dir / f"{opts.job_name}-{plan_id}.json"
+    text = render_job_script(len(cells), plan, settings, opts, title=name, plan_id=plan_id)
+    write_plan(plan, cells, task_settings, plan_id)
+    opts.log_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
     if dry_run:
         if out is not None:
-            out(f"# ==== {path} (submit: {shlex.join(command)} {path})\n{text}")
+            out(f"# ==== {path} (not submitted; submit it as written with: {shlex.join([*command, str(path)])})")
+            out(text)
             for index, cell in enumerate(cells):
                 out(
                     f"# task {index} ({cell.key}) would run now:\n"
                     + "\n".join(f"#   {x}" for x in planned(cell, task_settings))
                 )
         return f"<{opts.job_name}>"
-    write_plan(plan, cells, task_settings)
-    opts.log_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    proc = subprocess.run([*command, str(path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"sbatch {path} failed with exit code {proc.returncode}: {proc.stderr.strip()}")
+    try:
+        proc = subprocess.run([*command, str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        proc = None
+    if proc is None or proc.returncode != 0:
+        path.unlink(missing_ok=True)
+        plan.unlink(missing_ok=True)
+        if proc is None:
+            raise UserError(
+                "cannot submit: there is no `sbatch` on PATH (this machine is not a SLURM submission host)",
+                fix="Fix: run `tcclip sweep --slurm` on the cluster's login node, or leave out --slurm to run the "
+                "cells here; --dry-run writes and prints the job scripts without submitting.",
+            )
+        said = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
+        raise UserError(
+            f"sbatch refused the job array {opts.job_name}: {said}",
+            fix="Fix: check the resources against the cluster's partitions (`sinfo -o '%P %D %c %m %G %l'`): "
+            "--partition, --gpus-per-node (0 for a CPU partition, without --gres), --cpus-per-task, --mem, "
+            "--time, --account and any --sbatch lines.",
+        )
     job_id = proc.stdout.strip().split(";")[0]  # --parsable prints "id[;cluster]"
     for index, cell in enumerate(cells):
         marker = settings.run_dir(cell) / SLURM_JOB_MARKER
@@ -316,7 +416,9 @@ def build_parser() -> ArgumentParser:
     slurm.add_argument("--slurm", action="store_true", help="write one job array over the grid and sbatch it")
     slurm.add_argument("--dry-run", action="store_true", help="print the scripts (and sbatch commands) only")
     slurm.add_argument("--nodes", type=int, default=1)
-    slurm.add_argument("--gpus-per-node", type=int, default=1)
+    slurm.add_argument(
+        "--gpus-per-node", type=int, default=None, help="0: a CPU-only job (default 1, or 0 with --smoke)"
+    )
     slurm.add_argument("--cpus-per-task", type=int, default=8)
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
@@ -324,7 +426,18 @@ def build_parser() -> ArgumentParser:
     slurm.add_argument("--mem", help="e.g. 64G")
     slurm.add_argument("--max-parallel", type=int, help="array throttle (%%N)")
     slurm.add_argument("--sbatch", action="append", default=[], help="extra #SBATCH line, e.g. qos=high (repeatable)")
-    slurm.add_argument("--setup", action="append", default=None, help="shell line before each cell (repeatable)")
+    slurm.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        help="shell line run before each cell, after the activation of this Python's environment (repeatable)",
+    )
+    slurm.add_argument(
+        "--grace",
+        type=int,
+        default=90,
+        help="seconds before the time limit at which SLURM signals the fit to save and requeue (#SBATCH --signal)",
+    )
     slurm.add_argument("--job-name", default="tcclip")
     return p
 
@@ -416,11 +529,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_args=tuple(extra),
         tcclip=tuple(shlex.split(args.tcclip)) if args.tcclip else SweepSettings.tcclip,
     )
-    if args.tcclip is None and args.slurm:
-        settings = replace(settings, tcclip=("tcclip",))
+    # SLURM jobs run this very interpreter (`python -m tcclip.cli`): no `tcclip` needs to be on anyone's PATH.
+    gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else 0 if args.smoke else 1
     slurm = SlurmOptions(
         nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node,
+        gpus_per_node=gpus_per_node,
         cpus_per_task=args.cpus_per_task,
         partition=args.partition,
         account=args.account,
@@ -430,8 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         job_name=args.job_name,
         log_dir=runs_dir / "slurm" / "logs",
         extra_sbatch=tuple(args.sbatch),
-        setup=tuple(args.setup) if args.setup is not None else _default_setup(),
+        setup=(*_default_setup(), *args.setup),
+        requeue_grace_s=args.grace,
     )
+    if args.slurm:
+        check_slurm_options(slurm)
     status = 0
     submitted: dict[str, str] = {}  # cell key -> SLURM job id, so a later array can wait for an earlier one
     for protocol, cells in selected.items():
@@ -445,6 +561,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if not args.collect:
             status |= _run_protocol(protocol, cells, settings, slurm, args, console, submitted)
+            if args.slurm and not args.dry_run:
+                console.print(
+                    f"{protocol}: when the jobs have finished (`squeue --me`), write the tables with the same "
+                    "command and --collect instead of --slurm",
+                    markup=False,
+                )
         if not args.slurm and not args.dry_run and not args.no_collect:
             note = "Smoke run: synthetic data, tiny random model; not comparable with the paper" if args.smoke else ""
             table = collect_protocol(protocol, cells, settings.runs_dir, results_dir, note=note)

@@ -154,10 +154,10 @@ def test_too_many_broken_videos_stop_the_run_with_a_checkpoint(args, tmp_path, m
     state = {"unplugged": False}  # the disk holding the videos goes away when epoch 1 starts
     load_frames = VideoDataset.load_frames
 
-    def flaky(self, index):
+    def flaky(self, index, rng=None):
         if state["unplugged"]:
             raise VideoDecodeError(self.root / self.path(index), "input/output error")
-        return load_frames(self, index)
+        return load_frames(self, index, rng)
 
     def unplug(self) -> None:
         state["unplugged"] = self.current_epoch == 1

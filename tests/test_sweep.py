@@ -32,6 +32,13 @@ cmd=$1; shift
 root=""; prev=""
 for a in "$@"; do [[ $prev == --trainer.default_root_dir ]] && root=$a; prev=$a; done
 if [[ $cmd == fit ]]; then
+  if [[ -n ${FAKE_WAIT:-} ]]; then
+    # A fit that saves and exits 143 on SIGTERM, as tcclip.preemption makes the real one do.
+    save() { mkdir -p "$root/checkpoints"; cp "$FAKE_CKPT" "$root/checkpoints/last.ckpt"; }
+    trap 'touch "$(dirname "$FAKE_LOG")/fake-got-term"; save; exit 143' TERM
+    touch "$FAKE_WAIT"
+    for _ in $(seq 600); do sleep 0.1; done
+  fi
   mkdir -p "$root/checkpoints" && cp "$FAKE_CKPT" "$root/checkpoints/last.ckpt"
   if [[ -n ${FAKE_DIE:-} ]]; then exit 3; fi
 elif [[ $cmd == test ]]; then
@@ -139,13 +146,13 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
     assert text.splitlines()[0] == "#!/usr/bin/env bash" and text.index("#SBATCH") < text.index("set -euo")
     assert (
         text.rstrip().splitlines()[-1]
-        == f'exec {sys.executable} -m tcclip.cells {tmp_path}/plan.json "$SLURM_ARRAY_TASK_ID"'
+        == f"exec {sys.executable} -m tcclip.cells {tmp_path}/plan.json \"$SLURM_ARRAY_TASK_ID\" --plan-id ''"
     )
     # What each task runs: srun over all its GPUs, Lightning's SLURM environment with requeue.
     task = replace(settings, launcher=opts.launcher(), trainer_args=tuple(opts.trainer_args()))
     fit = next(line for line in planned(cells[0], task) if " fit " in line)
     assert fit.startswith("srun --kill-on-bad-exit=1 tcclip fit")
-    for flag in ("--trainer.devices=4", "--trainer.num_nodes=2", "SLURMEnvironment", "auto_requeue=true"):
+    for flag in ("--trainer.devices=4", "--trainer.num_nodes=2", "SLURMEnvironment", "auto_requeue=false"):
         assert flag in fit and flag in text  # the script states the srun line too
     # A task requeued after SIGUSR1 resumes from the checkpoint Lightning wrote.
     hpc = _save_checkpoint(task.run_dir(cells[0]) / "hpc_ckpt_1.ckpt")  # where Lightning saves it: the root dir
@@ -171,12 +178,219 @@ def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> N
     assert len(third) == 1 and third[0].startswith("--parsable --dependency=afterok:1001_0 ")
 
 
-def test_dry_run_prints_scripts_without_submitting(fake: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_dry_run_writes_a_script_that_runs_as_printed(fake: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     args = ["--grid", "base2novel", "--datasets", "ucf101", "--variants", "plain", "--slurm", "--dry-run"]
     assert sweep.main([*args, "--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]) == 0
     out = capsys.readouterr().out
-    assert "#SBATCH --array=0-2" in out and "srun --kill-on-bad-exit=1 tcclip fit" in out
-    assert not fake["sbatch_log"].exists()
+    assert "#SBATCH --array=0-2" in out and f"srun --kill-on-bad-exit=1 {sys.executable} -m tcclip.cli fit" in out
+    assert not fake["sbatch_log"].exists()  # nothing submitted
+    submit = re.search(r"submit it as written with: sbatch --parsable (\S+)\)", out).group(1)
+    script = Path(submit).read_text()
+    assert script in out
+    # The plan it names exists and is its own: a task of it runs (here: the fake tcclip, through the plan's id).
+    task = script.rstrip().splitlines()[-1].removeprefix("exec ").replace('"$SLURM_ARRAY_TASK_ID"', "0")
+    plan = Path(task.split()[3])
+    assert json.loads(plan.read_text())["cells"][0]["key"] == "base2novel/ucf101_s1_plain"
+    data = json.loads(plan.read_text())
+    data["settings"]["launcher"] = []  # no srun here
+    data["settings"]["tcclip"] = [str(fake["tcclip"])]
+    plan.write_text(json.dumps(data))
+    proc = subprocess.run(task.split(), capture_output=True, text=True, cwd=fake["root"])
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in fake["log"].read_text().splitlines()] == ["fit", "test"]
+
+
+def _submit(fake: dict[str, Path], shots: str, *more: str) -> int:
+    args = ["--grid", "few_shot", "--datasets", "hmdb51", "--variants", "plain", "--shots", shots, "--slurm"]
+    args += ["--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"]), *more]
+    return sweep.main(args)
+
+
+def _run_task(script: Path, index: int, fake: dict[str, Path]) -> subprocess.CompletedProcess:
+    """Array task `index` of a written job script, without srun, tcclip being the fake."""
+    line = script.read_text().rstrip().splitlines()[-1].removeprefix("exec ")
+    words = [w.strip("'") for w in line.replace('"$SLURM_ARRAY_TASK_ID"', str(index)).split()]
+    plan = Path(words[3])
+    data = json.loads(plan.read_text())
+    data["settings"].update(launcher=[], tcclip=[str(fake["tcclip"])])
+    plan.write_text(json.dumps(data))
+    return subprocess.run(words, capture_output=True, text=True, cwd=fake["root"])
+
+
+def test_two_submissions_in_one_second_each_train_their_own_cell(
+    fake: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep.time, "strftime", lambda *a: "20260101-000000")  # the same second, for sure
+    assert _submit(fake, "2") == 0 and _submit(fake, "4") == 0
+    scripts = sorted((fake["root"] / "runs" / "slurm").glob("*.sbatch"))
+    plans = sorted((fake["root"] / "runs" / "slurm").glob("*.json"))
+    assert len(scripts) == 2 and len(plans) == 2
+    for script in scripts:
+        assert _run_task(script, 0, fake).returncode == 0
+    fits = [line for line in fake["log"].read_text().splitlines() if line.startswith("fit ")]
+    trained = sorted(line.split("--trainer.default_root_dir ")[1].split()[0].rsplit("/", 1)[1] for line in fits)
+    assert trained == ["hmdb51_k2_plain", "hmdb51_k4_plain"]
+
+
+def test_a_task_refuses_a_plan_that_is_not_its_own(fake: dict[str, Path]) -> None:
+    assert _submit(fake, "2") == 0
+    (script,) = (fake["root"] / "runs" / "slurm").glob("*.sbatch")
+    plan = next((fake["root"] / "runs" / "slurm").glob("*.json"))
+    data = json.loads(plan.read_text())
+    data["id"] = "someone-else"
+    plan.write_text(json.dumps(data))
+    proc = _run_task(script, 0, fake)
+    assert proc.returncode == 2 and "this job script was written for plan" in proc.stderr
+    assert not fake["log"].exists()  # nothing ran
+
+
+def test_cpu_job_script_and_user_trainer_options_win(fake: dict[str, Path], tmp_path: Path) -> None:
+    cells = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
+    opts = SlurmOptions(gpus_per_node=0, cpus_per_task=2)
+    settings = SweepSettings(runs_dir=tmp_path / "runs", extra_args=("--trainer.precision=bf16-mixed",))
+    text = render_job_script(1, tmp_path / "plan.json", settings, opts, title="few_shot")
+    _bash_n(text, tmp_path)
+    sbatch = re.findall(r"^#SBATCH (.*)$", text, flags=re.M)
+    assert "--ntasks-per-node=1" in sbatch and "--cpus-per-task=2" in sbatch
+    assert not any("gres" in line for line in sbatch)
+    task = replace(settings, launcher=opts.launcher(), trainer_args=tuple(opts.trainer_args()))
+    fit = next(line for line in planned(cells[0], task) if " fit " in line)
+    assert "--trainer.accelerator=cpu --trainer.devices=1 --trainer.num_nodes=1" in fit
+    assert fit.index("--trainer.accelerator=cpu") < fit.index("--trainer.precision=bf16-mixed")  # last one wins
+    # --smoke on SLURM: a CPU job by default, the smoke trainer options after the plan's.
+    assert _submit(fake, "2", "--smoke", "--no-collect") == 0
+    script = Path(fake["sbatch_log"].read_text().split()[-1])
+    assert "--gres" not in script.read_text() and "--ntasks-per-node=1" in script.read_text()
+
+
+def test_setup_lines_add_to_the_environment_activation_and_grace_sets_the_signal(fake: dict[str, Path]) -> None:
+    assert _submit(fake, "2", "--setup", "module load ffmpeg", "--grace", "300", "--time", "2:00:00") == 0
+    script = Path(fake["sbatch_log"].read_text().split()[-1]).read_text()
+    assert "#SBATCH --signal=SIGUSR1@300" in script and "#SBATCH --time=2:00:00" in script
+    lines = script.splitlines()
+    assert "module load ffmpeg" in lines
+    if sys.prefix != sys.base_prefix:  # the environment of this Python is activated first, then the user's lines
+        activate = next(i for i, line in enumerate(lines) if line.startswith("source ") and "activate" in line)
+        assert activate < lines.index("module load ffmpeg")
+    assert f"exec {sys.executable} -m tcclip.cells" in script
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (["--nodes", "0"], "--nodes 0: a job needs at least one node"),
+        (["--time", "banana"], "--time 'banana': not a SLURM time limit"),
+        (["--time", "1:00", "--grace", "90"], "--grace 90: the requeue signal would come before the job starts"),
+        (["--gpus-per-node", "-1"], "--gpus-per-node -1: cannot be negative"),
+        (["--cpus-per-task", "0"], "--cpus-per-task 0: a task needs at least one CPU"),
+    ],
+)
+def test_slurm_resources_sbatch_would_refuse_are_one_clear_error(
+    fake: dict[str, Path], extra: list[str], phrase: str, capsys: pytest.CaptureFixture
+) -> None:
+    from tcclip.cli import main
+
+    args = ["sweep", "--grid", "few_shot", "--datasets", "hmdb51", "--shots", "2", "--slurm", *extra]
+    assert main([*args, "--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Fix:" in err and "Traceback" not in err, err
+    assert not (fake["root"] / "runs").exists() and not fake["sbatch_log"].exists()
+
+
+def test_slurm_time_formats() -> None:
+    assert sweep.time_limit_s("30") == 1800 and sweep.time_limit_s("30:15") == 1815
+    assert sweep.time_limit_s("24:00:00") == 86400 and sweep.time_limit_s("2-12") == 2 * 86400 + 12 * 3600
+    assert sweep.time_limit_s("1-0:30") == 86400 + 1800 and sweep.time_limit_s("1-0:0:5") == 86405
+    assert sweep.time_limit_s("UNLIMITED") is None
+    for bad in ("banana", "1:2:3:4", "-5", "0", "1h", ""):
+        with pytest.raises(ValueError):
+            sweep.time_limit_s(bad)
+
+
+@pytest.mark.parametrize(
+    ("sbatch", "phrase"),
+    [
+        (None, "there is no `sbatch` on PATH"),
+        (
+            "echo 'sbatch: error: Invalid generic resource (gres) specification' >&2; exit 1",
+            "sbatch refused the job array tcclip-few_shot: sbatch: error: Invalid generic resource (gres) spec",
+        ),
+    ],
+)
+def test_a_refused_submission_is_one_paragraph_and_leaves_no_file(
+    fake: dict[str, Path], sbatch: str | None, phrase: str, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    from tcclip.cli import main
+
+    fake_sbatch = fake["root"] / "bin" / "sbatch"
+    if sbatch is None:
+        fake_sbatch.unlink()
+        monkeypatch.setenv("PATH", str(fake["root"] / "bin"))
+    else:
+        fake_sbatch.write_text(f"#!/usr/bin/env bash\n{sbatch}\n")
+    args = ["sweep", "--grid", "few_shot", "--datasets", "hmdb51", "--shots", "2", "--variants", "plain", "--slurm"]
+    assert main([*args, "--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tcclip sweep: error: ") and phrase in err and "Fix:" in err, err
+    assert "Traceback" not in err
+    assert list((fake["root"] / "runs" / "slurm").glob("*.*")) == []  # neither plan nor script left behind
+
+
+def test_a_stale_fit_marker_is_repaired_and_a_stopped_fit_is_never_marked_done(fake: dict[str, Path]) -> None:
+    from tcclip.cells import FIT_DONE, CellFailed, run_cell, subprocess_runner
+    from tcclip.runs import STOP_KEY
+
+    settings = _settings(fake)
+    (cell,) = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
+    run_dir = settings.run_dir(cell)
+    run_dir.mkdir(parents=True)
+    (run_dir / FIT_DONE).touch()  # a marker without any checkpoint: a wedged cell of an older version
+    said: list[str] = []
+    run_cell(cell, settings, subprocess_runner(settings), said.append)
+    assert any("is stale (no readable last.ckpt" in line and "the fit runs again" in line for line in said)
+    assert (run_dir / FIT_DONE).is_file() and settings.results_path(cell, cell.evaluations[0]).is_file()
+
+    # A fit that exits 0 but whose newest checkpoint is one saved on a stop signal is not finished.
+    (other,) = Selection(only=("hmdb51_k4_plain",)).apply(build_grid("few_shot"))
+    stop_ckpt = fake["root"] / "stopped.ckpt"
+    torch.save(
+        {"state_dict": {"model.w": torch.zeros(2)}, STOP_KEY: {"signal": "SIGTERM", "global_step": 3}}, stop_ckpt
+    )
+    os.environ["FAKE_CKPT"], previous = str(stop_ckpt), os.environ["FAKE_CKPT"]
+    try:
+        with pytest.raises(CellFailed, match="saved when SIGTERM stopped the fit at global step 3"):
+            run_cell(other, settings, subprocess_runner(settings), said.append)
+    finally:
+        os.environ["FAKE_CKPT"] = previous
+    assert not (settings.run_dir(other) / FIT_DONE).exists()
+
+
+def test_sigterm_to_an_array_task_reaches_the_fit_and_stops_the_cell(fake: dict[str, Path]) -> None:
+    import signal
+    import time
+
+    settings = _settings(fake)
+    cells = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
+    plan = fake["root"] / "plan.json"
+    write_plan(plan, cells, settings, "p1")
+    ready = fake["root"] / "fit-started"
+    task = subprocess.Popen(
+        [sys.executable, "-m", "tcclip.cells", str(plan), "0", "--plan-id", "p1"],
+        env={**os.environ, "FAKE_WAIT": str(ready)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task.send_signal(signal.SIGTERM)
+    _, err = task.communicate(timeout=60)
+    assert task.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "resume" in err
+    assert (fake["log"].parent / "fake-got-term").is_file()  # the fit itself got the signal
+    assert not (settings.run_dir(cells[0]) / "fit.done").exists()
+    assert [line.split()[0] for line in fake["log"].read_text().splitlines()] == ["fit"]  # no test after it
 
 
 def test_array_task_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, Path]) -> None:
