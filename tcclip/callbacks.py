@@ -387,7 +387,7 @@ class RunGuard(Callback):
         else:
             saved = previous
             try:
-                trainer.save_checkpoint(saved)
+                self.save_last(trainer, saved)
             except UserError as err:  # e.g. the disk is full: say so, and keep the original error
                 log.warning("could not save a checkpoint on stopping: %s", err.format())
                 saved = None
@@ -404,10 +404,30 @@ class RunGuard(Callback):
             note_interrupt(f"{note} {resume}")
 
     @staticmethod
-    def last_path(trainer: L.Trainer) -> Path | None:
-        """Where `--ckpt_path last` looks: the file of the ModelCheckpoint that monitors nothing (`last.ckpt`)."""
+    def _last_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.monitor is None and callback.dirpath:
-                return Path(callback.dirpath) / f"{callback.filename or 'last'}{callback.FILE_EXTENSION}"
+                return callback
+        return None
+
+    @staticmethod
+    def last_path(trainer: L.Trainer) -> Path | None:
+        """Where `--ckpt_path last` looks: the file of the ModelCheckpoint that monitors nothing (`last.ckpt`, or
+        the file it last wrote)."""
+        callback = RunGuard._last_callback(trainer)
+        if callback is not None:
+            if callback.best_model_path:
+                return Path(callback.best_model_path)
+            return Path(callback.dirpath) / f"{callback.filename or 'last'}{callback.FILE_EXTENSION}"
         folder = trainer.log_dir or trainer.default_root_dir
         return Path(folder) / "checkpoints" / "last.ckpt" if folder else None
+
+    @staticmethod
+    def save_last(trainer: L.Trainer, path: Path) -> None:
+        """Save the run to `path` (from `last_path`) as the `last` ModelCheckpoint's own file: saved before that
+        callback's first save, it would otherwise take the file for someone else's and write `last-v1.ckpt` beside
+        it, leaving two `last` files in the folder."""
+        callback = RunGuard._last_callback(trainer)
+        if callback is not None and not callback.best_model_path:
+            callback.best_model_path = str(path)
+        trainer.save_checkpoint(path)

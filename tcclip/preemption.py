@@ -158,7 +158,7 @@ class Preemption(L.Callback):
         if nonfinite_tensors(pl_module.state_dict()):  # keep the previous good checkpoint as the resume point
             log.warning("not saving on %s: the weights are not finite", signal.Signals(signum).name)
             return None
-        trainer.save_checkpoint(path)  # collective: every rank is here (see on_train_batch_end)
+        RunGuard.save_last(trainer, path)  # collective: every rank is here (see on_train_batch_end)
         return str(path)
 
     def _stop(self, trainer: L.Trainer, signum: int) -> None:

@@ -419,7 +419,7 @@ def build_parser() -> ArgumentParser:
     slurm.add_argument(
         "--gpus-per-node", type=int, default=None, help="0: a CPU-only job (default 1, or 0 with --smoke)"
     )
-    slurm.add_argument("--cpus-per-task", type=int, default=8)
+    slurm.add_argument("--cpus-per-task", type=int, default=None, help="default 8, or 1 with --smoke")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--time", help="e.g. 24:00:00")
@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     slurm = SlurmOptions(
         nodes=args.nodes,
         gpus_per_node=gpus_per_node,
-        cpus_per_task=args.cpus_per_task,
+        cpus_per_task=args.cpus_per_task if args.cpus_per_task is not None else 1 if args.smoke else 8,
         partition=args.partition,
         account=args.account,
         time=args.time,

@@ -44,13 +44,16 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(data_synth: Path, tmp_path: Path, tiny_run_args):
+@pytest.mark.parametrize(("pause_at", "epoch"), [(3, 0), (5, 1)])  # before the first epoch-end save, and after it
+def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(
+    pause_at: int, epoch: int, data_synth: Path, tmp_path: Path, tiny_run_args
+):
     full = tmp_path / "full"
     proc = subprocess.run(fit_command(tiny_run_args, data_synth, full, None), env=child_env(), capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
 
     stopped = tmp_path / "stopped"
-    command = fit_command(tiny_run_args, data_synth, stopped, pause_at=5)  # epoch 1, after its first batch
+    command = fit_command(tiny_run_args, data_synth, stopped, pause_at=pause_at)
     child = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not list((stopped / "pause").glob("paused-*")) and child.poll() is None and time.monotonic() < deadline:
@@ -58,15 +61,16 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(data_synth: Path,
     child.send_signal(signal.SIGTERM)
     out = child.communicate(timeout=120)[0]
     assert child.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert "SIGTERM at epoch 1, global step 5: saved the run in" in out
+    assert f"SIGTERM at epoch {epoch}, global step {pause_at}: saved the run in" in out
     (last,) = stopped.rglob("last.ckpt")
     saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved[STOP_KEY] == {"signal": "SIGTERM", "global_step": 5} and saved["global_step"] == 5
+    assert saved[STOP_KEY] == {"signal": "SIGTERM", "global_step": pause_at} and saved["global_step"] == pause_at
 
     resume = [*command, "--ckpt_path", "last"]
     proc = subprocess.run(resume, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (stopped / "lightning_logs").iterdir()] == ["version_0"]  # one folder holds the run
+    assert [p.name for p in stopped.rglob("last*.ckpt")] == ["last.ckpt"]  # the final save replaced the stop's
 
     uninterrupted = read_batch_log(full / "lightning_logs" / "version_0" / "batches.tsv")
     interrupted = read_batch_log(stopped / "lightning_logs" / "version_0" / "batches.tsv")
