@@ -144,9 +144,12 @@ class Preemption(L.Callback):
         return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if self._stopping:
-            name = signal.Signals(self.received or signal.SIGTERM).name
-            checkpoint[STOP_KEY] = {"signal": name, "global_step": trainer.global_step}
+        if not self._stopping:
+            return
+        name = signal.Signals(self.received or signal.SIGTERM).name
+        checkpoint[STOP_KEY] = {"signal": name, "global_step": trainer.global_step}
+        if trainer.validating:
+            _restart_validation(checkpoint)
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, signum: int) -> str | None:
         from tcclip.callbacks import RunGuard
@@ -178,3 +181,19 @@ class Preemption(L.Callback):
         message = f"{name} at {where}: {note}{requeued}; exiting with status {128 + signum}"
         log.warning("tcclip: %s", message)
         raise Stopped(signum, message)
+
+
+def _restart_validation(checkpoint: dict) -> None:
+    """Make a save from the middle of a validation run resume that validation from its first batch.
+
+    Lightning resumes "mid evaluation" only from a save made inside a batch, and then runs the remaining number of
+    batches from the start of the (not resumable) loader, with metrics that start empty: a validation top-1 over part
+    of the set, picked as the epoch's result. From a save between batches it skips the rest of the validation
+    instead, and the epoch has no result. So the save says: validation started, no batch done; the resumed run
+    validates the whole set.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    key = "epoch_loop.val_loop.batch_progress"
+    if key in loop:
+        counts = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+        loop[key] = {**loop[key], "total": dict(counts), "current": dict(counts), "is_last_batch": False}

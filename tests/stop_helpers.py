@@ -17,12 +17,23 @@ from tcclip.preemption import Preemption
 
 
 class PauseAt(L.Callback):
-    def __init__(self, step: int, folder: str, wait_s: float = 120.0) -> None:
+    """`during="val"`: pause after the first validation batch run at global step `step` instead."""
+
+    def __init__(self, step: int, folder: str, wait_s: float = 120.0, during: str = "train") -> None:
         self.step = step
         self.folder = Path(folder)
         self.wait_s = wait_s
+        self.during = during
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.during == "train":
+            self._pause(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.during == "val" and not trainer.sanity_checking:
+            self._pause(trainer)
+
+    def _pause(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.step:
             return
         done = Path(trainer.default_root_dir) / "paused-once"

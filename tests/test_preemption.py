@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 
 
-def fit_command(tiny_run_args, data: Path, run: Path, pause_at: int | None) -> list[str]:
+def fit_command(tiny_run_args, data: Path, run: Path, pause_at: int | None, during: str = "train") -> list[str]:
     """2 epochs of 4 batches of 2 videos, mixup on (the step draws from the RNG too), a BatchLog."""
     command = [sys.executable, "-m", "tcclip.cli", "fit", *tiny_run_args(data, run)]
     command += ["--data.init_args.batch_size=2", "--model.total_batch_size=2", "--model.mixup=true"]
@@ -30,7 +30,10 @@ def fit_command(tiny_run_args, data: Path, run: Path, pause_at: int | None) -> l
     command += ["--trainer.enable_progress_bar=false", "--trainer.callbacks+=tcclip.callbacks.BatchLog"]
     if pause_at is not None:
         command += ["--trainer.callbacks+=stop_helpers.PauseAt", f"--trainer.callbacks.init_args.step={pause_at}"]
-        command += [f"--trainer.callbacks.init_args.folder={run / 'pause'}"]
+        command += [
+            f"--trainer.callbacks.init_args.folder={run / 'pause'}",
+            f"--trainer.callbacks.init_args.during={during}",
+        ]
     return command
 
 
@@ -44,16 +47,23 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize(("pause_at", "epoch"), [(3, 0), (5, 1)])  # before the first epoch-end save, and after it
+@pytest.mark.parametrize(
+    ("pause_at", "epoch", "during"),
+    [
+        (3, 0, "train"),  # before the first epoch-end save
+        (5, 1, "train"),  # after it
+        (4, 0, "val"),  # in the middle of epoch 0's validation: the resumed run validates the whole set again
+    ],
+)
 def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(
-    pause_at: int, epoch: int, data_synth: Path, tmp_path: Path, tiny_run_args
+    pause_at: int, epoch: int, during: str, data_synth: Path, tmp_path: Path, tiny_run_args
 ):
     full = tmp_path / "full"
     proc = subprocess.run(fit_command(tiny_run_args, data_synth, full, None), env=child_env(), capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
 
     stopped = tmp_path / "stopped"
-    command = fit_command(tiny_run_args, data_synth, stopped, pause_at=pause_at)
+    command = fit_command(tiny_run_args, data_synth, stopped, pause_at=pause_at, during=during)
     child = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not list((stopped / "pause").glob("paused-*")) and child.poll() is None and time.monotonic() < deadline:
@@ -79,3 +89,8 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(
     expected, got = weights(full), weights(stopped)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+    # Every epoch validated: the run's record (best and last epoch, their top-1) and checkpoint names agree.
+    (full_last,), (stopped_last,) = full.rglob("last.ckpt"), stopped.rglob("last.ckpt")
+    record = torch.load(full_last, map_location="cpu", weights_only=True)["tcclip"]
+    assert torch.load(stopped_last, map_location="cpu", weights_only=True)["tcclip"] == record
+    assert sorted(p.name for p in stopped.rglob("*.ckpt")) == sorted(p.name for p in full.rglob("*.ckpt"))

@@ -80,7 +80,6 @@ def cell_outcome(runs: Path, name: str) -> dict:
 def test_sweep_on_a_real_cluster_survives_requeue_and_cancel(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
 
-    t0 = time.monotonic()
     # The reference: the same sweep, run here without interruption.
     local = tmp_path / "local"
     proc = subprocess.run(
@@ -88,7 +87,6 @@ def test_sweep_on_a_real_cluster_survives_requeue_and_cancel(tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    print(f"local sweep: {time.monotonic() - t0:.0f} s")
     runs, pause = tmp_path / "slurm", tmp_path / "pause"
     shutil.copytree(local / "synthetic_data", runs / "synthetic_data")  # the same videos, written once
     with single_node_cluster(tmp_path / "cluster") as cluster:
@@ -112,7 +110,6 @@ def test_sweep_on_a_real_cluster_survives_requeue_and_cancel(tmp_path: Path) -> 
             name, path = wait_for(lambda: paused_cell(pause, seen), 300, "a fit to reach its pause", cluster)
             seen.add(path)
             cluster.run(*actions[name])
-        print(f"signalled: {time.monotonic() - t0:.0f} s")
         wait_for(lambda: "CANCELLED" in cluster.job_states(jobs["4"]).values(), 120, "the cancel", cluster)
 
         # The cancelled cell is resubmitted with the same command; the requeued one comes back by itself.
@@ -125,9 +122,7 @@ def test_sweep_on_a_real_cluster_survives_requeue_and_cancel(tmp_path: Path) -> 
         def finished() -> bool:
             return not cluster.run("squeue", "-h", "-j", ",".join(every), check=False).stdout.strip()
 
-        print(f"resubmitted: {time.monotonic() - t0:.0f} s")
         wait_for(finished, 600, "every job to finish", cluster)
-        print(f"all finished: {time.monotonic() - t0:.0f} s")
         states = {job: cluster.job_states(job) for job in every}
         assert states[jobs["2"]] == {f"{jobs['2']}_0": "COMPLETED"}, states
         assert states[resubmitted] == {f"{resubmitted}_0": "COMPLETED"}, states
