@@ -39,6 +39,10 @@ DECORD_WRONG = {
     "xvid_damaged_avi",
 }
 """Files on which decord's random access returns other pictures than the sequential decode (docs/decoding.md)."""
+DECORD_UNSTABLE = {
+    "xvid_xvid_bf2_25fps_g300": "decord reads this one-GOP file from its start and is mostly right, but now and then "
+    "returns another picture for the last frame: not deterministic, so neither 'exact' nor 'wrong' can be asserted"
+}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +143,8 @@ def test_every_exact_backend_matches_the_sequential_decode(matrix_videos, oracle
 def test_decord_misses_are_the_documented_ones(matrix_videos, oracles, name):
     """decord is exact where docs/decoding.md says so, and wrong (or unable) where it says so."""
     _usable("decord")
+    if name in DECORD_UNSTABLE:
+        pytest.skip(DECORD_UNSTABLE[name])
     import warnings
 
     path = matrix_videos[name][1]
