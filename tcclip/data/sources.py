@@ -26,6 +26,8 @@ UCF101_RAR = RemoteFile(
     "UCF101.rar",
     (
         "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar",
+        # The same archive under the site's newer path (public download scripts use both).
+        "https://www.crcv.ucf.edu/datasets/human-actions/ucf101/UCF101.rar",
         # The certificate of www.crcv.ucf.edu has failed verification for many users; the plain-HTTP host serves the
         # same file (there is no checksum to check it against either way).
         "http://crcv.ucf.edu/data/UCF101/UCF101.rar",
