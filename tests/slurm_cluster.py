@@ -1,6 +1,9 @@
 """A throw-away single-node SLURM cluster for tests: munged, slurmctld and slurmd started from a generated config in
 a temporary folder (one node with this machine's CPUs, proctrack/linuxproc, task/none, JobRequeue=1), stopped by
-PID. Needs Debian's `slurm-wlm` and `munge` and root (slurmd runs jobs as their submitting user)."""
+PID. Needs Debian's `slurm-wlm` and `munge` and root (slurmd runs jobs as their submitting user).
+
+`REQUIRE_ENV` (set by .ci/run where it installed them): a cluster that cannot be started fails the test instead of
+skipping it."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+REQUIRE_ENV = "TCCLIP_REQUIRE_SLURM"
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 
 
@@ -37,6 +41,10 @@ def _free_port() -> int:
 
 def _exe(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+class ClusterDidNotStart(RuntimeError):
+    """A daemon exited or the node never became idle (the message holds the daemons' logs)."""
 
 
 @dataclass
@@ -69,7 +77,7 @@ class Cluster:
 
 def _config(root: Path, host: str, cpus: int, ctld_port: int, d_port: int, munge_socket: Path) -> str:
     return f"""ClusterName=tcclip-test
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
@@ -163,6 +171,6 @@ def _wait(condition, timeout_s: float, what: str, cluster: Cluster) -> None:
             return
         for name, proc in cluster.processes.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}\n{cluster.logs()}")
+                raise ClusterDidNotStart(f"{name} exited with {proc.returncode}\n{cluster.logs()}")
         time.sleep(0.2)
-    raise RuntimeError(f"{what} within {timeout_s} s\n{cluster.logs()}")
+    raise ClusterDidNotStart(f"{what} within {timeout_s} s\n{cluster.logs()}")
