@@ -414,7 +414,12 @@ def build_parser() -> ArgumentParser:
     local.add_argument("--jobs", type=int, default=1, help="cells at a time without --gpus")
     slurm = p.add_argument_group("SLURM")
     slurm.add_argument("--slurm", action="store_true", help="write one job array over the grid and sbatch it")
-    slurm.add_argument("--dry-run", action="store_true", help="print the scripts (and sbatch commands) only")
+    slurm.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run nothing: print each cell's commands; with --slurm, write the job scripts and plans and print them "
+        "with the sbatch command that submits each as written",
+    )
     slurm.add_argument("--nodes", type=int, default=1)
     slurm.add_argument(
         "--gpus-per-node", type=int, default=None, help="0: a CPU-only job (default 1, or 0 with --smoke)"
@@ -422,7 +427,7 @@ def build_parser() -> ArgumentParser:
     slurm.add_argument("--cpus-per-task", type=int, default=None, help="default 8, or 1 with --smoke")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
-    slurm.add_argument("--time", help="e.g. 24:00:00")
+    slurm.add_argument("--time", help="time limit per task, e.g. 24:00:00 or 1-12 (days-hours)")
     slurm.add_argument("--mem", help="e.g. 64G")
     slurm.add_argument("--max-parallel", type=int, help="array throttle (%%N)")
     slurm.add_argument("--sbatch", action="append", default=[], help="extra #SBATCH line, e.g. qos=high (repeatable)")
