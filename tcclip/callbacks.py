@@ -157,8 +157,8 @@ class ResultsJSON(Callback):
 
 
 class PredictionsJSON(BasePredictionWriter):
-    """Write `<log_dir>/predictions.json` (one file per process in DDP): every video's top-k classes and, when the
-    data has labels, the top-1 accuracy."""
+    """Write `<log_dir>/predictions.json` (one file per process in DDP): the weights scored (as in results.json),
+    every video's top-k classes and, when the data has labels, the top-1 accuracy."""
 
     def __init__(self, top_k: int = 5, filename: str = PREDICTIONS_FILE) -> None:
         super().__init__(write_interval="epoch")
@@ -177,7 +177,7 @@ class PredictionsJSON(BasePredictionWriter):
         per_loader = predictions if predictions and isinstance(predictions[0], list) else [predictions]
         loaders = [prediction_records(batches, self.top_k) for batches in per_loader]
         name = self.filename if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.json"
-        _atomic_write_json(log_dir / name, {"dataloaders": loaders})
+        _atomic_write_json(log_dir / name, {"weights": weights_record(trainer, pl_module), "dataloaders": loaders})
 
 
 def prediction_records(batches: Sequence[dict[str, Any]], top_k: int) -> dict[str, Any]:

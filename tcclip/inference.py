@@ -274,7 +274,8 @@ def predict(
 
     Args:
         model: a model from `tcclip.load_model` (any device).
-        video: a file path, decoded uint8 frames [F, H, W, 3], or a list of those.
+        video: a file path, decoded uint8 frames [F, H, W, 3] (a torch tensor or a numpy array), or a list of
+            those.
         labels: class names to score; replaces the model's list (`set_class_names`) when different.
         top_k: how many classes to return per video.
         views: test views per video, `"clips x crops"` (see `Views`).
@@ -290,6 +291,10 @@ def predict(
 
     Raises:
         VideoDecodeError: a video cannot be read (the command-line tool reports these and goes on instead).
+        VideoInputError: `video` is neither (None included).
+        LabelFileError: `labels` is one string, holds a non-string, or repeats a class.
+        UserError: views whose forward pass cannot fit the device's free memory; `reject_score` without rejection;
+            a threshold outside its score's range.
     """
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")

@@ -70,6 +70,16 @@ def test_fit_validate_test(data_synth: Path, tmp_path: Path, tiny_args) -> None:
     assert set(tested["sets"]) == {"split1"} and tested["sets"]["split1"]["num_videos"] == 3
     assert tested["wise_ft"]["weight"] == 0.5 and set(tested["wise_ft"]["sets"]) == {"split1"}
     assert tested["best"] == fit["best"] and tested["last"] == fit["last"]  # carried by the checkpoint
+    # the weights scored, beyond doubt: the file and its SHA-256 (computed here independently)
+    import hashlib
+
+    last = Path(tested["checkpoint"])
+    assert tested["weights"] == {
+        "source": "ckpt_path",
+        "path": str(last.absolute()),
+        "sha256": hashlib.sha256(last.read_bytes()).hexdigest(),
+    }
+    assert fit["weights"] == {"source": "training", "epoch": 1}
 
 
 def test_score_writes_every_video(data_synth: Path, tmp_path: Path, tiny_args) -> None:
@@ -80,7 +90,9 @@ def test_score_writes_every_video(data_synth: Path, tmp_path: Path, tiny_args) -
     tested = json.loads(newest(run_dir, "results.json").read_text())
     with mock.patch.object(sys, "argv", ["tcclip"]):  # `tcclip score` is LightningCLI's predict loop
         assert cli_main(["score", *args, "--ckpt_path=last"]) == 0
-    predictions = json.loads(newest(run_dir, "predictions.json").read_text())["dataloaders"][0]
+    written = json.loads(newest(run_dir, "predictions.json").read_text())
+    assert written["weights"]["source"] == "ckpt_path" and len(written["weights"]["sha256"]) == 64
+    predictions = written["dataloaders"][0]
     assert predictions["num_videos"] == 3 and len(predictions["videos"]) == 3
     assert predictions["top1"] == pytest.approx(tested["sets"]["split1"]["top1"], abs=1e-3)
     first = predictions["videos"][0]
