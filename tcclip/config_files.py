@@ -55,6 +55,12 @@ def check_config_file(path: str | Path) -> None:
         raise UserError(f"the config holds a {type(content).__name__}, not a mapping of settings", path=path, fix=fix)
 
 
+def _inline_yaml(text: str) -> bool:
+    """jsonargparse also takes the settings themselves as `--config 'trainer: {max_epochs: 1}'`."""
+    return not Path(text).exists() and any(mark in text for mark in (":", "{", "\n"))
+
+
 def check_config_files(argv: Sequence[str]) -> None:
     for path in config_paths(argv):
-        check_config_file(path)
+        if not _inline_yaml(path):
+            check_config_file(path)

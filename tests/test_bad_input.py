@@ -1256,3 +1256,14 @@ def test_python_api_refuses_class_lists_that_would_split_a_probability():
         with pytest.raises(ValueError, match=message) as error:
             use_labels(model, labels)
         assert isinstance(error.value, LabelFileError)
+
+
+def test_config_settings_given_inline_are_left_to_jsonargparse(tmp_path, monkeypatch):
+    from tcclip.config_files import check_config_files, config_paths
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", "a.yaml", "--config=trainer: {max_epochs: 1}", "-c", "b.yaml", "--model.lr=1"]
+    assert config_paths(argv) == ["a.yaml", "trainer: {max_epochs: 1}", "b.yaml"]
+    check_config_files(["--config", "trainer: {max_epochs: 1}"])  # jsonargparse's inline form: not a file name
+    with pytest.raises(UserError, match="missing.yaml: no such config file"):
+        check_config_files(["--config", "missing.yaml"])
