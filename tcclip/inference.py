@@ -502,19 +502,28 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_views_memory(model: nn.Module, views: Views, batch_size: int) -> None:
+def check_views_memory(model: nn.Module, views: Views, batch_size: int, timeline: bool = False) -> None:
     """Refuse views x batch size whose forward pass cannot fit in this device's free memory (instead of the kernel
     killing the process with no message)."""
     device, _ = _device_dtype(model)
-    need = views_memory(model, views, batch_size)
+    try:
+        need = views_memory(model, views, batch_size)
+    except AttributeError:  # not a TC-CLIP network (a stand-in with its own forward): nothing to estimate
+        return
     free = available_memory(device)
     if free is not None and need > free:
         gib = 1024**3
+        asked = (
+            f"--batch-size {batch_size} (batch_size=) windows"
+            if timeline
+            else f"--views {views} with --batch-size {batch_size} (views=, batch_size=)"
+        )
         raise UserError(
-            f"--views {views} with --batch-size {batch_size} (views=, batch_size=) scores {views.count * batch_size:,} "
-            f"clips of {model.cfg.num_frames} frames in one pass: about {need / gib:.1f} GiB, and {device.type} has "
-            f"{free / gib:.1f} GiB free",
-            fix="Use fewer views (the paper's test views are 4x3 at most; 2x1 is the default) or a smaller "
+            f"{asked} scores {views.count * batch_size:,} clips of {model.cfg.num_frames} frames in one pass: about "
+            f"{need / gib:.1f} GiB, and {device.type} has {free / gib:.1f} GiB free",
+            fix="Use a smaller --batch-size."
+            if timeline
+            else "Use fewer views (the paper's test views are 4x3 at most; 2x1 is the default) or a smaller "
             "--batch-size.",
         )
 

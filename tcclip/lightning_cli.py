@@ -290,7 +290,14 @@ class TCCLIPLightningCLI(LightningCLI):
             raise user_error from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # Lightning's own check of a trainer.* setting: the user's to fix
+            raise UserError(
+                f"trainer: {str(err).strip()}", fix="Fix that trainer.* setting in the config or on the command line."
+            ) from err
         # Every checkpoint written atomically and read safely, unless the user configured a CheckpointIO of their own.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

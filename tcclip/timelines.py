@@ -383,6 +383,8 @@ def timeline(
     """
     from tcclip.calibration import calibrated_probabilities
     from tcclip.inference import (
+        Views,
+        check_views_memory,
         evaluating,
         make_test_transform,
         model_input_size,
@@ -406,6 +408,7 @@ def timeline(
     rejector = (
         Rejector.for_model(model, reject_threshold, reject_score) if reject or reject_threshold is not None else None
     )
+    check_views_memory(model, Views(1, 1), batch_size, timeline=True)  # --batch-size windows in one forward pass
     temperature = model_temperature(model)
     num_frames = model_num_frames(model)
     transform = make_test_transform(model_input_size(model), 1, 1)

@@ -845,6 +845,20 @@ CASES: list[Case] = [
         )
         for command in ("fit", "validate")
     ),
+    *(
+        Case(f"fit-{key}-{value}", ("fit", *demo(f"--data.init_args.{key}={value}")), 2, phrase, absent=("run",))
+        for key, value, phrase in (
+            ("batch_size", "0", "data.init_args.batch_size: must be >= 1, got 0"),
+            ("num_workers", "-1", "data.init_args.num_workers: must be >= 0"),
+            ("num_crop", "2", "data.init_args.num_crop: must be 1 or 3"),
+        )
+    ),
+    Case(
+        "fit-negative-max-epochs",
+        ("fit", *demo("--trainer.max_epochs=-5")),
+        2,
+        "trainer: `max_epochs` must be a non-negative integer or -1. You passed in -5",
+    ),
     Case(
         "fit-one-class-dataset",
         ("fit", *demo("--trainer.max_epochs=1", root="{data1}")),
@@ -885,6 +899,13 @@ CASES: list[Case] = [
         2,
         "windows, more than the 5 a timeline scores",
         setup=few_windows,
+        absent=("tl",),
+    ),
+    Case(
+        "timeline-batch-beyond-memory",
+        ("timeline", "{video}", "--checkpoint", "{ckpt}", "--batch-size", "100000000", "--out", "tl"),
+        2,
+        "--batch-size 100000000 (batch_size=) windows scores 100,000,000 clips of 4 frames in one pass: about",
         absent=("tl",),
     ),
     Case(

@@ -72,6 +72,35 @@ class ProtocolSplits:
     test: tuple[SplitFiles, ...]
 
 
+def _check_loader_settings(**values: object) -> None:
+    """Refuse a data setting out of range before any list is read, naming its key (`data.init_args.<name>`)."""
+
+    def bad(name: str, rule: str) -> ConfigError:
+        return ConfigError(
+            f"data.init_args.{name}", f"must be {rule}, got {values[name]!r}", fix=f"Fix data.init_args.{name}."
+        )
+
+    def integer(name: str) -> int | None:
+        value = values[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise bad(name, "an integer")
+        return value  # type: ignore[return-value]
+
+    for name in ("batch_size", "num_clip", "num_frames"):
+        if integer(name) < 1:  # type: ignore[operator]
+            raise bad(name, ">= 1")
+    eval_batch = integer("eval_batch_size")
+    if eval_batch is not None and eval_batch < 1:
+        raise bad("eval_batch_size", ">= 1, or null (the training batch size)")
+    if integer("num_workers") < 0:  # type: ignore[operator]
+        raise bad("num_workers", ">= 0 (0: load in the main process)")
+    if values["num_crop"] not in (1, 3):
+        raise bad("num_crop", "1 or 3 (centre crop, or three crops along the long side)")
+    fraction = values["max_broken_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise bad("max_broken_fraction", "a fraction in [0, 1]")
+
+
 class VideoDataModule(LightningDataModule):
     """Base DataModule; subclasses implement :meth:`protocol_splits` (a table of paths).
 
@@ -130,6 +159,15 @@ class VideoDataModule(LightningDataModule):
             raise ConfigError(
                 "data.init_args.protocol", f"{protocol!r} is unknown", fix=f"Choose one of {', '.join(PROTOCOLS)}."
             )
+        _check_loader_settings(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            num_clip=num_clip,
+            num_crop=num_crop,
+            num_frames=num_frames,
+            max_broken_fraction=max_broken_fraction,
+        )
         self._root = root
         self.protocol = protocol
         self.shots = shots
