@@ -68,7 +68,9 @@ class Preemption(L.Callback):
     def __init__(self, requeue: bool = True) -> None:
         self.requeue = requeue
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._original: dict[int, Any] = {}  # the handlers before setup, put back at teardown
+        self._chain: dict[int, Any] = {}  # a handler of the user's that was there before: still called
+        self._launcher: Any = None
         self._stopping = False
 
     # -- handlers ----------------------------------------------------------------------------------------------------
@@ -76,29 +78,59 @@ class Preemption(L.Callback):
         # Only note it: saving here would write a half-finished step.
         if self.received is None or signum == signal.SIGTERM:
             self.received = signum
-        previous = self._previous.get(signum)
-        if callable(previous):
-            previous(signum, frame)
+        launcher = self._launcher
+        if signum == signal.SIGTERM and launcher is not None:
+            # Local DDP: the other ranks are this process's children and must stop at the same batch.
+            try:
+                launcher.kill(signum)
+            except Exception:  # noqa: BLE001 - a child that is gone already
+                pass
+        chained = self._chain.get(signum)
+        if callable(chained):
+            chained(signum, frame)
+
+    def _signums(self) -> list[int]:
+        return [signal.SIGTERM] + ([REQUEUE_SIGNAL] if slurm_task() is not None else [])
 
     def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or self._previous:
+        if threading.current_thread() is not threading.main_thread():
             return
-        signums = [signal.SIGTERM] + ([REQUEUE_SIGNAL] if slurm_task() is not None else [])
-        for signum in signums:
-            previous = signal.getsignal(signum)
-            self._previous[signum] = previous if previous not in (signal.SIG_DFL, signal.SIG_IGN) else None
+        for signum in self._signums():
+            if signum not in self._original:
+                current = signal.getsignal(signum)
+                self._original[signum] = current
+                self._chain[signum] = current if callable(current) else None
             signal.signal(signum, self._handler)
 
     def _restore(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
+        for signum, original in self._original.items():
+            signal.signal(signum, original if original is not None else signal.SIG_DFL)
+        self._original, self._chain = {}, {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.received = None
+        self._launcher = trainer.strategy.launcher
         self._install()
+
+    def _take_over(self) -> None:
+        # Lightning installs its own SIGTERM handler after `setup`: it ends a fit with exit status 0 and, under DDP,
+        # broadcasts from inside the handler on rank 0 only, which deadlocks the ranks' next collective. Ours alone.
+        if self._original:
+            self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()

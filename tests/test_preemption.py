@@ -94,3 +94,43 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(
     record = torch.load(full_last, map_location="cpu", weights_only=True)["tcclip"]
     assert torch.load(stopped_last, map_location="cpu", weights_only=True)["tcclip"] == record
     assert sorted(p.name for p in stopped.rglob("*.ckpt")) == sorted(p.name for p in full.rglob("*.ckpt"))
+
+
+def test_sigterm_under_ddp_stops_every_rank_at_one_batch_and_resumes_exactly(
+    data_synth: Path, tmp_path: Path, tiny_run_args
+):
+    """Two CPU processes (local DDP): SIGTERM to the launching process reaches the other rank, both agree on the
+    batch, save together and exit 143; the resumed run trains each rank's batches and ends with the weights of the
+    uninterrupted one."""
+
+    def command(run: Path, pause_at: int | None) -> list[str]:
+        words = fit_command(tiny_run_args, data_synth, run, pause_at)
+        words += ["--data.init_args.batch_size=1", "--model.total_batch_size=2", "--model.mixup=false"]
+        return [*words, "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    proc = subprocess.run(command(full, None), env=child_env(), capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    child = subprocess.Popen(command(stopped, 3), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list((stopped / "pause").glob("paused-*")) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        out = child.communicate(timeout=120)[0]
+    finally:
+        if child.poll() is None:  # a hang is a failure, and leaves no process behind
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert out.count("SIGTERM at epoch 0, global step 3: saved the run in") == 2  # both ranks, one batch
+    proc = subprocess.run([*command(stopped, 3), "--ckpt_path", "last"], env=child_env(), capture_output=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    for rank in (0, 1):
+        name = f"batches_rank{rank}.tsv"
+        expected = read_batch_log(full / "lightning_logs" / "version_0" / name)
+        assert read_batch_log(stopped / "lightning_logs" / "version_0" / name) == expected and len(expected) >= 5
+    expected, got = weights(full), weights(stopped)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
