@@ -36,7 +36,7 @@ class PauseAt(L.Callback):
     def _pause(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.step:
             return
-        done = Path(trainer.default_root_dir) / "paused-once"
+        done = Path(trainer.default_root_dir) / f"paused-once-rank{trainer.global_rank}"  # every DDP rank pauses
         if done.exists():  # the resumed run goes on
             return
         done.touch()

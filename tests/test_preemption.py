@@ -115,7 +115,9 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_batch_and_resumes_exactly(
                              text=True, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while not list((stopped / "pause").glob("paused-*")) and child.poll() is None and time.monotonic() < deadline:
+        # Both ranks paused (one rank alone would hold the other in a collective, with its signal handler unrun).
+        while len(list((stopped / "pause").glob("paused-*"))) < 2 and child.poll() is None:
+            assert time.monotonic() < deadline
             time.sleep(0.05)
         child.send_signal(signal.SIGTERM)
         out = child.communicate(timeout=120)[0]
@@ -124,7 +126,7 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_batch_and_resumes_exactly(
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
     assert child.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert out.count("SIGTERM at epoch 0, global step 3: saved the run in") == 2  # both ranks, one batch
+    assert out.count("SIGTERM at epoch 0, global step 3: saved the run in") == 2, out[-3000:]  # both ranks, one batch
     proc = subprocess.run([*command(stopped, 3), "--ckpt_path", "last"], env=child_env(), capture_output=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
