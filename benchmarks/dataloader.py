@@ -8,7 +8,8 @@ One run measures, side by side, every cell of: dataset x pipeline (train: TSN ra
 flip, jitter; test: centre sampling, resize, centre crop) x backend x source (the original files, and copies
 written by `tcclip data prepare` with its defaults). Each cell decodes --clips clips in this process with one
 thread, which is what one DataLoader worker does, and times decoding (opening the file and decoding the sampled
-frames) apart from the transforms. The frame index of every file (one sequential decode, cached on disk) is built
+frames) apart from the transforms; the cells of one dataset and pipeline take turns clip by clip, and medians are
+reported. The frame index of every file (one sequential decode, cached on disk) is built
 before the clock starts, as after a first epoch; its one-off cost per file is reported separately.
 
 Without --data, clips are generated (a camera panning over a textured scene with moving objects, sensor grain and
@@ -132,26 +133,36 @@ def generate(root: Path) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------------------ timing
 
 
-def time_cell(root: Path, paths: list[str], backend: str, train: bool, args: argparse.Namespace) -> dict:
-    """Decode and transform --clips clips (cycling over the videos); per-clip decode and transform times in ms."""
-    rng = np.random.default_rng(0)
+def time_cells(
+    sources: dict[str, Path], paths: list[str], backends: list[str], train: bool, args: argparse.Namespace
+) -> dict[tuple[str, str], dict]:
+    """Decode and transform --clips clips (cycling over the videos) in every (source, backend) cell, the cells taking
+    turns clip by clip (so that a busy moment of a shared machine falls on all of them alike); median per-clip
+    decode and transform times in ms per cell."""
     transform = TrainTransform(args.input_size) if train else TestTransform(args.input_size, num_frames=args.frames)
-    decode_ms, transform_ms = [], []
+    cells = [(source, backend) for source in sources for backend in backends]
+    times: dict[tuple[str, str], tuple[list[float], list[float]]] = {cell: ([], []) for cell in cells}
     for k in range(args.clips + 1):  # the first clip warms the decoder libraries up and is not counted
-        start = time.perf_counter()
-        reader = open_video(root / paths[k % len(paths)], backend)  # as a dataset does: one reader per item
-        count = len(reader)
-        indices = train_indices(count, args.frames, rng) if train else test_indices(count, args.frames)[0]
-        frames = reader.get_frames(indices)
-        middle = time.perf_counter()
-        clip = transform(frames)
-        end = time.perf_counter()
-        assert clip.shape[-1] == args.input_size
-        if k:
-            decode_ms.append(1000 * (middle - start))
-            transform_ms.append(1000 * (end - middle))
-    decode, tf = statistics.mean(decode_ms), statistics.mean(transform_ms)
-    return {"decode_ms": decode, "transform_ms": tf, "clips_per_s": 1000 / (decode + tf)}
+        seed = int(np.random.default_rng(k).integers(2**31))
+        for cell in cells:
+            rng = np.random.default_rng(seed)  # the same frames in every cell
+            start = time.perf_counter()
+            reader = open_video(sources[cell[0]] / paths[k % len(paths)], cell[1])  # one reader per item
+            count = len(reader)
+            indices = train_indices(count, args.frames, rng) if train else test_indices(count, args.frames)[0]
+            frames = reader.get_frames(indices)
+            middle = time.perf_counter()
+            clip = transform(frames)
+            end = time.perf_counter()
+            assert clip.shape[-1] == args.input_size
+            if k:
+                times[cell][0].append(1000 * (middle - start))
+                times[cell][1].append(1000 * (end - middle))
+    out = {}
+    for cell, (decode_ms, transform_ms) in times.items():
+        decode, tf = statistics.median(decode_ms), statistics.median(transform_ms)
+        out[cell] = {"decode_ms": decode, "transform_ms": tf, "clips_per_s": 1000 / (decode + tf)}
+    return out
 
 
 def _ratio(rows: list[dict], row: dict) -> str:
@@ -244,17 +255,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
         rows = []
+        backends = args.backends.split(",")
         for name, group in sets.items():
             for pipeline in args.pipelines.split(","):
-                for source, folder in sources.items():
-                    for backend in args.backends.split(","):
-                        cell = time_cell(folder, group, backend, pipeline == "train", args)
-                        cell |= {"set": name, "pipeline": pipeline, "source": source, "backend": backend}
-                        rows.append(cell)
-                        console.print(
-                            f"  {name:8s} {pipeline:5s} {source:8s} {backend:10s} decode {cell['decode_ms']:7.1f} ms"
-                            f"  transforms {cell['transform_ms']:5.1f} ms  {cell['clips_per_s']:6.2f} clips/s"
-                        )
+                cells = time_cells(sources, group, backends, pipeline == "train", args)
+                for (source, backend), cell in cells.items():
+                    cell |= {"set": name, "pipeline": pipeline, "source": source, "backend": backend}
+                    rows.append(cell)
+                    console.print(
+                        f"  {name:8s} {pipeline:5s} {source:11s} {backend:10s} decode {cell['decode_ms']:7.1f} ms"
+                        f"  transforms {cell['transform_ms']:5.1f} ms  {cell['clips_per_s']:6.2f} clips/s"
+                    )
 
     title = f"clips/s per worker (1 thread), T={args.frames}, {args.input_size} px, {args.clips} clips per cell"
     table = Table(title=title)

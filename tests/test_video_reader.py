@@ -120,7 +120,7 @@ def test_bad_indices_and_backend_names(stamped_videos):
         reader.get_frames([-1])
     with pytest.raises(ValueError, match="at least one index"):
         reader.get_frames([])
-    with pytest.raises(UserError, match="Choose one of auto, pyav, torchcodec, decord"):
+    with pytest.raises(UserError, match="Choose one of auto, torchcodec, pyav, decord"):
         open_video(path, "opencv")
 
 
