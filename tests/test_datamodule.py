@@ -68,7 +68,7 @@ def test_unknown_choices_are_refused(upstream_mirror):
         HMDB51(protocol="few_shot", shots=3, splits_dir=str(upstream_mirror))
     with pytest.raises(ValueError, match="Kinetics600 has no 'few_shot' splits"):
         Kinetics600(protocol="few_shot", splits_dir=str(upstream_mirror))
-    with pytest.raises(ValueError, match="unknown; choose one of zero_shot"):
+    with pytest.raises(ValueError, match=r"data.init_args.protocol: .fewshot. is unknown. Choose one of zero_shot"):
         HMDB51(protocol="fewshot", splits_dir=str(upstream_mirror))
 
 
