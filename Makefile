@@ -91,6 +91,6 @@ benchmark-speed: $(PY)
 	$(PY) benchmarks/throughput.py $(SPEED_ARGS)
 
 # Data-loading throughput: clips/s per worker, per video backend, original files vs `tcclip data prepare` copies, on
-# generated 720p/480p clips (README "Decoding real footage"). DATA_ARGS='--data DIR --list val.txt --clips 32'.
+# clips encoded like each dataset (README "Decoding real footage", docs/benchmarks.md). DATA_ARGS='--data DIR --list val.txt --clips 32'.
 benchmark-data: $(PY)
 	$(PY) benchmarks/dataloader.py $(DATA_ARGS)
