@@ -93,13 +93,9 @@ def check_writable_folder(folder: str | os.PathLike, option: str) -> Path:
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
     except OSError as e:
-        raise UserError(
-            f"{option} {folder}: cannot write there ({e.strerror or e})",
-            fix=f"Choose a folder you can write to for {option}.",
-        ) from None
+        raise _unwritable(option, folder, e) from None
+    _probe_writable(folder, option, folder)
     return folder
 
 
@@ -240,15 +236,24 @@ def check_output_folder(folder: str | os.PathLike, option: str, ours: frozenset[
     existing = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise UserError(f"{option} {folder}: cannot be created, {existing} is a file", fix=f"Give {option} a folder.")
+    _probe_writable(existing, option, folder)
+    return folder
+
+
+def _unwritable(option: str, folder: Path, error: OSError) -> UserError:
+    return UserError(
+        f"{option} {folder}: cannot write there ({error.strerror or error})",
+        fix=f"Choose a folder you can write to for {option}.",
+    )
+
+
+def _probe_writable(where: Path, option: str, folder: Path) -> None:
+    """Create and remove a file in ``where``; a refusal is the one-paragraph error about ``option`` ``folder``."""
     try:
-        with tempfile.TemporaryFile(dir=existing):
+        with tempfile.TemporaryFile(dir=where):
             pass
     except OSError as e:
-        raise UserError(
-            f"{option} {folder}: cannot write there ({e.strerror or e})",
-            fix=f"Choose a folder you can write to for {option}.",
-        ) from None
-    return folder
+        raise _unwritable(option, folder, e) from None
 
 
 @contextmanager

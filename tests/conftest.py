@@ -122,15 +122,11 @@ def matrix_videos(tmp_path_factory) -> dict:
     return {entry.name: (entry, write_matrix_video(entry, root)) for entry in MATRIX}
 
 
-def _sequential_decode(path):
-    """The oracle: every frame a plain, single-threaded PyAV decode from the start yields, upright, uint8 [N, H, W, 3].
-
-    A packet that fails to decode is skipped, as a player does. Written independently of tcclip's readers.
-    """
+def decoded_pictures(path):
+    """Every picture a plain, single-threaded PyAV decode from the start yields (PyAV frames), in order; a packet
+    that fails to decode is skipped, as a player does. Written independently of tcclip's readers."""
     import av
-    import numpy as np
 
-    frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
@@ -139,9 +135,17 @@ def _sequential_decode(path):
                 decoded = packet.decode()
             except av.error.FFmpegError:
                 continue
-            for frame in decoded:
-                image = frame.to_ndarray(format="rgb24")
-                frames.append(np.rot90(image, k=int(frame.rotation) // 90) if frame.rotation else image)
+            yield from decoded
+
+
+def _sequential_decode(path):
+    """The oracle: the pictures of :func:`decoded_pictures`, upright, as uint8 RGB [N, H, W, 3]."""
+    import numpy as np
+
+    frames = []
+    for frame in decoded_pictures(path):
+        image = frame.to_ndarray(format="rgb24")
+        frames.append(np.rot90(image, k=int(frame.rotation) // 90) if frame.rotation else image)
     return np.stack(frames)
 
 

@@ -13,6 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import decoded_pictures
 from video_matrix import MATRIX
 
 from tcclip.data.sampling import test_indices, train_indices
@@ -102,8 +103,6 @@ def test_the_matrix_has_the_encodings_it_names(matrix_videos, oracles):
 def test_ffmpeg_command_line_shows_the_same_pictures_as_the_oracle(matrix_videos):
     """The definition is FFmpeg's sequential decode: ffmpeg's framemd5 equals the oracle's decode, picture for
     picture, in number and order (raw planes, so that no colour conversion enters)."""
-    import av
-
     for name in ("xvid_xvid_bf2_25fps", "xvid_dx50_bf1_30fps", "x264_bf3_avi", "xvid_damaged_avi"):
         path = matrix_videos[name][1]
         command = ["ffmpeg", "-v", "error", "-threads", "1", "-i", str(path), "-fps_mode", "passthrough"]
@@ -111,16 +110,7 @@ def test_ffmpeg_command_line_shows_the_same_pictures_as_the_oracle(matrix_videos
             [*command, "-pix_fmt", "yuv420p", "-f", "framemd5", "-"], capture_output=True, text=True, check=True
         ).stdout
         reference = [line.rsplit(",", 1)[-1].strip() for line in listed.splitlines() if not line.startswith("#")]
-        ours = []
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            for packet in container.demux(stream):
-                try:
-                    decoded = packet.decode()
-                except av.error.FFmpegError:
-                    continue
-                ours += [hashlib.md5(f.to_ndarray(format="yuv420p").tobytes()).hexdigest() for f in decoded]
+        ours = [hashlib.md5(f.to_ndarray(format="yuv420p").tobytes()).hexdigest() for f in decoded_pictures(path)]
         assert ours == reference, name
 
 
