@@ -163,3 +163,30 @@ def test_ctrl_c_stops_prepare_with_whole_files_only(quirk_videos, tmp_path):
     assert subprocess.run(command, capture_output=True, text=True, timeout=600).returncode == 0
     assert len([p for p in out.iterdir() if p.suffix in (".avi", ".mp4")]) == 40
     assert Path(out / "prepare_failures.txt").exists() is False
+
+
+def test_verify_refuses_a_copy_with_a_frame_missing_or_shifted(quirk_videos, tmp_path):
+    """The check `data prepare` runs before renaming: one frame fewer, or every frame one step late, is refused."""
+    import av
+
+    from tcclip.data.prepare import _verify
+
+    src = quirk_videos["offset_start_mp4"].path
+    frames = open_video(src, "pyav").get_frames(range(30)).numpy()
+
+    def write(path, images):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=30, options={"crf": "10"})
+            stream.height, stream.width = images.shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            for i, image in enumerate(images):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        return path
+
+    assert _verify(src, write(tmp_path / "same.mp4", frames)) is None
+    assert "the copy has 29 frames, the original 30" in _verify(src, write(tmp_path / "short.mp4", frames[:29]))
+    shifted = np.concatenate([frames[:1], frames[:-1]])
+    assert "differs from the original's" in _verify(src, write(tmp_path / "shifted.mp4", shifted))
