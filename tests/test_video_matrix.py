@@ -95,7 +95,6 @@ def test_the_matrix_has_the_encodings_it_names(matrix_videos, oracles):
         placeholders = sum(1 for p in packets if p.size < 20)
         if name.startswith("xvid_") and "_bf0_" not in name:
             assert placeholders > 0, name  # N-VOPs: packets that are not pictures
-            assert len(packets) != len(frames) or placeholders, name
         if name in {"x264_bf3_avi", "x264_pyramid_opengop_mp4", "x265_mp4"}:
             assert any(p.pts != p.dts for p in packets), name
 
@@ -201,7 +200,7 @@ def test_training_dataset_reads_every_matrix_file(matrix_videos, tmp_path):
         for k in range(len(dataset)):
             item = dataset[k]
             assert item["index"] == k and item["video"] is not None, NAMES[k]
-            assert item["video"].shape[-4:-1] == ((8, 120, 160) if train else (8, 120, 160))
+            assert item["video"].shape == ((8, 120, 160, 3) if train else (2, 8, 120, 160, 3))
         assert dataset.broken_log.count(dataset.split) == 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tcclip.data.download import file_digest
 from tcclip.data.labels import (
     Annotation,
     annotations_text,
@@ -136,11 +136,7 @@ def build_manifest(mirror: str | os.PathLike, commit: str, url_template: str) ->
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(Path(path), "sha256")
 
 
 def is_valid(path: Path, entry: ManifestEntry) -> bool:
