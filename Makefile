@@ -41,7 +41,7 @@ DEMO_RUN ?= runs/demo
 DEMO_SYNTH_ARGS ?= --classes MoveLeft,MoveRight,MoveUp,MoveDown --class-colours --videos-per-class 200 --size 32 --num-frames 16-24
 
 demo:
-	@$(PY) -c "import tcclip.lit" 2>/dev/null || $(MAKE) install
+	@$(PY) -c "import tcclip.training.module" 2>/dev/null || $(MAKE) install
 	@if [ "$$(cat $(DEMO_DATA)/synth_args.txt 2>/dev/null)" != "$(DEMO_SYNTH_ARGS)" ]; then \
 		$(VENV)/bin/tcclip data synth --out $(DEMO_DATA) $(DEMO_SYNTH_ARGS) && \
 		echo "$(DEMO_SYNTH_ARGS)" > $(DEMO_DATA)/synth_args.txt; \

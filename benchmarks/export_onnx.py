@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 import tcclip
-from tcclip.export import export
+from tcclip.inference.export import export
 from tcclip.model.checkpoint import load_model as load_checkpoint
 from tcclip.model.checkpoint import save_model
 from tcclip.model.config import TCCLIPConfig

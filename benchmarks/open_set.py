@@ -5,7 +5,7 @@
 `--data` is the dataset the checkpoint was trained on (`tcclip data synth` layout: labels.csv, val.txt, test.txt);
 `--ood` holds videos of classes the model never saw (every list of that folder is used). Steps:
 
-1. calibration on the in-distribution validation list (`tcclip.calibrate.fit_calibration`: temperature by NLL,
+1. calibration on the in-distribution validation list (`tcclip.cli.calibrate.fit_calibration`: temperature by NLL,
    thresholds at 95% recall), evaluated on the held-out test list: ECE before/after, top-1 before/after;
 2. rejection, in-distribution test videos against the held-out-class videos, per score: AUROC, the false-positive
    rate at 95% true-positive rate (threshold set on the test videos themselves, the usual definition), and the
@@ -33,12 +33,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tcclip.calibrate import fit_calibration
-from tcclip.calibration import calibrated_probabilities, expected_calibration_error, negative_log_likelihood
+from tcclip.cli.calibrate import fit_calibration
 from tcclip.data.labels import read_annotations
-from tcclip.inference import evaluating, load_clip_views, video_view_logits
-from tcclip.openset import SCORES, all_scores, auroc, fpr_at_recall, logit_scale
-from tcclip.portable import load_model
+from tcclip.inference.calibration import calibrated_probabilities, expected_calibration_error, negative_log_likelihood
+from tcclip.inference.openset import SCORES, all_scores, auroc, fpr_at_recall, logit_scale
+from tcclip.inference.predict import evaluating, load_clip_views, video_view_logits
+from tcclip.training.portable import load_model
 
 
 def score_list(model, root: Path, lists: list[str], views: str) -> tuple[torch.Tensor, torch.Tensor]:

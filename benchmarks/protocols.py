@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from tcclip.cli import main as tcclip_main
-from tcclip.protocols import GRIDS
+from tcclip.experiments.protocols import GRIDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,7 +54,7 @@ def accuracy(
     ckpt: Path, out: Path, window: float, stride: float, stretches: int, smooth: int = 1, refine: int = 4
 ) -> dict:
     import tcclip
-    from tcclip.timelines import save_timeline
+    from tcclip.inference.timeline import save_timeline
 
     model = tcclip.load_model(ckpt)
     parts = long_video(out / "long.mp4", list(model.class_names), stretches, seed=0)

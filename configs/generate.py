@@ -1,8 +1,8 @@
-"""Write the experiment files of configs/ from the protocol table (`tcclip.protocols`), one file per paper cell.
+"""Write the experiment files of configs/ from the protocol table (`tcclip.experiments.protocols`), one file per paper cell.
 
 Every file stays a complete, runnable experiment (`tcclip fit --config configs/few_shot_ucf_k4.yaml`); this script is
 their single source, and `tests/test_configs.py` fails when a committed file differs from what it writes. To change a
-recipe or add a cell, edit `tcclip/protocols.py` (or the wording here) and run, from the repository root:
+recipe or add a cell, edit `tcclip/experiments/protocols.py` (or the wording here) and run, from the repository root:
 
     python configs/generate.py            # rewrite every generated file (demo.yaml is hand-written and left alone)
     python configs/generate.py --check    # exit 1 and name the files that differ from the table
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tcclip.protocols import (
+from tcclip.experiments.protocols import (
     DATASETS,
     EVAL_SUBSETS,
     EVAL_VIEWS,
@@ -34,7 +34,7 @@ from tcclip.protocols import (
 )
 
 HERE = Path(__file__).resolve().parent
-GENERATED_BY = "Written by configs/generate.py from tcclip/protocols.py: edit those, then run it."
+GENERATED_BY = "Written by configs/generate.py from tcclip/experiments/protocols.py: edit those, then run it."
 
 VARIANT_TEXT = {
     "plain": "TC-CLIP ViT-B/16 initialised from CLIP",
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = drifted()
         for name in stale:
             print(
-                f"configs/{name}: differs from tcclip/protocols.py; run `python configs/generate.py`", file=sys.stderr
+                f"configs/{name}: differs from tcclip/experiments/protocols.py; run `python configs/generate.py`", file=sys.stderr
             )
         return 1 if stale else 0
     for name, text in all_configs().items():

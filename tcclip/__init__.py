@@ -10,16 +10,16 @@ __all__ = ["__version__", "load_model", "predict", "timeline"]
 def __getattr__(name: str):
     # Lazy so that `import tcclip` (and the CLI's --help) stays fast and torch-free until needed.
     if name == "load_model":
-        from tcclip.portable import load_model
+        from tcclip.training.portable import load_model
 
         return load_model
     if name == "predict":
-        from tcclip.inference import predict
+        from tcclip.inference.predict import predict
 
         return predict
     if name == "timeline":
         # (the module is `timelines`: a submodule named `timeline` would replace this function once imported)
-        from tcclip.timelines import timeline
+        from tcclip.inference.timeline import timeline
 
         return timeline
     raise AttributeError(f"module 'tcclip' has no attribute {name!r}")

@@ -90,11 +90,11 @@ def stamped_videos(tmp_path_factory) -> dict[str, tuple[Path, int]]:
 
 @pytest.fixture(scope="session")
 def quirk_videos(tmp_path_factory) -> dict:
-    """Every video of ``tcclip.data.quirks`` (real-footage quirks, frames stamped with their index), 32 px high.
+    """Every video of ``quirks`` (real-footage quirks, frames stamped with their index), 32 px high.
 
     Returns ``{quirk name: QuirkVideo}``.
     """
-    from tcclip.data.quirks import QUIRKS, write_quirk_video
+    from quirks import QUIRKS, write_quirk_video
 
     root = tmp_path_factory.mktemp("quirk_videos")
     return {kind: write_quirk_video(kind, root) for kind in QUIRKS}

@@ -1,7 +1,8 @@
 """A callback for tests that stop a run from outside (SIGTERM, SIGUSR1, `scancel`) at a chosen training step.
 
 `PauseAt(step, folder)`: after training step `step` (once per run folder), writes `<folder>/paused-<pid>` and waits
-(up to `wait_s`) until a stop signal has been noted by `tcclip.preemption.Preemption`, so the signal lands between two
+(up to `wait_s`) until a stop signal has been noted by `tcclip.training.preemption.Preemption`, so the signal lands
+between two
 known batches. Used through `--trainer.callbacks+=stop_helpers.PauseAt` with `tests/` on PYTHONPATH.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 
-from tcclip.preemption import Preemption
+from tcclip.training.preemption import Preemption
 
 
 class PauseAt(L.Callback):

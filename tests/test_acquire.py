@@ -17,10 +17,10 @@ import dataset_fixtures as fx
 import pytest
 from local_server import LocalServer
 
+from tcclip.cli.data import main as data_main
 from tcclip.data import download
 from tcclip.data.acquire import Request, get_dataset, ssv2_parts
-from tcclip.data.cli import main as data_main
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 HMDB = [("Aussie_brush_hair_u_nm_np1_ba_med_3.avi", 0), ("Aussie_brush_hair_u_nm_np1_fr_goo_1.avi", 0),
         ("Boy_cartwheel_f_cm_np1_le_med_0.avi", 1)]  # fmt: skip
@@ -217,7 +217,7 @@ TINY = [
 
 
 def _lists(splits: Path, config: str) -> list[tuple[str, int]]:
-    from tcclip.data.cli import load_datamodule
+    from tcclip.cli.data import load_datamodule
 
     dm = load_datamodule([Path("configs") / config], {"root": "/"})
     rows = {}

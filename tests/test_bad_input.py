@@ -29,8 +29,8 @@ from pathlib import Path
 import lightning.pytorch  # noqa: F401  (first imported outside captured output: it keeps the stream it logs to)
 import pytest
 
-from tcclip import cli
-from tcclip.errors import UserError
+from tcclip.cli import commands as cli
+from tcclip.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DIR = object()
@@ -154,7 +154,7 @@ def disk_full_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up while a timeline is written: one file is there, then ENOSPC."""
     import errno
 
-    from tcclip import timelines
+    from tcclip.inference import timeline as timelines
 
     def write(tl, out):
         (out / "windows.csv").write_text("window,start\n0,0.0")  # cut mid-way
@@ -164,7 +164,7 @@ def disk_full_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def few_windows(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tcclip import timelines
+    from tcclip.inference import timeline as timelines
 
     monkeypatch.setattr(timelines, "MAX_WINDOWS", 5)
 
@@ -742,7 +742,7 @@ CASES: list[Case] = [
         130,
         "tcclip timeline: interrupted",
         files={"tl/windows.csv": "earlier\n"},
-        setup=raise_in("tcclip.timelines.plot_timeline", KeyboardInterrupt()),
+        setup=raise_in("tcclip.inference.timeline.plot_timeline", KeyboardInterrupt()),
         check=earlier_timeline_kept,
     ),
     Case(
@@ -760,7 +760,7 @@ CASES: list[Case] = [
         2,
         "exp: cannot write the export: the disk is full; nothing was written under this name",
         files=EARLIER_EXPORT,
-        setup=raise_in("tcclip.portable.write_exported", OSError(28, "No space left on device")),
+        setup=raise_in("tcclip.training.portable.write_exported", OSError(28, "No space left on device")),
         check=earlier_export_kept,
     ),
     Case(
@@ -784,7 +784,7 @@ CASES: list[Case] = [
         ("calibrate", *demo("--ckpt_path", "{lckpt}", "--quiet", "--min-videos", "3")),
         2,
         "cannot write the calibration record: the disk is full; nothing was written under this name",
-        setup=raise_in("tcclip.outputs._fsync_file", OSError(28, "No space left on device")),
+        setup=raise_in("tcclip.utils.outputs._fsync_file", OSError(28, "No space left on device")),
         absent=("{lckpt}.calibration.json",),
     ),
     Case(
@@ -792,14 +792,14 @@ CASES: list[Case] = [
         ("fit", *demo("--trainer.max_epochs=1")),
         2,
         "tcclip fit: error: run/lightning_logs/version_0/events.out.tfevents: the disk is full; the command stopped",
-        setup=raise_in("tcclip.lit.TCCLIPModule.configure_optimizers", ENOSPC),
+        setup=raise_in("tcclip.training.module.TCCLIPModule.configure_optimizers", ENOSPC),
     ),
     Case(
         "fit-read-only-root",
         ("fit", *demo("--trainer.max_epochs=1")),
         2,
         "trainer.default_root_dir cannot be written",
-        setup=raise_in("tcclip.outputs._fsync_file", PermissionError(13, "Permission denied")),
+        setup=raise_in("tcclip.utils.outputs._fsync_file", PermissionError(13, "Permission denied")),
         absent=("run",),
     ),
     # --- Ctrl-C: exit 130, one line ------------------------------------------------------------------------------
@@ -808,7 +808,7 @@ CASES: list[Case] = [
         predict(),
         130,
         "tcclip predict: interrupted",
-        setup=raise_in("tcclip.inference.video_view_logits", KeyboardInterrupt()),
+        setup=raise_in("tcclip.inference.predict.video_view_logits", KeyboardInterrupt()),
     ),
     Case(
         "fit-ctrl-c-says-where-it-saved",
@@ -816,7 +816,7 @@ CASES: list[Case] = [
         130,
         "tcclip fit: interrupted; Stopped at epoch 0, global step 0; the weights from before the stop are saved in "
         "run/lightning_logs/version_0/checkpoints/last.ckpt. To resume, run the same command with --ckpt_path last.",
-        setup=raise_in("tcclip.lit.TCCLIPModule.training_step", KeyboardInterrupt()),
+        setup=raise_in("tcclip.training.module.TCCLIPModule.training_step", KeyboardInterrupt()),
         not_phrase=("Detected KeyboardInterrupt",),
     ),
     # --- every value checked before work starts, its key named ---------------------------------------------------
@@ -1197,7 +1197,7 @@ def test_error_prefix_names_only_known_commands(capsys, tmp_path):
 
 
 def test_explain_writes_all_pictures_or_none(tiny_checkpoint, tiny_video, tmp_path, monkeypatch, capsys):
-    from tcclip import explain
+    from tcclip.inference import explain
 
     def broken(expl):
         raise OSError(28, "No space left on device")
@@ -1215,7 +1215,7 @@ def test_explain_writes_all_pictures_or_none(tiny_checkpoint, tiny_video, tmp_pa
 
 
 def test_outputs_are_readable_like_any_new_file(tmp_path):
-    from tcclip.outputs import atomic_write_texts
+    from tcclip.utils.outputs import atomic_write_texts
 
     (path,) = atomic_write_texts({tmp_path / "a.txt": "x\n"})
     probe = tmp_path / "probe"
@@ -1265,7 +1265,7 @@ def test_python_api_refuses_class_lists_that_would_split_a_probability():
     from types import SimpleNamespace
 
     from tcclip.data.labels import LabelFileError
-    from tcclip.inference import use_labels
+    from tcclip.inference.predict import use_labels
 
     model = SimpleNamespace(class_names=["run"], set_class_names=lambda names: pytest.fail("must not be reached"))
     for labels, message in (
@@ -1280,7 +1280,7 @@ def test_python_api_refuses_class_lists_that_would_split_a_probability():
 
 
 def test_config_settings_given_inline_are_left_to_jsonargparse(tmp_path, monkeypatch):
-    from tcclip.config_files import check_config_files, config_paths
+    from tcclip.cli.config_files import check_config_files, config_paths
 
     monkeypatch.chdir(tmp_path)
     argv = ["--config", "a.yaml", "--config=trainer: {max_epochs: 1}", "-c", "b.yaml", "--model.lr=1"]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import tcclip
-from tcclip.calibrate import fit_calibration
-from tcclip.calibration import (
+from tcclip.cli import main as cli_main
+from tcclip.cli.calibrate import fit_calibration
+from tcclip.inference.calibration import (
     Calibration,
     calibrated_probabilities,
     expected_calibration_error,
@@ -20,12 +21,11 @@ from tcclip.calibration import (
     view_log_probabilities,
     write_sidecar,
 )
-from tcclip.cli import main as cli_main
-from tcclip.errors import UserError
-from tcclip.inference import predict
+from tcclip.inference.predict import predict
 from tcclip.model.checkpoint import lightning_checkpoint
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
+from tcclip.utils.errors import UserError
 
 
 def test_fit_temperature_recovers_the_generating_temperature():
@@ -80,7 +80,7 @@ def test_fit_calibration_lowers_ece_of_an_overconfident_model():
 def test_sidecar_round_trip_and_refusals(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"weights v1")
-    from tcclip.calibration import file_sha256
+    from tcclip.inference.calibration import file_sha256
 
     cal = Calibration(temperature=1.3, threshold=0.5, class_names=("a", "b"), checkpoint_sha256=file_sha256(ckpt))
     path = write_sidecar(cal, ckpt)
@@ -125,7 +125,7 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
     # predict applies the temperature: softmax(log p / T) of the view-averaged probabilities p
     frames = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8)
     calibrated = predict(loaded, frames, top_k=3, views="2x1")
-    tcclip.calibration.attach(loaded, None)
+    tcclip.inference.calibration.attach(loaded, None)
     plain = predict(loaded, frames, top_k=3, views="2x1")
     p = torch.tensor([prob for _, prob in sorted(plain)], dtype=torch.float64)
     expected = (p.log() / stored["temperature"]).softmax(-1)
@@ -136,7 +136,7 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
 
 
 def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(caplog):
-    from tcclip.calibration import TEMPERATURE_BOUNDS
+    from tcclip.inference.calibration import TEMPERATURE_BOUNDS
 
     g = torch.Generator().manual_seed(0)
     names = ["a", "b", "c"]
@@ -147,7 +147,7 @@ def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(
     # A model always confidently wrong: the NLL falls as T grows without end; the fit stops at the bound and warns.
     labels = torch.arange(30) % 3
     wrong = 10.0 * torch.nn.functional.one_hot((labels + 1) % 3, 3).float()[:, None]
-    with caplog.at_level("WARNING", logger="tcclip.calibrate"):
+    with caplog.at_level("WARNING", logger="tcclip.cli.calibrate"):
         cal = fit_calibration(wrong, labels, names, scale=100.0)
     assert cal.temperature == TEMPERATURE_BOUNDS[1]
     assert "reached the bound" in caplog.text and cal.report["warnings"]

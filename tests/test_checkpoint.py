@@ -11,9 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tcclip import cli
-from tcclip.convert import main as convert_main
-from tcclip.finite import NonFiniteError
+from tcclip.cli import commands as cli
+from tcclip.inference.convert import main as convert_main
 from tcclip.model.checkpoint import (
     IGNORED_OFFICIAL_KEYS,
     NOT_IN_OFFICIAL,
@@ -30,6 +29,7 @@ from tcclip.model.checkpoint import (
 from tcclip.model.clip_backbone import load_clip_state_dict
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import build_model, create_model
+from tcclip.utils.finite import NonFiniteError
 
 NAMES = ["ApplyEyeMakeup", "brush_hair", "YoYo"]
 CFG = TCCLIPConfig(

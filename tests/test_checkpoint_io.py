@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.checkpoint_io import AtomicCheckpointIO
-from tcclip.errors import UserError
-from tcclip.finite import NonFiniteError
-from tcclip.outputs import atomic_write, is_temporary, staged_files
-from tcclip.runs import find_checkpoint
+from tcclip.training.checkpoint_io import AtomicCheckpointIO
+from tcclip.training.runs import find_checkpoint
+from tcclip.utils.errors import UserError
+from tcclip.utils.finite import NonFiniteError
+from tcclip.utils.outputs import atomic_write, is_temporary, staged_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ SLOW_WRITER = textwrap.dedent(
     """
     import io, sys, time
     import torch
-    from tcclip.checkpoint_io import AtomicCheckpointIO
+    from tcclip.training.checkpoint_io import AtomicCheckpointIO
 
     real_save = torch.save
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonargparse
 import pytest
 
-from tcclip import cli
+from tcclip.cli import commands as cli
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tcclip"
 
@@ -60,7 +60,7 @@ def test_a_project_command_errors_name_the_option_and_exit_2(capsys):
 
 
 def test_predict_is_the_video_predictor_and_score_is_lightnings_predict_loop(capsys, monkeypatch, tmp_path):
-    assert "predict" in cli.EXTRA_COMMANDS and cli.EXTRA_COMMANDS["predict"].module == "tcclip.inference"
+    assert "predict" in cli.EXTRA_COMMANDS and cli.EXTRA_COMMANDS["predict"].module == "tcclip.inference.predict"
     assert "predict" not in cli.LIGHTNING_COMMANDS and cli.LIGHTNING_SUBCOMMAND["score"] == "predict"
 
     for argv in (["predict", "--config", "c.yaml"], ["predict", "-c", "c.yaml"], ["predict", "--config=c.yaml"]):
@@ -68,10 +68,10 @@ def test_predict_is_the_video_predictor_and_score_is_lightnings_predict_loop(cap
         err = capsys.readouterr().err
         assert err.startswith("tcclip predict: error: ") and "tcclip score --config" in err, err
 
-    import tcclip.lightning_cli
+    import tcclip.cli.lightning
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(tcclip.lightning_cli, "run_lightning_cli", lambda argv: seen.append(argv))
+    monkeypatch.setattr(tcclip.cli.lightning, "run_lightning_cli", lambda argv: seen.append(argv))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text("trainer:\n  max_epochs: 1\n")  # --config files are read before LightningCLI
     assert cli.main(["score", "--config", "c.yaml", "--ckpt_path", "last"]) == 0

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from tcclip import cli
-from tcclip.finite import NonFiniteError
-from tcclip.inference import video_view_logits
-from tcclip.lightning_cli import run_lightning_cli
-from tcclip.lit import multi_view_probabilities
+from tcclip.cli import commands as cli
+from tcclip.cli.lightning import run_lightning_cli
+from tcclip.inference.predict import video_view_logits
+from tcclip.training.module import multi_view_probabilities
+from tcclip.utils.finite import NonFiniteError
 
 
 def run(argv: list[str]) -> int:

@@ -16,9 +16,9 @@ from unittest import mock
 import pytest
 import torch
 
+from tcclip.cli.lightning import TCCLIPLightningCLI, default_precision
 from tcclip.data.datamodule import VideoDataModule
-from tcclip.lightning_cli import TCCLIPLightningCLI, default_precision
-from tcclip.lit import TCCLIPModule
+from tcclip.training.module import TCCLIPModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -30,7 +30,7 @@ MANIFEST = {e["path"] for e in json.loads((REPO / "tcclip" / "data" / "split_man
 # Not in the upstream release (data_splits/README.md): the user writes the full K400 training list.
 NOT_RELEASED = {"datasets_splits/k400_splits/train.txt"}
 
-# The paper's recipes, written out here independently of tcclip/protocols.py:
+# The paper's recipes, written out here independently of tcclip/experiments/protocols.py:
 # protocol -> (epochs, warm-up epochs, lr, lr_min, total batch, clips, crops).
 RECIPES = {
     "zero_shot": (10, 5, 8e-6, 8e-8, 256, 2, 1),

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tcclip.data.cli import main
+from tcclip.cli.data import main
 from tcclip.data.families import Synthetic
 
 

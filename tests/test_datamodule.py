@@ -14,7 +14,7 @@ from tcclip.data.datamodule import VideoDataModule, VideoListDataModule
 from tcclip.data.families import HMDB51, UCF101, Kinetics400, Kinetics600, SSv2, Synthetic
 from tcclip.data.labels import read_annotations
 from tcclip.data.splits import SplitFilesError
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 # (family, protocol, extra args) -> (train list lines, train classes, {eval set: classes} for val, the same for test)
 Z3 = {"split1": 51, "split2": 51, "split3": 51}

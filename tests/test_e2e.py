@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 
 from tcclip.cli import main as cli_main
-from tcclip.lightning_cli import run_lightning_cli
+from tcclip.cli.lightning import run_lightning_cli
 
 pytestmark = pytest.mark.slow
 

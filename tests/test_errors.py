@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tcclip import cli
-from tcclip.errors import UserError
+from tcclip.cli import commands as cli
+from tcclip.utils.errors import UserError
 
 
 def test_user_error_names_file_line_and_fix():
@@ -26,7 +26,7 @@ def test_cli_prints_user_errors_without_traceback(monkeypatch, capsys):
 
 
 def test_user_error_found_through_causes_and_contexts():
-    from tcclip.errors import user_error_in_chain
+    from tcclip.utils.errors import user_error_in_chain
 
     inner = UserError("bad root", path="/data")
     try:
@@ -50,7 +50,7 @@ def test_user_error_found_through_causes_and_contexts():
 def test_check_format_refuses_other_formats_and_newer_versions():
     import pytest
 
-    from tcclip.errors import check_format
+    from tcclip.utils.errors import check_format
 
     ok = {"format": "tcclip-x", "format_version": 1}
     check_format(ok, name="tcclip-x", version=2, what="x record", path="x.json", fix="redo it")

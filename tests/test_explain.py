@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tcclip import explain as ex
 from tcclip.data.synth import render_video, write_video
-from tcclip.inference import load_clip_views
+from tcclip.inference import explain as ex
+from tcclip.inference.predict import load_clip_views
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import tcclip
-from tcclip.calibration import Calibration, write_sidecar
 from tcclip.cli import main as cli_main
-from tcclip.export import OFFICIAL_LICENCE, RANDOM_INIT_NOTE, export, licence_note
+from tcclip.inference.calibration import Calibration, write_sidecar
+from tcclip.inference.export import OFFICIAL_LICENCE, RANDOM_INIT_NOTE, export, licence_note
 from tcclip.model.checkpoint import lightning_checkpoint, save_model
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
-from tcclip.portable import load_exported
+from tcclip.training.portable import load_exported
 
 CLASSES = ["run", "jump", "swim"]
 TINY = TCCLIPConfig(
@@ -139,10 +139,10 @@ def test_export_command_and_its_errors(tmp_path, lightning_run, capsys):
     assert (tmp_path / "project" / "README.md").read_text() == "mine"
     assert "not an empty folder or an earlier export" in capsys.readouterr().err
     (tmp_path / "junk").mkdir()
-    with pytest.raises(tcclip.errors.UserError, match="tcclip export"):
+    with pytest.raises(tcclip.utils.errors.UserError, match="tcclip export"):
         tcclip.load_model(tmp_path / "junk")
     (tmp_path / "out" / "config.json").write_text("{not json")
-    with pytest.raises(tcclip.errors.UserError, match="config.json:1"):
+    with pytest.raises(tcclip.utils.errors.UserError, match="config.json:1"):
         tcclip.load_model(tmp_path / "out")
 
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import tcclip
-from tcclip import cli, inference
+from tcclip.cli import commands as cli
 from tcclip.data.synth import render_video, write_video
 from tcclip.data.transforms import TestTransform
 from tcclip.data.video_reader import VideoDecodeError, open_video
-from tcclip.inference import Prediction, Views, expand_video_paths, load_clip_views, predict
+from tcclip.inference import predict as inference
+from tcclip.inference.predict import Prediction, Views, expand_video_paths, load_clip_views, predict
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 

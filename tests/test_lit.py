@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcclip.callbacks import harmonic_mean, results_payload, summarize_sets
-from tcclip.lit import (
+from tcclip.model.config import TCCLIPConfig
+from tcclip.training.callbacks import harmonic_mean, results_payload, summarize_sets
+from tcclip.training.module import (
     BestLastTracker,
     SetMetrics,
     TCCLIPModule,
     load_init_checkpoint,
     multi_view_probabilities,
 )
-from tcclip.model.config import TCCLIPConfig
 
 TINY = TCCLIPConfig(arch="test-tiny", num_frames=4, context_token_k=8, tome_r=4, prompt_generation_layer_level=(2,))
 

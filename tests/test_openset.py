@@ -10,14 +10,9 @@ import pytest
 import torch
 
 import tcclip
-from tcclip.calibration import Calibration, attach, write_sidecar
 from tcclip.cli import main as cli_main
-from tcclip.errors import UserError
-from tcclip.inference import predict
-from tcclip.model.checkpoint import save_model
-from tcclip.model.config import TCCLIPConfig
-from tcclip.model.factory import create_model
-from tcclip.openset import (
+from tcclip.inference.calibration import Calibration, attach, write_sidecar
+from tcclip.inference.openset import (
     NONE_OF_THE_ABOVE,
     SCORES,
     OpenSetPrediction,
@@ -27,6 +22,11 @@ from tcclip.openset import (
     rejection_score,
     threshold_for_recall,
 )
+from tcclip.inference.predict import predict
+from tcclip.model.checkpoint import save_model
+from tcclip.model.config import TCCLIPConfig
+from tcclip.model.factory import create_model
+from tcclip.utils.errors import UserError
 
 CLASSES = ["run", "jump", "swim", "climb"]
 TINY = TCCLIPConfig(

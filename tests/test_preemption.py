@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.callbacks import read_batch_log
-from tcclip.preemption import STOP_KEY
+from tcclip.training.callbacks import read_batch_log
+from tcclip.training.preemption import STOP_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def fit_command(tiny_run_args, data: Path, run: Path, pause_at: int | None, duri
     command = [sys.executable, "-m", "tcclip.cli", "fit", *tiny_run_args(data, run)]
     command += ["--data.init_args.batch_size=2", "--model.total_batch_size=2", "--model.mixup=true"]
     command += ["--trainer.max_epochs=2", "--trainer.devices=1", "--trainer.deterministic=true"]
-    command += ["--trainer.enable_progress_bar=false", "--trainer.callbacks+=tcclip.callbacks.BatchLog"]
+    command += ["--trainer.enable_progress_bar=false", "--trainer.callbacks+=tcclip.training.callbacks.BatchLog"]
     if pause_at is not None:
         command += ["--trainer.callbacks+=stop_helpers.PauseAt", f"--trainer.callbacks.init_args.step={pause_at}"]
         command += [

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tcclip import paper_results
-from tcclip.protocols import Cell, build_grid
-from tcclip.results import collect_protocol, harmonic_mean, load_results
+from tcclip.experiments import paper_results
+from tcclip.experiments.protocols import Cell, build_grid
+from tcclip.experiments.results import collect_protocol, harmonic_mean, load_results
 
 
 def _write(runs: Path, cell: Cell, evaluation_name: str, sets: dict, **extra) -> None:

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from tcclip.lightning_cli import run_lightning_cli
+from tcclip.cli.lightning import run_lightning_cli
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import lightning as L
 import pytest
 import torch
 
-from tcclip import cli
-from tcclip.lightning_cli import run_lightning_cli
-from tcclip.lit import TCCLIPModule
-from tcclip.runs import LOCK_FILE, find_checkpoint
+from tcclip.cli import commands as cli
+from tcclip.cli.lightning import run_lightning_cli
+from tcclip.training.module import TCCLIPModule
+from tcclip.training.runs import LOCK_FILE, find_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ class CtrlC(L.Callback):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(args, tmp_path: Path) -> None:
-    from tcclip.errors import take_interrupt_note
+    from tcclip.utils.errors import take_interrupt_note
 
     run_dir = tmp_path / "run"
     with mock.patch.object(sys, "argv", ["tcclip"]):

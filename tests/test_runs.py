@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.errors import UserError
-from tcclip.runs import LOCK_FILE, STALE_AFTER_S, RunFolder, RunLock, find_checkpoint, run_folder_of
+from tcclip.training.runs import LOCK_FILE, STALE_AFTER_S, RunFolder, RunLock, find_checkpoint, run_folder_of
+from tcclip.utils.errors import UserError
 
 
 def save(path: Path, epoch: int, top1: float, best: tuple[int, float] | None, mtime: int) -> Path:
@@ -45,7 +45,7 @@ def test_last_skips_unreadable_files_with_a_warning(tmp_path: Path, caplog) -> N
     empty.write_bytes(b"")
     os.utime(empty, (300, 300))
     (ckpts / ".last.ckpt.tmp-123").write_bytes(b"partial")  # an in-progress file of a killed writer
-    with caplog.at_level(logging.WARNING, logger="tcclip.runs"):
+    with caplog.at_level(logging.WARNING, logger="tcclip.training.runs"):
         assert find_checkpoint("last", tmp_path) == str(good)
     assert f"{cut}: not a checkpoint" in caplog.text and f"{empty}: not a checkpoint" in caplog.text
 
@@ -57,7 +57,7 @@ def test_last_includes_the_checkpoint_saved_before_a_slurm_requeue(tmp_path: Pat
     cut = tmp_path / "hpc_ckpt_2.ckpt"
     cut.write_bytes(hpc.read_bytes()[:100])  # the signal handler's save cut short
     os.utime(cut, (300, 300))
-    with caplog.at_level(logging.WARNING, logger="tcclip.runs"):
+    with caplog.at_level(logging.WARNING, logger="tcclip.training.runs"):
         assert find_checkpoint("last", tmp_path) == str(hpc)
     assert f"{cut}: not a checkpoint" in caplog.text
     hpc.unlink()
@@ -116,7 +116,7 @@ def test_stale_lock_is_replaced(tmp_path: Path, caplog) -> None:
     pid = int(dead.stdout)
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "x"}))
     lock = RunLock(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="tcclip.runs"):
+    with caplog.at_level(logging.WARNING, logger="tcclip.training.runs"):
         lock.acquire()
     assert "stale lock" in caplog.text
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()

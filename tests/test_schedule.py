@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tcclip.schedule import (
+from tcclip.training.schedule import (
     accumulation_steps,
     param_groups,
     schedule_steps,

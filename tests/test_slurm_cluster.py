@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.callbacks import read_batch_log
+from tcclip.training.callbacks import read_batch_log
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def sweep_command(runs: Path, shots: str, pause_dir: Path, wait_s: float, *more:
     command += ["--variants", "plain", "--shots", shots, "--smoke", "--smoke-steps", str(STEPS)]
     command += ["--runs-dir", str(runs), "--results-dir", str(runs.parent / f"{runs.name}-results")]
     command += ["--config-dir", str(REPO / "configs"), *more, "--"]
-    command += ["--trainer.deterministic=true", "--trainer.callbacks+=tcclip.callbacks.BatchLog"]
+    command += ["--trainer.deterministic=true", "--trainer.callbacks+=tcclip.training.callbacks.BatchLog"]
     command += ["--trainer.callbacks+=stop_helpers.PauseAt", f"--trainer.callbacks.init_args.step={PAUSE}"]
     command += [f"--trainer.callbacks.init_args.folder={pause_dir}", f"--trainer.callbacks.init_args.wait_s={wait_s}"]
     return command

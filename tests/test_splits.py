@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tcclip import cli
+from tcclip.cli import commands as cli
 from tcclip.data import splits
 from tcclip.data.labels import read_annotations, read_class_names
 

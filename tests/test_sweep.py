@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip import protocols, sweep
-from tcclip.cells import write_plan
-from tcclip.protocols import Selection, build_grid
-from tcclip.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, planned, render_job_script
+from tcclip.experiments import protocols, sweep
+from tcclip.experiments.cells import write_plan
+from tcclip.experiments.protocols import Selection, build_grid
+from tcclip.experiments.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, planned, render_job_script
 
 FAKE_TCCLIP = r"""#!/usr/bin/env bash
 # Fake tcclip: logs its command line, writes a last.ckpt (a copy of a real one, fit) or a results.json one folder
@@ -33,7 +33,7 @@ root=""; prev=""
 for a in "$@"; do [[ $prev == --trainer.default_root_dir ]] && root=$a; prev=$a; done
 if [[ $cmd == fit ]]; then
   if [[ -n ${FAKE_WAIT:-} ]]; then
-    # A fit that saves and exits 143 on SIGTERM, as tcclip.preemption makes the real one do.
+    # A fit that saves and exits 143 on SIGTERM, as tcclip.training.preemption makes the real one do.
     save() { mkdir -p "$root/checkpoints"; cp "$FAKE_CKPT" "$root/checkpoints/last.ckpt"; }
     trap 'touch "$(dirname "$FAKE_LOG")/fake-got-term"; save; exit 143' TERM
     touch "$FAKE_WAIT"
@@ -145,8 +145,8 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
         assert line in sbatch
     assert text.splitlines()[0] == "#!/usr/bin/env bash" and text.index("#SBATCH") < text.index("set -euo")
     assert (
-        text.rstrip().splitlines()[-1]
-        == f"exec {sys.executable} -m tcclip.cells {tmp_path}/plan.json \"$SLURM_ARRAY_TASK_ID\" --plan-id ''"
+        text.rstrip().splitlines()[-1] == f"exec {sys.executable} -m tcclip.experiments.cells {tmp_path}/plan.json "
+        "\"$SLURM_ARRAY_TASK_ID\" --plan-id ''"
     )
     # What each task runs: srun over all its GPUs, Lightning's SLURM environment with requeue.
     task = replace(settings, launcher=opts.launcher(), trainer_args=tuple(opts.trainer_args()))
@@ -169,7 +169,7 @@ def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> N
     assert second.startswith("--parsable --dependency=afterok:1001 ")
     script = Path(second.split()[-1]).read_text()
     assert "#SBATCH --array=0-2" in script
-    plan = json.loads(Path(script.split("-m tcclip.cells ")[1].split()[0]).read_text())
+    plan = json.loads(Path(script.split("-m tcclip.experiments.cells ")[1].split()[0]).read_text())
     assert [c["requires"] for c in plan["cells"]] == [None, None, "zero_shot/k400_plain"]  # plain, llm, (P)
     assert plan["settings"]["launcher"] == ["srun", "--kill-on-bad-exit=1"]
     # A second sweep needing the same K400 model waits for the queued job instead of training it again.
@@ -272,7 +272,7 @@ def test_setup_lines_add_to_the_environment_activation_and_grace_sets_the_signal
     if sys.prefix != sys.base_prefix:  # the environment of this Python is activated first, then the user's lines
         activate = next(i for i, line in enumerate(lines) if line.startswith("source ") and "activate" in line)
         assert activate < lines.index("module load ffmpeg")
-    assert f"exec {sys.executable} -m tcclip.cells" in script
+    assert f"exec {sys.executable} -m tcclip.experiments.cells" in script
 
 
 @pytest.mark.parametrize(
@@ -337,8 +337,8 @@ def test_a_refused_submission_is_one_paragraph_and_leaves_no_file(
 
 
 def test_a_stale_fit_marker_is_repaired_and_a_stopped_fit_is_never_marked_done(fake: dict[str, Path]) -> None:
-    from tcclip.cells import FIT_DONE, CellFailed, run_cell, subprocess_runner
-    from tcclip.runs import STOP_KEY
+    from tcclip.experiments.cells import FIT_DONE, CellFailed, run_cell, subprocess_runner
+    from tcclip.training.runs import STOP_KEY
 
     settings = _settings(fake)
     (cell,) = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
@@ -375,7 +375,7 @@ def test_sigterm_to_an_array_task_reaches_the_fit_and_stops_the_cell(fake: dict[
     write_plan(plan, cells, settings, "p1")
     ready = fake["root"] / "fit-started"
     task = subprocess.Popen(
-        [sys.executable, "-m", "tcclip.cells", str(plan), "0", "--plan-id", "p1"],
+        [sys.executable, "-m", "tcclip.experiments.cells", str(plan), "0", "--plan-id", "p1"],
         env={**os.environ, "FAKE_WAIT": str(ready)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -398,7 +398,13 @@ def test_array_task_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, 
     cells = Selection(only=("hmdb51_k2_plain",)).apply(build_grid("few_shot"))
     plan = fake["root"] / "plan.json"
     write_plan(plan, cells, settings)
-    task = [sys.executable, "-m", "tcclip.cells", str(plan), "0"]  # what the job script runs in array task 0
+    task = [
+        sys.executable,
+        "-m",
+        "tcclip.experiments.cells",
+        str(plan),
+        "0",
+    ]  # what the job script runs in array task 0
     run = lambda **env: subprocess.run(task, env={**os.environ, **env}, capture_output=True)  # noqa: E731
     assert run(FAKE_DIE="1").returncode == 3  # the fit dies after writing last.ckpt
     assert run().returncode == 0
@@ -426,7 +432,7 @@ def test_a_truncated_newest_last_checkpoint_is_skipped_on_resume(
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     os.utime(cut, (200, 200))
     older = _save_checkpoint(logs / "version_0" / "checkpoints" / "last-v1.ckpt", mtime=50)  # readable, but older
-    with caplog.at_level(logging.WARNING, logger="tcclip.runs"):
+    with caplog.at_level(logging.WARNING, logger="tcclip.training.runs"):
         fit = next(line for line in planned(cell, settings) if " fit " in line)
     assert fit.endswith(f"--ckpt_path {good}") and str(older) not in fit
     assert f"skipping an unreadable checkpoint: {cut}" in caplog.text
@@ -537,7 +543,7 @@ def test_benchmark_target_with_a_pattern_that_matches_nothing_fails(tmp_path: Pa
 
 
 def test_a_failed_collection_keeps_the_earlier_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tcclip import results
+    from tcclip.experiments import results
 
     cells = build_grid("fully_supervised")
     out = tmp_path / "results"

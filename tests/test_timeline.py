@@ -12,11 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-import tcclip.errors
+import tcclip.utils.errors
 from tcclip.cli import main as cli_main
 from tcclip.data.synth import draw_index_stamp, read_index_stamp, write_video
 from tcclip.data.transforms import MEAN, STD
-from tcclip.timelines import WindowResult, merge_segments, moving_average, save_timeline, stream_windows, timeline
+from tcclip.inference.timeline import (
+    WindowResult,
+    merge_segments,
+    moving_average,
+    save_timeline,
+    stream_windows,
+    timeline,
+)
 
 FPS = 10
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -160,11 +167,11 @@ def test_timeline_command(tmp_path, capsys):
 
 def test_python_api_names():
     import tcclip
-    import tcclip.export
-    import tcclip.timelines  # importing the modules must not shadow the functions
+    import tcclip.inference.export
+    import tcclip.inference.timeline  # importing the modules must not shadow the functions
 
     assert tcclip.timeline is timeline
-    from tcclip.portable import load_model
+    from tcclip.training.portable import load_model
 
     assert tcclip.load_model is load_model
 
@@ -177,7 +184,7 @@ def test_smoothing(tmp_path):
     colour_video(tmp_path / "v.mp4", [("red", 3), ("blue", 3)])
     tl = timeline(ColourModel(), tmp_path / "v.mp4", window=1.0, stride=0.5, smooth=3)
     assert [s.label for s in tl.segments] == ["red", "blue"] and abs(tl.segments[0].end - 3.0) <= 0.5
-    with pytest.raises(tcclip.errors.UserError, match="odd"):
+    with pytest.raises(tcclip.utils.errors.UserError, match="odd"):
         timeline(ColourModel(), tmp_path / "v.mp4", smooth=2)
 
 
@@ -186,8 +193,9 @@ def test_smoothing(tmp_path):
 
 @pytest.mark.parametrize("kind", ["stamped_gop8", "offset_start_mp4", "vfr_avi", "bframes_avi"])
 def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tmp_path, kind):
-    from tcclip.data.quirks import write_quirk_video
-    from tcclip.timelines import first_frame_time
+    from quirks import write_quirk_video
+
+    from tcclip.inference.timeline import first_frame_time
 
     if kind == "stamped_gop8":  # key frames every 8 frames: the seek lands well inside the video
         frames = np.zeros((90, 32, 32, 3), dtype=np.uint8)
@@ -200,7 +208,7 @@ def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tm
     def convert(frame):
         return torch.tensor(read_index_stamp(frame.to_ndarray(format="rgb24")))
 
-    from tcclip.timelines import _probe_duration
+    from tcclip.inference.timeline import _probe_duration
 
     duration = _probe_duration(path)
     window, stride, t = duration / 6, duration / 40, 4
@@ -219,7 +227,7 @@ def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tm
 
 
 def test_place_boundary():
-    from tcclip.timelines import place_boundary
+    from tcclip.inference.timeline import place_boundary
 
     centres = [0.25 * j for j in range(10)]  # 0 .. 2.25
     assert place_boundary(centres, [True] * 4 + [False] * 6, 0.0, 2.5) == pytest.approx(0.875)  # between 0.75 and 1
@@ -233,7 +241,7 @@ def test_place_boundary():
 
 
 def test_apply_boundaries_drops_an_unconfirmed_flicker_and_merges():
-    from tcclip.timelines import Segment, apply_boundaries
+    from tcclip.inference.timeline import Segment, apply_boundaries
 
     segs = [Segment("a", 0, 2, 0, 3, 0.9), Segment("b", 2, 2.5, 4, 4, 0.6), Segment("a", 2.5, 5, 5, 9, 0.8)]
     # the finer windows put a -> b at 2.4 and b -> a at 2.2: b does not exist
@@ -271,12 +279,12 @@ def test_refinement_places_the_changes_of_a_biased_model(tmp_path):
     # the windows themselves are the same with and without refinement
     plain = timeline(LateColourModel(num_frames=8), tmp_path / "long.mp4", window=2.0, stride=stride, refine=0)
     assert [w.top_k for w in plain.windows] == [w.top_k for w in tl.windows]
-    with pytest.raises(tcclip.errors.UserError, match="refine"):
+    with pytest.raises(tcclip.utils.errors.UserError, match="refine"):
         timeline(ColourModel(), tmp_path / "long.mp4", refine=1)
 
 
 def test_refinement_intervals_reach_further_with_smoothing_and_skip_gaps():
-    from tcclip.timelines import refinement_intervals
+    from tcclip.inference.timeline import refinement_intervals
 
     def w(i, label):
         return WindowResult(i, i * 0.5, i * 0.5 + 1.0, [(label or "x", 0.9)], label)
@@ -294,5 +302,5 @@ def test_refinement_intervals_reach_further_with_smoothing_and_skip_gaps():
 def test_a_file_that_is_not_a_video_is_a_clear_error(tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video\n")
-    with pytest.raises(tcclip.errors.UserError, match="cannot be read as a video"):
+    with pytest.raises(tcclip.utils.errors.UserError, match="cannot be read as a video"):
         timeline(ColourModel(), bad, progress=True)

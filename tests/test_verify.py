@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tcclip.data.cli import main as data_main
+from tcclip.cli.data import main as data_main
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_missing_corrupt_and_extra_files(copy, capsys, tmp_path: Path) -> None:
 
 
 def test_presence_only_and_start_of_run_summary_from_cache(copy, capsys) -> None:
-    from tcclip.data.cli import load_datamodule
+    from tcclip.cli.data import load_datamodule
     from tcclip.data.verify import start_of_run_summary
 
     root, config = copy

@@ -1,6 +1,6 @@
 """Real-footage quirks: every backend returns exactly the frames a sequential decode shows, on every quirk video.
 
-The videos come from ``tcclip.data.quirks`` (each frame carries its index, ``read_index_stamp``); the oracle is the
+The videos come from ``quirks`` (each frame carries its index, ``read_index_stamp``); the oracle is the
 plain sequential PyAV decode of conftest's ``sequential_decode``.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+from quirks import QUIRKS
 
 import tcclip.data.video_reader as video_reader
-from tcclip.data.quirks import QUIRKS
 from tcclip.data.synth import read_index_stamp
 from tcclip.data.video_frames import read_video_frames
 from tcclip.data.video_reader import BACKENDS, available_backends, open_video
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 USABLE = available_backends()
 # decord's own random access misplaces frames of MPEG-4 part 2 with B-frames: the reason it is not the default.

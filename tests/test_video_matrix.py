@@ -224,7 +224,7 @@ def test_timeline_windows_show_the_sequential_pictures(matrix_videos, oracles, n
     files)."""
     import torch
 
-    from tcclip.timelines import stream_windows
+    from tcclip.inference.timeline import stream_windows
 
     entry, path = matrix_videos[name]
     oracle = oracles[name]
@@ -239,7 +239,7 @@ def test_timeline_windows_show_the_sequential_pictures(matrix_videos, oracles, n
 
 def test_predict_reads_every_matrix_file(matrix_videos, oracles):
     """`tcclip predict`'s input path (sample_frames, the default backend) gives the sequential decode's pictures."""
-    from tcclip.inference import sample_frames
+    from tcclip.inference.predict import sample_frames
 
     for name, (_, path) in matrix_videos.items():
         frames, indices = sample_frames(path, num_frames=8, clips=2)
@@ -249,7 +249,7 @@ def test_predict_reads_every_matrix_file(matrix_videos, oracles):
 def test_data_check_reads_the_matrix_and_flags_decord(matrix_videos, tmp_path):
     """`tcclip data check --verify-frames`: every matrix file readable and exact with the default backend (none
     called damaged); with decord, the XviD files with B-frames are listed as decoding differently."""
-    from tcclip.data.cli import check_lists
+    from tcclip.cli.data import check_lists
 
     root = next(iter(matrix_videos.values()))[1].parent
     listing = tmp_path / "all.txt"

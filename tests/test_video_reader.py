@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tcclip.data.synth import read_index_stamp
 from tcclip.data.video_reader import BACKENDS, VideoDecodeError, available_backends, open_video
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 EXTS = ("mp4", "avi", "webm")
 USABLE = available_backends()

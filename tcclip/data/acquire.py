@@ -27,8 +27,8 @@ from urllib.parse import unquote, urlsplit
 from tcclip.data import kinetics, sources
 from tcclip.data.archives import extract, flatten
 from tcclip.data.download import RemoteFile, fetch, format_bytes
-from tcclip.errors import UserError
-from tcclip.outputs import atomic_write_texts, check_writable_folder
+from tcclip.utils.errors import UserError
+from tcclip.utils.outputs import atomic_write_texts, check_writable_folder
 
 DATASETS = ("hmdb51", "ucf101", "k400", "k600", "ssv2")
 MARKERS = ".tcclip-download"
@@ -69,7 +69,7 @@ class Request:
 
 
 class Ui:
-    """Progress display; the default shows nothing (tests), ``tcclip.data.cli`` passes a rich one."""
+    """Progress display; the default shows nothing (tests), ``tcclip.cli.data`` passes a rich one."""
 
     def download(self, name: str) -> AbstractContextManager[Callable[[int, int | None], None]]:
         return nullcontext(lambda done, total: None)

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from tcclip.data.download import DiskFullError, check_free_space, format_bytes
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 STAGING_PREFIX = ".tcclip-extract-"
 SPACE_MARGIN = 1.05

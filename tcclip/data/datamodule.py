@@ -34,8 +34,8 @@ from tcclip.data.distributed import EvalDistributedSampler
 from tcclip.data.labels import read_class_names
 from tcclip.data.resumable import TrainSampler
 from tcclip.data.splits import default_splits_dir, require_split_file
-from tcclip.errors import ConfigError, UserError
-from tcclip.protocols import DATA_PROTOCOLS, SEEDS, SHOTS
+from tcclip.experiments.protocols import DATA_PROTOCOLS, SEEDS, SHOTS
+from tcclip.utils.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tcclip.data.labels import Annotation, read_annotations
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 try:  # POSIX file locks make the shared broken-video file exact across processes; elsewhere best effort.
     import fcntl

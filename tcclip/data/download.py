@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 TIMEOUT_S = 60
 RETRIES = 3

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcclip.data.labels import read_class_names
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 K400_RENAMED_IN_K600 = {
     "baby waking up": "waking up",

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcclip.errors import UserError
-from tcclip.outputs import atomic_write_texts
+from tcclip.utils.errors import UserError
+from tcclip.utils.outputs import atomic_write_texts
 
 __all__ = [
     "Annotation",

@@ -39,7 +39,7 @@ from tcclip.data.video_frames import (
     read_video_frames,
     upright,
 )
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 if TYPE_CHECKING:
     import jsonargparse

@@ -1,6 +1,6 @@
 """The training data order, made resumable in the middle of an epoch.
 
-A run stopped between two batches (a preempted or cancelled SLURM job, `tcclip.preemption`) must go on with the
+A run stopped between two batches (a preempted or cancelled SLURM job, `tcclip.training.preemption`) must go on with the
 batches the uninterrupted run would have trained on: the same videos, in the same order, with the same frame
 offsets and augmentations. Two pieces make that so:
 
@@ -13,7 +13,7 @@ offsets and augmentations. Two pieces make that so:
   every checkpoint and restores it on resume (`RestoreLoaderPosition` makes sure it does), and the loader skips the
   batches already trained on by advancing the sampler, without loading them.
 
-The RNG draws of the training step itself (mixup, dropout) are restored by `tcclip.callbacks.EpochSeed`.
+The RNG draws of the training step itself (mixup, dropout) are restored by `tcclip.training.callbacks.EpochSeed`.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from tcclip.data.labels import (
     read_class_names,
     write_json_labels,
 )
-from tcclip.errors import UserError
-from tcclip.outputs import atomic_write_texts, check_writable_folder
+from tcclip.utils.errors import UserError
+from tcclip.utils.outputs import atomic_write_texts, check_writable_folder
 
 if TYPE_CHECKING:
     import jsonargparse

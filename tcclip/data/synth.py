@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
-from tcclip.outputs import atomic_write_texts
+from tcclip.utils.outputs import atomic_write_texts
 
 if TYPE_CHECKING:
     import jsonargparse

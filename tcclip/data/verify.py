@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tcclip.data.labels import read_annotations, read_class_names
-from tcclip.outputs import atomic_write
+from tcclip.utils.outputs import atomic_write
 
 CACHE_VERSION = 1
 SKIPPED_FOLDERS = {"archives"}
@@ -175,7 +175,7 @@ def save_cache(root: Path, backend: str, num_frames: int, entries: dict[str, Any
 
 
 CheckVideo = Callable[..., tuple]
-"""``tcclip.data.cli.check_video``: (root, rel, backend, num_frames, verify_with) -> (error, frames, mismatch, dropped).
+"""``tcclip.cli.data.check_video``: (root, rel, backend, num_frames, verify_with) -> (error, frames, mismatch, dropped).
 Passed in (not imported) because the command-line module imports this one."""
 
 
@@ -231,7 +231,7 @@ def verify(
     """Check ``lists`` against the copy under ``root``.
 
     Args:
-        check: decode present videos not in the cache with this function (``tcclip.data.cli.check_video``); None:
+        check: decode present videos not in the cache with this function (``tcclip.cli.data.check_video``); None:
             presence plus cached results only (the start-of-run check).
         on_start: called with the number of videos to decode.
     """

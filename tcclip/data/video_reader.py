@@ -56,7 +56,7 @@ from tcclip.data.video_frames import (
     seek,
     upright,
 )
-from tcclip.errors import UserError
+from tcclip.utils.errors import UserError
 
 __all__ = [
     "BACKENDS",

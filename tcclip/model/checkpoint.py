@@ -12,17 +12,17 @@ Formats read by `load_model`:
 - `save_model`'s file: `{"format": "tcclip", "model_config": ..., "state_dict": ..., "class_names": [...]}`.
 
 `lightning_checkpoint` gives the Lightning layout with empty training state (what `tcclip convert-checkpoint`,
-in `tcclip/convert.py`, writes): `{"state_dict": {"model." + k: v}, "hyper_parameters": {"model_config":
+in `tcclip/inference/convert.py`, writes): `{"state_dict": {"model." + k: v}, "hyper_parameters": {"model_config":
 cfg.to_dict()}, "pytorch-lightning_version": <installed lightning version>, "epoch": 0, "global_step": 0,
 "optimizer_states": [], "lr_schedulers": []}` (no "loops": Lightning then restores no loop state), so both
 `load_model` and `tcclip validate/test --ckpt_path` read it.
 
 Every checkpoint file of the project is read by `safe_load` (Lightning's restores too, through
-`tcclip.checkpoint_io`). Nothing is ever unpickled with `weights_only=False`: files are read with
+`tcclip.training.checkpoint_io`). Nothing is ever unpickled with `weights_only=False`: files are read with
 `torch.load(weights_only=True)` and an explicit allow-list of the data-only omegaconf classes an official config
 pickles; any other pickled global is refused with an error naming the file and the global. An official config is
 taken as written: omegaconf interpolations (`${oc.env:...}` would read the environment) are never resolved, and a
-model setting written as one is refused. Non-finite weights are refused (`tcclip.finite`).
+model setting written as one is refused. Non-finite weights are refused (`tcclip.utils.finite`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tcclip.errors import ConfigError, UserError
-from tcclip.finite import check_finite_state
 from tcclip.model.config import TCCLIPConfig
+from tcclip.utils.errors import ConfigError, UserError
+from tcclip.utils.finite import check_finite_state
 
 __all__ = [
     "ALLOWED_TO_DIFFER",

@@ -108,7 +108,7 @@ class CLIPCfg:
 
 def _bad(name: str, message: str) -> ValueError:
     """A ConfigError (a UserError and a ValueError) naming the setting as a config file spells it."""
-    from tcclip.errors import ConfigError
+    from tcclip.utils.errors import ConfigError
 
     return ConfigError(
         f"model_config.{name}",
@@ -218,7 +218,7 @@ class TCCLIPConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            from tcclip.errors import ConfigError
+            from tcclip.utils.errors import ConfigError
 
             raise ConfigError(
                 "model_config",

@@ -1,0 +1,190 @@
+"""The `tcclip` command: LightningCLI for fit/validate/test/score, one table for the project's own sub-commands.
+
+Two mechanisms, each used the same way by every command it serves:
+- `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`); `score` is LightningCLI's `predict` loop
+  (a config's test sets -> predictions.json), renamed so that `predict` means one program;
+- `EXTRA_COMMANDS` name a module with `build_parser()` (a `jsonargparse.ArgumentParser`) and `main(argv)`; the module
+  is imported only when its command runs, so `tcclip --help` and `tcclip CMD --help` stay fast.
+`tcclip --help` lists every command once and an unknown word gets the list of the ones that exist.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import signal
+import sys
+from typing import NamedTuple
+
+from tcclip.utils.errors import UserError, environment_error, user_error_in_chain
+
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code after Ctrl-C (128 + SIGINT, as a shell reports a process that SIGINT ended)."""
+
+
+class Command(NamedTuple):
+    """One `tcclip` sub-command that is not LightningCLI's."""
+
+    module: str
+    """The module that runs it: `build_parser()` -> its `jsonargparse.ArgumentParser`, `main(argv)` -> exit code."""
+    summary: str
+    """One line for `tcclip --help`."""
+
+
+# LightningCLI's sub-commands (tcclip.cli.lightning): name -> one line for `tcclip --help`.
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train (and validate) a model from a config: tcclip fit --config configs/....yaml",
+    "validate": "evaluate a checkpoint on the validation split of a config",
+    "test": "evaluate a checkpoint on the test split of a config and write results.json",
+    "score": "per-video top-k of a config's test sets into predictions.json (tcclip score --config ... --ckpt_path)",
+}
+# Our name -> LightningCLI's: `predict` is the video predictor below, so Lightning's predict loop is `score`.
+LIGHTNING_SUBCOMMAND = {"fit": "fit", "validate": "validate", "test": "test", "score": "predict"}
+
+EXTRA_COMMANDS: dict[str, Command] = {
+    "predict": Command("tcclip.inference.predict", "classify video files: tcclip predict VIDEO... --checkpoint CKPT"),
+    "splits": Command("tcclip.data.splits", "download the official split files; make splits of your own data"),
+    "data": Command("tcclip.cli.data", "make a synthetic dataset; check that every video of a dataset decodes"),
+    "convert-checkpoint": Command("tcclip.inference.convert", "turn an official TC-CLIP .pth into a tcclip .ckpt"),
+    "explain": Command(
+        "tcclip.inference.explain", "draw the seed patches, context tokens and top-k classes of a video"
+    ),
+    "sweep": Command("tcclip.experiments.sweep", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
+    "export": Command("tcclip.inference.export", "write model.safetensors + config.json + model card (and ONNX)"),
+    "calibrate": Command("tcclip.cli.calibrate", "fit a temperature and rejection thresholds on a validation list"),
+    "timeline": Command("tcclip.inference.timeline", "label a long video window by window: CSV, JSON, segments, plot"),
+}
+
+
+def _run(module: str, argv: list[str]) -> int:
+    return int(importlib.import_module(module).main(argv) or 0)
+
+
+def build_parser(name: str):
+    """The `jsonargparse.ArgumentParser` of one of `EXTRA_COMMANDS` (for its --help, tests and docs)."""
+    return importlib.import_module(EXTRA_COMMANDS[name].module).build_parser()
+
+
+def known_commands() -> list[str]:
+    return [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except UserError as error:
+        return _report(error, argv)
+    except KeyboardInterrupt:
+        return _interrupted(argv)
+    except SystemExit as exit_:
+        # Lightning answers Ctrl-C with its clean-up and then sys.exit(1) from inside its `except KeyboardInterrupt`.
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            return _interrupted(argv)
+        raise
+    except Exception as error:
+        wrapped = wrapped_user_error(error) or environment_error(error)
+        if wrapped is None:
+            raise
+        return _report(wrapped, argv)
+
+
+def _command(argv: list[str]) -> str:
+    # Name the sub-command only when the first word is one (not an option, a file or a typo).
+    return " ".join(["tcclip", *argv[:1]]) if argv[:1] and argv[0] in known_commands() else "tcclip"
+
+
+def _interrupted(argv: list[str]) -> int:
+    """One line for Ctrl-C (what was saved, when a run saved something) and exit code 130."""
+    from tcclip.utils.errors import take_interrupt_note
+
+    note = take_interrupt_note()
+    print(f"{_command(argv)}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE
+
+
+def _report(error: UserError, argv: list[str]) -> int:
+    print(f"{_command(argv)}: error: {error.format()}", file=sys.stderr)
+    return error.exit_code
+
+
+WRAPPING_LIBRARIES = ("jsonargparse", "lightning")
+"""Libraries that catch our exceptions and raise their own instead (LightningCLI's argument parser re-raises a
+DataModule's error as "Does not validate against any of the Union subtypes", with ours as its context)."""
+
+
+def wrapped_user_error(error: BaseException) -> UserError | None:
+    """The `UserError` that a library caught and replaced by its own exception, if that is what happened.
+
+    Only an exception raised inside one of `WRAPPING_LIBRARIES` counts: an error raised by tcclip's own code while
+    handling a `UserError` is a bug and keeps its traceback.
+    """
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    if not module.startswith(WRAPPING_LIBRARIES):
+        return None
+    return user_error_in_chain(error)
+
+
+def help_text() -> str:
+    width = max(map(len, known_commands())) + 2
+    rows = [*LIGHTNING_COMMANDS.items(), *((name, command.summary) for name, command in EXTRA_COMMANDS.items())]
+    return "\n".join(
+        [
+            "usage: tcclip COMMAND [options]",
+            "",
+            "TC-CLIP (Temporally Contextualized CLIP) for video action recognition.",
+            "",
+            "commands:",
+            *(f"  {name:<{width}}{summary}" for name, summary in rows),
+            "",
+            "`tcclip COMMAND --help` lists the options of one command.",
+        ]
+    )
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(help_text())
+        return 0 if argv else 2
+    if argv[0] == "predict" and any(a in ("-c", "--config") or a.startswith(("--config=", "-c=")) for a in argv):
+        raise UserError(
+            "`tcclip predict` classifies video files and takes no --config",
+            fix="To score a config's test sets into predictions.json, run the same command as `tcclip score "
+            "--config ...`; to classify videos, `tcclip predict VIDEO... --checkpoint CKPT`.",
+        )
+    if argv[0] in EXTRA_COMMANDS:
+        return _run(EXTRA_COMMANDS[argv[0]].module, argv[1:])
+    if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        close = difflib.get_close_matches(argv[0], known_commands(), n=1)
+        guess = f"Did you mean `tcclip {close[0]}`? " if close else ""
+        raise UserError(
+            f"unknown command {argv[0]!r}",
+            fix=f"{guess}The commands are {', '.join(known_commands())}; `tcclip --help` says what each does.",
+        )
+    from tcclip.cli.config_files import check_config_files
+
+    check_config_files(argv[1:])  # an empty or malformed --config named before LightningCLI reads it
+    from tcclip.cli.lightning import run_lightning_cli
+
+    if argv[0] in LIGHTNING_SUBCOMMAND:
+        argv = [LIGHTNING_SUBCOMMAND[argv[0]], *argv[1:]]
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        run_lightning_cli(argv)
+    except SIGTERMException:
+        # Lightning ends a run on SIGTERM with exit status 0, as if it had finished: a stopped run is not finished.
+        print(f"tcclip {argv[0]}: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    return 0
+
+
+def console_main() -> int:
+    """The `tcclip` console script: `main`, with a Ctrl-C during start-up (imports) also ending in one line."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return _interrupted(sys.argv[1:2])

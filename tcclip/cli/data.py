@@ -1,0 +1,301 @@
+"""Make the synthetic dataset (synth), find unreadable or misdecoded videos (check), re-encode for speed (prepare).
+
+``tcclip data synth|check|prepare``; ``check`` runs before a long run, ``prepare`` before training on real footage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jsonargparse
+
+log = logging.getLogger(__name__)
+
+PARTS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "all": ("train", "val", "test")}
+
+
+@dataclass(frozen=True)
+class VideoCheck:
+    path: str
+    """Path relative to the root, as in the list."""
+    lists: tuple[str, ...]
+    """Where the lists name it, as ``list:line``."""
+    error: str | None = None
+    num_frames: int = 0
+    mismatch: str | None = None
+    """With ``--verify-frames``: which decoders returned other frames than a sequential decode, or None."""
+    decode_errors: int = 0
+    """Packets the decoder reported errors for, or pictures it concealed errors in (read as players show them)."""
+
+
+FRAME_TOLERANCE = 1.0
+"""Mean absolute pixel difference (0-255) up to which two decodes of a frame count as the same frame: colour
+conversions differ by a level here and there, a neighbouring frame differs by far more."""
+
+
+def verify_frames(path: Path, backends: Sequence[str], num_frames: int) -> str | None:
+    """Decode a test view's frames plus the first and last frame with each backend and sequentially; describe
+    the backends whose frames differ from the sequential decode (None if all agree)."""
+    import numpy as np
+
+    from tcclip.data.sampling import test_indices
+    from tcclip.data.video_reader import decode_sequential, open_video
+
+    reader = open_video(path, backend=backends[0])
+    count = len(reader)
+    indices = sorted({0, *test_indices(count, num_frames)[0], count - 1})
+    reference = decode_sequential(reader.frames, indices).astype(np.float32)
+    problems = []
+    for backend in dict.fromkeys(backends):
+        frames = open_video(path, backend=backend).get_frames(indices).numpy().astype(np.float32)
+        if frames.shape != reference.shape:
+            problems.append(f"{backend} returns frames of shape {frames.shape[1:3]}, not {reference.shape[1:3]}")
+            continue
+        error = np.abs(frames - reference).mean(axis=(1, 2, 3))
+        wrong = [i for i, e in zip(indices, error.tolist(), strict=True) if e > FRAME_TOLERANCE]
+        if wrong:
+            shown = ", ".join(map(str, wrong[:6])) + (", ..." if len(wrong) > 6 else "")
+            problems.append(f"{backend} returns other frames than a sequential decode at frames {shown}")
+    return "; ".join(problems) or None
+
+
+def check_video(
+    root: str, rel_path: str, backend: str, num_frames: int, verify_with: str | None = None
+) -> tuple[str | None, int, str | None, int]:
+    """Open a video and decode the frames a test view would use plus its last frame.
+
+    Returns:
+        (error or None, frames, mismatch or None, decode errors); ``verify_with`` names a second
+        backend to cross-check ``backend`` with (see :func:`verify_frames`).
+    """
+    from tcclip.data.sampling import test_indices
+    from tcclip.data.video_reader import VideoDecodeError, open_video
+
+    path = Path(root) / rel_path
+    try:
+        reader = open_video(path, backend=backend)
+        count = len(reader)
+        indices = sorted({*test_indices(count, num_frames)[0], count - 1})
+        frames = reader.get_frames(indices)
+        if frames.shape[0] != len(indices):
+            return f"decoded {frames.shape[0]} of {len(indices)} frames", count, None, 0
+        mismatch = None
+        if verify_with is not None:
+            mismatch = verify_frames(path, [backend, verify_with], num_frames)
+        return None, count, mismatch, reader.frames.decode_errors
+    except (VideoDecodeError, OSError, IndexError) as e:  # unreadable input; anything else is a bug and propagates
+        reason = e.reason if isinstance(e, VideoDecodeError) and e.reason else str(e)
+        return reason, 0, None, 0
+
+
+def _check_one(args: tuple[str, str, str, int, str | None]) -> tuple[str | None, int, str | None, int]:
+    return check_video(*args)
+
+
+def collect_videos(lists: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
+    """Every distinct video path of the given (name, annotation list) pairs -> where it is listed (``name:line``)."""
+    from tcclip.data.labels import read_annotations
+
+    owners: dict[str, list[str]] = {}
+    for name, path in lists:
+        for a in read_annotations(path):
+            owners.setdefault(a.path, []).append(f"{name}:{a.line}")
+    return owners
+
+
+def check_lists(
+    lists: Sequence[tuple[str, Path]],
+    root: Path,
+    backend: str = "auto",
+    num_frames: int = 16,
+    workers: int | None = None,
+    on_done: Any = None,
+    verify_with: str | None = None,
+) -> list[VideoCheck]:
+    """Check every video of the given (name, annotation list) pairs once, in parallel processes.
+
+    Args:
+        on_done: called with no argument after each video (progress).
+        verify_with: a second backend: also cross-check sampled frames (see :func:`verify_frames`).
+    """
+    owners = collect_videos(lists)
+    videos = list(owners)
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    jobs = [(str(root), v, backend, num_frames, verify_with) for v in videos]
+    results: list[tuple[str | None, int, str | None, int]] = []
+    if workers == 1:
+        for job in jobs:
+            results.append(_check_one(job))
+            if on_done:
+                on_done()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(_check_one, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1))):
+                results.append(result)
+                if on_done:
+                    on_done()
+    return [VideoCheck(v, tuple(owners[v]), *result) for v, result in zip(videos, results, strict=True)]
+
+
+def load_datamodule(configs: Sequence[Path], overrides: dict[str, Any] | None = None) -> Any:
+    """Build the DataModule of LightningCLI config files (their ``data: {class_path, init_args}`` section)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    for config in configs:
+        section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+        if section is None:
+            continue
+        if not isinstance(section, dict) or "class_path" not in section:
+            raise ValueError(f"{config}: the data section needs class_path and init_args (LightningCLI subclass form)")
+        if section["class_path"] != data.get("class_path"):
+            data = {"class_path": section["class_path"], "init_args": {}}
+        data["init_args"].update(section.get("init_args") or {})
+    if not data:
+        raise ValueError(f"no 'data:' section in {', '.join(map(str, configs))}. Fix: pass the run's config file(s).")
+    module_name, _, class_name = data["class_path"].rpartition(".")
+    if not module_name:  # a short name, as LightningCLI allows: look among the families
+        module_name = "tcclip.data.families" if class_name != "VideoListDataModule" else "tcclip.data.datamodule"
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**(data["init_args"] | (overrides or {})))
+
+
+def build_parser() -> jsonargparse.ArgumentParser:
+    """``tcclip data synth|prepare|check``: one jsonargparse parser, each sub-command's options from its module."""
+    from jsonargparse import ArgumentParser
+
+    from tcclip.cli.data_get import download_parser, verify_parser
+    from tcclip.data.prepare import build_parser as prepare_parser
+    from tcclip.data.synth import build_parser as synth_parser
+
+    check = ArgumentParser(description="Decode every video of a config's splits (or of one list).")
+    check.add_argument("--config", "-c", action="append", default=[], help="LightningCLI YAML (repeat)")
+    check.add_argument("--stage", choices=tuple(PARTS), default="all", help="which lists of the config (default all)")
+    check.add_argument("--list", action="append", default=[], dest="lists", help="annotation list (repeat)")
+    check.add_argument("--root", type=Path, default=None, help="dataset root (overrides the config's)")
+    check.add_argument(
+        "--backend", default=None, help="auto, torchcodec, pyav or decord (default: the config's, else auto)"
+    )
+    check.add_argument(
+        "--verify-frames",
+        action="store_true",
+        help="also decode sampled frames with a second backend and sequentially, and list files where they differ",
+    )
+    check.add_argument("--num-frames", type=int, default=None, help="frames per view to decode (default: config's)")
+    check.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
+    check.add_argument("--out", type=Path, default=None, help="also write the broken videos to this file")
+
+    parser = ArgumentParser(prog="tcclip data", description=__doc__.splitlines()[0])
+    sub = parser.add_subcommands(dest="command")
+    sub.add_subcommand("synth", synth_parser(), help="write the synthetic dataset")
+    sub.add_subcommand("prepare", prepare_parser(), help="re-encode a dataset for fast training")
+    sub.add_subcommand("check", check, help="decode every video of a config's splits (or of one list)")
+    sub.add_subcommand("download", download_parser(), help="download and lay out hmdb51, ucf101, k400, k600 or ssv2")
+    sub.add_subcommand("verify", verify_parser(), help="listed / present / decodable / exact videos of a config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tcclip data synth ...`` / ``check ...`` / ``prepare ...``; returns the exit code."""
+    parser = build_parser()
+    parsed = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parsed[parsed.command]
+    if parsed.command == "synth":
+        from tcclip.data.splits import make_synthetic_protocol_splits
+        from tcclip.data.synth import run as synth
+
+        code = synth(args, parser)
+        if code == 0:
+            make_synthetic_protocol_splits(args.out)  # so the Synthetic DataModule can run every protocol
+        return code
+    if parsed.command == "prepare":
+        from tcclip.data.prepare import run as prepare
+
+        return prepare(args)
+    if parsed.command == "download":
+        from tcclip.cli.data_get import run_download
+
+        return run_download(args)
+    if parsed.command == "verify":
+        from tcclip.cli.data_get import run_verify
+
+        return run_verify(args, load_datamodule, check_video, PARTS)
+    return _check(args)
+
+
+def _check(args: jsonargparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from tcclip.data.video_reader import available_backends, resolve_backend
+
+    console = Console(stderr=True)
+    try:
+        if args.config:
+            overrides = {"root": str(args.root)} if args.root else {}
+            dm = load_datamodule([Path(c) for c in args.config], overrides)
+            lists, root = dm.annotation_files(PARTS[args.stage]), dm.root
+            backend, num_frames = args.backend or dm.backend, args.num_frames or dm.num_frames
+        elif args.lists and args.root:
+            lists, root = [(str(Path(p)), Path(p)) for p in args.lists], args.root
+            backend, num_frames = args.backend or "auto", args.num_frames or 16
+        else:
+            console.print("[red]error:[/red] give --config CONFIG.yaml, or --list FILE --root DIR")
+            return 2
+        total = len(collect_videos(lists))
+    except (ValueError, OSError, ImportError, AttributeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    backend = resolve_backend(backend)  # a backend that cannot run here is a UserError with the fix, before any work
+    verify_with = None
+    if args.verify_frames:
+        verify_with = next((b for b in available_backends() if b != backend), backend)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as progress:
+        task = progress.add_task(f"checking videos under {root}", total=total)
+        results = check_lists(
+            lists, Path(root), backend, num_frames, args.workers, lambda: progress.advance(task), verify_with
+        )
+    broken = [r for r in results if r.error is not None]
+    differ = [r for r in results if r.mismatch is not None]
+    if differ:
+        title = f"{len(differ)} videos decode differently"
+        table = Table("video", "lists", "frames", title=title, title_justify="left")
+        for r in differ:
+            table.add_row(r.path, ", ".join(r.lists), r.mismatch)
+        console.print(table)
+    if broken:
+        table = Table("video", "lists", "reason", title=f"{len(broken)} unreadable videos", title_justify="left")
+        for r in broken:
+            table.add_row(r.path, ", ".join(r.lists), r.error)
+        console.print(table)
+        if args.out:
+            args.out.write_text("".join(f"{r.path}\t{','.join(r.lists)}\t{r.error}\n" for r in broken))
+            console.print(f"broken list written to {args.out}")
+    names = ", ".join(name for name, _ in lists)
+    console.print(f"{len(results) - len(broken)} of {len(results)} videos readable ({names}; backend {backend})")
+    damaged = [r for r in results if r.decode_errors]
+    if damaged:
+        shown = ", ".join(f"{r.path} ({r.decode_errors})" for r in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+        console.print(
+            f"{len(damaged)} video(s) with decode errors, read with FFmpeg's concealment as players show them (not an "
+            f"error; the count of damaged packets or pictures in brackets): {shown}"
+        )
+    if verify_with is not None:
+        checked = ", ".join(dict.fromkeys([backend, verify_with]))
+        console.print(
+            f"{len(results) - len(broken) - len(differ)} of {len(results) - len(broken)} readable videos give the "
+            f"same frames with {checked} and a sequential decode"
+        )
+    return 1 if broken or differ else 0

@@ -1,0 +1,172 @@
+"""Weights that travel without pickle: a directory with `model.safetensors` and `config.json`.
+
+Layout written by `write_exported` (and `tcclip export`):
+
+    OUT_DIR/model.safetensors   every tensor of the network's state dict, by its name (safetensors: no code)
+    OUT_DIR/config.json         {"format": "tcclip-export", "format_version": 1, "model_config": TCCLIPConfig fields,
+                                 "class_names": [...], "calibration": Calibration record or null, "tcclip_version"}
+    OUT_DIR/README.md           model card (written by `tcclip.inference.export`)
+
+`load_exported` reads it with `safetensors.torch.load_file` and `json`: nothing is unpickled. `load_model` is the
+one entry point (`tcclip.load_model`): a directory is read this way, a file through the checkpoint loader, and
+either way the calibration that goes with the weights (config.json's, or the `<ckpt>.calibration.json` sidecar) is
+attached to the returned model as `model.calibration`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tcclip.inference.calibration import Calibration, attach, read_sidecar
+from tcclip.utils.errors import UserError, check_format
+
+EXPORT_FORMAT = "tcclip-export"
+EXPORT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def is_exported_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tcclip")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def write_exported(
+    model: nn.Module, out_dir: str | Path, calibration: Calibration | None = None, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write `model.safetensors` and `config.json` of `model` (its current class names) into `out_dir`."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses tensors that share storage; every state-dict entry is copied to its own contiguous buffer.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
+    config = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "tcclip_version": _installed_version(),
+        "model_config": model.cfg.to_dict(),
+        "class_names": list(model.class_names),
+        "calibration": None if calibration is None else calibration.to_dict(),
+        **(extra or {}),
+    }
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError("no config.json", path=directory, fix="give a directory written by `tcclip export`") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"not valid JSON ({err.msg})", path=path, line=err.lineno, fix="re-export the model") from err
+    check_format(
+        config,
+        name=EXPORT_FORMAT,
+        version=EXPORT_VERSION,
+        what="export",
+        path=path,
+        fix="give a directory written by `tcclip export`",
+    )
+    return config
+
+
+def load_exported(directory: str | Path, class_names: Sequence[str] | None = None) -> nn.Module:
+    """The eval-mode network of an exported directory, with its calibration attached; no pickle involved."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from tcclip.model.config import TCCLIPConfig
+    from tcclip.model.factory import build_model
+
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        cfg = TCCLIPConfig.from_dict(dict(config["model_config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"bad model_config: {err}", path=directory / CONFIG_FILE, fix="re-export the model") from err
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as err:
+        raise UserError(
+            f"unreadable weights ({err})", path=directory / WEIGHTS_FILE, fix="re-export the model"
+        ) from err
+    names = list(class_names) if class_names is not None else list(config.get("class_names") or [])
+    if not names:
+        raise UserError(
+            "stores no class names",
+            path=directory / CONFIG_FILE,
+            fix="Give them: --labels / --label-file on the command line, class_names=[...] in Python.",
+        )
+    model = build_model(cfg, names)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"weights do not fit the {cfg.model}/{cfg.arch} model of config.json: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}",
+            path=directory / WEIGHTS_FILE,
+            fix="re-export the model; do not mix files of different exports",
+        )
+    model.load_state_dict(state, strict=True)
+    record = config.get("calibration")
+    calibration = None if record is None else Calibration.from_dict(record, str(directory / CONFIG_FILE))
+    return attach(model.eval(), calibration)
+
+
+def load_model(
+    checkpoint: str | Path,
+    class_names: Sequence[str] | None = None,
+    clip_weights: str | Path | None = None,
+    **overrides,
+) -> nn.Module:
+    """An eval-mode network from an exported directory, a tcclip `.ckpt`, a `save_model` file or an official `.pth`.
+
+    Args:
+        checkpoint: the directory or file.
+        class_names: classes of the logits; None uses the ones stored with the weights.
+        clip_weights: token embedding source for official checkpoints (see `tcclip.model.checkpoint.load_model`).
+        **overrides: model settings (checkpoint files only).
+
+    The calibration stored with the weights (`tcclip calibrate`) is attached as `model.calibration` (None if none).
+
+    Raises:
+        LabelFileError: `class_names` is one string, holds a non-string, or repeats a class (also after
+            lower-casing), as `--labels` is refused.
+    """
+    from tcclip.data.labels import as_class_names
+
+    class_names = as_class_names(class_names)
+    path = Path(checkpoint)
+    if path.is_dir():
+        if not is_exported_dir(path):
+            raise UserError(
+                f"is a directory without {CONFIG_FILE} and {WEIGHTS_FILE}",
+                path=path,
+                fix="give a checkpoint file, or a directory written by `tcclip export`",
+            )
+        if overrides or clip_weights is not None:
+            raise UserError("an exported model takes no model overrides or clip_weights", path=path, fix="drop them")
+        return load_exported(path, class_names)
+    from tcclip.model.checkpoint import load_model as load_checkpoint
+
+    model = load_checkpoint(path, class_names, clip_weights=clip_weights, **overrides)
+    return attach(model, read_sidecar(path))

@@ -1,0 +1,143 @@
+"""Optimisation helpers: learning-rate schedule, gradient accumulation from the global batch, parameter groups.
+
+The recipe of the paper's experiments (its implementation details; see docs/protocols.md): AdamW, weight decay on
+every trainable tensor, x10 learning rate for the newly initialised parts, cosine decay per optimiser step with a
+linear warm-up from 0 and a floor `lr_min`, and an effective batch of `total_batch_size` whatever the hardware.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine_lr(step: int, *, base_lr: float, lr_min: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate after `step` optimiser steps.
+
+    Warm-up: `base_lr * step / warmup_steps` (starts at exactly 0). After it, the cosine runs over the whole
+    schedule, not only the part after the warm-up, as in the official release (timm's `CosineLRScheduler`
+    with `warmup_prefix=False`): `lr_min + (base_lr - lr_min) * (1 + cos(pi * step / total_steps)) / 2`.
+    So the curve drops slightly where warm-up ends (to ~0.98 * base_lr for 5 of 50 epochs). From
+    `total_steps` on it stays at `lr_min`. `lr_min` is an absolute floor, the same for every parameter group.
+
+    Args:
+        step: optimiser steps taken so far (0 for the first step).
+        base_lr: peak learning rate of this parameter group.
+        lr_min: floor reached at the end of the schedule.
+        warmup_steps: length of the linear warm-up in optimiser steps (0 for none).
+        total_steps: length of the whole schedule in optimiser steps.
+    """
+    if step < 0 or total_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"bad schedule: step={step}, warmup_steps={warmup_steps}, total_steps={total_steps}")
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    if step >= total_steps:
+        return lr_min
+    return lr_min + 0.5 * (base_lr - lr_min) * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+@dataclass
+class WarmupCosine:
+    """`warmup_cosine_lr` as a multiplicative factor of `base_lr`, for `torch.optim.lr_scheduler.LambdaLR`.
+
+    A dataclass rather than a closure so that `LambdaLR.state_dict()` stores its numbers with the checkpoint.
+    """
+
+    base_lr: float
+    lr_min: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if self.base_lr == 0:
+            return 0.0
+        lr = warmup_cosine_lr(
+            step, base_lr=self.base_lr, lr_min=self.lr_min, warmup_steps=self.warmup_steps, total_steps=self.total_steps
+        )
+        return lr / self.base_lr
+
+
+def warmup_cosine_scheduler(optimizer: Optimizer, *, lr_min: float, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """A per-step `LambdaLR` that follows `warmup_cosine_lr` in every parameter group (each from its own lr)."""
+    factors = [
+        WarmupCosine(group["lr"], lr_min=lr_min, warmup_steps=warmup_steps, total_steps=total_steps)
+        for group in optimizer.param_groups
+    ]
+    return LambdaLR(optimizer, lr_lambda=factors)
+
+
+def schedule_steps(
+    num_batches_per_epoch: int, accumulate_grad_batches: int, max_epochs: int, warmup_epochs: float
+) -> tuple[int, int]:
+    """(warm-up steps, total steps) of the schedule, counted in optimiser steps.
+
+    One epoch of `num_batches_per_epoch` batches (per device) makes `ceil(num_batches / accumulate)` optimiser
+    steps: Lightning also steps on the last, incomplete accumulation of an epoch.
+    """
+    if num_batches_per_epoch < 1 or accumulate_grad_batches < 1 or max_epochs < 1:
+        raise ValueError(
+            f"cannot build a schedule from {num_batches_per_epoch} batches per epoch, "
+            f"accumulation {accumulate_grad_batches}, {max_epochs} epochs"
+        )
+    steps_per_epoch = math.ceil(num_batches_per_epoch / accumulate_grad_batches)
+    return round(warmup_epochs * steps_per_epoch), steps_per_epoch * max_epochs
+
+
+def accumulation_steps(total_batch_size: int, per_device_batch_size: int, world_size: int) -> int:
+    """Gradient-accumulation steps so that `per_device_batch_size * world_size * steps == total_batch_size`.
+
+    Args:
+        total_batch_size: the effective batch the recipe asks for (`tcclip.experiments.protocols.RECIPES`).
+        per_device_batch_size: videos per device per forward pass (the data module's `batch_size`).
+        world_size: devices x nodes.
+
+    Raises:
+        ValueError: if the total batch is not a multiple of one forward pass over all devices.
+    """
+    if total_batch_size < 1 or per_device_batch_size < 1 or world_size < 1:
+        raise ValueError(
+            f"batch sizes must be positive: total_batch_size={total_batch_size}, "
+            f"per-device batch_size={per_device_batch_size}, devices x nodes={world_size}"
+        )
+    per_step = per_device_batch_size * world_size
+    if total_batch_size % per_step:
+        raise ValueError(
+            f"model.total_batch_size={total_batch_size} is not divisible by data batch_size {per_device_batch_size} "
+            f"x {world_size} device(s) = {per_step}. Fix: choose data.init_args.batch_size and trainer.devices so "
+            f"that their product divides {total_batch_size}, or set model.total_batch_size to a multiple of {per_step}."
+        )
+    return total_batch_size // per_step
+
+
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float,
+    lr_10x: bool,
+    is_new_parameter: Callable[[str], bool],
+) -> list[dict]:
+    """AdamW parameter groups: every trainable tensor gets `weight_decay` (the official recipe decays biases and
+    norms too); the newly initialised ones (`is_new_parameter`) get `10 * lr` when `lr_10x` is on.
+
+    Returns one or two groups, named "clip" and "new" (key `name`, for the learning-rate monitor); empty groups
+    are left out.
+    """
+    base, new = [], []
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        (new if lr_10x and is_new_parameter(name) else base).append(param)
+    groups = [
+        {"name": "clip", "params": base, "lr": lr, "weight_decay": weight_decay},
+        {"name": "new", "params": new, "lr": 10.0 * lr, "weight_decay": weight_decay},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("no trainable parameters: check the model.freeze_* options")
+    return groups
