@@ -1,4 +1,5 @@
-"""The TC-CLIP model core: plain torch, no Lightning.
+"""The TC-CLIP model core: plain torch, no Lightning. It imports nothing else from tcclip, so it can be copied or
+used on its own.
 
 The config classes import without torch; the rest is imported on first use (`from tcclip.model import
 create_model` works as usual).
