@@ -25,10 +25,9 @@ from rich.table import Table
 
 import tcclip
 from tcclip.inference.export import export
-from tcclip.model.checkpoint import load_model as load_checkpoint
-from tcclip.model.checkpoint import save_model
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
+from tcclip.training.checkpoints import save_model
 
 DEMO_NETWORK = TCCLIPConfig(
     arch="test-tiny", num_frames=8, positional_embedding_type="joint", context_token_k=8, tome_r=4,
@@ -68,7 +67,7 @@ def main() -> None:
     out = export(ckpt, work / "exported", onnx=True)
     export_seconds = time.perf_counter() - start
 
-    original = load_checkpoint(ckpt, None)
+    original = tcclip.load_model(ckpt)
     exported = tcclip.load_model(out)
     cfg = exported.cfg
     size = cfg.clip.vision.image_size

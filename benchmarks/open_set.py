@@ -35,10 +35,18 @@ from rich.table import Table
 
 from tcclip.cli.calibrate import fit_calibration
 from tcclip.data.labels import read_annotations
-from tcclip.inference.calibration import calibrated_probabilities, expected_calibration_error, negative_log_likelihood
-from tcclip.inference.openset import SCORES, all_scores, auroc, fpr_at_recall, logit_scale
+from tcclip.inference.openset import (
+    SCORES,
+    all_scores,
+    auroc,
+    calibrated_probabilities,
+    expected_calibration_error,
+    fpr_at_recall,
+    logit_scale,
+    negative_log_likelihood,
+)
 from tcclip.inference.predict import evaluating, load_clip_views, video_view_logits
-from tcclip.training.portable import load_model
+from tcclip.training.checkpoints import load_model
 
 
 def score_list(model, root: Path, lists: list[str], views: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,8 @@ __all__ = ["__version__", "load_model", "predict", "timeline"]
 def __getattr__(name: str):
     # Lazy so that `import tcclip` (and the CLI's --help) stays fast and torch-free until needed.
     if name == "load_model":
-        from tcclip.training.portable import load_model
+        # The one loader of every kind of weights: a tcclip .ckpt, an export folder, a save_model file, an official .pth
+        from tcclip.training.checkpoints import load_model
 
         return load_model
     if name == "predict":

@@ -979,9 +979,9 @@ CASES: list[Case] = [
 def tiny_checkpoint(tmp_path_factory) -> Path:
     import torch
 
-    from tcclip.model.checkpoint import save_model
     from tcclip.model.config import TCCLIPConfig
     from tcclip.model.factory import create_model
+    from tcclip.training.checkpoints import save_model
 
     torch.manual_seed(0)
     cfg = TCCLIPConfig(arch="test-tiny", num_frames=4, context_token_k=4, tome_r=4, prompt_generation_layer_level=(2,))
@@ -1004,9 +1004,9 @@ def tiny_lightning_checkpoint(tmp_path_factory) -> Path:
     """The network of configs/demo.yaml in the layout `tcclip fit` saves, under a run's checkpoints/ folder."""
     import torch
 
-    from tcclip.model.checkpoint import lightning_checkpoint
     from tcclip.model.config import TCCLIPConfig
     from tcclip.model.factory import create_model
+    from tcclip.training.checkpoints import lightning_checkpoint
 
     torch.manual_seed(0)
     cfg = TCCLIPConfig(

@@ -11,20 +11,17 @@ import torch
 import tcclip
 from tcclip.cli import main as cli_main
 from tcclip.cli.calibrate import fit_calibration
-from tcclip.inference.calibration import (
-    Calibration,
+from tcclip.inference.openset import (
     calibrated_probabilities,
     expected_calibration_error,
     fit_temperature,
-    read_sidecar,
-    sidecar_path,
     view_log_probabilities,
-    write_sidecar,
 )
 from tcclip.inference.predict import predict
-from tcclip.model.checkpoint import lightning_checkpoint
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
+from tcclip.training.calibration_record import Calibration, read_sidecar, sidecar_path, write_sidecar
+from tcclip.training.checkpoints import lightning_checkpoint
 from tcclip.utils.errors import UserError
 
 
@@ -80,7 +77,7 @@ def test_fit_calibration_lowers_ece_of_an_overconfident_model():
 def test_sidecar_round_trip_and_refusals(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"weights v1")
-    from tcclip.inference.calibration import file_sha256
+    from tcclip.training.calibration_record import file_sha256
 
     cal = Calibration(temperature=1.3, threshold=0.5, class_names=("a", "b"), checkpoint_sha256=file_sha256(ckpt))
     path = write_sidecar(cal, ckpt)
@@ -125,7 +122,7 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
     # predict applies the temperature: softmax(log p / T) of the view-averaged probabilities p
     frames = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8)
     calibrated = predict(loaded, frames, top_k=3, views="2x1")
-    tcclip.inference.calibration.attach(loaded, None)
+    tcclip.training.calibration_record.attach(loaded, None)
     plain = predict(loaded, frames, top_k=3, views="2x1")
     p = torch.tensor([prob for _, prob in sorted(plain)], dtype=torch.float64)
     expected = (p.log() / stored["temperature"]).softmax(-1)
@@ -136,7 +133,7 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
 
 
 def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(caplog):
-    from tcclip.inference.calibration import TEMPERATURE_BOUNDS
+    from tcclip.inference.openset import TEMPERATURE_BOUNDS
 
     g = torch.Generator().manual_seed(0)
     names = ["a", "b", "c"]

@@ -13,22 +13,25 @@ from omegaconf import OmegaConf
 
 from tcclip.cli import commands as cli
 from tcclip.inference.convert import main as convert_main
-from tcclip.model.checkpoint import (
+from tcclip.model.clip_backbone import load_clip_state_dict
+from tcclip.model.config import TCCLIPConfig
+from tcclip.model.errors import ModelError
+from tcclip.model.factory import build_model, create_model
+from tcclip.model.official import (
     IGNORED_OFFICIAL_KEYS,
     NOT_IN_OFFICIAL,
+    official_config_to_tcclip,
+    to_official_state_dict,
+)
+from tcclip.model.weights import wise_ft
+from tcclip.training.checkpoints import (
     CheckpointError,
     lightning_checkpoint,
     load_model,
     load_official_checkpoint,
-    official_config_to_tcclip,
-    safe_load,
     save_model,
-    to_official_state_dict,
-    wise_ft,
 )
-from tcclip.model.clip_backbone import load_clip_state_dict
-from tcclip.model.config import TCCLIPConfig
-from tcclip.model.factory import build_model, create_model
+from tcclip.training.safe_load import safe_load
 from tcclip.utils.finite import NonFiniteError
 
 NAMES = ["ApplyEyeMakeup", "brush_hair", "YoYo"]
@@ -166,7 +169,7 @@ def test_official_config_mapping():
     vanilla = {"trainer_name": "ViFiCLIP", "zs_eval": True, "n_ctx": 4, "context_length": 30}
     assert official_config_to_tcclip(vanilla) == {"model": "clip", "context_length": 30}
     assert official_config_to_tcclip({"trainer_name": "ViFiCLIP", "zs_eval": False})["model"] == "vifi_clip"
-    with pytest.raises(CheckpointError, match="tome_d"):
+    with pytest.raises(ModelError, match="tome_d"):
         official_config_to_tcclip({"trainer_name": "TCCLIP", "tome_d": 2})
 
 

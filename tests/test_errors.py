@@ -62,3 +62,52 @@ def test_check_format_refuses_other_formats_and_newer_versions():
         with pytest.raises(UserError) as err:
             check_format(record, name="tcclip-x", version=2, what="x record", path="x.json", fix="redo it")
         assert phrase in str(err.value) and str(err.value).startswith("x.json: ")
+
+
+def test_model_core_errors_are_presented_as_user_errors(monkeypatch, capsys):
+    # The model core cannot import UserError; its ValueErrors carry the same fields and read the same way.
+    import pytest
+
+    from tcclip.model.config import TCCLIPConfig
+    from tcclip.model.errors import ModelConfigError, WeightsError
+    from tcclip.utils.errors import ConfigError, as_user_error, user_error_in_chain
+
+    with pytest.raises(ModelConfigError) as info:
+        TCCLIPConfig(tome_r=-2)
+    assert isinstance(info.value, ValueError) and not isinstance(info.value, UserError)
+    assert info.value.key == "model_config.tome_r"
+    shown = as_user_error(info.value, path="m.ckpt")
+    assert isinstance(shown, ConfigError) and shown.key == "model_config.tome_r"
+    assert shown.format() == (
+        "m.ckpt: model_config.tome_r: must be >= 1, got -2. Fix model.model_config.tome_r in the config (or the "
+        "checkpoint's setting)."
+    )
+    assert as_user_error(info.value).format() == str(info.value)  # the same text with or without the conversion
+    weights = WeightsError("w.pth: does not fit", fix="Check the settings.")
+    assert type(as_user_error(weights)) is UserError and as_user_error(weights).format() == str(weights)
+    assert as_user_error(ValueError("a bug")) is None and as_user_error(None) is None
+    try:
+        raise RuntimeError("a library's wrapper") from weights
+    except RuntimeError as outer:
+        assert user_error_in_chain(outer).format() == str(weights)
+
+    # raised straight out of a command (no library wrapped it): one paragraph, exit code 2
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "boom", cli.Command("tests_boom", "raise an error"))
+    monkeypatch.setattr(cli, "_run", lambda module, argv: TCCLIPConfig(context_token_k=0))
+    assert cli.main(["boom"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tcclip boom: error: model_config.context_token_k: must be >= 1, got 0.")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_model_core_has_no_checkpoint_loader():
+    import pytest
+
+    import tcclip
+    import tcclip.model
+    from tcclip.training.checkpoints import load_model
+
+    assert tcclip.load_model is load_model
+    for name, where in [("load_model", "tcclip.load_model"), ("save_model", "tcclip.training.checkpoints.save_model")]:
+        with pytest.raises(AttributeError, match=f"{name}.*use {where}"):
+            getattr(tcclip.model, name)

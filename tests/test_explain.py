@@ -110,10 +110,10 @@ def test_layer_must_exist(model, video):
 
 
 def test_cli_writes_pngs_a_gif_and_the_numbers(model, video, tmp_path):
-    from tcclip.model import checkpoint
+    from tcclip.training import checkpoints
 
     ckpt = tmp_path / "tiny.ckpt"
-    checkpoint.save_model(model, ckpt)
+    checkpoints.save_model(model, ckpt)
     out = tmp_path / "explain"
     args = [str(video), "--checkpoint", str(ckpt), "--labels", ",".join(CLASSES), "--out", str(out)]
     assert ex.main([*args, "--format", "both", "--top-k", "3", "--device", "cpu"]) == 0
@@ -130,10 +130,10 @@ def test_cli_writes_pngs_a_gif_and_the_numbers(model, video, tmp_path):
 
 
 def test_cli_reports_an_unreadable_video(model, tmp_path):
-    from tcclip.model import checkpoint
+    from tcclip.training import checkpoints
 
     ckpt = tmp_path / "tiny.ckpt"
-    checkpoint.save_model(model, ckpt)
+    checkpoints.save_model(model, ckpt)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"nothing")
     assert ex.main([str(bad), "--checkpoint", str(ckpt), "--labels", "a,b", "--out", str(tmp_path / "o")]) == 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,12 @@ import torch
 
 import tcclip
 from tcclip.cli import main as cli_main
-from tcclip.inference.calibration import Calibration, write_sidecar
 from tcclip.inference.export import OFFICIAL_LICENCE, RANDOM_INIT_NOTE, export, licence_note
-from tcclip.model.checkpoint import lightning_checkpoint, save_model
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
-from tcclip.training.portable import load_exported
+from tcclip.training.calibration_record import Calibration, write_sidecar
+from tcclip.training.checkpoints import lightning_checkpoint, save_model
+from tcclip.training.portable import load_exported, write_exported
 
 CLASSES = ["run", "jump", "swim"]
 TINY = TCCLIPConfig(
@@ -163,3 +165,21 @@ def test_onnx_matches_eager_fp32(tmp_path, lightning_run):
         assert (onnx_logits - eager).abs().max() <= 1e-4 * eager.abs().max()
         agree += int(onnx_logits.argmax() == eager.argmax())
     assert agree == 50
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_exported_files_get_the_usual_mode(tmp_path, lightning_run, umask):
+    # Colleagues on a shared cluster load an export as they read any other file the owner writes: safetensors
+    # writes its file readable by its owner only, which the export must not pass on.
+    out = export(lightning_run, tmp_path / "exported")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    direct = write_exported(tiny_model(), tmp_path / "direct")  # the Python API, outside a staged folder
+    assert stat.S_IMODE((direct / "model.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -25,9 +25,9 @@ CFG = TCCLIPConfig(arch="test-tiny", num_frames=4, context_token_k=4, tome_r=4, 
 
 def save_tiny_checkpoint(model, path: Path) -> Path:
     """Our checkpoint format, written by the checkpoint module (shared with test_explain)."""
-    from tcclip.model import checkpoint
+    from tcclip.training import checkpoints
 
-    checkpoint.save_model(model, path)
+    checkpoints.save_model(model, path)
     return path
 
 

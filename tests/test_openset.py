@@ -11,7 +11,6 @@ import torch
 
 import tcclip
 from tcclip.cli import main as cli_main
-from tcclip.inference.calibration import Calibration, attach, write_sidecar
 from tcclip.inference.openset import (
     NONE_OF_THE_ABOVE,
     SCORES,
@@ -23,9 +22,10 @@ from tcclip.inference.openset import (
     threshold_for_recall,
 )
 from tcclip.inference.predict import predict
-from tcclip.model.checkpoint import save_model
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
+from tcclip.training.calibration_record import Calibration, attach, write_sidecar
+from tcclip.training.checkpoints import save_model
 from tcclip.utils.errors import UserError
 
 CLASSES = ["run", "jump", "swim", "climb"]

@@ -36,19 +36,11 @@ PARSERS = ("argparse", "jsonargparse")
 KNOWN: set[str] = {
     # training
     "module: tcclip/training/module.py",
-    "layer: tcclip.training.callbacks -> tcclip.inference.calibration",
-    "layer: tcclip.training.portable -> tcclip.inference.calibration",
     # model core and inference
-    "layer: tcclip.model.checkpoint -> tcclip.data.labels",
-    "layer: tcclip.model.checkpoint -> tcclip.utils.errors",
-    "layer: tcclip.model.checkpoint -> tcclip.utils.finite",
-    "layer: tcclip.model.config -> tcclip.utils.errors",
-    "module: tcclip/model/checkpoint.py",
     "module: tcclip/inference/predict.py",
     "module: tcclip/inference/timeline.py",
     "function: tcclip/inference/timeline.py:stream_windows",
     "function: tcclip/inference/timeline.py:timeline",
-    "function: tcclip/inference/export.py:model_card",
     # speed
     "module: tcclip/model/kernels.py",
     # data and experiments

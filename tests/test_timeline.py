@@ -145,9 +145,9 @@ def test_outputs_and_rejection(tmp_path):
 
 
 def test_timeline_command(tmp_path, capsys):
-    from tcclip.model.checkpoint import save_model
     from tcclip.model.config import TCCLIPConfig
     from tcclip.model.factory import create_model
+    from tcclip.training.checkpoints import save_model
 
     colour_video(tmp_path / "v.mp4", [("red", 2), ("blue", 2)])
     cfg = TCCLIPConfig(
@@ -171,7 +171,7 @@ def test_python_api_names():
     import tcclip.inference.timeline  # importing the modules must not shadow the functions
 
     assert tcclip.timeline is timeline
-    from tcclip.training.portable import load_model
+    from tcclip.training.checkpoints import load_model
 
     assert tcclip.load_model is load_model
 

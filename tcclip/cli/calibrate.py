@@ -3,7 +3,7 @@
 The checkpoint's network scores every video of the config's validation list (its test pipeline and views); then
 `fit_calibration` fits the temperature by NLL, measures the expected calibration error before and after, and picks
 the threshold of every rejection score that accepts `--target-recall` of those (in-distribution) videos. The
-result is written next to the checkpoint as `<ckpt>.calibration.json` (`tcclip.inference.calibration`), which
+result is written next to the checkpoint as `<ckpt>.calibration.json` (`tcclip.training.calibration_record`), which
 `tcclip.load_model`, `tcclip predict`, `tcclip timeline` and `tcclip export` pick up.
 """
 
@@ -19,18 +19,19 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
-from tcclip.inference.calibration import (
-    Calibration,
+from tcclip.inference.openset import (
+    DEFAULT_SCORE,
+    SCORES,
+    all_scores,
     calibrated_probabilities,
     expected_calibration_error,
-    file_sha256,
     fit_temperature,
     negative_log_likelihood,
     poor_fit_reasons,
+    threshold_for_recall,
     view_log_probabilities,
-    write_sidecar,
 )
-from tcclip.inference.openset import DEFAULT_SCORE, SCORES, all_scores, threshold_for_recall
+from tcclip.training.calibration_record import Calibration, file_sha256, write_sidecar
 from tcclip.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tcclip.inference.openset import logit_scale
     from tcclip.inference.predict import resolve_device
-    from tcclip.model.checkpoint import CheckpointError, load_model
+    from tcclip.training.checkpoints import CheckpointError, load_model
 
     parser = build_parser()
     own, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = read_config_files(args.config, overrides)
     ckpt = resolve_checkpoint(args.ckpt_path, config, args.config)
     try:
-        model = load_model(ckpt, None)
+        model = load_model(ckpt, None, calibration=False)  # a stale record beside it is about to be replaced
     except CheckpointError as err:
         raise UserError(str(err), fix="give a checkpoint written by tcclip fit or convert-checkpoint") from err
     model = model.to(resolve_device(args.device))

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import NamedTuple
 
-from tcclip.utils.errors import UserError, environment_error, user_error_in_chain
+from tcclip.utils.errors import UserError, as_user_error, environment_error, user_error_in_chain
 
 INTERRUPTED_EXIT_CODE = 130
 """Exit code after Ctrl-C (128 + SIGINT, as a shell reports a process that SIGINT ended)."""
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted(argv)
         raise
     except Exception as error:
-        wrapped = wrapped_user_error(error) or environment_error(error)
+        # the model core's errors are ValueErrors (it cannot import UserError); as_user_error presents them as one
+        wrapped = as_user_error(error) or wrapped_user_error(error) or environment_error(error)
         if wrapped is None:
             raise
         return _report(wrapped, argv)

@@ -41,13 +41,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from tcclip.data.datamodule import VideoDataModule
 from tcclip.data.resumable import RestoreLoaderPosition
-from tcclip.model.checkpoint import safe_load
 from tcclip.model.config import CLIPCfg
 from tcclip.training.callbacks import PredictionsJSON, ResultsJSON, RunGuard
 from tcclip.training.checkpoint_io import AtomicCheckpointIO, checkpoint_kind, lightning_layout, refuse_for_fit
 from tcclip.training.module import TCCLIPModule
 from tcclip.training.preemption import Preemption
 from tcclip.training.runs import LAST_PATTERNS, find_checkpoint, run_folder_of
+from tcclip.training.safe_load import safe_load
 from tcclip.utils.errors import UserError, user_error_in_chain
 from tcclip.utils.outputs import atomic_write
 

@@ -1,8 +1,8 @@
 """`tcclip convert-checkpoint OFFICIAL.pth OUT.ckpt`: an official TC-CLIP checkpoint as a tcclip Lightning checkpoint.
 
-The output (`tcclip.model.checkpoint.lightning_checkpoint`) holds the network's weights and its `model_config`, so
-`tcclip.load_model` and `tcclip validate/test --ckpt_path` read it. The official file's embedded config is taken as
-written, never resolved (see `tcclip.model.checkpoint`); settings it lacks, or gives as interpolations, come from
+The output (`tcclip.training.checkpoints.lightning_checkpoint`) holds the network's weights and its `model_config`,
+so `tcclip.load_model` and `tcclip validate/test --ckpt_path` read it. The official file's embedded config is taken
+as written, never resolved (see `tcclip.model.official`); settings it lacks, or gives as interpolations, come from
 `--config model.yaml`. The output appears whole or not at all (`tcclip.utils.outputs`).
 """
 
@@ -16,16 +16,12 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 
-from tcclip.model.checkpoint import (
-    NOT_IN_OFFICIAL,
-    CheckpointError,
-    check_state_dict,
-    lightning_checkpoint,
-    load_official_checkpoint,
-    official_config_to_tcclip,
-)
 from tcclip.model.config import TCCLIPConfig
-from tcclip.utils.errors import UserError
+from tcclip.model.errors import ModelError
+from tcclip.model.official import NOT_IN_OFFICIAL, official_config_to_tcclip
+from tcclip.model.weights import check_state_dict
+from tcclip.training.checkpoints import CheckpointError, lightning_checkpoint, load_official_checkpoint
+from tcclip.utils.errors import UserError, as_user_error
 from tcclip.utils.outputs import atomic_write
 
 
@@ -87,7 +83,10 @@ def convert(
     official, out = Path(official), Path(out)
     state, official_cfg = load_official_checkpoint(official)
     yaml = read_yaml_settings(Path(config)) if config is not None else {}
-    cfg = model_settings(official_cfg, yaml, Path(config) if config is not None else None, str(official))
+    try:
+        cfg = model_settings(official_cfg, yaml, Path(config) if config is not None else None, str(official))
+    except ModelError as err:  # an interpolation, or a setting this implementation does not have
+        raise as_user_error(err) from err
     try:
         model = create_model(cfg, (), clip_weights=clip_weights)
     except (OSError, RuntimeError) as err:
@@ -97,7 +96,10 @@ def convert(
         ) from err
     own = model.state_dict()
     state = {**state, **{k: own[k] for k in NOT_IN_OFFICIAL if k in own}}
-    check_state_dict(model, state, str(official))
+    try:
+        check_state_dict(model, state, str(official))
+    except ModelError as err:
+        raise as_user_error(err) from err
     model.load_state_dict(state, strict=True)
     checkpoint = lightning_checkpoint(model)
     atomic_write(out, lambda f: torch.save(checkpoint, f), what="converted checkpoint")

@@ -22,7 +22,7 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import nn
 
-from tcclip.inference.calibration import Calibration, model_calibration
+from tcclip.training.calibration_record import Calibration, model_calibration
 from tcclip.utils.errors import UserError
 from tcclip.utils.outputs import check_output_folder, staged_folder
 
@@ -52,7 +52,7 @@ def checkpoint_provenance(path: Path) -> dict[str, Any]:
         from tcclip.training.portable import read_config
 
         return dict(read_config(path).get("provenance") or {"kind": "export"})
-    from tcclip.model.checkpoint import safe_load
+    from tcclip.training.safe_load import safe_load
 
     obj = safe_load(path)
     if not isinstance(obj, Mapping):
@@ -145,11 +145,11 @@ def model_card(
     calibration: Calibration | None,
     onnx_file: str | None,
 ) -> str:
+    """The export's README.md: how to load it, then one section each for the architecture, the training, the
+    metrics, the calibration, the ONNX graph (with `--onnx`) and the licence."""
     cfg = model.cfg
-    clip = cfg.clip
-    names = list(model.class_names)
     lines = [
-        f"# TC-CLIP video classifier ({cfg.model}, {cfg.arch}, {len(names)} classes)",
+        f"# TC-CLIP video classifier ({cfg.model}, {cfg.arch}, {len(model.class_names)} classes)",
         "",
         "Exported with `tcclip export`. Load it without pickle:",
         "",
@@ -161,6 +161,34 @@ def model_card(
         "",
         "## Architecture",
         "",
+        *_architecture(cfg, list(model.class_names)),
+        "",
+        "## Training data and protocol",
+        "",
+        *_training(provenance, train_config),
+        "",
+        "## Metrics",
+        "",
+        *_metrics(results),
+        "",
+        "## Calibration and rejection",
+        "",
+        *_calibration(calibration),
+    ]
+    if onnx_file:
+        lines += [
+            "",
+            "## ONNX",
+            "",
+            f"`{onnx_file}`: video [B, T, 3, S, S] float32 -> logits [B, C] for the class list above (baked in).",
+        ]
+    lines += ["", "## Licence", "", licence_note(provenance), ""]
+    return "\n".join(lines)
+
+
+def _architecture(cfg: Any, names: list[str]) -> list[str]:
+    clip = cfg.clip
+    return [
         f"- Network: `{cfg.model}` (TC-CLIP: Temporally Contextualized CLIP, Kim et al., ECCV 2024), CLIP `{cfg.arch}`:"
         f" {clip.vision.image_size} px frames, patch {clip.vision.patch_size}, vision width {clip.vision.width} x "
         f"{clip.vision.layers} layers, text width {clip.text.width} x {clip.text.layers} layers, embedding "
@@ -172,59 +200,54 @@ def model_card(
         f"- Full settings: `model_config` in `config.json`. Classes ({len(names)}): "
         + ", ".join(f"`{n}`" for n in names[:40])
         + (" ..." if len(names) > 40 else ""),
-        "",
-        "## Training data and protocol",
-        "",
     ]
-    hp = provenance.get("hyper_parameters") or {}
+
+
+def _training(provenance: Mapping[str, Any], train_config: Mapping[str, Any]) -> list[str]:
     kind = provenance.get("kind")
     if kind == "official":
-        lines.append("- Converted from an official TC-CLIP release checkpoint; see the paper for its training data.")
-    elif kind == "lightning":
-        data = train_config.get("data") or provenance.get("data") or {}
-        if data:
-            lines.append(f"- Data module: `{json.dumps(_plain(data), sort_keys=True)}`")
-        if train_config.get("max_epochs") is not None:
-            lines.append(f"- Configured epochs: {train_config['max_epochs']}")
-        lines.append(f"- Checkpoint at epoch {provenance.get('epoch')}, step {provenance.get('global_step')}.")
-        if hp:
-            lines.append(f"- Hyper-parameters: `{json.dumps(hp, sort_keys=True)}`")
-        train_names = provenance.get("train_class_names") or []
-        if train_names:
-            lines.append(f"- Trained on {len(train_names)} classes: " + ", ".join(train_names[:40]))
-    else:
-        lines.append("- Not recorded in the checkpoint.")
-    lines += ["", "## Metrics", ""]
-    if results:
-        lines += ["| evaluation set | videos | top-1 (%) | top-5 (%) |", "| --- | --- | --- | --- |"]
-        for name, s in (results.get("sets") or {}).items():
-            lines.append(f"| {name} | {s.get('num_videos', '')} | {s.get('top1', '')} | {s.get('top5', '')} |")
-        meta = {k: results.get(k) for k in ("protocol", "dataset", "variant", "stage") if results.get(k) is not None}
-        lines += ["", f"From the run's `results.json` ({json.dumps(meta)})."]
-    else:
-        lines.append("No `results.json` was found next to the checkpoint.")
-    lines += ["", "## Calibration and rejection", ""]
+        return ["- Converted from an official TC-CLIP release checkpoint; see the paper for its training data."]
+    if kind != "lightning":
+        return ["- Not recorded in the checkpoint."]
+    lines = []
+    hp = provenance.get("hyper_parameters") or {}
+    data = train_config.get("data") or provenance.get("data") or {}
+    if data:
+        lines.append(f"- Data module: `{json.dumps(_plain(data), sort_keys=True)}`")
+    if train_config.get("max_epochs") is not None:
+        lines.append(f"- Configured epochs: {train_config['max_epochs']}")
+    lines.append(f"- Checkpoint at epoch {provenance.get('epoch')}, step {provenance.get('global_step')}.")
+    if hp:
+        lines.append(f"- Hyper-parameters: `{json.dumps(hp, sort_keys=True)}`")
+    train_names = provenance.get("train_class_names") or []
+    if train_names:
+        lines.append(f"- Trained on {len(train_names)} classes: " + ", ".join(train_names[:40]))
+    return lines
+
+
+def _metrics(results: Mapping[str, Any] | None) -> list[str]:
+    if not results:
+        return ["No `results.json` was found next to the checkpoint."]
+    lines = ["| evaluation set | videos | top-1 (%) | top-5 (%) |", "| --- | --- | --- | --- |"]
+    for name, s in (results.get("sets") or {}).items():
+        lines.append(f"| {name} | {s.get('num_videos', '')} | {s.get('top1', '')} | {s.get('top5', '')} |")
+    meta = {k: results.get(k) for k in ("protocol", "dataset", "variant", "stage") if results.get(k) is not None}
+    return [*lines, "", f"From the run's `results.json` ({json.dumps(meta)})."]
+
+
+def _calibration(calibration: Calibration | None) -> list[str]:
     if calibration is None:
-        lines.append("Not calibrated (`tcclip calibrate` fits a temperature and a rejection threshold).")
-    else:
-        rep = calibration.report
-        lines.append(f"- Temperature T = {calibration.temperature:.4g} (fitted by NLL on a validation list).")
-        if "ece_before" in rep:
-            lines.append(f"- ECE on that list: {rep['ece_before']:.4f} before, {rep['ece_after']:.4f} after.")
-        if calibration.threshold is not None:
-            lines.append(
-                f'- Rejection ("none of the above"): score `{calibration.score}` >= {calibration.threshold:.6g}, '
-                f"chosen to accept {100 * (calibration.target_recall or 0):.0f}% of the validation videos."
-            )
-    if onnx_file:
-        lines += [
-            "",
-            "## ONNX",
-            "",
-            f"`{onnx_file}`: video [B, T, 3, S, S] float32 -> logits [B, C] for the class list above (baked in).",
-        ]
-    lines += ["", "## Licence", "", licence_note(provenance), ""]
-    return "\n".join(lines)
+        return ["Not calibrated (`tcclip calibrate` fits a temperature and a rejection threshold)."]
+    rep = calibration.report
+    lines = [f"- Temperature T = {calibration.temperature:.4g} (fitted by NLL on a validation list)."]
+    if "ece_before" in rep:
+        lines.append(f"- ECE on that list: {rep['ece_before']:.4f} before, {rep['ece_after']:.4f} after.")
+    if calibration.threshold is not None:
+        lines.append(
+            f'- Rejection ("none of the above"): score `{calibration.score}` >= {calibration.threshold:.6g}, '
+            f"chosen to accept {100 * (calibration.target_recall or 0):.0f}% of the validation videos."
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
@@ -282,7 +305,8 @@ def export(
     onnx_batch: int = 1,
 ) -> Path:
     """Export a checkpoint (any format `tcclip.load_model` reads) to `out_dir`; returns `out_dir`."""
-    from tcclip.training.portable import load_model, write_exported
+    from tcclip.training.checkpoints import load_model
+    from tcclip.training.portable import write_exported
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.exists():
@@ -292,7 +316,7 @@ def export(
     check_export_folder(out_dir)
     if onnx_batch < 1:
         raise UserError(f"--onnx-batch (onnx_batch=) must be >= 1, got {onnx_batch}", fix="e.g. 1")
-    from tcclip.model.checkpoint import CheckpointError
+    from tcclip.training.safe_load import CheckpointError
 
     try:
         model = load_model(checkpoint, class_names)

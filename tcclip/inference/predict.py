@@ -24,8 +24,8 @@ from jsonargparse import ArgumentParser, Namespace
 from rich.markup import escape
 from torch import Tensor, nn
 
-from tcclip.inference.calibration import calibrated_probabilities, model_calibration
-from tcclip.inference.openset import OpenSetPrediction, Rejector, decide
+from tcclip.inference.openset import OpenSetPrediction, Rejector, calibrated_probabilities, decide
+from tcclip.training.calibration_record import model_calibration
 from tcclip.utils.errors import UserError
 from tcclip.utils.finite import check_finite_logits
 
@@ -430,7 +430,7 @@ def load_model_from_args(args: Namespace) -> nn.Module:
     Raises:
         UserError: a bad --device, --checkpoint, --labels or --label-file, or a checkpoint that cannot be loaded.
     """
-    from tcclip.training.portable import load_model
+    from tcclip.training.checkpoints import load_model
 
     device = resolve_device(args.device)  # first: the cheapest mistake to find
     path = check_checkpoint_path(args.checkpoint)

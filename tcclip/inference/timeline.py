@@ -381,8 +381,7 @@ def timeline(
             window length, over the stretch where the change can lie (a second, partial decode; 0: off, boundaries
             half-way between window centres). The windows themselves keep their labels.
     """
-    from tcclip.inference.calibration import calibrated_probabilities
-    from tcclip.inference.openset import Rejector
+    from tcclip.inference.openset import Rejector, calibrated_probabilities
     from tcclip.inference.predict import (
         Views,
         check_views_memory,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from tcclip.model.errors import ModelConfigError
+
 ModelKind = Literal["tc_clip", "vifi_clip", "clip"]
 
 
@@ -106,11 +108,9 @@ class CLIPCfg:
         )
 
 
-def _bad(name: str, message: str) -> ValueError:
-    """A ConfigError (a UserError and a ValueError) naming the setting as a config file spells it."""
-    from tcclip.utils.errors import ConfigError
-
-    return ConfigError(
+def _bad(name: str, message: str) -> ModelConfigError:
+    """A `ModelConfigError` (a ValueError) naming the setting as a config file spells it."""
+    return ModelConfigError(
         f"model_config.{name}",
         message,
         fix=f"Fix model.model_config.{name} in the config (or the checkpoint's setting).",
@@ -218,9 +218,7 @@ class TCCLIPConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            from tcclip.utils.errors import ConfigError
-
-            raise ConfigError(
+            raise ModelConfigError(
                 "model_config",
                 f"unknown settings {sorted(unknown)}",
                 fix=f"The settings are {', '.join(sorted(names))}.",

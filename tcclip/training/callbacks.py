@@ -63,7 +63,7 @@ def weights_sha256(path: str | Path) -> str | None:
 
     Remembered per (path, size, modification time): a run's every validation names the same file.
     """
-    from tcclip.inference.calibration import file_sha256
+    from tcclip.training.calibration_record import file_sha256
     from tcclip.training.portable import WEIGHTS_FILE
 
     path = Path(path)

@@ -8,7 +8,7 @@ transaction, which on a local disk writes to the system's temporary folder and t
 unlink when that folder is on another filesystem. A checkpoint whose weights are not finite is never written, so a
 diverged run cannot replace a good `last.ckpt` (docs/reliability.md).
 
-Reading: through `tcclip.model.checkpoint.safe_load`, the project's one checkpoint reader (no pickled code runs,
+Reading: through `tcclip.training.safe_load.safe_load`, the project's one checkpoint reader (no pickled code runs,
 unreadable files give a one-paragraph error). `--ckpt_path` of `validate`, `test` and `score` may also name weights
 without a training state, a `save_model` file or a `tcclip export` folder: `lightning_layout` gives them the layout
 of a Lightning checkpoint with an empty training state (as `tcclip convert-checkpoint` writes), so they are evaluated
@@ -25,7 +25,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from tcclip.model.checkpoint import safe_load
+from tcclip.training.safe_load import safe_load
 from tcclip.utils.errors import UserError
 from tcclip.utils.finite import check_finite_state
 from tcclip.utils.outputs import atomic_write
@@ -56,8 +56,7 @@ def lightning_layout(path: str | Path) -> dict[str, Any]:
     Raises:
         UserError: an official `.pth` (it must be converted first) or a file of no known layout.
     """
-    from tcclip.model.checkpoint import lightning_checkpoint
-    from tcclip.training.portable import load_model
+    from tcclip.training.checkpoints import lightning_checkpoint, load_model
 
     path = Path(path)
     obj = None if path.is_dir() else safe_load(path)

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from tcclip.data.mixup import MixupCutmix
-from tcclip.model.checkpoint import read_checkpoint, wise_ft
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
+from tcclip.model.weights import wise_ft
+from tcclip.training.checkpoints import read_checkpoint
 from tcclip.training.schedule import accumulation_steps, param_groups, schedule_steps, warmup_cosine_scheduler
 from tcclip.utils.errors import ConfigError, UserError
 from tcclip.utils.finite import NonFiniteError, check_finite_logits
@@ -241,7 +242,7 @@ class TCCLIPModule(L.LightningModule):
             wise_ft_weight=wise_ft_weight,
         )
         self.save_hyperparameters()
-        # Plain types only in hparams, so checkpoints load with weights_only=True (checkpoint.load_model reads this).
+        # Plain types only in hparams, so checkpoints load with weights_only=True (tcclip.load_model reads this).
         self.hparams["model_config"] = model_config.to_dict()
         self.model_config = model_config
         self.model = build_network(model_config, clip_weights)

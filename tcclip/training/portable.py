@@ -7,10 +7,9 @@ Layout written by `write_exported` (and `tcclip export`):
                                  "class_names": [...], "calibration": Calibration record or null, "tcclip_version"}
     OUT_DIR/README.md           model card (written by `tcclip.inference.export`)
 
-`load_exported` reads it with `safetensors.torch.load_file` and `json`: nothing is unpickled. `load_model` is the
-one entry point (`tcclip.load_model`): a directory is read this way, a file through the checkpoint loader, and
-either way the calibration that goes with the weights (config.json's, or the `<ckpt>.calibration.json` sidecar) is
-attached to the returned model as `model.calibration`.
+`load_exported` reads it with `safetensors.torch.load_file` and `json`: nothing is unpickled, and attaches the
+calibration of config.json to the model as `model.calibration`. `tcclip.load_model`
+(`tcclip.training.checkpoints.load_model`) reads such a folder this way, and every checkpoint file.
 """
 
 from __future__ import annotations
@@ -22,8 +21,9 @@ from typing import Any
 
 from torch import nn
 
-from tcclip.inference.calibration import Calibration, attach, read_sidecar
+from tcclip.training.calibration_record import Calibration, attach
 from tcclip.utils.errors import UserError, check_format
+from tcclip.utils.outputs import give_usual_mode
 
 EXPORT_FORMAT = "tcclip-export"
 EXPORT_VERSION = 1
@@ -56,6 +56,7 @@ def write_exported(
     # safetensors refuses tensors that share storage; every state-dict entry is copied to its own contiguous buffer.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
+    give_usual_mode(out_dir / WEIGHTS_FILE)  # safetensors writes it readable by its owner only
     config = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
@@ -130,43 +131,3 @@ def load_exported(directory: str | Path, class_names: Sequence[str] | None = Non
     record = config.get("calibration")
     calibration = None if record is None else Calibration.from_dict(record, str(directory / CONFIG_FILE))
     return attach(model.eval(), calibration)
-
-
-def load_model(
-    checkpoint: str | Path,
-    class_names: Sequence[str] | None = None,
-    clip_weights: str | Path | None = None,
-    **overrides,
-) -> nn.Module:
-    """An eval-mode network from an exported directory, a tcclip `.ckpt`, a `save_model` file or an official `.pth`.
-
-    Args:
-        checkpoint: the directory or file.
-        class_names: classes of the logits; None uses the ones stored with the weights.
-        clip_weights: token embedding source for official checkpoints (see `tcclip.model.checkpoint.load_model`).
-        **overrides: model settings (checkpoint files only).
-
-    The calibration stored with the weights (`tcclip calibrate`) is attached as `model.calibration` (None if none).
-
-    Raises:
-        LabelFileError: `class_names` is one string, holds a non-string, or repeats a class (also after
-            lower-casing), as `--labels` is refused.
-    """
-    from tcclip.data.labels import as_class_names
-
-    class_names = as_class_names(class_names)
-    path = Path(checkpoint)
-    if path.is_dir():
-        if not is_exported_dir(path):
-            raise UserError(
-                f"is a directory without {CONFIG_FILE} and {WEIGHTS_FILE}",
-                path=path,
-                fix="give a checkpoint file, or a directory written by `tcclip export`",
-            )
-        if overrides or clip_weights is not None:
-            raise UserError("an exported model takes no model overrides or clip_weights", path=path, fix="drop them")
-        return load_exported(path, class_names)
-    from tcclip.model.checkpoint import load_model as load_checkpoint
-
-    model = load_checkpoint(path, class_names, clip_weights=clip_weights, **overrides)
-    return attach(model, read_sidecar(path))

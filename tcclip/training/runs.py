@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcclip.model.checkpoint import CheckpointError, safe_load
+from tcclip.training.safe_load import CheckpointError, safe_load
 from tcclip.utils.errors import UserError
 from tcclip.utils.outputs import is_temporary
 

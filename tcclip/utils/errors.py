@@ -4,6 +4,10 @@ Every command raises `UserError` for bad input (a missing file, a malformed line
 letting a library's exception surface as a traceback. `tcclip.cli.main` prints it as one paragraph on stderr,
 prefixed with the command, and exits with `UserError.exit_code` (2, as argparse does for usage errors). Anything
 else that escapes is a bug and keeps its traceback.
+
+The model core (`tcclip.model`) imports nothing from here; its errors (`tcclip.model.errors`) are `ValueError`s that
+carry the same fields and mark themselves `user_fixable`. `as_user_error` presents them as a `UserError` (a
+`ConfigError` when they name a setting), with the same text.
 """
 
 from __future__ import annotations
@@ -96,12 +100,37 @@ def _strip_worker_traceback(message: str, cls: type) -> str:
     return message.rsplit(marker, 1)[1].strip() if marker in message else message
 
 
+def as_user_error(error: BaseException | None, path: str | Path | None = None, fix: str = "") -> UserError | None:
+    """`error` as a `UserError`: itself, or an error of the model core (marked `user_fixable`) as a `ConfigError`
+    (it names a setting: `key`) or a `UserError` with the same text; None for any other exception.
+
+    Args:
+        error: the exception.
+        path: the file the model core's error is about (a checkpoint whose setting is refused), if the caller knows.
+        fix: replaces the model core's own fix (a caller knows better where the value came from).
+    """
+    if isinstance(error, UserError):
+        return error
+    if error is None or not getattr(error, "user_fixable", False):
+        return None
+    message, fix = getattr(error, "message", str(error)), fix or getattr(error, "fix", "")
+    key = getattr(error, "key", None)
+    if key is not None:
+        converted: UserError = ConfigError(key, getattr(error, "reason", message), path=path, fix=fix)
+    else:
+        converted = UserError(message, path=path, fix=fix)
+    converted.__cause__ = error
+    return converted
+
+
 def user_error_in_chain(error: BaseException | None) -> UserError | None:
-    """The first `UserError` in an exception's chain of causes and contexts (the exception itself included)."""
+    """The first `UserError` (or model core error, `as_user_error`) in an exception's chain of causes and contexts
+    (the exception itself included)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
-            return error
+        converted = as_user_error(error)
+        if converted is not None:
+            return converted
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -9,6 +9,11 @@ a failure also removes the temporary files. The leading dot keeps globs such as 
 temporary file that a killed writer left behind. Writing to a temporary folder elsewhere and moving the result
 would not do: across file systems a move is a copy plus an unlink, which a kill can interrupt halfway (see
 docs/reliability.md).
+
+Every file and folder written here gets the mode any new file gets (`0666 & ~umask`, folders `0777 & ~umask`), read
+when it is written: the temporary names come from `mkstemp` / `mkdtemp`, which make them private (0600 / 0700), and
+some libraries write privately too (safetensors), but an output on a shared cluster must be readable by whoever the
+umask lets read it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ __all__ = [
     "atomic_write_texts",
     "check_output_folder",
     "check_writable_folder",
+    "current_umask",
     "fsync_dir",
+    "give_usual_mode",
     "is_temporary",
     "staged_files",
     "staged_folder",
@@ -39,13 +46,33 @@ TMP_PREFIX = "."
 TMP_MARK = ".tmp-"
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
+def current_umask() -> int:
+    """The process's umask now (it may change while the process runs).
+
+    Read from /proc where Linux has it: setting the umask to read it back (the only portable way) would, for an
+    instant, let another thread create files with no umask at all.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-_FILE_MODE = _file_mode()  # what open() would give a new file (mkstemp's are private)
+def give_usual_mode(path: str | os.PathLike) -> None:
+    """Give a file (or a folder) the mode a new one gets from open() (mkdir): `0666 & ~umask` (`0777 & ~umask`),
+    keeping a file's execute bits where the umask allows them."""
+    umask = current_umask()
+    mode = os.stat(path).st_mode
+    if os.path.isdir(path):
+        os.chmod(path, 0o777 & ~umask)
+    else:
+        os.chmod(path, (0o666 | (mode & 0o111)) & ~umask)
 
 
 def is_temporary(path: Path) -> bool:
@@ -131,7 +158,7 @@ class _Stage:
                 fix="Choose an output folder you can write to.",
             ) from None
         os.close(fd)
-        os.chmod(name, _FILE_MODE)
+        give_usual_mode(name)  # mkstemp's file is private; the output is not
         self.pending.append((Path(name), final))
         return Path(name)
 
@@ -146,6 +173,7 @@ class _Stage:
                 )
         for temp, final in self.pending:
             try:
+                give_usual_mode(temp)  # also when the writer replaced the file by a private one of its own
                 _fsync_file(temp)  # the bytes are on disk before a name points at them
             except OSError as err:
                 raise _write_error(final, self.what or "file", err) from err
@@ -271,14 +299,15 @@ def staged_folder(final: str | os.PathLike, option: str, ours: frozenset[str], w
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}{TMP_MARK}{os.getpid()}-", dir=final.parent))
-        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp's folder is private; a new output folder is not
+        give_usual_mode(temp)  # mkdtemp's folder is private; a new output folder is not
     except OSError as err:
         raise _write_error(final, what, err) from err
     try:
         try:
             yield temp
             for path in temp.rglob("*"):
-                if path.is_file():
+                if path.is_file() and not path.is_symlink():
+                    give_usual_mode(path)  # whatever wrote it (safetensors writes its files private)
                     _fsync_file(path)
             fsync_dir(temp)
         except OSError as err:
@@ -298,9 +327,3 @@ def staged_folder(final: str | os.PathLike, option: str, ours: frozenset[str], w
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)  # gone already after a successful rename
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

@@ -1,14 +1,10 @@
-"""Calibrated probabilities and a stored rejection threshold (design: docs/open_set.md).
+"""What a checkpoint carries about its own confidence: the `Calibration` record that `tcclip calibrate` measures,
+and where it is kept.
 
-Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) divides the model's
-log-probabilities by one scalar T fitted on a validation list by negative log-likelihood. It is applied to the log of
-the *view-averaged* probabilities, the quantity the predictor reports: `softmax(log p / T)` with
-`p = mean_v softmax(z_v)`. With one view this is exactly `softmax(z / T)`; with several it is a monotone map of `p`,
-so the ranking of the classes, and hence top-1, never changes.
-
-The result lives next to the checkpoint in `<checkpoint>.calibration.json` (see `Calibration.to_json`), written by
-`tcclip calibrate`, read by `tcclip.load_model` (which attaches it to the model as `model.calibration`), carried into
-`tcclip export`'s `config.json`, and used by `tcclip predict` (temperature always, threshold with `--reject`).
+Next to a checkpoint file it is the sidecar `<checkpoint>.calibration.json` (`write_sidecar` / `read_sidecar`; a
+sidecar fitted on another version of the file, by SHA-256, is refused); in a `tcclip export` folder it is the
+`calibration` entry of `config.json`. `tcclip.load_model` attaches it to the model it returns as
+`model.calibration`. Fitting and applying it (temperature scaling, rejection scores) is `tcclip.inference.openset`.
 """
 
 from __future__ import annotations
@@ -22,8 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from tcclip.utils.errors import UserError, check_format
 
@@ -152,88 +147,3 @@ def check_class_names(calibration: Calibration, names: Sequence[str], what: str 
         )
         return False
     return True
-
-
-# ------------------------------------------------------------------------------------------------- the maths
-
-
-def view_log_probabilities(view_logits: Tensor) -> Tensor:
-    """log of the view-averaged softmax: view_logits [B, V, C] -> [B, C] (float64 inside for small probabilities)."""
-    log_p = view_logits.double().log_softmax(-1)  # [B, V, C]
-    return (log_p.logsumexp(1) - math.log(view_logits.shape[1])).to(view_logits.dtype)
-
-
-def calibrated_probabilities(view_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """softmax(log p / T) with p the view-averaged softmax of view_logits [B, V, C]; [B, C] float32."""
-    if temperature == 1.0:
-        return view_logits.float().softmax(-1).mean(1)  # p itself, exactly as the uncalibrated predictor
-    return (view_log_probabilities(view_logits.double()) / temperature).softmax(-1).float()
-
-
-TEMPERATURE_BOUNDS = (0.05, 20.0)
-"""The range a fitted temperature is kept in. Beyond 20 every probability is close to uniform (a list on which the
-model is right no more often than chance, or too few videos, drives T towards infinity); below 0.05 they are all 0
-or 1. The NLL is convex in 1/T, so the best T within the range is the unbounded optimum clamped to it."""
-
-
-def fit_temperature(
-    log_probs: Tensor, labels: Tensor, max_iter: int = 100, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
-) -> float:
-    """The T in `bounds` minimising the NLL of softmax(log_probs / T) on labels: LBFGS on log T (so T stays
-    positive), clamped to `bounds` (callers warn when it reaches one: `poor_fit_reasons`).
-
-    Args:
-        log_probs: [N, C] log-probabilities (or logits) of the validation videos.
-        labels: [N] true classes.
-    """
-    if log_probs.shape[0] == 0:
-        raise ValueError("no validation videos to fit a temperature on")
-    x = log_probs.detach().double()
-    y = labels.long()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimiser.step(closure)
-    temperature = float(log_t.detach().exp())
-    lo, hi = bounds
-    if math.isnan(temperature):  # LBFGS left the finite range: the better end of the range
-        nll = {t: float(torch.nn.functional.cross_entropy(x / t, y)) for t in (lo, hi)}
-        return min(nll, key=nll.__getitem__)
-    return min(max(temperature, lo), hi)
-
-
-def poor_fit_reasons(temperature: float, nll_after: float, num_classes: int, top1: float) -> list[str]:
-    """Why a fitted calibration should not be trusted (empty when it looks sound)."""
-    reasons = []
-    lo, hi = TEMPERATURE_BOUNDS
-    if temperature >= hi or temperature <= lo:
-        reasons.append(f"the temperature reached the bound {temperature:g} of the range {lo:g}..{hi:g}")
-    chance_nll = math.log(num_classes)
-    if nll_after > 0.9 * chance_nll:
-        reasons.append(f"the calibrated NLL {nll_after:.3f} is close to that of uniform guessing ({chance_nll:.3f})")
-    if top1 <= 100.0 / num_classes:
-        reasons.append(f"top-1 {top1:.1f}% is no better than chance ({100.0 / num_classes:.1f}%)")
-    return reasons
-
-
-def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
-    """Top-label ECE with `n_bins` equal-width confidence bins (torchmetrics' multiclass calibration error, L1)."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
-    return float(
-        multiclass_calibration_error(
-            probs.float(), labels.long(), num_classes=probs.shape[-1], n_bins=n_bins, norm="l1"
-        )
-    )
-
-
-def negative_log_likelihood(probs: Tensor, labels: Tensor) -> float:
-    picked = probs.double().gather(1, labels.long()[:, None]).clamp_min(1e-300)
-    return float(-picked.log().mean())
