@@ -177,6 +177,7 @@ def load_model(
     checkpoint: str | Path,
     class_names: Sequence[str] | None = None,
     clip_weights: str | Path | None = None,
+    *,
     calibration: bool = True,
     **overrides: Any,
 ) -> nn.Module:
