@@ -54,7 +54,7 @@ def official_tensors() -> dict[str, list[int]]:
 @pytest.fixture(scope="session")
 def data_synth(tmp_path_factory) -> Path:
     """A tiny synthetic dataset (3 classes x 5 videos, 32 px, 8-12 frames, mp4/avi/webm) with protocol splits."""
-    from tcclip.data.splits import make_synthetic_protocol_splits
+    from tcclip.data.custom_splits import make_synthetic_protocol_splits
     from tcclip.data.synth import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data_synth")

@@ -1035,7 +1035,7 @@ def checkpoint_with_a_string_setting(tiny_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def one_class_data(tmp_path_factory) -> Path:
-    from tcclip.data.splits import make_synthetic_protocol_splits
+    from tcclip.data.custom_splits import make_synthetic_protocol_splits
     from tcclip.data.synth import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("one_class_data")

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tcclip.cli import commands as cli
-from tcclip.data import splits
+from tcclip.data import custom_splits, splits
 from tcclip.data.labels import read_annotations, read_class_names
 
 COMMIT = "8728fe4ca2b27f00e7235ed8f81f59cb933c8ed9"
@@ -127,7 +127,7 @@ def test_make_refuses_more_shots_than_videos(custom_list, capsys):
 
 
 def test_seeded_class_split_is_a_partition():
-    base, novel = splits.split_classes(11, "seeded", seed=3)
+    base, novel = custom_splits.split_classes(11, "seeded", seed=3)
     assert len(base) == 6 and sorted(base + novel) == list(range(11))
-    assert (base, novel) == splits.split_classes(11, "seeded", seed=3)
+    assert (base, novel) == custom_splits.split_classes(11, "seeded", seed=3)
     assert base != list(range(6))

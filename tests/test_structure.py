@@ -44,11 +44,6 @@ KNOWN: set[str] = {
     # speed
     "module: tcclip/model/kernels.py",
     # data and experiments
-    "layer: tcclip.data.datamodule -> tcclip.experiments.protocols",
-    "module: tcclip/data/splits.py",
-    "module: tcclip/experiments/sweep.py",
-    "function: tcclip/data/synth.py:render_video",
-    "function: tcclip/data/synth.py:make_synthetic_dataset",
     # command line
     "function: tcclip/experiments/sweep.py:main",
     "function: tcclip/inference/predict.py:main",

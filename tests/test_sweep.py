@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.experiments import protocols, sweep
-from tcclip.experiments.cells import write_plan
+from tcclip.experiments import protocols, slurm_arrays, sweep
+from tcclip.experiments.cells import SweepSettings, find_eval_checkpoint, write_plan
 from tcclip.experiments.protocols import Selection, build_grid
-from tcclip.experiments.sweep import SlurmOptions, SweepSettings, find_eval_checkpoint, planned, render_job_script
+from tcclip.experiments.slurm_arrays import SlurmOptions, planned, render_job_script
 
 FAKE_TCCLIP = r"""#!/usr/bin/env bash
 # Fake tcclip: logs its command line, writes a last.ckpt (a copy of a real one, fit) or a results.json one folder
@@ -220,7 +220,7 @@ def _run_task(script: Path, index: int, fake: dict[str, Path]) -> subprocess.Com
 def test_two_submissions_in_one_second_each_train_their_own_cell(
     fake: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sweep.time, "strftime", lambda *a: "20260101-000000")  # the same second, for sure
+    monkeypatch.setattr(slurm_arrays.time, "strftime", lambda *a: "20260101-000000")  # the same second, for sure
     assert _submit(fake, "2") == 0 and _submit(fake, "4") == 0
     scripts = sorted((fake["root"] / "runs" / "slurm").glob("*.sbatch"))
     plans = sorted((fake["root"] / "runs" / "slurm").glob("*.json"))
@@ -298,13 +298,13 @@ def test_slurm_resources_sbatch_would_refuse_are_one_clear_error(
 
 
 def test_slurm_time_formats() -> None:
-    assert sweep.time_limit_s("30") == 1800 and sweep.time_limit_s("30:15") == 1815
-    assert sweep.time_limit_s("24:00:00") == 86400 and sweep.time_limit_s("2-12") == 2 * 86400 + 12 * 3600
-    assert sweep.time_limit_s("1-0:30") == 86400 + 1800 and sweep.time_limit_s("1-0:0:5") == 86405
-    assert sweep.time_limit_s("UNLIMITED") is None
+    assert slurm_arrays.time_limit_s("30") == 1800 and slurm_arrays.time_limit_s("30:15") == 1815
+    assert slurm_arrays.time_limit_s("24:00:00") == 86400 and slurm_arrays.time_limit_s("2-12") == 2 * 86400 + 12 * 3600
+    assert slurm_arrays.time_limit_s("1-0:30") == 86400 + 1800 and slurm_arrays.time_limit_s("1-0:0:5") == 86405
+    assert slurm_arrays.time_limit_s("UNLIMITED") is None
     for bad in ("banana", "1:2:3:4", "-5", "0", "1h", ""):
         with pytest.raises(ValueError):
-            sweep.time_limit_s(bad)
+            slurm_arrays.time_limit_s(bad)
 
 
 @pytest.mark.parametrize(

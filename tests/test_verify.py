@@ -11,7 +11,7 @@ from tcclip.cli.data import main as data_main
 
 @pytest.fixture
 def copy(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
-    from tcclip.data.splits import make_synthetic_protocol_splits
+    from tcclip.data.custom_splits import make_synthetic_protocol_splits
     from tcclip.data.synth import make_synthetic_dataset
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

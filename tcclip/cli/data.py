@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsed = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     args = parsed[parsed.command]
     if parsed.command == "synth":
-        from tcclip.data.splits import make_synthetic_protocol_splits
+        from tcclip.data.custom_splits import make_synthetic_protocol_splits
         from tcclip.data.synth import run as synth
 
         code = synth(args, parser)

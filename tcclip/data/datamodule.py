@@ -32,14 +32,13 @@ from torch.utils.data import DataLoader
 from tcclip.data.dataset import BrokenVideoLog, EvalCollate, VideoDataset
 from tcclip.data.distributed import EvalDistributedSampler
 from tcclip.data.labels import read_class_names
+from tcclip.data.protocol_splits import PROTOCOLS, ProtocolSplits, SplitFiles
 from tcclip.data.resumable import TrainSampler
 from tcclip.data.splits import default_splits_dir, require_split_file
-from tcclip.experiments.protocols import DATA_PROTOCOLS, SEEDS, SHOTS
 from tcclip.utils.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = DATA_PROTOCOLS
 DATA_ROOT_ENV = "TCCLIP_DATA_ROOT"
 
 
@@ -49,27 +48,6 @@ class EvalSet:
 
     name: str
     class_names: list[str]
-
-
-@dataclass(frozen=True)
-class SplitFiles:
-    """An annotation list and the label files that go with it, relative to the splits directory."""
-
-    name: str
-    """"train", or the evaluation set's name ("split1", "base", "novel", "val", ...)."""
-    annotations: str
-    labels: str
-    """Label CSV (class names)."""
-    llm_labels: str | None = None
-    """LLM-rephrased descriptions (JSON), if the release has them."""
-
-
-@dataclass(frozen=True)
-class ProtocolSplits:
-    train: SplitFiles | None
-    """None for evaluation-only protocols (zero-shot targets)."""
-    val: tuple[SplitFiles, ...]
-    test: tuple[SplitFiles, ...]
 
 
 def _check_loader_settings(**values: object) -> None:
@@ -388,30 +366,6 @@ class VideoDataModule(LightningDataModule):
 
 def _replace_list(split: SplitFiles, annotations: str) -> SplitFiles:
     return SplitFiles(split.name, annotations, split.labels, split.llm_labels)
-
-
-# -- helpers shared by the family tables -------------------------------------------------------------------------------
-OFFICIAL_SHOTS = SHOTS
-OFFICIAL_SEEDS = SEEDS
-
-
-def check_choice(name: str, value: int, allowed: Sequence[int], family: str) -> int:
-    if value not in allowed:
-        raise ValueError(
-            f"{family}: data.{name}={value} has no official split; choose one of {', '.join(map(str, allowed))}"
-        )
-    return value
-
-
-def base2novel_splits(
-    folder: str, seed: int, base_labels: str, novel_labels: str, base_llm: str | None, novel_llm: str | None
-) -> ProtocolSplits:
-    """Official base-to-novel layout: train ``fs_base_s{seed}_train.txt``; validate on base; test on base and novel."""
-    lists = f"datasets_splits/base2novel_splits/{folder}"
-    base = SplitFiles("base", f"{lists}/base_val.txt", base_labels, base_llm)
-    novel = SplitFiles("novel", f"{lists}/novel_val.txt", novel_labels, novel_llm)
-    train = SplitFiles("train", f"{lists}/fs_base_s{seed}_train.txt", base_labels, base_llm)
-    return ProtocolSplits(train, (base,), (base, novel))
 
 
 class VideoListDataModule(VideoDataModule):

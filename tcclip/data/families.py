@@ -25,15 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tcclip.data.datamodule import (
-    OFFICIAL_SEEDS,
-    OFFICIAL_SHOTS,
-    ProtocolSplits,
-    SplitFiles,
-    VideoDataModule,
-    base2novel_splits,
-    check_choice,
-)
+from tcclip.data.datamodule import VideoDataModule
+from tcclip.data.protocol_splits import SEEDS, SHOTS, ProtocolSplits, SplitFiles, base2novel_splits, check_choice
 
 SPLITS = "datasets_splits"
 LABELS = "labels"
@@ -51,7 +44,7 @@ class Kinetics400(VideoDataModule):
             val = SplitFiles("val", f"{SPLITS}/k400_splits/val.txt", labels, llm)
             return ProtocolSplits(SplitFiles("train", f"{SPLITS}/k400_splits/train.txt", labels, llm), (val,), (val,))
         if self.protocol == "base2novel":
-            seed = check_choice("seed", self.seed, OFFICIAL_SEEDS, "Kinetics400")
+            seed = check_choice("seed", self.seed, SEEDS, "Kinetics400")
             base, novel = f"{LABELS}/kinetics_400_base_labels.csv", f"{LABELS}/kinetics_400_novel_labels.csv"
             llms = f"{LLM}/kinetics_400_base_llm_labels.json", f"{LLM}/kinetics_400_novel_llm_labels.json"
             return base2novel_splits("k400_splits", seed, base, novel, *llms)
@@ -96,11 +89,11 @@ class _SplitsOf3(VideoDataModule):
         if self.protocol == "zero_shot":
             return ProtocolSplits(None, tests, tests)
         if self.protocol == "few_shot":
-            shots = check_choice("shots", self.shots, OFFICIAL_SHOTS, type(self).__name__)
+            shots = check_choice("shots", self.shots, SHOTS, type(self).__name__)
             train = SplitFiles("train", f"{SPLITS}/{self.folder}/train1_few_shot_{shots}.txt", labels, llm)
             return ProtocolSplits(train, tests[:1], tests[:1])
         if self.protocol == "base2novel":
-            seed = check_choice("seed", self.seed, OFFICIAL_SEEDS, type(self).__name__)
+            seed = check_choice("seed", self.seed, SEEDS, type(self).__name__)
             base, novel = f"{LABELS}/{stem}_base_labels.csv", f"{LABELS}/{stem}_novel_labels.csv"
             base_llm, novel_llm = f"{LLM}/{stem}_base_llm_labels.json", f"{LLM}/{stem}_novel_llm_labels.json"
             return base2novel_splits(self.folder, seed, base, novel, base_llm, novel_llm)
@@ -135,13 +128,13 @@ class SSv2(VideoDataModule):
         labels = f"{LABELS}/ssv2_labels.csv"
         val = SplitFiles("val", f"{SPLITS}/ssv2_splits/validation.txt", labels)
         if self.protocol == "few_shot":
-            shots = check_choice("shots", self.shots, OFFICIAL_SHOTS, "SSv2")
+            shots = check_choice("shots", self.shots, SHOTS, "SSv2")
             train = SplitFiles("train", f"{SPLITS}/ssv2_splits/train1_few_shot_{shots}.txt", labels)
             return ProtocolSplits(train, (val,), (val,))
         if self.protocol == "fully_supervised":
             return ProtocolSplits(SplitFiles("train", f"{SPLITS}/ssv2_splits/train.txt", labels), (val,), (val,))
         if self.protocol == "base2novel":
-            seed = check_choice("seed", self.seed, OFFICIAL_SEEDS, "SSv2")
+            seed = check_choice("seed", self.seed, SEEDS, "SSv2")
             base, novel = f"{LABELS}/ssv2_174_base_labels.csv", f"{LABELS}/ssv2_174_novel_labels.csv"
             return base2novel_splits("ssv2_splits", seed, base, novel, None, None)
         if self.protocol in ("temporal", "static"):
@@ -157,7 +150,7 @@ class Synthetic(VideoDataModule):
     """The synthetic dataset of ``tcclip data synth`` under every protocol, for smoke runs.
 
     ``root`` is the synthetic dataset folder; its protocol lists (``<root>/splits``, written by
-    ``tcclip.data.splits.make_synthetic_protocol_splits``) are created on first use. Few-shot K larger than the
+    ``tcclip.data.custom_splits.make_synthetic_protocol_splits``) are created on first use. Few-shot K larger than the
     training videos of a class uses all of them. zero_shot trains on train.txt, validates on val.txt and tests on
     "split1" = test.txt; the other protocols train on train.txt (few-shot / base lists for those protocols) and
     evaluate on test.txt.
@@ -172,7 +165,7 @@ class Synthetic(VideoDataModule):
     def _resolve_splits_dir(self, splits_dir: str | None) -> Path:
         if splits_dir:
             return Path(splits_dir).expanduser()
-        from tcclip.data.splits import make_synthetic_protocol_splits
+        from tcclip.data.custom_splits import make_synthetic_protocol_splits
 
         if not (self.root / "splits" / "llm_labels.json").is_file():
             make_synthetic_protocol_splits(self.root)

@@ -185,20 +185,9 @@ def render_video(
     short = min(height - top, width)
     t = np.linspace(0.0, 1.0, num_frames)  # normalised time of each frame
 
-    # Background: random colour + linear gradient in a random direction; fresh Gaussian noise in every frame.
-    base = rng.uniform(30, 225, size=3)
-    if colour is not None:
-        fixed = np.clip(np.asarray(colour, dtype=np.float64) + rng.uniform(-20, 20, size=3), 0, 255)
-        while np.linalg.norm(base - fixed) < 120.0:
-            base = rng.uniform(30, 225, size=3)
-    direction = rng.uniform(0, 2 * math.pi)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    ramp = (np.cos(direction) * xs / width + np.sin(direction) * ys / height)[..., None]
-    background = base + rng.uniform(-30, 30, size=3) * ramp
-    noise_std = rng.uniform(2.0, 8.0)
-
+    base, fixed, background, noise_std = _background(rng, height, width, colour)
     outline = _shape_polygon(SHAPES[rng.integers(len(SHAPES))])
-    colour = _random_colour(rng, base) if colour is None else fixed
+    colour = _random_colour(rng, base) if fixed is None else fixed
     colours = np.repeat(colour[None], num_frames, axis=0)
     radius = np.full(num_frames, rng.uniform(0.12, 0.2) * short)
     angle = np.full(num_frames, rng.uniform(0, 2 * math.pi))
@@ -244,14 +233,34 @@ def render_video(
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for i in range(num_frames):
         rot = np.array([[math.cos(angle[i]), -math.sin(angle[i])], [math.sin(angle[i]), math.cos(angle[i])]])
-        polygon = outline @ rot.T * radius[i] + np.array([cx[i], cy[i]])
         canvas = background.copy()
-        _fill_convex(canvas, polygon, colours[i])
+        _fill_convex(canvas, outline @ rot.T * radius[i] + np.array([cx[i], cy[i]]), colours[i])
         canvas += rng.normal(0.0, noise_std, size=canvas.shape)
         frames[i] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
         if stamp:
             draw_index_stamp(frames[i], i)
     return frames
+
+
+def _background(
+    rng: np.random.Generator, height: int, width: int, colour: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, float]:
+    """(base colour, the shape's jittered fixed colour or None, background [H, W, 3] float, noise std) of one video.
+
+    The background is a random colour plus a linear gradient in a random direction (fresh Gaussian noise of the
+    returned std is added to every frame); with a fixed shape colour the base colour is kept away from it.
+    """
+    base = rng.uniform(30, 225, size=3)
+    fixed = None
+    if colour is not None:
+        fixed = np.clip(np.asarray(colour, dtype=np.float64) + rng.uniform(-20, 20, size=3), 0, 255)
+        while np.linalg.norm(base - fixed) < 120.0:
+            base = rng.uniform(30, 225, size=3)
+    direction = rng.uniform(0, 2 * math.pi)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    ramp = (np.cos(direction) * xs / width + np.sin(direction) * ys / height)[..., None]
+    background = base + rng.uniform(-30, 30, size=3) * ramp
+    return base, fixed, background, float(rng.uniform(2.0, 8.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,6 +320,21 @@ def _split_counts(videos_per_class: int) -> tuple[int, int, int]:
     return videos_per_class - 2 * held_out, held_out, held_out
 
 
+def _class_names(num_classes: int, classes: Sequence[str] | None) -> list[str]:
+    """The dataset's classes in label order: `classes` (distinct known names) or the first `num_classes`."""
+    if classes is None:
+        if not 1 <= num_classes <= len(CLASS_NAMES):
+            raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
+        return list(CLASS_NAMES[:num_classes])
+    unknown = [c for c in classes if c not in CLASS_NAMES]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(
+            f"classes {list(classes)} must be distinct names from {', '.join(CLASS_NAMES)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    return list(classes)
+
+
 def make_synthetic_dataset(
     out_dir: str | Path,
     num_classes: int = 10,
@@ -341,16 +365,8 @@ def make_synthetic_dataset(
             the class: an easy variant for demos of training from random weights. Off by default, where only the
             motion tells the classes apart.
     """
-    if classes is not None:
-        unknown_classes = [c for c in classes if c not in CLASS_NAMES]
-        if unknown_classes or not classes or len(set(classes)) != len(classes):
-            raise ValueError(
-                f"classes {list(classes)} must be distinct names from {', '.join(CLASS_NAMES)}"
-                + (f"; unknown: {', '.join(unknown_classes)}" if unknown_classes else "")
-            )
-        num_classes = len(classes)
-    elif not 1 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
+    class_names = _class_names(num_classes, classes)
+    num_classes = len(class_names)
     unknown = [f for f in formats if f not in ENCODERS]
     if unknown or not formats:
         raise ValueError(f"formats {list(formats)} must be a non-empty subset of {list(ENCODERS)}")
@@ -368,7 +384,6 @@ def make_synthetic_dataset(
     splits = dict(zip(("train", "val", "test"), _split_counts(videos_per_class), strict=True))
 
     root.mkdir(parents=True, exist_ok=True)
-    class_names = list(classes) if classes is not None else list(CLASS_NAMES[:num_classes])
     lines: dict[str, list[str]] = {name: [] for name in splits}
     started = time.perf_counter()
     for label, name in enumerate(class_names):

@@ -1,10 +1,10 @@
 """The one table of TC-CLIP's evaluation protocols: datasets, shots, seeds, variants, recipes and the grid of cells.
 
 Everything that enumerates experiments reads it: the sweep runner (`tcclip.experiments.sweep`), the tables
-(`tcclip.experiments.results`,
-beside the published numbers of `tcclip.experiments.paper_results`), the config generator (`configs/generate.py`), the
-data
-modules (which protocols and official K / seed values exist) and the tests. See docs/protocols.md.
+(`tcclip.experiments.results`, beside the published numbers of `tcclip.experiments.paper_results`), the config
+generator (`configs/generate.py`) and the tests. Which protocols, few-shot K and base-to-novel seeds have split files
+is defined by the data (`tcclip.data.protocol_splits`); the grids here are built on those values. See
+docs/protocols.md.
 
 The protocols are those of the paper's experiments (TC-CLIP, ECCV 2024, Sec. 4): zero-shot (train on Kinetics-400,
 evaluate on HMDB-51, UCF-101 and Kinetics-600), few-shot (K = 2, 4, 8, 16 videos per class), base-to-novel (three
@@ -13,7 +13,8 @@ subsets of Kinetics-400 and SSv2 (classes that need motion, classes one frame su
 one recipe (the paper's implementation details). Variants: `plain` (class names), `llm` (LLM-rephrased class names),
 `pretrained` (start from the zero-shot Kinetics-400 TC-CLIP, the paper's "(P)" rows).
 
-This module is plain data and small functions: it imports nothing from torch, Lightning or the rest of tcclip.
+This module is plain data and small functions: it imports nothing from torch or Lightning, and from the rest of
+tcclip only the plain data of `tcclip.data.protocol_splits`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from tcclip.data.protocol_splits import EVAL_SUBSETS, PROTOCOLS, SEEDS, SHOTS, TRAINED_PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -68,18 +71,14 @@ DATASETS: dict[str, Dataset] = {
 }
 DATASET_ALIASES: dict[str, str] = {**{d.short: d.name for d in DATASETS.values()}, **{n: n for n in DATASETS}}
 
-GRIDS: tuple[str, ...] = ("zero_shot", "few_shot", "base2novel", "fully_supervised")
+# Which protocols, K values and seeds have split files is the data's knowledge (`tcclip.data.protocol_splits`);
+# the grids are built on it.
+GRIDS: tuple[str, ...] = TRAINED_PROTOCOLS
 """Protocols with a grid of paper cells (what `tcclip sweep --grid` runs)."""
-EVAL_SUBSETS: tuple[str, ...] = ("temporal", "static")
-"""Evaluation-only class subsets (no training of their own)."""
-DATA_PROTOCOLS: tuple[str, ...] = GRIDS + EVAL_SUBSETS
-"""Every value `data.protocol` accepts."""
+DATA_PROTOCOLS: tuple[str, ...] = PROTOCOLS
+"""Every value `data.protocol` accepts (the grids and the evaluation-only subsets `EVAL_SUBSETS`)."""
 
 VARIANTS: tuple[str, ...] = ("plain", "llm", "pretrained")
-SHOTS: tuple[int, ...] = (2, 4, 8, 16)
-"""Few-shot K values with official training lists."""
-SEEDS: tuple[int, ...] = (1, 2, 3)
-"""Base-to-novel training splits with official lists."""
 ZERO_SHOT_TARGETS: tuple[str, ...] = ("hmdb51", "ucf101", "k600")
 ZERO_SHOT_SPLITS: int = 3
 """Test splits per zero-shot target (results are their mean and standard deviation)."""
