@@ -175,10 +175,8 @@ def validation_logits(
 ):
     """(view logits [N, V, C], labels [N], class names) of one validation set of the data module; a list shorter
     than `min_videos` is refused before any video is scored."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from tcclip.inference.predict import evaluating, use_labels, video_view_logits
+    from tcclip.utils.progress import progress_bar
 
     datamodule.setup("validate")
     sets = list(datamodule.val_sets)
@@ -193,7 +191,7 @@ def validation_logits(
     if listed is not None and listed < max(MIN_VIDEOS if min_videos is None else min_videos, 2):
         check_calibration_set(torch.zeros(listed), eval_set.class_names, min_videos)
     logits, labels = [], []
-    with Progress(console=Console(stderr=True), transient=True, disable=quiet) as progress, evaluating(model):
+    with progress_bar(unit="percent", enabled=not quiet) as progress, evaluating(model):
         task = progress.add_task(f"scoring {eval_set.name}", total=len(loader))
         for batch in loader:
             if batch["video"].shape[0]:

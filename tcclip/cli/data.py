@@ -234,10 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(args: jsonargparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from tcclip.data.video_reader import available_backends, resolve_backend
+    from tcclip.utils.progress import progress_bar
 
     console = Console(stderr=True)
     try:
@@ -260,9 +260,7 @@ def _check(args: jsonargparse.Namespace) -> int:
     verify_with = None
     if args.verify_frames:
         verify_with = next((b for b in available_backends() if b != backend), backend)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    ) as progress:
+    with progress_bar(console=console, transient=False) as progress:
         task = progress.add_task(f"checking videos under {root}", total=total)
         results = check_lists(
             lists, Path(root), backend, num_frames, args.workers, lambda: progress.advance(task), verify_with

@@ -66,25 +66,17 @@ class RichUi(Ui):
 
     @contextmanager
     def download(self, name: str) -> Iterator:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from tcclip.utils.progress import progress_bar
 
-        columns = (TextColumn(name), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, transient=True) as progress:
+        with progress_bar(name, unit="bytes", console=self.console) as progress:
             task = progress.add_task(name, total=None)
             yield lambda done, total: progress.update(task, completed=done, total=total)
 
     @contextmanager
     def extract(self, name: str) -> Iterator:
-        from rich.progress import Progress, SpinnerColumn, TextColumn
+        from tcclip.utils.progress import progress_bar
 
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=self.console, transient=True) as p:
+        with progress_bar(unit="spinner", eta=False, console=self.console) as p:
             task = p.add_task(f"extracting {name}", total=None)
             count = [0]
 
@@ -126,10 +118,10 @@ def run_verify(args: jsonargparse.Namespace, load_datamodule, check_video, parts
     import os
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tcclip.data.verify import datamodule_lists, kinetics_notes, verify
     from tcclip.data.video_reader import resolve_backend
+    from tcclip.utils.progress import progress_bar
 
     console = Console(stderr=True)
     overrides = {"root": str(args.root)} if args.root else {}
@@ -137,8 +129,7 @@ def run_verify(args: jsonargparse.Namespace, load_datamodule, check_video, parts
     backend = resolve_backend(args.backend or dm.backend)
     specs = datamodule_lists(dm, parts[args.stage])
     workers = args.workers or max(1, min(8, os.cpu_count() or 1))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(console=console) as progress:
         task = progress.add_task(f"decoding videos under {dm.root}", total=None)
         report = verify(
             dm.dataset_name,

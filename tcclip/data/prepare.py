@@ -302,9 +302,9 @@ def _size(num_bytes: int) -> str:
 def run(args: jsonargparse.Namespace) -> int:
     """``tcclip data prepare`` with its parsed options; returns the exit code (1 if any video failed)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tcclip.data.labels import read_annotations
+    from tcclip.utils.progress import progress_bar
 
     lists = [Path(p) for p in args.lists]
     settings = PrepareSettings(args.short_side, args.keyframe_interval, args.crf, args.preset, args.fast_decode)
@@ -327,9 +327,7 @@ def run(args: jsonargparse.Namespace) -> int:
     workers = args.workers or max(1, min(8, os.cpu_count() or 1))
 
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    ) as progress:
+    with progress_bar(console=console, transient=False) as progress:
         task = progress.add_task(f"re-encoding into {out}", total=len(videos))
         results = prepare_dataset(videos, root, out, settings, workers, lambda _: progress.advance(task))
     for lst in lists:  # the same relative paths: the lists hold for the new root as they are

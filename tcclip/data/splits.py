@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _download_cli(args: jsonargparse.Namespace, console) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from tcclip.utils.progress import progress_bar
 
     manifest = load_manifest(args.manifest)
     dest = args.dest if args.dest is not None else default_splits_dir()
@@ -378,9 +378,7 @@ def _download_cli(args: jsonargparse.Namespace, console) -> int:
         )
     check_writable_folder(dest, "--dest" if args.dest is not None else f"the splits folder (${SPLITS_DIR_ENV})")
     source = f"mirror {args.mirror}" if args.mirror else f"naver-ai/tc-clip@{manifest.commit[:10]}"
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
-    ) as progress:
+    with progress_bar(console=console, eta=False) as progress:
         task = progress.add_task(f"split files from {source}", total=len(entries))
         report = download_splits(
             dest, args.mirror, args.only, manifest, on_file=lambda entry, outcome: progress.advance(task)

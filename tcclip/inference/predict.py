@@ -601,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`tcclip predict VIDEO [VIDEO ...] --checkpoint CKPT [--labels a,b | --label-file F]`; 1 if any video failed."""
     from rich.console import Console
     from rich.logging import RichHandler
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tcclip.utils.progress import progress_bar
 
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -640,15 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_keep_list
     )
-    progress = Progress(
-        TextColumn("classifying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=args.quiet or len(paths) < 2,
-    )
+    progress = progress_bar("classifying", console=err, enabled=not (args.quiet or len(paths) < 2))
     with progress, evaluating(model):
         task = progress.add_task("videos", total=len(paths))
         for batch in loader:

@@ -560,19 +560,10 @@ def _probe_duration(path: Path) -> float:
 
 
 def _progress(total: float, enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from tcclip.utils.progress import progress_bar
 
-    bar = Progress(
-        TextColumn("timeline"),
-        BarColumn(),
-        # a container may declare no duration: then the seconds decoded so far, with no total
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s" if total else "{task.completed:.0f} s"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
+    # a container may declare no duration: then the seconds decoded so far, with no total
+    bar = progress_bar("timeline", unit="seconds", enabled=enabled)
     task = bar.add_task("video", total=total or None)
     return bar, (lambda t: bar.update(task, completed=t)) if enabled else None
 
