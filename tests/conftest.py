@@ -63,6 +63,20 @@ def data_synth(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def own_tmpdir(tmp_path, monkeypatch) -> Path:
+    """A temporary directory of this test alone (``tempfile``'s and $TMPDIR), to see what a run leaves in it."""
+    import tempfile
+
+    import lightning.pytorch  # noqa: F401  (importing it once makes torch's compile cache folder in the temp dir)
+
+    folder = tmp_path / "own_tmpdir"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 # Videos whose frames carry their index (decoding and sampling tests).
 
 STAMPED_FRAME_COUNTS = {"mp4": 17, "avi": 20, "webm": 23}

@@ -94,7 +94,7 @@ def test_sidecar_round_trip_and_refusals(tmp_path):
         read_sidecar(ckpt)
 
 
-def test_calibrate_command_end_to_end(tmp_path, data_synth):
+def test_calibrate_command_end_to_end(tmp_path, data_synth, own_tmpdir):
     names = ["MoveLeft", "MoveRight", "MoveUp"]
     cfg = TCCLIPConfig(
         arch="test-tiny", num_frames=4, positional_embedding_type="joint", context_token_k=8, tome_r=4,
@@ -130,6 +130,7 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert [label for label, _ in calibrated] == [label for label, _ in plain]
     assert cli_main(["calibrate", "--config", str(tmp_path / "missing.yaml"), "--ckpt_path", str(tmp_path)]) == 2
+    assert list(own_tmpdir.iterdir()) == []  # a command without a run folder leaves nothing in the temp dir
 
 
 def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(caplog):

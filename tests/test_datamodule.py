@@ -166,3 +166,31 @@ def test_lightning_fit_writes_broken_videos_to_the_log_dir(data_synth, tmp_path)
     )  # fmt: skip
     trainer.fit(_TinyModule(len(dm.train_class_names)), dm)
     assert Path(dm.run_dir) == tmp_path / "run" and dm.broken_counts() == {"train": 1}
+
+
+def test_a_run_without_a_run_folder_leaves_nothing_in_the_temporary_directory(data_synth, own_tmpdir):
+    dm = _synthetic(data_synth, protocol="few_shot", shots=2, num_clip=2)  # no trainer, no run_dir
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), *dm.val_dataloader()):
+        for _, batch in zip(range(2), loader, strict=False):
+            assert batch["video"].shape[0] > 0
+    dm.setup("test")
+    next(iter(dm.test_dataloader()[0]))
+    assert dm.broken_counts() == {} and dm.run_dir is None
+    assert list(own_tmpdir.iterdir()) == []
+
+
+def test_broken_videos_without_a_run_folder_are_kept_and_their_list_named(data_synth, own_tmpdir, tmp_path, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(data_synth, root)
+    broken = read_annotations(root / "test.txt")[0].path
+    (root / broken).write_bytes(b"junk" * 64)
+    dm = _synthetic(root, protocol="few_shot", shots=2, max_broken_fraction=0.5)
+    dm.setup("test")
+    with caplog.at_level("WARNING", logger="tcclip.data.dataset"):
+        assert sum(len(b["index"]) for b in dm.test_dataloader()[0]) == 2  # 3 listed, 1 excluded
+    (folder,) = own_tmpdir.iterdir()
+    assert folder.name.startswith("tcclip-broken-") and dm.broken_counts() == {"test/split1": 1}
+    lines = (folder / "broken_videos.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"test/split1\t{broken}\t")
+    assert f"listed in {folder / 'broken_videos.txt'}" in caplog.text

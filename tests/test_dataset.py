@@ -65,6 +65,17 @@ def test_broken_count_is_shared_across_workers(mixed_root, tmp_path):
     assert log.count("train") == 4  # each broken file once, although both workers met it
 
 
+def test_the_default_log_is_made_on_the_first_broken_video_and_shared_by_workers(mixed_root, own_tmpdir):
+    root, annotations = mixed_root
+    good = [annotations[i] for i in (0, 2, 5, 7)]  # the fixture's readable videos
+    assert sum(len(b["index"]) for b in DataLoader(_train_set(root, good, "pyav"), batch_size=2)) == 4
+    assert list(own_tmpdir.iterdir()) == []  # nothing broken: no folder
+    dataset = _train_set(root, annotations * 2, "pyav", max_broken_fraction=0.5)
+    assert sum(len(batch["index"]) for batch in DataLoader(dataset, batch_size=2, num_workers=2)) == 16
+    (folder,) = own_tmpdir.iterdir()
+    assert dataset.broken_log.path == folder / "broken_videos.txt" and dataset.broken_log.count("train") == 4
+
+
 def test_too_many_broken_videos_stop_the_run(mixed_root, tmp_path):
     root, annotations = mixed_root
     dataset = _train_set(root, annotations, "pyav", broken_log=BrokenVideoLog(tmp_path), max_broken_fraction=0.2)

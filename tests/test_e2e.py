@@ -111,3 +111,13 @@ def test_ckpt_path_last_resumes_in_the_runs_own_folder(data_synth: Path, tmp_pat
         "lightning_logs/version_0/checkpoints/last.ckpt"
     ]
     assert not list(run_dir.rglob("tcclip.lock"))  # released
+
+
+def test_validate_and_test_leave_nothing_in_the_temporary_directory(
+    data_synth: Path, tmp_path: Path, tiny_args, own_tmpdir: Path
+) -> None:
+    args = tiny_args(data_synth, tmp_path / "run")
+    run("validate", args)
+    run("test", args)
+    assert json.loads(newest(tmp_path / "run", "results.json").read_text())["stage"] == "test"
+    assert list(own_tmpdir.iterdir()) == []

@@ -46,7 +46,6 @@ KNOWN: set[str] = {
     # data and experiments
     # command line
     "function: tcclip/experiments/sweep.py:main",
-    "function: tcclip/inference/predict.py:main",
     "parser: tcclip/data/prepare.py",
     "parser: tcclip/data/splits.py",
     "parser: tcclip/data/synth.py",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +100,9 @@ class VideoDataModule(LightningDataModule):
         splits_dir: folder with the official ``labels/`` and ``datasets_splits/`` (default ``$TCCLIP_SPLITS_DIR``
             or ``data_splits/files``; fill it with ``tcclip splits download``).
         max_broken_fraction: stop when more than this fraction of a list cannot be read.
-        run_dir: where ``broken_videos.txt`` goes (default: the trainer's log dir, else a temporary folder).
+        run_dir: where ``broken_videos.txt`` and the data summary go (default: the trainer's log dir; without a
+            trainer the summary is only printed, and broken videos are listed in a temporary folder made for the
+            first one, whose path is logged).
         train_list: replace the protocol's training list (path relative to ``splits_dir``, or absolute); may contain
             ``{shots}`` and ``{seed}``.
         flip: random horizontal flip in training.
@@ -181,6 +182,7 @@ class VideoDataModule(LightningDataModule):
         else:  # evaluation-only protocol: the model is built with the first test set's classes
             self.train_class_names = list(self.test_sets[0].class_names)
         self._datasets: dict[str, list[VideoDataset]] = {}
+        self._temporary_log: BrokenVideoLog | None = None
 
     # -- what a family provides ---------------------------------------------------------------------------------------
     def protocol_splits(self) -> ProtocolSplits:
@@ -249,15 +251,18 @@ class VideoDataModule(LightningDataModule):
 
         line = start_of_run_summary(self, stage)
         rank_zero_info(f"data: {line}")
+        folder = self._run_folder()
+        if folder is None:
+            return  # no run to keep it with (no trainer, no run_dir): the line was printed
         try:
-            (self._run_dir() / f"data_summary_{stage}.txt").write_text(line + "\n")
+            (folder / f"data_summary_{stage}.txt").write_text(line + "\n")
         except OSError:
             pass  # the run folder's own checks report an unwritable folder; the line was printed
 
     def _build(self, part: str) -> list[VideoDataset]:
         from tcclip.data.transforms import TestTransform, TrainTransform
 
-        broken_log = BrokenVideoLog(self._run_dir())
+        broken_log = self._broken_log()
         if not any(self.root.iterdir()):
             raise UserError(
                 "the dataset root is empty",
@@ -284,12 +289,19 @@ class VideoDataModule(LightningDataModule):
             for s, e in zip(splits, sets, strict=True)
         ]  # fmt: skip
 
-    def _run_dir(self) -> Path:
-        if self.run_dir is None:
-            trainer = self.trainer
-            log_dir = (trainer.log_dir or trainer.default_root_dir) if trainer is not None else None
-            self.run_dir = log_dir or tempfile.mkdtemp(prefix="tcclip-data-")
-        return Path(self.run_dir)
+    def _run_folder(self) -> Path | None:
+        """The run's folder: ``run_dir``, else the trainer's log folder; None without either."""
+        if self.run_dir is None and self.trainer is not None:
+            self.run_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(self.run_dir) if self.run_dir is not None else None
+
+    def _broken_log(self) -> BrokenVideoLog:
+        folder = self._run_folder()
+        if folder is not None:
+            return BrokenVideoLog(folder)
+        if self._temporary_log is None:  # one for every list of this data module, made on the first broken video
+            self._temporary_log = BrokenVideoLog.temporary()
+        return self._temporary_log
 
     def datasets(self, part: str) -> list[VideoDataset]:
         """The datasets of "train", "val" or "test" (built on first use)."""
@@ -356,10 +368,11 @@ class VideoDataModule(LightningDataModule):
 
     def broken_counts(self) -> dict[str, int]:
         """Unreadable videos found so far, per list ("train", "val/<set>", "test/<set>")."""
-        if self.run_dir is None:
+        broken_log = BrokenVideoLog(Path(self.run_dir)) if self.run_dir is not None else self._temporary_log
+        if broken_log is None:
             return {}
         counts: dict[str, int] = {}
-        for split, _ in BrokenVideoLog(Path(self.run_dir)).entries():
+        for split, _ in broken_log.entries():
             counts[split] = counts.get(split, 0) + 1
         return counts
 

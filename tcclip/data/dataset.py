@@ -67,9 +67,21 @@ def surely_above(broken: int, tried: int, fraction: float, z: float = BROKEN_CON
 
 @dataclass(frozen=True)
 class BrokenVideoLog:
-    """Record of unreadable videos shared by every process of a run (an append-only, locked text file)."""
+    """Record of unreadable videos shared by every process of a run (an append-only, locked text file).
+
+    The folder is made on the first record only: a run without broken videos leaves nothing behind.
+    """
 
     run_dir: Path
+
+    @classmethod
+    def temporary(cls) -> BrokenVideoLog:
+        """A log for a run without a run folder: in a new folder of the temporary directory, named now (so every
+        process of the run shares it) and made only when a broken video is recorded."""
+        import secrets
+        import tempfile
+
+        return cls(Path(tempfile.gettempdir()) / f"tcclip-broken-{secrets.token_hex(8)}")
 
     @property
     def path(self) -> Path:
@@ -78,7 +90,7 @@ class BrokenVideoLog:
     def record(self, split: str, video: str, reason: str) -> bool:
         """Add a broken video (once per split and path). Returns True if it was new."""
         reason = " ".join(reason.split())  # one line per entry
-        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.path, "a+", encoding="utf-8") as f:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -123,7 +135,8 @@ class VideoDataset(Dataset):
         backend: video decoder (see ``tcclip.data.video_reader.open_video``); checked here, so that a backend that
             cannot run stops the run at once with the fix instead of marking every video broken.
         split: name of this list in logs and in ``broken_videos.txt`` (unique within a run).
-        broken_log: where broken videos are recorded; by default a ``broken_videos.txt`` in a fresh temporary folder.
+        broken_log: where broken videos are recorded; by default a ``broken_videos.txt`` in a new temporary folder,
+            made when the first broken video is found (its path is in the warning).
         max_broken_fraction: stop when more than this fraction of the list is broken.
         num_classes: when given, labels are checked against it.
     """
@@ -154,11 +167,7 @@ class VideoDataset(Dataset):
 
         self.backend = resolve_backend(backend)
         self.split = split
-        if broken_log is None:
-            import tempfile
-
-            broken_log = BrokenVideoLog(Path(tempfile.mkdtemp(prefix="tcclip-broken-")))
-        self.broken_log = broken_log
+        self.broken_log = broken_log if broken_log is not None else BrokenVideoLog.temporary()
         self.max_broken_fraction = max_broken_fraction
         self._known_broken: set[int] = set()  # per process: do not decode a known-broken file again
         self._tried = 0  # per process: decodes attempted, for the early estimate of the broken fraction
@@ -241,6 +250,8 @@ class VideoDataset(Dataset):
         action = "replaced by the next readable video" if self.train else "excluded from the metrics"
         if self.broken_log.record(self.split, self.path(index), reason):
             log.warning("broken video %s (split %s, %s): %s", self.root / self.path(index), self.split, action, reason)
+            if len(self.broken_log.entries()) == 1:  # the first of the run: say where the list is kept
+                log.warning("unreadable videos of this run are listed in %s", self.broken_log.path)
         count = self.broken_log.count(self.split)
         early = surely_above(len(self._known_broken), self._tried, self.max_broken_fraction)
         if count > self.max_broken_fraction * len(self) or early:
