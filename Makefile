@@ -35,7 +35,7 @@ format: $(PY)
 # Demo on this CPU: synthetic videos, a tiny TC-CLIP trained from random weights (configs/demo.yaml), its test
 # accuracy and one video's prediction. Everything goes under runs/; DEMO_DATA is kept and reused while it was made
 # with the same DEMO_SYNTH_ARGS (recorded in it). The classes carry a colour each (--class-colours): a model trained
-# from random weights for two minutes does not learn motion alone (see README, "Demo").
+# from random weights for two minutes does not learn motion alone (docs/datasets.md, "Synthetic data and `make demo`").
 DEMO_DATA ?= runs/demo_data
 DEMO_RUN ?= runs/demo
 DEMO_SYNTH_ARGS ?= --classes MoveLeft,MoveRight,MoveUp,MoveDown --class-colours --videos-per-class 200 --size 32 --num-frames 16-24
@@ -91,6 +91,6 @@ benchmark-speed: $(PY)
 	$(PY) benchmarks/throughput.py $(SPEED_ARGS)
 
 # Data-loading throughput: clips/s per worker, per video backend, original files vs `tcclip data prepare` copies, on
-# clips encoded like each dataset (README "Decoding real footage", docs/benchmarks.md). DATA_ARGS='--data DIR --list val.txt --clips 32'.
+# clips encoded like each dataset (docs/decoding.md, docs/benchmarks.md). DATA_ARGS='--data DIR --list val.txt --clips 32'.
 benchmark-data: $(PY)
 	$(PY) benchmarks/dataloader.py $(DATA_ARGS)
