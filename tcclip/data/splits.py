@@ -112,18 +112,6 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
 _MANIFEST_FIX = "Restore the file (git checkout tcclip/data/split_manifest.json, or reinstall tcclip) or fix the JSON."
 
 
-def build_manifest(mirror: str | os.PathLike, commit: str, url_template: str) -> dict:
-    """Manifest dict for every file under ``labels/`` and ``datasets_splits/`` of a mirror folder (maintainers)."""
-    mirror = Path(mirror)
-    files = [
-        {"path": p.relative_to(mirror).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-        for top in ("datasets_splits", "labels")
-        for p in sorted((mirror / top).rglob("*"))
-        if p.is_file()
-    ]
-    return {"source": "naver-ai/tc-clip", "commit": commit, "url_template": url_template, "files": files}
-
-
 def sha256_file(path: str | os.PathLike) -> str:
     return file_digest(Path(path), "sha256")
 
