@@ -1,8 +1,8 @@
 """The `tcclip` command: LightningCLI for fit/validate/test/score, one table for the project's own sub-commands.
 
 Two mechanisms, each used the same way by every command it serves:
-- `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`); `score` is LightningCLI's `predict` loop
-  (a config's test sets -> predictions.json), renamed so that `predict` means one program;
+- `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`); `score` is Lightning's predict loop (a
+  config's test sets -> predictions.json) under its own name, so that `predict` means one program;
 - `EXTRA_COMMANDS` name a module with `build_parser()` (a `jsonargparse.ArgumentParser`) and `main(argv)`; the module
   is imported only when its command runs, so `tcclip --help` and `tcclip CMD --help` stay fast.
 `tcclip --help` lists every command once and an unknown word gets the list of the ones that exist.
@@ -38,8 +38,6 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "test": "evaluate a checkpoint on the test split of a config and write results.json",
     "score": "per-video top-k of a config's test sets into predictions.json (tcclip score --config ... --ckpt_path)",
 }
-# Our name -> LightningCLI's: `predict` is the video predictor below, so Lightning's predict loop is `score`.
-LIGHTNING_SUBCOMMAND = {"fit": "fit", "validate": "validate", "test": "test", "score": "predict"}
 
 EXTRA_COMMANDS: dict[str, Command] = {
     "predict": Command("tcclip.inference.predict", "classify video files: tcclip predict VIDEO... --checkpoint CKPT"),
@@ -168,11 +166,9 @@ def _dispatch(argv: list[str]) -> int:
     from tcclip.cli.config_files import check_config_files
 
     check_config_files(argv[1:])  # an empty or malformed --config named before LightningCLI reads it
-    from tcclip.cli.lightning import run_lightning_cli
-
-    if argv[0] in LIGHTNING_SUBCOMMAND:
-        argv = [LIGHTNING_SUBCOMMAND[argv[0]], *argv[1:]]
     from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from tcclip.cli.lightning import run_lightning_cli
 
     try:
         run_lightning_cli(argv)

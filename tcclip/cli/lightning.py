@@ -1,5 +1,9 @@
 """`tcclip fit|validate|test|score`: a LightningCLI over `TCCLIPModule` and the tcclip data modules (`score` is
-Lightning's `predict` loop, renamed in `tcclip.cli` so that `tcclip predict` means the video predictor).
+Lightning's predict loop, `TCCLIPTrainer.score`, so that `tcclip predict` means the video predictor).
+
+Only LightningCLI's public hooks are used (`subcommands`, `add_arguments_to_parser`, `parse_arguments`,
+`before_instantiate_classes`, `instantiate_classes`, `instantiate_trainer`, `trainer_class`, `parser_kwargs`), so
+a new Lightning release within the supported range does not change how a command is parsed.
 
 What it adds to LightningCLI:
 - `tcclip/cli/defaults.yaml` (package data) is read before any `--config` (trainer, callbacks, seed), so an
@@ -57,7 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yaml"
 DEFAULTS_ENV = "TCCLIP_DEFAULTS"
 """Environment variable: the defaults file to use instead of tcclip/cli/defaults.yaml (empty: none)."""
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "score")
 RUNS_DIR = Path("runs")
 # Hyper-parameters of a checkpoint that define its network; the others (evaluation options) come from the user.
 NETWORK_HPARAMS = ("model_config", "clip_weights")
@@ -169,16 +173,47 @@ def check_checkpoint_path(path: str | Path) -> None:
         )
 
 
-class TCCLIPLightningCLI(LightningCLI):
-    """LightningCLI with the project's links and run-time defaults (see the module docstring)."""
+class TCCLIPTrainer(Trainer):
+    """Lightning's Trainer with `score`: its predict loop under the name `tcclip score` (`tcclip predict` is the
+    video predictor). LightningCLI builds a sub-command from a Trainer method of the same name, so the name, its
+    usage line and its errors are those the user typed, with no renaming of parsers."""
 
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        # `tcclip score` is Lightning's `predict` loop (`tcclip predict` is the video predictor): its usage line and
-        # errors name the command the user typed.
-        sub = self._subcommand_parsers.get("predict")
-        if sub is not None and sub.prog.endswith(" predict"):
-            sub.prog = sub.prog[: -len("predict")] + "score"
+    def score(
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        datamodule: Any = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | None = None,
+    ) -> Any:
+        """Per-video top-k of a config's test sets into predictions.json (Lightning's predict loop).
+
+        Args:
+            model: the model to run.
+            dataloaders: loaders to predict on (the data module's test sets when None).
+            datamodule: the data module whose predict loaders are used.
+            return_predictions: keep the predictions in memory and return them.
+            ckpt_path: the checkpoint to score: a file, a `tcclip export` folder, or last / best (looked up under
+                trainer.default_root_dir).
+        """
+        return self.predict(model, dataloaders, datamodule, return_predictions, ckpt_path)
+
+
+class TCCLIPLightningCLI(LightningCLI):
+    """LightningCLI with the project's links and run-time defaults (see the module docstring); public hooks only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_class", TCCLIPTrainer)  # its `score` method is the `score` sub-command
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "validate": {"model", "dataloaders", "datamodule"},
+            "test": {"model", "dataloaders", "datamodule"},
+            "score": {"model", "dataloaders", "datamodule"},
+        }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.init_args.num_frames", "model.model_config.num_frames")
@@ -221,12 +256,22 @@ class TCCLIPLightningCLI(LightningCLI):
             self._network_from_checkpoint(subcommand, cfg.ckpt_path)
             if subcommand == "fit":
                 self._resume_in_own_folder(cfg.ckpt_path)
+            # Held back until `before_instantiate_classes`: LightningCLI would otherwise copy every hyper-parameter
+            # of the checkpoint over the command line (WiSE-FT weight included); `_network_from_checkpoint` took
+            # only the network's.
+            self._resolved_ckpt_path = self.config[subcommand].ckpt_path
+            self.config[subcommand].ckpt_path = None
         elif subcommand != "fit":
             model = cfg.get("model") or {}
             init = model.get("init_checkpoint") if hasattr(model, "get") else None
             clip = model.get("clip_weights") or "null (random weights)"
             weights = f"model.init_checkpoint {init}" if init else f"model.clip_weights {clip}"
             rank_zero_info(f"no --ckpt_path: evaluating the configured weights ({weights})")
+
+    def before_instantiate_classes(self) -> None:
+        ckpt_path = getattr(self, "_resolved_ckpt_path", None)
+        if ckpt_path is not None and self.subcommand is not None:
+            self.config[self.subcommand].ckpt_path = ckpt_path
 
     def _network_from_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
         """Take the network's configuration from the checkpoint so its weights fit (evaluation options stay)."""
@@ -303,11 +348,6 @@ class TCCLIPLightningCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI would copy every hyper-parameter of the checkpoint over the command line (WiSE-FT weight
-        # included); parse_arguments above takes only the network's.
-        return
-
 
 class _DropInterruptNotice(logging.Filter):
     """Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown" line: `tcclip.cli` says it in one."""
@@ -333,8 +373,8 @@ def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> TCCLIP
     if argv is not None and list(argv) == sys.argv[1:]:
         argv = None  # the same words: let LightningCLI read sys.argv itself
     with warnings.catch_warnings():
-        # `tcclip score ...` reaches LightningCLI as `predict ...`: the words differ from sys.argv on purpose, which
-        # LightningCLI would otherwise warn about on every run.
+        # `tcclip CMD ...` reaches LightningCLI without the program's own words (`python -m tcclip.cli`, the console
+        # script): the words differ from sys.argv on purpose, which LightningCLI would otherwise warn about.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         return TCCLIPLightningCLI(
             TCCLIPModule,
