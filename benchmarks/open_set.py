@@ -35,6 +35,7 @@ from rich.table import Table
 
 from tcclip.cli.calibrate import fit_calibration
 from tcclip.data.labels import read_annotations
+from tcclip.inference.clips import load_clip_views
 from tcclip.inference.openset import (
     SCORES,
     all_scores,
@@ -45,7 +46,7 @@ from tcclip.inference.openset import (
     logit_scale,
     negative_log_likelihood,
 )
-from tcclip.inference.predict import evaluating, load_clip_views, video_view_logits
+from tcclip.inference.scoring import evaluating, video_view_logits
 from tcclip.training.checkpoints import load_model
 
 

@@ -37,7 +37,6 @@ KNOWN: set[str] = {
     # training
     "module: tcclip/training/module.py",
     # model core and inference
-    "module: tcclip/inference/predict.py",
     "module: tcclip/inference/timeline.py",
     "function: tcclip/inference/timeline.py:stream_windows",
     "function: tcclip/inference/timeline.py:timeline",

@@ -175,7 +175,7 @@ def validation_logits(
 ):
     """(view logits [N, V, C], labels [N], class names) of one validation set of the data module; a list shorter
     than `min_videos` is refused before any video is scored."""
-    from tcclip.inference.predict import evaluating, use_labels, video_view_logits
+    from tcclip.inference.scoring import evaluating, use_labels, video_view_logits
     from tcclip.utils.progress import progress_bar
 
     datamodule.setup("validate")

@@ -31,20 +31,10 @@ from jsonargparse import ArgumentParser
 from rich.markup import escape
 from torch import Tensor, nn
 
-from tcclip.inference.predict import (
-    Prediction,
-    VideoInput,
-    add_model_arguments,
-    check_model_args,
-    evaluating,
-    load_model_from_args,
-    make_test_transform,
-    model_input_size,
-    model_num_frames,
-    sample_frames,
-    top_k_predictions,
-    use_labels,
-)
+from tcclip.inference.clips import VideoInput, make_test_transform, sample_frames
+from tcclip.inference.predict import add_model_arguments, check_model_args, load_model_from_args
+from tcclip.inference.predictions import Prediction, top_k_predictions
+from tcclip.inference.scoring import evaluating, model_input_size, model_num_frames, use_labels
 from tcclip.utils.errors import UserError
 from tcclip.utils.outputs import check_writable_folder, staged_files
 

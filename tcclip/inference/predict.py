@@ -1,256 +1,62 @@
 """Run a trained model on video files: `tcclip.predict(...)` and the `tcclip predict VIDEO ... --checkpoint` command.
 
-The videos go through the evaluation pipeline (`tcclip.data.sampling.test_indices` and
-`tcclip.data.transforms.TestTransform`: deterministic frame sampling, short-side resize and centre crop,
-normalisation); with several views the per-view softmax probabilities are averaged (the official evaluation sums
-them, which ranks the classes the same way; the mean stays a probability).
+The videos go through the evaluation pipeline (`tcclip.inference.clips`: deterministic frame sampling, short-side
+resize and centre crop, normalisation); with several views the per-view softmax probabilities are averaged (the
+official evaluation sums them, which ranks the classes the same way; the mean stays a probability).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
-from rich.markup import escape
 from torch import Tensor, nn
 
+from tcclip.inference.clips import (
+    VideoInput,
+    Views,
+    expand_video_paths,
+    load_clip_views,
+    sample_frames,
+    video_list,
+)
 from tcclip.inference.openset import OpenSetPrediction, Rejector, calibrated_probabilities, decide
-from tcclip.training.calibration_record import model_calibration
+from tcclip.inference.predictions import (
+    Prediction,
+    prediction_json,
+    prediction_table,
+    report_failure,
+    top_k_predictions,
+)
+from tcclip.inference.scoring import (
+    check_views_memory,
+    evaluating,
+    label_length_errors,
+    model_input_size,
+    model_num_frames,
+    model_temperature,
+    use_labels,
+    video_view_logits,
+)
 from tcclip.utils.errors import UserError
-from tcclip.utils.finite import check_finite_logits
+
+__all__ = [
+    "Prediction",
+    "VideoInput",
+    "Views",
+    "expand_video_paths",
+    "load_clip_views",
+    "predict",
+    "predict_open_set",
+    "sample_frames",
+]
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
-)
-"""File endings that a folder given to `tcclip predict` is searched for."""
-
-VideoInput = str | Path | Tensor
-"""A video file, or its decoded frames as uint8 [F, H, W, 3] (a torch tensor or a numpy array)."""
-
-
-class VideoInputError(UserError, TypeError):
-    """A video argument of the Python API that is neither a path nor decoded frames."""
-
-
-def as_video_input(video: object, what: str = "video") -> str | Path | Tensor:
-    """A path as it is, a numpy array of frames as a tensor (shared memory), anything else refused by name."""
-    import numpy as np
-
-    if isinstance(video, (str, Path, Tensor)):
-        return video
-    if isinstance(video, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(video))
-    if isinstance(video, os.PathLike):
-        return Path(video)
-    raise VideoInputError(
-        f"{what} is {'None' if video is None else type(video).__name__}, not a video",
-        fix="Give a file path, decoded frames as uint8 [F, H, W, 3] (a torch tensor or a numpy array), or a list "
-        "of those.",
-    )
-
-
-def _video_list(video: object) -> tuple[bool, list]:
-    """(one video given?, the videos checked): a single input, or a list/tuple of them (each named if wrong)."""
-    import numpy as np
-
-    if video is None or isinstance(video, (str, Path, Tensor, np.ndarray, os.PathLike)):
-        return True, [as_video_input(video)]
-    if not isinstance(video, (list, tuple)):
-        as_video_input(video)  # refused, by name
-    if not video:
-        raise VideoInputError("the list of videos is empty", fix="Give at least one video.")
-    return False, [as_video_input(v, f"video[{i}]") for i, v in enumerate(video)]
-
-
-class Prediction(NamedTuple):
-    """One class of a video's top-k: unpacks as a `(label, probability)` pair."""
-
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Views:
-    """Test views per video: `clips` temporal clips (evenly shifted samplings) times `crops` spatial crops."""
-
-    clips: int = 1
-    crops: int = 1
-
-    def __post_init__(self) -> None:
-        if self.clips < 1 or self.crops not in (1, 3):
-            raise ValueError(f"views need clips >= 1 and crops 1 or 3, got {self.clips}x{self.crops}")
-
-    @property
-    def count(self) -> int:
-        return self.clips * self.crops
-
-    @classmethod
-    def parse(cls, views: str | Views) -> Views:
-        """`"2x1"` (clips x crops), `"4"` (clips, one crop) or a `Views`."""
-        if isinstance(views, Views):
-            return views
-        parts = str(views).lower().split("x")
-        try:
-            numbers = [int(p) for p in parts]
-        except ValueError:
-            numbers = []
-        if len(numbers) not in (1, 2):
-            raise ValueError(f"views must look like 2x1 (temporal clips x spatial crops), got {views!r}")
-        return cls(*numbers)
-
-    def __str__(self) -> str:
-        return f"{self.clips}x{self.crops}"
-
-
-# ----------------------------------------------------------------------------------------------- decoding
-
-
-def make_test_transform(input_size: int, crops: int, num_frames: int):
-    """The evaluation transform (resize, crop(s), normalise) for clips of `num_frames`."""
-    from tcclip.data.transforms import TestTransform
-
-    return TestTransform(input_size, num_crop=crops, num_frames=num_frames)
-
-
-def default_backend() -> str:
-    """The exact video decoder that works here: torchcodec where FFmpeg's libraries load, else PyAV."""
-    from tcclip.data.video_reader import available_backends
-
-    return available_backends()[0]
-
-
-def sample_frames(
-    video: VideoInput, num_frames: int, clips: int, backend: str | None = None
-) -> tuple[Tensor, list[int]]:
-    """Decode the frames of `clips` test samplings of `num_frames` each.
-
-    Returns:
-        uint8 frames [clips * num_frames, H, W, 3] (clip-major) and their indices in the video.
-    """
-    from tcclip.data.sampling import test_indices
-
-    if isinstance(video, Tensor):
-        if video.dtype != torch.uint8 or video.dim() != 4 or video.shape[-1] != 3:
-            raise ValueError(f"decoded frames must be uint8 [F, H, W, 3], got {video.dtype} {list(video.shape)}")
-        indices = [i for clip in test_indices(video.shape[0], num_frames, clips) for i in clip]
-        return video[indices], indices
-
-    from tcclip.data.video_reader import VideoDecodeError, open_video
-
-    with open_video(video, backend=backend or default_backend()) as reader:
-        if len(reader) < 1:
-            raise VideoDecodeError(video, "the video has no frames")
-        indices = [i for clip in test_indices(len(reader), num_frames, clips) for i in clip]
-        return reader.get_frames(indices), indices
-
-
-def load_clip_views(
-    video: VideoInput, num_frames: int, input_size: int, views: str | Views = "2x1", backend: str | None = None
-) -> Tensor:
-    """One video as the model's test input: float [V, T, 3, S, S], normalised, V = clips * crops."""
-    views = Views.parse(views)
-    frames, _ = sample_frames(video, num_frames, views.clips, backend)
-    return make_test_transform(input_size, views.crops, num_frames)(frames)
-
-
-# ----------------------------------------------------------------------------------------------- the model
-
-
-def model_num_frames(model: nn.Module) -> int:
-    return int(model.cfg.num_frames)
-
-
-def model_input_size(model: nn.Module) -> int:
-    return int(model.cfg.clip.vision.image_size)
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters())
-    return param.device, param.dtype
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no autograd for the duration, restoring the model's previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield model
-    finally:
-        model.train(was_training)
-
-
-def use_labels(model: nn.Module, labels: Sequence[str] | None) -> list[str]:
-    """Give the model this class list (re-encoding the prompts only when it changed); returns the active list.
-
-    Raises:
-        LabelFileError: an empty list, a name with a line break, two names with the same prompt, or a name whose
-            prompt is longer than the text encoder's context length.
-    """
-    from tcclip.data.labels import LabelFileError, as_class_names
-
-    if labels is not None:
-        if isinstance(labels, Sequence) and not isinstance(labels, str) and len(labels) == 0:
-            raise LabelFileError("the label list is empty", fix="Pass at least one class name.")
-        labels = as_class_names(labels, "labels")
-        if list(model.class_names) != labels:
-            with label_length_errors():
-                model.set_class_names(labels)
-    names = list(model.class_names)
-    if not names:
-        raise LabelFileError("the model has no class names yet", fix="Pass labels=[...] (or --labels / --label-file).")
-    return names
-
-
-@contextmanager
-def label_length_errors(source: str | Path | None = None) -> Iterator[None]:
-    """Turn the text encoder's "prompt too long" into a message about the label (the user can only shorten it)."""
-    from tcclip.data.labels import LabelFileError
-    from tcclip.model.prompting import PromptTooLongError
-
-    try:
-        yield
-    except PromptTooLongError as error:
-        raise LabelFileError(
-            f"the label {error.name!r} is too long for the text encoder's context length {error.context_length}: "
-            f"its prompt needs {error.num_tokens} tokens",
-            path=source,
-            fix=f"Shorten the label so that its prompt fits in {error.context_length} tokens (a few words name a "
-            "class best).",
-        ) from None
-
-
-def video_view_logits(model: nn.Module, clips: Tensor) -> Tensor:
-    """Logits of every view of a batch of videos: clips float [B, V, T, 3, S, S] -> float [B, V, C] on the CPU."""
-    device, dtype = _device_dtype(model)
-    batch, views = clips.shape[:2]
-    logits = model(clips.flatten(0, 1).to(device=device, dtype=dtype))  # [B*V, C]
-    check_finite_logits(logits, f"{batch} video(s)")  # never an arbitrary top-1 with probability NaN
-    return logits.float().view(batch, views, -1).cpu()
-
-
-def model_temperature(model: nn.Module) -> float:
-    calibration = model_calibration(model)
-    return 1.0 if calibration is None else calibration.temperature
-
-
-def top_k_predictions(probabilities: Tensor, class_names: Sequence[str], k: int) -> list[Prediction]:
-    """The k most probable classes of one video, most probable first."""
-    values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [Prediction(class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def predict(
@@ -303,7 +109,7 @@ def predict(
     check_reject_options(reject, reject_threshold, reject_score)
     if reject or reject_threshold is not None:
         return predict_open_set(model, video, labels, top_k, views, backend, batch_size, reject_threshold, reject_score)
-    single, videos = _video_list(video)
+    single, videos = video_list(video)
     names = use_labels(model, labels)
     temperature = model_temperature(model)
     results: list[list[Prediction]] = []
@@ -329,34 +135,6 @@ def batched_view_logits(
 
 
 # ----------------------------------------------------------------------------------------------- command line
-
-
-def expand_video_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given, folders searched recursively for videos, glob patterns expanded (`**` allowed).
-
-    Returns:
-        The video paths (in the order given, each folder's and pattern's sorted, without repeats) and
-        `(input, reason)` for every input that names no video.
-    """
-    found: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in map(str, inputs):
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-            if not matches:
-                problems.append((item, f"folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})"))
-        elif path.exists():
-            matches = [path]
-        elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            if not matches:
-                problems.append((item, "the pattern matches no file"))
-        else:
-            matches = []
-            problems.append((item, "no such file or folder"))
-        found.extend(matches)
-    return list(dict.fromkeys(found)), problems
 
 
 def add_model_arguments(parser: ArgumentParser) -> None:
@@ -470,64 +248,6 @@ class _VideoFiles(torch.utils.data.Dataset):
         return i, clips, None
 
 
-ACTIVATION_FACTOR = 12
-"""Peak inference memory of a transformer block per token, in units of width x 4 bytes (input, q/k/v, attention
-output, the MLP's 4x hidden layer and the residual stream, with some slack); a rough figure for `views_memory`."""
-
-
-def views_memory(model: nn.Module, views: Views, batch_size: int) -> int:
-    """Bytes one forward pass of `batch_size` videos of `views` needs at least: the float input clips and the
-    activations of the widest stage of the vision tower (an estimate, within a small factor)."""
-    cfg = model.cfg
-    vision = cfg.clip.vision
-    clips = batch_size * views.count
-    frame_input = 3 * vision.image_size**2 * 4
-    tokens = vision.num_patches + 1 + cfg.context_token_k
-    activations = tokens * vision.width * 4 * ACTIVATION_FACTOR
-    return clips * cfg.num_frames * (frame_input + activations)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a forward pass on `device` (MemAvailable on a Linux CPU, free memory on a GPU), if known."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
-    return None
-
-
-def check_views_memory(model: nn.Module, views: Views, batch_size: int, timeline: bool = False) -> None:
-    """Refuse views x batch size whose forward pass cannot fit in this device's free memory (instead of the kernel
-    killing the process with no message)."""
-    device, _ = _device_dtype(model)
-    try:
-        need = views_memory(model, views, batch_size)
-    except AttributeError:  # not a TC-CLIP network (a stand-in with its own forward): nothing to estimate
-        return
-    free = available_memory(device)
-    if free is not None and need > free:
-        gib = 1024**3
-        asked = (
-            f"--batch-size {batch_size} (batch_size=) windows"
-            if timeline
-            else f"--views {views} with --batch-size {batch_size} (views=, batch_size=)"
-        )
-        raise UserError(
-            f"{asked} scores {views.count * batch_size:,} clips of {model.cfg.num_frames} frames in one pass: about "
-            f"{need / gib:.1f} GiB, and {device.type} has {free / gib:.1f} GiB free",
-            fix="Use a smaller --batch-size."
-            if timeline
-            else "Use fewer views (the paper's test views are 4x3 at most; 2x1 is the default) or a smaller "
-            "--batch-size.",
-        )
-
-
 def _keep_list(batch: list) -> list:
     return batch
 
@@ -585,18 +305,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _table(predictions: Sequence[Prediction]):
-    from rich.table import Table
-
-    table = Table(show_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("label")
-    table.add_column("probability", justify="right")
-    for rank, (label, prob) in enumerate(predictions, 1):
-        table.add_row(str(rank), label, f"{prob:.4f}")
-    return table
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`tcclip predict VIDEO [VIDEO ...] --checkpoint CKPT [--labels a,b | --label-file F]`; 1 if any video failed."""
     from rich.console import Console
@@ -624,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for item, reason in problems:
         failed += 1
-        _report_failure(out, err, item, reason, args.json)
+        report_failure(out, err, item, reason, args.json)
     if not paths:
         err.print(f"[red]no videos to classify[/] ({failed} input(s) named none)")
         return 1
@@ -654,16 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, _, error in batch:  # in input order, failures where they occur
                 if error is not None:
                     failed += 1
-                    _report_failure(out, err, str(paths[i]), error, args.json)
+                    report_failure(out, err, str(paths[i]), error, args.json)
                 elif args.json:
-                    record = {"video": str(paths[i]), "predictions": [_as_json(p) for p in ranked[i]]}
+                    record = {"video": str(paths[i]), "predictions": [prediction_json(p) for p in ranked[i]]}
                     record.update(verdicts[i].to_json() if i in verdicts else {})
                     out.file.write(json.dumps(record) + "\n")
                 else:
                     out.print(str(paths[i]), style="bold", soft_wrap=True, highlight=False)
                     if i in verdicts:
                         out.print(verdict_text(verdicts[i]), soft_wrap=True, highlight=False)
-                    out.print(_table(ranked[i]))
+                    out.print(prediction_table(ranked[i]))
                     out.print()
             progress.advance(task, len(batch))
     out.file.flush()
@@ -674,17 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(paths) > 1:
         err.print(f"{done} videos classified")
     return 0
-
-
-def _report_failure(out, err, video: str, reason: str, as_json: bool) -> None:
-    where = "" if video in reason else f"{video}: "  # decoder errors already name the file
-    err.print(f"[red]failed:[/] {escape(where + reason)}", highlight=False)
-    if as_json:
-        out.file.write(json.dumps({"video": video, "error": reason}) + "\n")
-
-
-def _as_json(prediction: Prediction) -> dict[str, str | float]:
-    return {"label": prediction.label, "probability": round(prediction.probability, 6)}
 
 
 def predict_open_set(
@@ -699,7 +396,7 @@ def predict_open_set(
     reject_score: str | None = None,
 ) -> OpenSetPrediction | list[OpenSetPrediction]:
     """`tcclip.predict(..., reject=True)`: like `predict`, with "none of the above" under the threshold."""
-    single, videos = _video_list(video)
+    single, videos = video_list(video)
     names = use_labels(model, labels)
     rejector = Rejector.for_model(model, reject_threshold, reject_score)
     results: list[OpenSetPrediction] = []

@@ -381,16 +381,15 @@ def timeline(
             window length, over the stretch where the change can lie (a second, partial decode; 0: off, boundaries
             half-way between window centres). The windows themselves keep their labels.
     """
+    from tcclip.inference.clips import Views, make_test_transform
     from tcclip.inference.openset import Rejector, calibrated_probabilities
-    from tcclip.inference.predict import (
-        Views,
+    from tcclip.inference.predictions import top_k_predictions
+    from tcclip.inference.scoring import (
         check_views_memory,
         evaluating,
-        make_test_transform,
         model_input_size,
         model_num_frames,
         model_temperature,
-        top_k_predictions,
         use_labels,
         video_view_logits,
     )
