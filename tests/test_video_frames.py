@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from quirks import QUIRKS
 
+import tcclip.data.checked_decode as checked_decode
 import tcclip.data.video_reader as video_reader
 from tcclip.data.synth import read_index_stamp
 from tcclip.data.video_frames import read_video_frames
@@ -129,14 +130,14 @@ def test_pyav_seeks_instead_of_decoding_from_the_start(quirk_videos, monkeypatch
     less the B-frames that are not asked for, not 200 frames."""
     video = quirk_videos["bframes_avi"]
     decoded = []
-    original = video_reader.decode_packets
+    original = checked_decode.decode_packets
 
     def counting(container, stream, needed=None):
         for frame in original(container, stream, needed):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(video_reader, "decode_packets", counting)
+    monkeypatch.setattr(checked_decode, "decode_packets", counting)
     frames = open_video(video.path, "pyav").get_frames([190, 199])
     assert _stamps(frames.numpy()) == [190, 199]
     assert 0 < len(decoded) <= 24
@@ -170,7 +171,7 @@ def test_torchcodec_is_usable_where_ci_installed_ffmpeg():
 def test_a_seek_that_lands_too_late_falls_back_to_decoding_from_the_start(quirk_videos, monkeypatch):
     """A container whose index sends every seek past the key frame asked for still yields the exact frames."""
     video = quirk_videos["bframes_avi"]
-    original = video_reader.seek
-    monkeypatch.setattr(video_reader, "seek", lambda container, stream, pts: original(container, stream, pts + 60))
+    original = checked_decode.seek
+    monkeypatch.setattr(checked_decode, "seek", lambda container, stream, pts: original(container, stream, pts + 60))
     indices = [3, 40, 41, 120, 199]
     assert _stamps(open_video(video.path, "pyav").get_frames(indices).numpy()) == indices

@@ -128,6 +128,23 @@ def test_every_exact_backend_matches_the_sequential_decode(matrix_videos, oracle
         assert np.array_equal(frames, oracle[indices]), (name, backend, indices)
 
 
+@pytest.mark.parametrize("backend", ["auto", "pyav", "torchcodec"])
+@pytest.mark.parametrize("name", NAMES)
+def test_reading_long_footage_frame_by_frame_gives_the_sequential_pictures(matrix_videos, oracles, backend, name):
+    """`iter_frames` (the timeline's reader: one forward decode, one frame held at a time) returns the sequential
+    decode's pictures: every frame, every third, and a stretch from the middle (the decode starts at a seek)."""
+    if backend != "auto":
+        _usable(backend)
+    path = matrix_videos[name][1]
+    oracle = oracles[name]
+    n = len(oracle)
+    for indices in (list(range(n)), list(range(1, n, 3)), list(range(n // 2, min(n, n // 2 + 20)))):
+        got = list(open_video(path, backend).iter_frames(indices))
+        assert [i for i, _ in got] == indices, (name, backend)
+        for i, frame in got:
+            assert np.array_equal(frame.numpy(), oracle[i]), (name, backend, i)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_decord_misses_are_the_documented_ones(matrix_videos, oracles, name):
     """decord is exact where docs/decoding.md says so, and wrong (or unable) where it says so."""
@@ -274,7 +291,7 @@ def test_data_check_reads_the_matrix_and_flags_decord(matrix_videos, tmp_path):
 def test_a_learnt_access_mode_is_kept_for_other_processes(matrix_videos, oracles):
     """XviD with two B-frames cannot skip B-frames after a seek (its placeholders shift the pictures): the first
     read learns it, proven by the digests, and keeps it beside the index, where another process finds it."""
-    import tcclip.data.video_reader as vr
+    import tcclip.data.checked_decode as vr
     from tcclip.data.video_frames import _mode_file, recall_access
 
     path = matrix_videos["xvid_xvid_bf2_25fps"][1]

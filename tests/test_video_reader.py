@@ -124,6 +124,45 @@ def test_bad_indices_and_backend_names(stamped_videos):
         open_video(path, "opencv")
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("ext", EXTS)
+def test_iter_frames_gives_the_frames_asked_for_in_order(stamped_videos, backend, ext):
+    path, count = stamped_videos[ext]
+    indices = [0, 1, 4, 9, 10, count - 1]
+    got = list(open_video(path, _backend(backend)).iter_frames(indices))
+    assert [i for i, _ in got] == indices
+    assert [read_index_stamp(f.numpy()) for _, f in got] == indices
+    assert all(f.dtype == torch.uint8 and f.shape == (32, 32, 3) for _, f in got)
+    assert list(open_video(path, _backend(backend)).iter_frames([])) == []
+
+
+def test_iter_frames_refuses_unordered_or_out_of_range_indices(stamped_videos):
+    path, count = stamped_videos["mp4"]
+    reader = open_video(path, "pyav")
+    with pytest.raises(ValueError, match="increasing"):
+        list(reader.iter_frames([3, 2]))
+    with pytest.raises(ValueError, match="increasing"):
+        list(reader.iter_frames([2, 2]))
+    with pytest.raises(IndexError, match=r"\[0, 17\)"):
+        list(reader.iter_frames([0, count]))
+
+
+def test_iter_frames_falls_back_to_a_decode_from_the_start_when_seeks_go_wrong(quirk_videos, monkeypatch):
+    """A container whose seeks land past the key frame asked for: the digests catch it, the file moves to the next
+    access mode and the frames are still the sequential decode's."""
+    import tcclip.data.checked_decode as checked_decode
+
+    video = quirk_videos["bframes_avi"]
+    original = checked_decode.seek
+    monkeypatch.setattr(checked_decode, "seek", lambda container, stream, pts: original(container, stream, pts + 60))
+    monkeypatch.setattr(checked_decode, "remember_access", lambda path, mode: None)  # not kept for other tests
+    monkeypatch.setattr(checked_decode, "_MODES", {})
+    indices = [40, 41, 120, 150, 199]
+    got = list(open_video(video.path, "pyav").iter_frames(indices))
+    assert [read_index_stamp(f.numpy()) for _, f in got] == indices
+    assert checked_decode._MODES[str(video.path)] == checked_decode.FROM_START
+
+
 def test_decode_error_pickles_with_path_and_reason():
     err = pickle.loads(pickle.dumps(VideoDecodeError("/data/a.avi", "truncated")))
     assert (err.path, err.reason, str(err)) == (

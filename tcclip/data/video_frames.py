@@ -19,7 +19,7 @@ the whole file. For every picture it records
 - its *digest*: a hash of the decoded picture's pixels (planes as decoded, before any colour conversion);
 - whether the decoder flagged it as a key frame (a place where a decode may restart).
 
-Random access (:func:`tcclip.data.video_reader.decode_exact`) seeks to a key picture, decodes forward, picks the
+Random access (:func:`tcclip.data.checked_decode.decode_exact`) seeks to a key picture, decodes forward, picks the
 wanted pictures by label, and **checks every picture it returns against its digest**. A seek is therefore used
 only where it is proven, for this file and this FFmpeg, to give the very pictures of the sequential decode;
 anything else (a placeholder flagged as key frame, an open GOP, a decoder that behaves differently after a
@@ -70,7 +70,7 @@ TRUNCATION_SLACK_FRACTION = 0.05
 NO_LABEL = np.iinfo(np.int64).min
 """Label of a picture the decoder attached no timestamp to."""
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 """Version of the on-disk index; a change makes earlier cache files unused."""
 
 CACHE_ENV = "TCCLIP_CACHE_DIR"
@@ -146,6 +146,9 @@ class VideoFrames:
     times: np.ndarray
     """float64 [frames]: presentation time of each frame in seconds, increasing (the i-th smallest label)."""
     time_base: Fraction
+    frame_rate: Fraction
+    """The stream's average frame rate as the container declares it (else FFmpeg's guess, else 25): how long the
+    last frame is shown (:meth:`duration`), and the clock of files whose pictures carry no timestamps."""
     rotation: int
     """Counter-clockwise degrees (a multiple of 90) that turn the stored frames upright."""
     codec: str
@@ -163,6 +166,10 @@ class VideoFrames:
     def seconds(self, index: int) -> float:
         """Presentation time of frame ``index`` in seconds."""
         return float(self.times[index])
+
+    def duration(self) -> float:
+        """Seconds from the first frame's display time to the end of the last frame (shown for one frame period)."""
+        return (float(self.times[-1]) - float(self.times[0])) + 1.0 / float(self.frame_rate)
 
     @functools.cached_property
     def seekable(self) -> bool:
@@ -344,6 +351,7 @@ def _index(path: str, messages: list[Any]) -> VideoFrames:
         keys=np.array(keys, dtype=np.int64),
         times=times,
         time_base=time_base,
+        frame_rate=Fraction(rate),
         rotation=rotation or 0,
         codec=codec,
         container=fmt,
@@ -386,8 +394,8 @@ def _load(file: Path, path: str) -> VideoFrames | None:
         with np.load(file, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {name: data[name] for name in _ARRAYS}
-        time_base = Fraction(meta.pop("time_base"))
-        return VideoFrames(path=path, time_base=time_base, **arrays, **{k: meta[k] for k in _FIELDS})
+        fractions = {name: Fraction(meta[name]) for name in ("time_base", "frame_rate")}
+        return VideoFrames(path=path, **fractions, **arrays, **{k: meta[k] for k in _FIELDS})
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, ZeroDivisionError):
         return None  # unreadable or from another version: index again (and overwrite it)
 
@@ -396,7 +404,7 @@ _CACHE_WARNED: list[str] = []
 
 
 def _store(file: Path, frames: VideoFrames) -> None:
-    meta = {k: getattr(frames, k) for k in _FIELDS} | {"time_base": str(frames.time_base)}
+    meta = {k: getattr(frames, k) for k in _FIELDS} | {k: str(getattr(frames, k)) for k in ("time_base", "frame_rate")}
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".", suffix=".npz.partial")
@@ -429,7 +437,7 @@ def _mode_file(path: str) -> Path | None:
 
 
 def recall_access(path: str) -> str | None:
-    """How an earlier process found this file's pictures are reached (see ``video_reader.decode_exact``), if any."""
+    """How an earlier process found this file's pictures are reached (see ``checked_decode.decode_exact``), if any."""
     file = _mode_file(path)
     try:
         return None if file is None else file.read_text().strip() or None

@@ -2,6 +2,8 @@
 
 >>> reader = open_video("v_Archery_g01_c01.avi")                  # nothing is decoded yet
 >>> frames = reader.get_frames(test_indices(len(reader), 8)[0])   # uint8 RGB [8, H, W, 3], upright
+>>> for index, frame in reader.iter_frames(range(0, len(reader), 5)):  # long footage: one frame at a time
+...     ...
 
 Every backend follows one definition of a video's frames (:mod:`tcclip.data.video_frames`): frame i is the i-th
 picture of a sequential FFmpeg decode; ``len(reader)`` counts them, and ``get_frames`` returns exactly the frames
@@ -13,9 +15,10 @@ Backends (``backend=`` of :func:`open_video`, ``data.init_args.backend`` in conf
 
 - ``auto`` (default): ``torchcodec`` where it works on this machine, else ``pyav``: the faster exact reader (the
   README's data-loading table; both read the AVIs of UCF-101 and HMDB-51 by the same ``pyav`` path).
-- ``pyav``: FFmpeg through PyAV. Seeks to a key picture, decodes forward (skipping the pictures nobody asked for
-  where that is proven harmless) and checks every returned picture against the digest of the sequential decode
-  (:func:`decode_exact`); a file where seeking does not give the same pictures is decoded from its start.
+- ``pyav``: FFmpeg through PyAV (:mod:`tcclip.data.checked_decode`). Seeks to a key picture, decodes forward
+  (skipping the pictures nobody asked for where that is proven harmless) and checks every returned picture against
+  the digest of the sequential decode; a file where seeking does not give the same pictures is decoded from its
+  start.
 - ``torchcodec``: torchcodec's exact seek mode, used where the frame index shows that its numbering (by sorted
   timestamps) is the sequential decode's, with every returned timestamp checked; other files go to the ``pyav``
   path. Needs ``pip install torchcodec`` and FFmpeg's shared libraries.
@@ -30,13 +33,12 @@ handles are never shared across ``fork``. Datasets should still create readers i
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,18 +46,8 @@ import av
 import numpy as np
 import torch
 
-from tcclip.data.video_frames import (
-    VideoDecodeError,
-    VideoFrames,
-    decode_packets,
-    picture_digest,
-    plain_reason,
-    read_video_frames,
-    recall_access,
-    remember_access,
-    seek,
-    upright,
-)
+from tcclip.data.checked_decode import decode_exact, decode_sequential, stream_exact
+from tcclip.data.video_frames import VideoDecodeError, VideoFrames, plain_reason, read_video_frames, upright
 from tcclip.utils.errors import UserError
 
 __all__ = [
@@ -64,10 +56,12 @@ __all__ = [
     "VideoDecodeError",
     "VideoReader",
     "available_backends",
+    "declared_duration",
     "decode_exact",
     "decode_sequential",
     "open_video",
     "resolve_backend",
+    "stream_exact",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,151 +79,11 @@ FFMPEG_FIX = (
 _INHERITED_HANDLES: list[Any] = []
 # Files on which torchcodec returned a frame other than the one asked for, in this process: decoded by PyAV.
 _TORCHCODEC_MISPLACES: set[str] = set()
-# How each file's pictures are reached (decode_exact), once a faster way was found wrong for it, in this process.
-_MODES: dict[str, str] = {}
 _DECORD_WARNED: set[str] = set()
 
-
-def _open_stream(container: av.container.InputContainer, num_threads: int) -> Any:
-    stream = container.streams.video[0]
-    # One thread unless asked: FFmpeg's slice threading conceals damaged slices differently (the digests say so).
-    stream.codec_context.thread_count = num_threads
-    if num_threads != 1:
-        stream.thread_type = "AUTO"
-    return stream
-
-
-SEEK_SKIP, SEEK, FROM_START = "seek+skip", "seek", "from start"
-"""How a file's pictures are reached, fastest first (see :func:`decode_exact`)."""
-
-
-def _decode_from_start(frames: VideoFrames, indices: Sequence[int], num_threads: int = 1) -> dict[int, Any]:
-    """Pictures at ``indices`` (sorted, unique) by decoding from the start and counting the pictures shown."""
-    wanted, last = set(indices), max(indices)
-    out: dict[int, Any] = {}
-    with av.open(frames.path) as container:
-        stream = _open_stream(container, num_threads)
-        for shown, frame in enumerate(decode_packets(container, stream)):
-            if shown in wanted:
-                out[shown] = frame
-            if shown >= last:
-                break
-    return out
-
-
-def _decode_after_seeks(
-    frames: VideoFrames, indices: Sequence[int], num_threads: int = 1, skip: bool = True
-) -> dict[int, Any]:
-    """Pictures at ``indices`` (sorted, unique) by seeking to the last key picture at or before each run of them and
-    decoding forward, recognising pictures by label; with ``skip``, the non-reference pictures of packets whose
-    label is not wanted are not decoded. Unproven: the caller checks the digests."""
-    keys = frames.keys.tolist()
-    runs: dict[int, list[int]] = {}
-    for i in indices:
-        k = bisect.bisect_right(keys, i) - 1
-        runs.setdefault(keys[k] if k >= 0 else -1, []).append(i)
-    out: dict[int, Any] = {}
-    with av.open(frames.path) as container:
-        stream = _open_stream(container, num_threads)
-        for key, run in runs.items():
-            if key < 0:  # no key picture before these: from the start
-                container.seek(0, stream=stream, backward=True, any_frame=False)
-            else:
-                seek(container, stream, int(frames.labels[key]))
-            by_label = {int(frames.labels[i]): i for i in run}
-            got = 0
-            for frame in decode_packets(container, stream, set(by_label) if skip else None):
-                i = by_label.get(frame.pts)
-                if i is not None and i not in out:
-                    out[i] = frame
-                    got += 1
-                    if got == len(run):
-                        break
-    return out
-
-
-def decode_exact(frames: VideoFrames, indices: Sequence[int], num_threads: int = 1) -> np.ndarray:
-    """Frames at sorted, unique ``indices`` of ``frames.path``, upright, as uint8 [n, H, W, 3], with PyAV.
-
-    Every picture returned is checked against the digest of the sequential decode (:mod:`tcclip.data.video_frames`).
-    A file is first read by seeking to key pictures, decoding forward and skipping the non-reference pictures
-    nobody asked for; where that misses or changes a picture, by seeking without skipping (XviD's placeholder
-    packets shift which picture comes out when); where that fails too, by decoding from the start and counting,
-    which is the definition itself. A file stays on the mode that worked, in this process.
-    """
-    indices = list(indices)
-    mode = access_mode(frames)
-    got: dict[int, Any] = {}
-    try:
-        while True:
-            rest = [i for i in indices if i not in got]
-            if mode == FROM_START:
-                decoded = _decode_from_start(frames, rest, num_threads)
-            else:
-                decoded = _decode_after_seeks(frames, rest, num_threads, skip=mode == SEEK_SKIP)
-            proven = {i: f for i, f in decoded.items() if _proven(frames, i, f)}
-            got.update(proven)
-            if len(got) == len(indices):
-                break
-            if mode == FROM_START:
-                wrong = next((i for i in rest if i in decoded and i not in proven), None)
-                if wrong is not None:
-                    raise VideoDecodeError(
-                        frames.path,
-                        f"frame {wrong} decodes differently from one pass to the next (a decoder problem: re-encode "
-                        "the file with `tcclip data prepare`, or report it)",
-                    )
-                missing = next(i for i in rest if i not in decoded)
-                raise VideoDecodeError(
-                    frames.path, f"frame {missing} of {len(frames)} is not shown by a decode from the start"
-                )
-            mode = SEEK if mode == SEEK_SKIP else FROM_START
-            _MODES[frames.path] = mode
-            remember_access(frames.path, mode)
-            log.debug("%s: seeking did not give the sequential decode's pictures; now %s", frames.path, mode)
-        images = np.stack([got[i].to_ndarray(format="rgb24") for i in indices])
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(frames.path, f"cannot be decoded ({plain_reason(err)})") from err
-    return upright(images, frames.rotation)
-
-
-def access_mode(frames: VideoFrames) -> str:
-    """How :func:`decode_exact` reaches this file's pictures: learnt on its first reads, kept for this process and
-    beside the file's index on disk (other workers and later runs start from it)."""
-    mode = _MODES.get(frames.path)
-    if mode is None:
-        mode = recall_access(frames.path) if frames.seekable else FROM_START
-        if mode not in (SEEK_SKIP, SEEK, FROM_START):
-            mode = SEEK_SKIP
-        _MODES[frames.path] = mode
-    return mode
-
-
-def _proven(frames: VideoFrames, index: int, frame: Any) -> bool:
-    return picture_digest(frame) == int(frames.digests[index])
-
-
-def decode_sequential(frames: VideoFrames, indices: Sequence[int]) -> np.ndarray:
-    """Frames at sorted, unique ``indices``, upright, by decoding from the start and counting the pictures shown.
-
-    The definition itself, slow and independent of labels, seeks and digests: the reference for cross-checks
-    (``tcclip data check --verify-frames``).
-    """
-    wanted, last = set(indices), max(indices)
-    out: dict[int, np.ndarray] = {}
-    try:
-        with av.open(frames.path) as container:
-            stream = _open_stream(container, 1)
-            for shown, frame in enumerate(decode_packets(container, stream)):
-                if shown in wanted:
-                    out[shown] = frame.to_ndarray(format="rgb24")
-                if shown >= last:
-                    break
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(frames.path, f"cannot be decoded ({plain_reason(err)})") from err
-    if len(out) < len(wanted):
-        raise VideoDecodeError(frames.path, f"a sequential decode shows only {len(out)} of the frames asked for")
-    return upright(np.stack([out[i] for i in indices]), frames.rotation)
+CHUNK_FRAMES = 16
+"""Frames decoded per call by :meth:`VideoReader.iter_frames` where a backend decodes in batches (torchcodec,
+decord): a bound on memory, large enough for batched decoding to pay."""
 
 
 class VideoReader(ABC):
@@ -281,6 +135,29 @@ class VideoReader(ABC):
             raise VideoDecodeError(self.path, f"the decoder returned {frames.dtype} {tuple(frames.shape)}")
         return torch.from_numpy(np.ascontiguousarray(frames[inverse]))
 
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Frames at increasing ``indices``, one at a time and in order, as ``(index, uint8 RGB [H, W, 3])``, upright.
+
+        For long footage (``tcclip timeline``): memory holds one chunk of decoded frames (:data:`CHUNK_FRAMES`),
+        never the whole selection, and the file is decoded forward once instead of once per chunk where the backend
+        allows it. The frames are exactly those ``get_frames`` returns.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return
+        if (np.diff(idx) <= 0).any():
+            raise ValueError(f"{self.path}: iter_frames needs increasing indices")
+        num = len(self)
+        if idx[0] < 0 or idx[-1] >= num:
+            raise IndexError(f"{self.path}: frame indices must be in [0, {num}), got {idx[0]}..{idx[-1]}")
+        try:
+            for index, frame in self._stream(idx.tolist()):
+                yield index, torch.from_numpy(np.ascontiguousarray(frame))
+        except VideoDecodeError:
+            raise
+        except self._library_errors() as err:
+            raise VideoDecodeError(self.path, f"cannot be decoded ({plain_reason(err)})") from err
+
     def close(self) -> None:
         """Release the decoder; the reader reopens it if used again."""
         self._drop_handle()
@@ -325,6 +202,12 @@ class VideoReader(ABC):
     def _decode(self, indices: list[int]) -> np.ndarray:
         """Upright frames at sorted, unique, in-range ``indices`` as uint8 [n, H, W, 3]."""
 
+    def _stream(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Upright frames at sorted, unique, in-range ``indices``, in order; by default ``_decode`` by chunks."""
+        for start in range(0, len(indices), CHUNK_FRAMES):
+            chunk = indices[start : start + CHUNK_FRAMES]
+            yield from zip(chunk, self._decode(chunk), strict=True)
+
 
 class PyAVReader(VideoReader):
     """PyAV: key-frame seek and forward decoding, frames matched by timestamp (:func:`decode_exact`)."""
@@ -333,6 +216,9 @@ class PyAVReader(VideoReader):
 
     def _decode(self, indices: list[int]) -> np.ndarray:
         return decode_exact(self.frames, indices, self.num_threads)
+
+    def _stream(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        return stream_exact(self.frames, indices, self.num_threads)
 
 
 class TorchCodecReader(VideoReader):
@@ -367,6 +253,12 @@ class TorchCodecReader(VideoReader):
             _TORCHCODEC_MISPLACES.add(table.path)
             log.debug("torchcodec returned other frames than asked for in %s; decoding it with PyAV", table.path)
         return decode_exact(table, indices, self.num_threads)
+
+    def _stream(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        table = self.frames
+        if table.regular and table.path not in _TORCHCODEC_MISPLACES:
+            return super()._stream(indices)  # chunks; torchcodec keeps decoding forward between them
+        return stream_exact(table, indices, self.num_threads)
 
 
 class DecordReader(VideoReader):
@@ -490,3 +382,19 @@ def open_video(path: str | Path, backend: str | None = DEFAULT_BACKEND, num_thre
         UserError: an unknown backend, or one that cannot run here.
     """
     return BACKENDS[resolve_backend(backend)](path, num_threads=num_threads)
+
+
+def declared_duration(path: str | Path) -> float:
+    """Seconds of video the container declares, read from its header without decoding (0 when it declares none or
+    cannot be opened: the frame index says what is wrong with such a file). For estimates before the index is
+    built, such as a progress bar's total; the frame index is the truth."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0.0
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return float(container.duration or 0) / 1e6
+    except (av.error.FFmpegError, OSError):
+        return 0.0
