@@ -154,19 +154,19 @@ def disk_full_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up while a timeline is written: one file is there, then ENOSPC."""
     import errno
 
-    from tcclip.inference import timeline as timelines
+    from tcclip.inference import timeline_outputs
 
     def write(tl, out):
         (out / "windows.csv").write_text("window,start\n0,0.0")  # cut mid-way
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "segments.csv"))
 
-    monkeypatch.setattr(timelines, "_write_timeline_files", write)
+    monkeypatch.setattr(timeline_outputs, "_write_timeline_files", write)
 
 
 def few_windows(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tcclip.inference import timeline as timelines
+    from tcclip.inference import timeline_windows
 
-    monkeypatch.setattr(timelines, "MAX_WINDOWS", 5)
+    monkeypatch.setattr(timeline_windows, "MAX_WINDOWS", 5)
 
 
 def env_root_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -742,7 +742,7 @@ CASES: list[Case] = [
         130,
         "tcclip timeline: interrupted",
         files={"tl/windows.csv": "earlier\n"},
-        setup=raise_in("tcclip.inference.timeline.plot_timeline", KeyboardInterrupt()),
+        setup=raise_in("tcclip.inference.timeline_outputs.plot_timeline", KeyboardInterrupt()),
         check=earlier_timeline_kept,
     ),
     Case(

@@ -36,10 +36,6 @@ PARSERS = ("argparse", "jsonargparse")
 KNOWN: set[str] = {
     # training
     "module: tcclip/training/module.py",
-    # model core and inference
-    "module: tcclip/inference/timeline.py",
-    "function: tcclip/inference/timeline.py:stream_windows",
-    "function: tcclip/inference/timeline.py:timeline",
     # speed
     "module: tcclip/model/kernels.py",
     # data and experiments

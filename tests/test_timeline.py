@@ -16,14 +16,9 @@ import tcclip.utils.errors
 from tcclip.cli import main as cli_main
 from tcclip.data.synth import draw_index_stamp, read_index_stamp, write_video
 from tcclip.data.transforms import MEAN, STD
-from tcclip.inference.timeline import (
-    WindowResult,
-    merge_segments,
-    moving_average,
-    save_timeline,
-    stream_windows,
-    timeline,
-)
+from tcclip.data.video_reader import declared_duration
+from tcclip.inference.timeline import WindowResult, merge_segments, save_timeline, stream_windows, timeline
+from tcclip.inference.timeline_segments import moving_average
 
 FPS = 10
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -78,7 +73,7 @@ def test_windows_sample_the_frames_shown_at_their_times(tmp_path):
     window, stride, t = 1.6, 0.7, 4
 
     def convert(frame):
-        return torch.tensor(read_index_stamp(frame.to_ndarray(format="rgb24")))
+        return torch.tensor(read_index_stamp(frame.numpy()))
 
     got = list(stream_windows(path, t, window, stride, convert))
     duration = n / FPS
@@ -95,6 +90,55 @@ def test_a_video_shorter_than_the_window_is_one_window(tmp_path):
     path = write_video(tmp_path / "short.mp4", np.zeros((7, 32, 32, 3), dtype=np.uint8), fps=FPS)
     got = list(stream_windows(path, 4, 5.0, 2.0, lambda frame: torch.zeros(1)))
     assert len(got) == 1 and got[0][1] == 0.0 and got[0][2] == pytest.approx(0.7)
+
+
+def test_windows_hold_only_the_frames_later_windows_need(tmp_path):
+    """Memory does not grow with the video: a converted frame is dropped once no later window samples it."""
+    import weakref
+
+    class Kept:
+        def __init__(self, stamp: int) -> None:
+            self.stamp = stamp
+
+    n = 250  # the stamps count to 255
+    frames = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+    for i in range(n):
+        draw_index_stamp(frames[i], i)
+    path = write_video(tmp_path / "long.mp4", frames, fps=FPS)
+    alive: weakref.WeakSet = weakref.WeakSet()
+
+    def convert(frame):
+        kept = Kept(read_index_stamp(frame.numpy()))
+        alive.add(kept)
+        return kept
+
+    most, count = 0, 0
+    for _, start, _, samples in stream_windows(path, 4, 1.0, 0.5, convert):
+        assert [s.stamp for s in samples] == [math.floor((start + (i + 0.5) * 0.25) * FPS + 1e-9) for i in range(4)]
+        count += 1
+        del samples
+        most = max(most, len(alive))
+    assert count == 49 and most <= 2 * 4  # 99 different frames sampled in all
+
+
+@pytest.mark.parametrize("backend", ["pyav", "torchcodec", "auto"])
+def test_windows_are_the_readers_upright_frames(tmp_path, backend):
+    """A phone video (display matrix: 90 degrees) is scored upright, as training and predict read it: each sample
+    is the independent sequential decode's picture, turned by the display matrix."""
+    from conftest import decoded_pictures
+    from quirks import write_quirk_video
+
+    from tcclip.data.video_reader import available_backends
+
+    if backend not in (*available_backends(), "auto"):
+        pytest.skip(f"video backend {backend} cannot decode here")
+    video = write_quirk_video("rotated_mp4", tmp_path)
+    oracle = [np.rot90(p.to_ndarray(format="rgb24"), k=video.rotation // 90) for p in decoded_pictures(video.path)]
+    windows = list(stream_windows(video.path, 4, 0.4, 0.2, lambda frame: frame, backend=backend))
+    assert len(windows) == 4  # 30 frames at 30 fps
+    for _, start, _, samples in windows:
+        for i, sample in enumerate(samples):
+            assert np.array_equal(sample.numpy(), oracle[math.floor((start + (i + 0.5) * 0.1) * 30 + 1e-6)])
 
 
 def test_segments_find_known_boundaries(tmp_path):
@@ -195,8 +239,6 @@ def test_smoothing(tmp_path):
 def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tmp_path, kind):
     from quirks import write_quirk_video
 
-    from tcclip.inference.timeline import first_frame_time
-
     if kind == "stamped_gop8":  # key frames every 8 frames: the seek lands well inside the video
         frames = np.zeros((90, 32, 32, 3), dtype=np.uint8)
         for i in range(90):
@@ -206,20 +248,17 @@ def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tm
         path = write_quirk_video(kind, tmp_path).path
 
     def convert(frame):
-        return torch.tensor(read_index_stamp(frame.to_ndarray(format="rgb24")))
+        return torch.tensor(read_index_stamp(frame.numpy()))
 
-    from tcclip.inference.timeline import _probe_duration
-
-    duration = _probe_duration(path)
+    duration = declared_duration(path)
     window, stride, t = duration / 6, duration / 40, 4
     full = {
         k: (start, [int(x) for x in samples])
         for k, start, _, samples in stream_windows(path, t, window, stride, convert)
     }
     assert len(full) > 12
-    origin = first_frame_time(path)
     for first in (3, len(full) // 2, len(full) - 4):
-        part = list(stream_windows(path, t, window, stride, convert, offset=first * stride, count=4, origin=origin))
+        part = list(stream_windows(path, t, window, stride, convert, offset=first * stride, count=4))
         assert [k for k, *_ in part] == [0, 1, 2, 3]
         for k, start, _, samples in part:
             assert start == pytest.approx(full[first + k][0])
@@ -227,7 +266,7 @@ def test_a_part_decoded_after_a_seek_equals_the_same_windows_of_a_full_decode(tm
 
 
 def test_place_boundary():
-    from tcclip.inference.timeline import place_boundary
+    from tcclip.inference.timeline_segments import place_boundary
 
     centres = [0.25 * j for j in range(10)]  # 0 .. 2.25
     assert place_boundary(centres, [True] * 4 + [False] * 6, 0.0, 2.5) == pytest.approx(0.875)  # between 0.75 and 1
@@ -241,7 +280,7 @@ def test_place_boundary():
 
 
 def test_apply_boundaries_drops_an_unconfirmed_flicker_and_merges():
-    from tcclip.inference.timeline import Segment, apply_boundaries
+    from tcclip.inference.timeline_segments import Segment, apply_boundaries
 
     segs = [Segment("a", 0, 2, 0, 3, 0.9), Segment("b", 2, 2.5, 4, 4, 0.6), Segment("a", 2.5, 5, 5, 9, 0.8)]
     # the finer windows put a -> b at 2.4 and b -> a at 2.2: b does not exist
@@ -284,7 +323,7 @@ def test_refinement_places_the_changes_of_a_biased_model(tmp_path):
 
 
 def test_refinement_intervals_reach_further_with_smoothing_and_skip_gaps():
-    from tcclip.inference.timeline import refinement_intervals
+    from tcclip.inference.timeline_segments import refinement_intervals
 
     def w(i, label):
         return WindowResult(i, i * 0.5, i * 0.5 + 1.0, [(label or "x", 0.9)], label)

@@ -236,17 +236,14 @@ def test_truncated_avi_is_refused_like_a_truncated_mp4(matrix_videos, tmp_path, 
 
 @pytest.mark.parametrize("name", ["xvid_dx50_bf2_30fps", "xvid_xvid_bf1_25fps", "x264_bf3_avi"])
 def test_timeline_windows_show_the_sequential_pictures(matrix_videos, oracles, name):
-    """`tcclip timeline` streams its own decode: on B-frame AVIs (timestamps out of display order) each window's
-    sample at time t is the sequential decode's picture shown at t (frame floor(t * fps) of these constant-rate
-    files)."""
-    import torch
-
+    """`tcclip timeline` reads its windows through the data reader: on B-frame AVIs (timestamps out of display
+    order) each window's sample at time t is the sequential decode's picture shown at t (frame floor(t * fps) of
+    these constant-rate files)."""
     from tcclip.inference.timeline import stream_windows
 
     entry, path = matrix_videos[name]
     oracle = oracles[name]
-    convert = lambda frame: torch.from_numpy(frame.to_ndarray(format="rgb24"))  # noqa: E731
-    windows = list(stream_windows(path, num_frames=4, window=0.8, stride=0.4, convert=convert))
+    windows = list(stream_windows(path, num_frames=4, window=0.8, stride=0.4, convert=lambda frame: frame))
     assert len(windows) >= 4
     for _, start, end, samples in windows:
         for i, sample in enumerate(samples):
