@@ -1265,7 +1265,7 @@ def test_python_api_refuses_class_lists_that_would_split_a_probability():
     from types import SimpleNamespace
 
     from tcclip.data.labels import LabelFileError
-    from tcclip.inference.predict import use_labels
+    from tcclip.inference.scoring import use_labels
 
     model = SimpleNamespace(class_names=["run"], set_class_names=lambda names: pytest.fail("must not be reached"))
     for labels, message in (
