@@ -66,7 +66,7 @@ def _clean_env() -> dict[str, str]:
 
 def test_installed_package_has_its_data(wheel_venv: Path, tmp_path: Path) -> None:
     code = (
-        "import tcclip, tcclip.cli.lightning as c, tcclip.data.splits as s, tcclip.experiments.sweep as w; "
+        "import tcclip, tcclip.cli.lightning as c, tcclip.data.splits as s, tcclip.experiments.slurm_arrays as w; "
         "print(tcclip.__file__); print(c.defaults_files()[0]); print(len(s.load_manifest().files)); "
         "print(w.JOB_TEMPLATE.is_file())"
     )
