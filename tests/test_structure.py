@@ -38,7 +38,6 @@ KNOWN: set[str] = {
     "module: tcclip/training/module.py",
     # speed
     "module: tcclip/model/kernels.py",
-    # data and experiments
     # command line
     "function: tcclip/experiments/sweep.py:main",
     "parser: tcclip/data/prepare.py",
