@@ -1,4 +1,5 @@
-"""Write the experiment files of configs/ from the protocol table (`tcclip.experiments.protocols`), one file per paper cell.
+"""Write the experiment files of configs/ from the protocol table (`tcclip.experiments.protocols`), one file per
+paper cell.
 
 Every file stays a complete, runnable experiment (`tcclip fit --config configs/few_shot_ucf_k4.yaml`); this script is
 their single source, and `tests/test_configs.py` fails when a committed file differs from what it writes. To change a
@@ -63,7 +64,8 @@ def _model(recipe: Recipe | None, variant: str, wise_ft: bool = False) -> dict[s
     if variant == "pretrained":
         model["init_checkpoint"] = PRETRAINED_CKPT
     if recipe is not None:
-        model |= {
+        # The protocol's recipe (tcclip.training.hparams.Optimization); the rest of AdamW's settings are shared.
+        model["optim"] = {
             "lr": recipe.lr,
             "lr_min": recipe.lr_min,
             "warmup_epochs": recipe.warmup_epochs,
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         stale = drifted()
         for name in stale:
             print(
-                f"configs/{name}: differs from tcclip/experiments/protocols.py; run `python configs/generate.py`", file=sys.stderr
+                f"configs/{name}: differs from tcclip/experiments/protocols.py; run `python configs/generate.py`",
+                file=sys.stderr,
             )
         return 1 if stale else 0
     for name, text in all_configs().items():

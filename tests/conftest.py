@@ -183,7 +183,7 @@ def _tiny_run_args(data_root: Path, run_dir: Path) -> list[str]:
         "--data.init_args.num_frames=4",
         "--data.init_args.num_workers=0",
         # The paper's x10 rate for the new parts (the demo turns it off: it trains everything from random weights).
-        "--model.lr_10x=true",
+        "--model.optim.lr_10x=true",
         "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={run_dir}",
     ]

@@ -827,12 +827,49 @@ CASES: list[Case] = [
         "model_config.tome_r: must be >= 1, got -2",
         absent=("run",),
     ),
-    Case("fit-negative-lr", ("fit", *demo("--model.lr=-0.1")), 2, "model.lr: must be > 0", absent=("run",)),
+    Case("fit-negative-lr", ("fit", *demo("--model.optim.lr=-0.1")), 2, "model.optim.lr: must be > 0", absent=("run",)),
     Case(
         "fit-total-batch-size-zero",
-        ("fit", *demo("--model.total_batch_size=0")),
+        ("fit", *demo("--model.optim.total_batch_size=0")),
         2,
-        "model.total_batch_size: must be an integer >= 1, or null",
+        "model.optim.total_batch_size: must be an integer >= 1, or null",
+        absent=("run",),
+    ),
+    Case(
+        "fit-total-batch-size-not-a-multiple-of-the-batch",
+        ("fit", *demo("--model.optim.total_batch_size=12", "--data.init_args.batch_size=5")),
+        2,
+        "model.optim.total_batch_size: 12 is not divisible by data batch_size 5 x 1 device(s) = 5",
+        absent=("run",),
+    ),
+    Case(
+        "fit-accumulation-given-against-the-total-batch",
+        ("fit", *demo("--trainer.accumulate_grad_batches=3")),
+        2,
+        "trainer.accumulate_grad_batches: 3 conflicts with model.optim.total_batch_size=8",
+        absent=("run",),
+    ),
+    # --- settings of earlier releases, flat under model.: named with their new place ------------------------------
+    *(
+        Case(
+            f"fit-earlier-spelling-{old}",
+            ("fit", *demo(f"--model.{old}={value}")),
+            2,
+            f"model.{old}: this setting is now model.{new} (on the command line). Write model.{new} instead",
+            absent=("run",),
+        )
+        for old, new, value in (
+            ("lr", "optim.lr", "0.001"),
+            ("total_batch_size", "optim.total_batch_size", "8"),
+            ("mixup", "loss.mixup", "false"),
+        )
+    ),
+    Case(
+        "test-earlier-spelling-in-a-config-file",
+        ("test", "--config", "old.yaml", "--data.init_args.root={data}", "--trainer.default_root_dir=run"),
+        2,
+        "old.yaml: model.lr: this setting is now model.optim.lr (in a config file)",
+        files={"old.yaml": "model:\n  clip_weights: null\n  lr: 1.0e-3\n  warmup_epochs: 1\n"},
         absent=("run",),
     ),
     *(

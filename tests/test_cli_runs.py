@@ -15,7 +15,7 @@ from torch import nn
 from tcclip.cli import commands as cli
 from tcclip.cli.lightning import run_lightning_cli
 from tcclip.inference.scoring import video_view_logits
-from tcclip.training.module import multi_view_probabilities
+from tcclip.training.metrics import multi_view_probabilities
 from tcclip.utils.finite import NonFiniteError
 
 

@@ -120,13 +120,14 @@ def test_config_parses_and_names_official_split_files(parse, path: Path) -> None
 def test_training_configs_follow_the_paper_recipe(parse, path: Path) -> None:
     cfg = parse(path)
     epochs, warmup, lr, lr_min, total, clips, crops = RECIPES[cfg.data.init_args.protocol]
-    model = cfg.model
-    assert (cfg.trainer.max_epochs, model.warmup_epochs, model.total_batch_size) == (epochs, warmup, total)
-    assert (model.lr, model.lr_min) == pytest.approx((lr, lr_min))
+    model, optim = cfg.model, cfg.model.optim
+    assert (cfg.trainer.max_epochs, optim.warmup_epochs, optim.total_batch_size) == (epochs, warmup, total)
+    assert (optim.lr, optim.lr_min) == pytest.approx((lr, lr_min))
     assert (cfg.data.init_args.num_clip, cfg.data.init_args.num_crop) == (clips, crops)
     assert cfg.data.init_args.num_frames == 16 and model.model_config.num_frames == 16  # linked
-    assert model.model_config.model == "tc_clip" and model.lr_10x and model.betas == (0.9, 0.98)
-    assert model.total_batch_size % cfg.data.init_args.batch_size == 0
+    assert model.model_config.model == "tc_clip" and optim.lr_10x and optim.betas == (0.9, 0.98)
+    assert optim.total_batch_size % cfg.data.init_args.batch_size == 0
+    assert model.loss.mixup and model.loss.label_smoothing == 0.1
     assert cfg.data.init_args.llm_labels == path.stem.endswith("_llm")
     assert (model.model_config.context_length == 77) == cfg.data.init_args.llm_labels
     assert bool(model.init_checkpoint) == path.stem.endswith("_pretrained")
@@ -143,6 +144,7 @@ def test_evaluation_configs_use_two_clips_one_crop_and_no_recipe(parse, path: Pa
     protocol = cfg.data.init_args.protocol
     assert protocol == path.stem.split("_eval_")[0]  # zero_shot, temporal or static
     assert cfg.model.wise_ft_weight == (0.7 if protocol == "zero_shot" else None)
+    assert cfg.model.optim is None  # nothing here trains: no recipe
 
 
 def test_committed_configs_equal_the_generator_output() -> None:

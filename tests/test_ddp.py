@@ -58,7 +58,7 @@ def test_ddp_evaluation_matches_one_process(odd_dataset: Path, tmp_path: Path, t
         "--trainer.devices=1",
         "--trainer.max_epochs=1",
         "--data.init_args.batch_size=5",
-        "--model.total_batch_size=5",
+        "--model.optim.total_batch_size=5",
     )
     assert trained["stage"] == "fit"
     ckpt = str(next((tmp_path / "fit").rglob("last.ckpt")))
@@ -82,7 +82,7 @@ def test_ddp_fit_reaches_the_same_effective_batch(odd_dataset: Path, tmp_path: P
         "--trainer.strategy=ddp",
         "--trainer.max_epochs=1",
         "--data.init_args.batch_size=5",
-        "--model.total_batch_size=10",
+        "--model.optim.total_batch_size=10",
     )
     assert results["sets"]["val"]["num_videos"] == 5
     assert results["last"]["epoch"] == 0

@@ -1,4 +1,5 @@
-"""TCCLIPModule pieces: loss, multi-view aggregation, metrics, best/last, WiSE-FT, freezing, optimiser, results."""
+"""TCCLIPModule and its pieces: loss, multi-view aggregation, metrics, best/last, WiSE-FT, freezing, optimiser,
+hyper-parameters (and their earlier spelling), results."""
 
 from __future__ import annotations
 
@@ -12,20 +13,19 @@ from torch import nn
 
 from tcclip.model.config import TCCLIPConfig
 from tcclip.training.callbacks import harmonic_mean, results_payload, summarize_sets
-from tcclip.training.module import (
-    BestLastTracker,
-    SetMetrics,
-    TCCLIPModule,
-    load_init_checkpoint,
-    multi_view_probabilities,
-)
+from tcclip.training.hparams import Loss, Optimization, flat_hyper_parameters
+from tcclip.training.metrics import SetMetrics, multi_view_probabilities
+from tcclip.training.module import TCCLIPModule
+from tcclip.training.network import load_init_checkpoint, wise_ft_network
+from tcclip.training.reporting import BestLast, ConfusionMatrices, EvaluationMetrics, WiseFT
+from tcclip.utils.errors import ConfigError
 
 TINY = TCCLIPConfig(arch="test-tiny", num_frames=4, context_token_k=8, tome_r=4, prompt_generation_layer_level=(2,))
 
 
 @pytest.fixture(scope="module")
 def module() -> TCCLIPModule:
-    return TCCLIPModule(model_config=TINY, clip_weights=None, lr=1e-3, lr_min=1e-5, warmup_epochs=1)
+    return TCCLIPModule(model_config=TINY, clip_weights=None, optim=Optimization(lr=1e-3, lr_min=1e-5, warmup_epochs=1))
 
 
 class _ViewLogits(nn.Module):
@@ -85,20 +85,92 @@ def test_set_metrics_top5_with_fewer_classes() -> None:
     assert (out["top1"], out["top5"]) == (0.0, 100.0)
 
 
-def test_best_last_tracker() -> None:
-    tracker = BestLastTracker()
+def test_best_last_tracker_and_its_checkpoint_entry() -> None:
+    tracker = BestLast()
     for epoch, top1 in enumerate([10.0, 30.0, 30.0, 20.0]):
         tracker.update(epoch, top1)
     assert tracker.best == {"epoch": 1, "top1": 30.0}  # ties keep the earlier epoch
     assert tracker.last == {"epoch": 3, "top1": 20.0}
-    restored = BestLastTracker()
-    restored.load_state_dict(tracker.state_dict())
-    assert restored.state_dict() == tracker.state_dict()
+    # The layout every release writes and reads: checkpoint["tcclip"] beside the module's train_class_names.
+    checkpoint = {"tcclip": {"train_class_names": ["a", "b"]}}
+    tracker.on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint["tcclip"] == {"train_class_names": ["a", "b"], "best": tracker.best, "last": tracker.last}
+    restored = BestLast()
+    restored.on_load_checkpoint(None, None, checkpoint)
+    assert restored.record() == tracker.record()
+    empty = BestLast()
+    empty.on_load_checkpoint(None, None, {})
+    assert empty.record() == {"best": None, "last": None}
 
 
-def test_hparams_hold_the_model_config_as_a_dict(module: TCCLIPModule) -> None:
+def test_hparams_hold_plain_dicts(module: TCCLIPModule) -> None:
     assert module.hparams["model_config"] == TINY.to_dict()
     assert TCCLIPConfig.from_dict(module.hparams["model_config"]) == TINY
+    assert module.hparams["optim"] == {
+        "lr": 1e-3,
+        "lr_min": 1e-5,
+        "warmup_epochs": 1,
+        "total_batch_size": None,
+        "weight_decay": 0.001,
+        "betas": (0.9, 0.98),
+        "eps": 1e-8,
+        "lr_10x": True,
+    }
+    assert module.hparams["loss"] == {
+        "mixup": True,
+        "mixup_alpha": 0.8,
+        "cutmix_alpha": 1.0,
+        "mixup_switch_prob": 0.5,
+        "label_smoothing": 0.1,
+    }
+    # What load_from_checkpoint passes back in builds the same module.
+    again = TCCLIPModule(**{k: v for k, v in module.hparams.items() if not k.startswith("_")})
+    assert (again.optim, again.loss_config, again.model_config) == (module.optim, module.loss_config, TINY)
+
+
+def test_flat_hyper_parameters_read_both_layouts(module: TCCLIPModule) -> None:
+    flat = flat_hyper_parameters(module.hparams)
+    assert flat["lr"] == 1e-3 and flat["mixup"] is True and flat["total_batch_size"] is None
+    assert "optim" not in flat and "loss" not in flat and flat["clip_weights"] is None
+    earlier = {"lr": 2e-6, "mixup": False, "model_config": {}}  # an earlier release's flat hyper_parameters
+    assert flat_hyper_parameters(earlier) == earlier
+
+
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda: Optimization(lr=0, lr_min=0, warmup_epochs=1), "model.optim.lr"),
+        (lambda: Optimization(lr=1e-3, lr_min=1e-2, warmup_epochs=1), "model.optim.lr_min"),
+        (lambda: Optimization(lr=1e-3, lr_min=0, warmup_epochs=-1), "model.optim.warmup_epochs"),
+        (lambda: Optimization(lr=1e-3, lr_min=0, warmup_epochs=1, betas=(0.9, 1.0)), "model.optim.betas"),
+        (lambda: Optimization(lr=1e-3, lr_min=0, warmup_epochs=1, total_batch_size=0), "model.optim.total_batch_size"),
+        (lambda: Optimization(lr=float("nan"), lr_min=0, warmup_epochs=1), "model.optim.lr"),
+        (lambda: Loss(label_smoothing=1.0), "model.loss.label_smoothing"),
+        (lambda: Loss(mixup_alpha=0), "model.loss.mixup_alpha"),
+        (lambda: Loss(mixup_switch_prob=1.5), "model.loss.mixup_switch_prob"),
+        (lambda: WiseFT(1.5), "model.wise_ft_weight"),
+        (lambda: TCCLIPModule(model_config=TINY, clip_weights=None, wise_ft_weight=-0.1), "model.wise_ft_weight"),
+    ],
+)
+def test_hyper_parameters_out_of_range_are_named(make, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert err.value.key == key
+
+
+def test_hyper_parameters_are_frozen() -> None:
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
+        Optimization(lr=1e-3, lr_min=0, warmup_epochs=1).lr = 1.0  # type: ignore[misc]
+
+
+def test_reports_are_callbacks_the_module_attaches(module: TCCLIPModule) -> None:
+    kinds = [type(c) for c in module.configure_callbacks()]
+    assert kinds == [EvaluationMetrics, BestLast, ConfusionMatrices]  # BestLast reads EvaluationMetrics: after it
+    wise = TCCLIPModule(model_config=TINY, clip_weights=None, wise_ft_weight=0.7, log_confusion_matrix=False)
+    callbacks = wise.configure_callbacks()
+    assert [type(c) for c in callbacks] == [EvaluationMetrics, BestLast, WiseFT] and callbacks[2].weight == 0.7
 
 
 def test_wise_ft_model_mixes_clip_and_finetuned_weights(module: TCCLIPModule) -> None:
@@ -108,7 +180,7 @@ def test_wise_ft_model_mixes_clip_and_finetuned_weights(module: TCCLIPModule) ->
             if param.requires_grad:
                 param.add_(1.0)
     try:
-        wise = module.wise_ft_model(0.7).state_dict()
+        wise = wise_ft_network(module.model, module.model_config, None, 0.7).state_dict()
         clip_name = "image_encoder.transformer.resblocks.0.attn.q_proj.weight"
         torch.testing.assert_close(wise[clip_name], clip_state[clip_name] + 0.7)
         for kept in ("prompt_learner.ctx", "image_encoder.transformer.resblocks.1.attn.local_global_bias_table"):
@@ -166,17 +238,27 @@ def test_configure_optimizers_x10_groups_and_warmup_from_zero(module: TCCLIPModu
     assert (factors.warmup_steps, factors.total_steps) == (4, 40)
 
 
-def test_gradient_accumulation_from_total_batch(module: TCCLIPModule) -> None:
-    module.trainer = _FakeTrainer(world_size=2, accumulate_grad_batches=1)
+def test_fit_refuses_a_trainer_whose_accumulation_misses_the_total_batch() -> None:
+    optim = Optimization(lr=1e-3, lr_min=1e-5, warmup_epochs=1, total_batch_size=64)
+    m = TCCLIPModule(model_config=TINY, clip_weights=None, optim=optim)
+    m.train_class_names = ["a", "b"]
+    data = SimpleNamespace(batch_size=8)
+    m.trainer = _FakeTrainer(world_size=2, accumulate_grad_batches=4)
     try:
-        module.hparams.total_batch_size = 64
-        module._set_gradient_accumulation(SimpleNamespace(batch_size=8))
-        assert module.trainer.accumulate_grad_batches == 4
-        with pytest.raises(ValueError, match="not divisible"):
-            module._set_gradient_accumulation(SimpleNamespace(batch_size=6))
+        m._setup_fit(data)  # 8 x 2 x 4 = 64: the module only checks, never changes it
+        assert m.trainer.accumulate_grad_batches == 4
+        m.trainer.accumulate_grad_batches = 1
+        with pytest.raises(ValueError, match="accumulate_grad_batches=4"):
+            m._setup_fit(data)
+        assert m.trainer.accumulate_grad_batches == 1
     finally:
-        module.hparams.total_batch_size = None
-        module.trainer = None
+        m.trainer = None
+
+
+def test_fit_needs_an_optimisation_recipe() -> None:
+    m = TCCLIPModule(model_config=TINY, clip_weights=None)
+    with pytest.raises(ConfigError, match="model.optim: training needs"):
+        m._setup_fit(SimpleNamespace(batch_size=8))
 
 
 def test_init_checkpoint_loads_our_lightning_checkpoint(module: TCCLIPModule, tmp_path) -> None:
@@ -208,12 +290,14 @@ def test_summaries_mean_std_and_harmonic_mean() -> None:
 
 
 def test_results_payload_follows_the_contract(module: TCCLIPModule) -> None:
-    module.eval_results = {"stage": "test", "sets": {"split1": {"top1": 60.0, "top5": 90.0, "num_videos": 3}}}
-    module.eval_results["wise_ft"] = None
-    module.best_last.update(0, 55.0)
+    evaluation, best_last, wise = EvaluationMetrics(), BestLast(), WiseFT(0.5)
+    evaluation.results = {"stage": "test", "sets": {"split1": {"top1": 60.0, "top5": 90.0, "num_videos": 3}}}
+    wise.results = {"weight": 0.5, "sets": {"split1": {"top1": 50.0, "top5": 80.0, "num_videos": 3}}}
+    best_last.update(0, 55.0)
     datamodule = SimpleNamespace(protocol="few_shot", dataset_name="hmdb51", shots=8, seed=1, llm_labels=True)
     trainer = SimpleNamespace(datamodule=datamodule, state=SimpleNamespace(fn=SimpleNamespace(value="test")))
     trainer.ckpt_path = "x.ckpt"
+    trainer.callbacks = [evaluation, best_last]
     payload = results_payload(trainer, module)
     assert {k: payload[k] for k in ("protocol", "dataset", "variant", "shots", "seed", "stage", "checkpoint")} == {
         "protocol": "few_shot",
@@ -227,3 +311,9 @@ def test_results_payload_follows_the_contract(module: TCCLIPModule) -> None:
     assert payload["sets"]["split1"]["top1"] == 60.0
     assert payload["best"] == {"epoch": 0, "top1": 55.0} and payload["last"] == {"epoch": 0, "top1": 55.0}
     assert payload["wise_ft"] is None
+    trainer.callbacks.append(wise)
+    with_wise = results_payload(trainer, module)["wise_ft"]
+    assert with_wise["weight"] == 0.5 and with_wise["sets"]["split1"]["top1"] == 50.0
+    assert with_wise["summary"]["mean_top1"] == 50.0
+    trainer.callbacks = []
+    assert results_payload(trainer, module) is None  # nothing evaluated yet

@@ -25,7 +25,7 @@ TESTS = Path(__file__).resolve().parent
 def fit_command(tiny_run_args, data: Path, run: Path, pause_at: int | None, during: str = "train") -> list[str]:
     """2 epochs of 4 batches of 2 videos, mixup on (the step draws from the RNG too), a BatchLog."""
     command = [sys.executable, "-m", "tcclip.cli", "fit", *tiny_run_args(data, run)]
-    command += ["--data.init_args.batch_size=2", "--model.total_batch_size=2", "--model.mixup=true"]
+    command += ["--data.init_args.batch_size=2", "--model.optim.total_batch_size=2", "--model.loss.mixup=true"]
     command += ["--trainer.max_epochs=2", "--trainer.devices=1", "--trainer.deterministic=true"]
     command += ["--trainer.enable_progress_bar=false", "--trainer.callbacks+=tcclip.training.callbacks.BatchLog"]
     if pause_at is not None:
@@ -105,7 +105,7 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_batch_and_resumes_exactly(
 
     def command(run: Path, pause_at: int | None) -> list[str]:
         words = fit_command(tiny_run_args, data_synth, run, pause_at)
-        words += ["--data.init_args.batch_size=1", "--model.total_batch_size=2", "--model.mixup=false"]
+        words += ["--data.init_args.batch_size=1", "--model.optim.total_batch_size=2", "--model.loss.mixup=false"]
         return [*words, "--trainer.devices=2", "--trainer.strategy=ddp"]
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tcclip.cli.lightning import run_lightning_cli
+from tcclip.training.reporting import BestLast, find_callback
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +34,8 @@ def fit(
     args = [
         *tiny_run_args(data_root, run_dir),
         "--data.init_args.batch_size=3",
-        "--model.total_batch_size=6",
-        "--model.mixup=true",  # exercises the RNG of the training step too
+        "--model.optim.total_batch_size=6",
+        "--model.loss.mixup=true",  # exercises the RNG of the training step too
         "--trainer.max_epochs=3",
         "--trainer.devices=1",
         "--trainer.deterministic=true",
@@ -60,4 +61,4 @@ def test_resumed_run_ends_with_the_same_weights(data_synth: Path, tmp_path: Path
     assert expected.keys() == got.keys()
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-    assert full.lightning_module.best_last.state_dict() == resumed.lightning_module.best_last.state_dict()
+    assert find_callback(full, BestLast).record() == find_callback(resumed, BestLast).record()

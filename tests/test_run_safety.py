@@ -17,6 +17,7 @@ import torch
 from tcclip.cli import commands as cli
 from tcclip.cli.lightning import run_lightning_cli
 from tcclip.training.module import TCCLIPModule
+from tcclip.training.reporting import SetsAccuracy
 from tcclip.training.runs import LOCK_FILE, find_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def args(tiny_run_args, data_synth: Path, tmp_path: Path):
     return [
         *tiny_run_args(data_synth, tmp_path / "run"),
         "--data.init_args.batch_size=3",
-        "--model.total_batch_size=3",
+        "--model.optim.total_batch_size=3",
         "--trainer.devices=1",
         "--trainer.enable_progress_bar=false",
     ]
@@ -47,16 +48,16 @@ def test_best_after_a_resume_is_the_best_of_the_whole_run(args, tmp_path: Path, 
     # Validation top-1 per epoch, scripted so that the best epoch (1) comes before the resume and every later
     # epoch improves on the one before it (what a callback that forgot the first part of the run would keep).
     scripted = {0: 50.0, 1: 90.0, 2: 60.0, 3: 70.0}
-    collect = TCCLIPModule._collect
+    collect = SetsAccuracy.collect
 
-    def scripted_collect(self, key, sets, prefix):
-        out = collect(self, key, sets, prefix)
-        if key == "val" and self.trainer.state.fn == "fit":
+    def scripted_collect(self, module, prefix):
+        out, confusions = collect(self, module, prefix)
+        if prefix == "val" and module.trainer.state.fn == "fit":
             for result in out.values():
-                result["top1"] = scripted[self.current_epoch]
-        return out
+                result["top1"] = scripted[module.current_epoch]
+        return out, confusions
 
-    monkeypatch.setattr(TCCLIPModule, "_collect", scripted_collect)
+    monkeypatch.setattr(SetsAccuracy, "collect", scripted_collect)
     run_dir = tmp_path / "run"
     assert run(["fit", *args, "--trainer.max_epochs=2"]) == 0
     assert run(["fit", *args, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 0

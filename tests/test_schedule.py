@@ -10,8 +10,10 @@ from torch import nn
 
 from tcclip.training.schedule import (
     accumulation_steps,
+    count_devices,
     param_groups,
     schedule_steps,
+    settle_accumulation,
     warmup_cosine_lr,
     warmup_cosine_scheduler,
 )
@@ -84,6 +86,27 @@ def test_accumulation_matches_the_effective_batch(total: int, per_device: int, w
     steps = accumulation_steps(total, per_device, world)
     assert steps == expected
     assert steps * per_device * world == total
+
+
+def test_accumulation_is_settled_from_the_recipe_before_the_trainer() -> None:
+    from tcclip.utils.errors import ConfigError
+
+    assert settle_accumulation(64, 8, 2, given=1) == 4
+    assert settle_accumulation(64, 8, 2, given=4) == 4  # the same number given by hand is fine
+    assert settle_accumulation(None, 8, 2, given=3) == 3  # no recipe total: the Trainer's as given
+    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches: 3 conflicts"):
+        settle_accumulation(64, 8, 2, given=3)
+    with pytest.raises(ConfigError, match="model.optim.total_batch_size: the data module has no `batch_size`"):
+        settle_accumulation(64, None, 1, given=1)
+    with pytest.raises(ConfigError, match="model.optim.total_batch_size: 64 is not divisible"):
+        settle_accumulation(64, 6, 1, given=1)
+
+
+def test_devices_are_counted_as_the_trainer_will() -> None:
+    assert count_devices("cpu", "auto") == 1
+    assert count_devices("cpu", 3) == 3 and count_devices("cpu", "2") == 2
+    if not torch.cuda.is_available():
+        assert count_devices("auto", "auto") == 1
 
 
 def test_accumulation_refuses_an_indivisible_batch() -> None:

@@ -35,7 +35,6 @@ PARSERS = ("argparse", "jsonargparse")
 # the test, so it is removed with the fix.
 KNOWN: set[str] = {
     # training
-    "module: tcclip/training/module.py",
     # speed
     "module: tcclip/model/kernels.py",
     # command line

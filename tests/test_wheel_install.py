@@ -89,7 +89,7 @@ def test_installed_fit_writes_last_and_resumes(wheel_venv: Path, data_synth: Pat
         f"--data.init_args.root={data_synth}",
         "--data.init_args.num_frames=4",
         "--data.init_args.batch_size=3",
-        "--model.total_batch_size=3",
+        "--model.optim.total_batch_size=3",
         "--trainer.default_root_dir=run",
     ]
     tcclip = str(wheel_venv / "tcclip")

@@ -48,10 +48,12 @@ from tcclip.data.resumable import RestoreLoaderPosition
 from tcclip.model.config import CLIPCfg
 from tcclip.training.callbacks import PredictionsJSON, ResultsJSON, RunGuard
 from tcclip.training.checkpoint_io import AtomicCheckpointIO, checkpoint_kind, lightning_layout, refuse_for_fit
+from tcclip.training.hparams import check_legacy_keys
 from tcclip.training.module import TCCLIPModule
 from tcclip.training.preemption import Preemption
 from tcclip.training.runs import LAST_PATTERNS, find_checkpoint, run_folder_of
 from tcclip.training.safe_load import safe_load
+from tcclip.training.schedule import count_devices, settle_accumulation
 from tcclip.utils.errors import UserError, user_error_in_chain
 from tcclip.utils.outputs import atomic_write
 
@@ -220,6 +222,7 @@ class TCCLIPLightningCLI(LightningCLI):
         parser.link_arguments("model.model_config.arch", "data.init_args.input_size", compute_fn=clip_image_size)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        check_legacy_keys(sys.argv[1:] if args is None else args if isinstance(args, list) else [], defaults_files())
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         cfg = self.config if subcommand is None else self.config[subcommand]
@@ -322,6 +325,20 @@ class TCCLIPLightningCLI(LightningCLI):
         }
         self.config = self.parser.parse_object({"fit": {"trainer": {"logger": logger}}}, self.config)
         rank_zero_info(f"resuming in {folder.path}")
+
+    def before_instantiate_classes(self) -> None:
+        # Gradient accumulation is part of the recipe: settled from model.optim.total_batch_size before the Trainer
+        # is built (the module only checks it). Evaluation commands do not step an optimiser.
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        optim, trainer = cfg.get("model.optim"), cfg.trainer
+        if self.subcommand not in (None, "fit") or optim is None or optim.get("total_batch_size") is None:
+            return
+        data = cfg.get("data.init_args") or cfg.get("data")
+        world = count_devices(trainer.get("accelerator", "auto"), trainer.get("devices", "auto"))
+        world *= int(trainer.get("num_nodes") or 1)
+        given = int(trainer.get("accumulate_grad_batches") or 1)
+        per_device = data.get("batch_size") if data is not None and hasattr(data, "get") else None
+        trainer.accumulate_grad_batches = settle_accumulation(optim.total_batch_size, per_device, world, given)
 
     def instantiate_classes(self) -> None:
         # jsonargparse wraps an error raised while building the data module or model in its own ValueError (with the

@@ -156,9 +156,10 @@ SMOKE_MODEL = (
     "--model.model_config.tome_r=4",
     "--model.model_config.prompt_generation_layer_level=[2]",
     "--model.clip_weights=null",
-    "--model.total_batch_size=null",
     "--model.log_confusion_matrix=false",
 )
+SMOKE_FIT = ("--model.optim.total_batch_size=null",)
+"""Smoke fits step the optimiser every batch (evaluation configs hold no `model.optim` to override)."""
 
 
 def smoke_overrides(settings: SweepSettings) -> list[str]:
@@ -326,6 +327,7 @@ def run_cell(
             config = settings.config_dir / str(cell.fit_config)
             # The plan's trainer options first: the cell's and the user's own options after them win.
             command = [*tcclip, "fit", "--config", str(config), *settings.trainer_args, *common, *init]
+            command += list(SMOKE_FIT) if settings.smoke_data_dir is not None else []
             command += ["--trainer.default_root_dir", str(run_dir)]
             command += ["--ckpt_path", str(resume)] if resume is not None else []
             if not dry_run:

@@ -23,6 +23,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from tcclip.training.calibration_record import Calibration, model_calibration
+from tcclip.training.hparams import flat_hyper_parameters
 from tcclip.utils.errors import UserError
 from tcclip.utils.outputs import check_output_folder, staged_folder
 
@@ -58,7 +59,7 @@ def checkpoint_provenance(path: Path) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         return {"kind": "unknown"}
     if "hyper_parameters" in obj:
-        hp = dict(obj.get("hyper_parameters") or {})
+        hp = flat_hyper_parameters(obj.get("hyper_parameters") or {})  # this release's layout or an earlier one
         keep = ("clip_weights", "init_checkpoint", "lr", "total_batch_size", "mixup", "label_smoothing")
         ours = obj.get("tcclip") if isinstance(obj.get("tcclip"), Mapping) else {}
         data_hp = obj.get("datamodule_hyper_parameters") or {}

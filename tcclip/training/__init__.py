@@ -1,5 +1,6 @@
-"""Training: the TC-CLIP LightningModule, its callbacks, the learning-rate schedule, checkpoint I/O, run folders
-and preemption.
+"""Training: the TC-CLIP LightningModule (`module`) with its hyper-parameters (`hparams`), network set-up
+(`network`), optimiser and learning-rate schedule (`schedule`), evaluation arithmetic (`metrics`) and reporting
+callbacks (`reporting`), the experiment suite's other callbacks, checkpoint I/O, run folders and preemption.
 
 Checkpoint I/O: `checkpoints` (every kind of weights file, and `load_model`, the one loader: `tcclip.load_model`),
 `safe_load` (reading without running pickled code), `portable` (the `tcclip export` folder), `calibration_record`

@@ -1,4 +1,5 @@
-"""Callbacks of the experiment suite: the results file, predictions file, per-epoch seeding and the run guard."""
+"""Callbacks of the experiment suite: the results file, predictions file, per-epoch seeding and the run guard (the
+evaluation reports that feed the results file are in `tcclip.training.reporting`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
+from tcclip.training.reporting import BestLast, EvaluationMetrics, WiseFT, find_callback
 from tcclip.training.runs import RunLock
 from tcclip.utils.errors import UserError, note_interrupt
 from tcclip.utils.finite import nonfinite_tensors
@@ -96,7 +98,8 @@ def weights_record(trainer: L.Trainer, module: L.LightningModule) -> dict[str, A
 
 def results_payload(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
     """The results dict (`results.json`) of the last evaluation of `module` (None before any)."""
-    results = getattr(module, "eval_results", None)
+    evaluation = find_callback(trainer, EvaluationMetrics)
+    results = evaluation.results if evaluation is not None else None
     if not results:
         return None
     datamodule = trainer.datamodule
@@ -108,9 +111,10 @@ def results_payload(trainer: L.Trainer, module: L.LightningModule) -> dict[str, 
         variant = "llm"
     else:
         variant = "plain"
-    tracker = getattr(module, "best_last", None)
-    best_last = tracker.state_dict() if tracker is not None else {"best": None, "last": None}
-    wise = results.get("wise_ft")
+    tracker = find_callback(trainer, BestLast)
+    best_last = tracker.record() if tracker is not None else {"best": None, "last": None}
+    wise_ft = find_callback(trainer, WiseFT)
+    wise = wise_ft.results if wise_ft is not None else None
     if wise is not None:
         wise = {**wise, "summary": summarize_sets(wise["sets"], protocol)}
     return {

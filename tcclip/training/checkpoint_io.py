@@ -108,7 +108,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             checkpoint.get("state_dict", {}),
             path,
             fix="The checkpoint was not written and the previous one under this name is kept. The training has "
-            "diverged: lower model.lr or set trainer.gradient_clip_val, and resume with --ckpt_path last.",
+            "diverged: lower model.optim.lr or set trainer.gradient_clip_val, and resume with --ckpt_path last.",
         )
         atomic_write(path, lambda f: torch.save(checkpoint, f), what="checkpoint")
 

@@ -7,13 +7,21 @@ linear warm-up from 0 and a floor `lr_min`, and an effective batch of `total_bat
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from tcclip.training.hparams import Optimization
+from tcclip.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine_lr(step: int, *, base_lr: float, lr_min: float, warmup_steps: int, total_steps: int) -> float:
@@ -106,10 +114,12 @@ def accumulation_steps(total_batch_size: int, per_device_batch_size: int, world_
         )
     per_step = per_device_batch_size * world_size
     if total_batch_size % per_step:
-        raise ValueError(
-            f"model.total_batch_size={total_batch_size} is not divisible by data batch_size {per_device_batch_size} "
-            f"x {world_size} device(s) = {per_step}. Fix: choose data.init_args.batch_size and trainer.devices so "
-            f"that their product divides {total_batch_size}, or set model.total_batch_size to a multiple of {per_step}."
+        raise ConfigError(
+            "model.optim.total_batch_size",
+            f"{total_batch_size} is not divisible by data batch_size {per_device_batch_size} x {world_size} device(s)"
+            f" = {per_step}",
+            fix=f"Choose data.init_args.batch_size and trainer.devices so that their product divides "
+            f"{total_batch_size}, or set model.optim.total_batch_size to a multiple of {per_step}.",
         )
     return total_batch_size // per_step
 
@@ -141,3 +151,97 @@ def param_groups(
     if not groups:
         raise ValueError("no trainable parameters: check the model.freeze_* options")
     return groups
+
+
+def configure_optimizer(optim: Optimization, model: nn.Module, trainer: Any) -> dict[str, Any]:
+    """`LightningModule.configure_optimizers` for `optim`: AdamW over `param_groups` of `model` and a per-step
+    `warmup_cosine_scheduler` as long as the run (`trainer.max_epochs`, or `trainer.max_steps` when shorter)."""
+    groups = param_groups(
+        model.named_parameters(),
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        lr_10x=optim.lr_10x,
+        is_new_parameter=model.is_new_parameter,
+    )
+    betas = tuple(optim.betas)
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    total = trainer.estimated_stepping_batches  # also loads the train dataloader
+    if not math.isfinite(total):
+        raise ValueError("the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+    warmup, full = schedule_steps(
+        int(trainer.num_training_batches),
+        trainer.accumulate_grad_batches,
+        max(int(trainer.max_epochs or 1), 1),
+        optim.warmup_epochs,
+    )
+    # With trainer.max_steps shorter than the epochs, the schedule ends with the run.
+    scheduler = warmup_cosine_scheduler(
+        optimizer, lr_min=optim.lr_min, warmup_steps=warmup, total_steps=min(full, int(total))
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def count_devices(accelerator: Any, devices: Any) -> int:
+    """Processes per node that `Trainer(accelerator=..., devices=...)` will start, read before the Trainer exists
+    (CPU: `devices` as given, 1 for "auto"; CUDA: the GPUs it selects, all for "auto" or -1)."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower()
+    if name == "auto":
+        name = "cuda" if CUDAAccelerator.is_available() else "cpu"
+    if name in ("gpu", "cuda") or "cuda" in name:
+        return len(CUDAAccelerator.parse_devices(-1 if devices == "auto" else devices) or [])
+    if name == "cpu" or "cpu" in name:
+        return int(CPUAccelerator.parse_devices(1 if devices == "auto" else devices))
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    return 1
+
+
+def settle_accumulation(total_batch_size: int | None, per_device: int | None, world_size: int, given: int) -> int:
+    """`trainer.accumulate_grad_batches` for an effective batch of `total_batch_size` (None: `given` as it is)."""
+    if total_batch_size is None:
+        return given
+    if per_device is None:
+        raise ConfigError(
+            "model.optim.total_batch_size",
+            "the data module has no `batch_size`: cannot derive gradient accumulation from it",
+            fix="Set model.optim.total_batch_size: null and trainer.accumulate_grad_batches.",
+        )
+    if not all(isinstance(v, int) and v >= 1 for v in (total_batch_size, per_device, world_size)):
+        return given  # out of range: the data module's and Optimization's own checks name it next
+    steps = accumulation_steps(total_batch_size, int(per_device), world_size)
+    if given not in (1, steps):
+        raise ConfigError(
+            "trainer.accumulate_grad_batches",
+            f"{given} conflicts with model.optim.total_batch_size={total_batch_size} (which gives {steps} with "
+            f"batch_size {per_device} x {world_size} device(s))",
+            fix="Leave trainer.accumulate_grad_batches at 1, or set model.optim.total_batch_size: null.",
+        )
+    log.info(
+        "effective batch %d = %d per device x %d device(s) x %d accumulation step(s)",
+        total_batch_size,
+        per_device,
+        world_size,
+        steps,
+    )
+    return steps
+
+
+def check_accumulation(total_batch_size: int | None, datamodule: Any, trainer: Any) -> None:
+    """Refuse a Trainer whose accumulation does not make the recipe's effective batch (a Trainer built without
+    `tcclip fit`, which sets it from `model.optim.total_batch_size`)."""
+    per_device = getattr(datamodule, "batch_size", None)
+    if total_batch_size is None or per_device is None:
+        return
+    made = int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+    if made != total_batch_size:
+        steps = accumulation_steps(total_batch_size, int(per_device), trainer.world_size)
+        raise ValueError(
+            f"model.optim.total_batch_size={total_batch_size}, but the Trainer makes batches of {made} (batch_size "
+            f"{per_device} x {trainer.world_size} device(s) x accumulate_grad_batches "
+            f"{trainer.accumulate_grad_batches}). Fix: build the Trainer with accumulate_grad_batches={steps} "
+            "(`tcclip fit` does), or set model.optim.total_batch_size: null."
+        )

@@ -51,7 +51,7 @@ class ConfigError(UserError, ValueError):
     Also a `ValueError`, the exception a Python caller of the class that checks the value expects.
 
     Args:
-        key: the setting (``model.lr``, ``data.init_args.protocol``, ``tome_r``).
+        key: the setting (``model.optim.lr``, ``data.init_args.protocol``, ``tome_r``).
         message: what is wrong with its value.
     """
 
