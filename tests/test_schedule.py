@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tcclip.training.schedule import (
+    accumulation_from_config,
     accumulation_steps,
     count_devices,
     param_groups,
@@ -100,6 +101,22 @@ def test_accumulation_is_settled_from_the_recipe_before_the_trainer() -> None:
         settle_accumulation(64, None, 1, given=1)
     with pytest.raises(ConfigError, match="model.optim.total_batch_size: 64 is not divisible"):
         settle_accumulation(64, 6, 1, given=1)
+
+
+def test_accumulation_from_a_parsed_fit_config() -> None:
+    from jsonargparse import Namespace
+
+    def config(total, devices=2, nodes=1, given=1) -> Namespace:
+        return Namespace(
+            trainer=Namespace(accelerator="cpu", devices=devices, num_nodes=nodes, accumulate_grad_batches=given),
+            model=Namespace(optim=None if total == "none" else Namespace(lr=1e-3, total_batch_size=total)),
+            data=Namespace(class_path="x.Data", init_args=Namespace(batch_size=4)),
+        )
+
+    assert accumulation_from_config(config(64)) == 8  # 64 / (4 per device x 2 devices)
+    assert accumulation_from_config(config(64, nodes=2)) == 4
+    assert accumulation_from_config(config(None, given=3)) == 3
+    assert accumulation_from_config(config("none", given=2)) == 2  # an evaluation config: no recipe
 
 
 def test_devices_are_counted_as_the_trainer_will() -> None:

@@ -53,7 +53,7 @@ from tcclip.training.module import TCCLIPModule
 from tcclip.training.preemption import Preemption
 from tcclip.training.runs import LAST_PATTERNS, find_checkpoint, run_folder_of
 from tcclip.training.safe_load import safe_load
-from tcclip.training.schedule import count_devices, settle_accumulation
+from tcclip.training.schedule import accumulation_from_config
 from tcclip.utils.errors import UserError, user_error_in_chain
 from tcclip.utils.outputs import atomic_write
 
@@ -327,18 +327,11 @@ class TCCLIPLightningCLI(LightningCLI):
         rank_zero_info(f"resuming in {folder.path}")
 
     def before_instantiate_classes(self) -> None:
-        # Gradient accumulation is part of the recipe: settled from model.optim.total_batch_size before the Trainer
-        # is built (the module only checks it). Evaluation commands do not step an optimiser.
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        optim, trainer = cfg.get("model.optim"), cfg.trainer
-        if self.subcommand not in (None, "fit") or optim is None or optim.get("total_batch_size") is None:
-            return
-        data = cfg.get("data.init_args") or cfg.get("data")
-        world = count_devices(trainer.get("accelerator", "auto"), trainer.get("devices", "auto"))
-        world *= int(trainer.get("num_nodes") or 1)
-        given = int(trainer.get("accumulate_grad_batches") or 1)
-        per_device = data.get("batch_size") if data is not None and hasattr(data, "get") else None
-        trainer.accumulate_grad_batches = settle_accumulation(optim.total_batch_size, per_device, world, given)
+        # Gradient accumulation is part of the recipe (model.optim.total_batch_size): settled before the Trainer is
+        # built, never by the module. Evaluation commands do not step an optimiser.
+        if self.subcommand in (None, "fit"):
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            cfg.trainer.accumulate_grad_batches = accumulation_from_config(cfg)
 
     def instantiate_classes(self) -> None:
         # jsonargparse wraps an error raised while building the data module or model in its own ValueError (with the

@@ -230,6 +230,21 @@ def settle_accumulation(total_batch_size: int | None, per_device: int | None, wo
     return steps
 
 
+def accumulation_from_config(cfg: Any) -> int:
+    """`trainer.accumulate_grad_batches` of a parsed `fit` config (jsonargparse's namespace, read with `get`):
+    from `model.optim.total_batch_size`, `data.init_args.batch_size`, `trainer.devices` and `trainer.num_nodes`."""
+    trainer = cfg.get("trainer")
+    given = int(trainer.get("accumulate_grad_batches") or 1)
+    optim = cfg.get("model.optim")
+    total = optim.get("total_batch_size") if optim is not None else None
+    if total is None:
+        return given
+    data = cfg.get("data.init_args") or cfg.get("data")
+    per_device = data.get("batch_size") if data is not None and hasattr(data, "get") else None
+    world = count_devices(trainer.get("accelerator", "auto"), trainer.get("devices", "auto"))
+    return settle_accumulation(total, per_device, world * int(trainer.get("num_nodes") or 1), given)
+
+
 def check_accumulation(total_batch_size: int | None, datamodule: Any, trainer: Any) -> None:
     """Refuse a Trainer whose accumulation does not make the recipe's effective batch (a Trainer built without
     `tcclip fit`, which sets it from `model.optim.total_batch_size`)."""
