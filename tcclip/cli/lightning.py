@@ -275,6 +275,11 @@ class TCCLIPLightningCLI(LightningCLI):
         ckpt_path = getattr(self, "_resolved_ckpt_path", None)
         if ckpt_path is not None and self.subcommand is not None:
             self.config[self.subcommand].ckpt_path = ckpt_path
+        # Gradient accumulation is part of the recipe (model.optim.total_batch_size): settled before the Trainer is
+        # built, never by the module. Evaluation commands do not step an optimiser.
+        if self.subcommand in (None, "fit"):
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            cfg.trainer.accumulate_grad_batches = accumulation_from_config(cfg)
 
     def _network_from_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
         """Take the network's configuration from the checkpoint so its weights fit (evaluation options stay)."""
@@ -325,13 +330,6 @@ class TCCLIPLightningCLI(LightningCLI):
         }
         self.config = self.parser.parse_object({"fit": {"trainer": {"logger": logger}}}, self.config)
         rank_zero_info(f"resuming in {folder.path}")
-
-    def before_instantiate_classes(self) -> None:
-        # Gradient accumulation is part of the recipe (model.optim.total_batch_size): settled before the Trainer is
-        # built, never by the module. Evaluation commands do not step an optimiser.
-        if self.subcommand in (None, "fit"):
-            cfg = self.config[self.subcommand] if self.subcommand else self.config
-            cfg.trainer.accumulate_grad_batches = accumulation_from_config(cfg)
 
     def instantiate_classes(self) -> None:
         # jsonargparse wraps an error raised while building the data module or model in its own ValueError (with the

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tcclip.model.weights import wise_ft
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
+from tcclip.model.weights import wise_ft
 from tcclip.training.checkpoints import read_checkpoint
 from tcclip.utils.errors import ConfigError, UserError
 
