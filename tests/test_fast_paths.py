@@ -259,92 +259,21 @@ def test_context_attention_does_not_repeat_the_context_keys():
     assert any(len(s) >= 3 and s[-2] == 17 + 8 for s in shapes[False])
 
 
-@pytest.mark.parametrize("routes", [("onednn", "onednn"), ("blas", "blas"), ("onednn", "blas"), ("blas", "onednn")])
-@pytest.mark.parametrize(
-    "shape", [(2, 4, 8, 16), (68, 16), (5, 16), (16,)], ids=["16-images", "17-images", "few-rows", "vector"]
-)
-def test_cpu_linear_and_lean_mlp_in_float32_match_torch(shape, routes):
-    """The fast path's float32 matmuls (forward / backward through oneDNN or the BLAS) and the lean MLP backward
-    against plain torch."""
+@pytest.mark.parametrize("shape", [(2, 4, 8, 16), (68, 16), (5, 16), (16,)], ids=["batch", "rows", "few", "vec"])
+def test_lean_mlp_in_float32_matches_torch(shape):
+    """The lean MLP (forward and its own backward) against plain torch in float32."""
     torch.manual_seed(0)
     mlp = MLP(16)
     x = torch.randn(*shape, requires_grad=True)
     results = {}
     for path in ("fast", "plain"):
         mlp.fast = path == "fast"
-        with kernels.cpu_matmul_route(*routes):
-            out = mlp(x)
-            results[path] = (out, *torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()]))
+        out = mlp(x)
+        results[path] = (out, *torch.autograd.grad((out * out).sum(), [x, *mlp.parameters()]))
     for fast, reference in zip(results["fast"], results["plain"], strict=True):
         _assert_close(fast, reference, rtol=1e-5)
-    with torch.no_grad(), kernels.cpu_matmul_route(*routes):
+    with torch.no_grad():
         _assert_close(mlp(x), results["plain"][0], rtol=1e-5)
-
-
-@pytest.mark.parametrize("routes", [("onednn", "blas"), ("blas", "onednn"), ("onednn", "onednn")])
-def test_linear_with_each_route_gives_the_gradients_of_f_linear(routes):
-    """kernels.linear (the attention projections) with mixed routes, against F.linear in float64 terms."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 64, 16, requires_grad=True)  # 256 rows: oneDNN gets 16 images
-    w, b = torch.randn(24, 16, requires_grad=True), torch.randn(24, requires_grad=True)
-    g = torch.randn(4, 64, 24)
-    with kernels.cpu_matmul_route(*routes):
-        out = kernels.linear(x, w, b)
-        grads = torch.autograd.grad(out, [x, w, b], g)
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    want = torch.nn.functional.linear(x64, w64, b64)
-    want_grads = torch.autograd.grad(want, [x64, w64, b64], g.double())
-    for got, ref in zip((out, *grads), (want, *want_grads), strict=True):
-        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
-
-
-def test_the_matmul_route_is_measured_once_per_pass_and_shape(monkeypatch):
-    calls = []
-    monkeypatch.setattr(kernels, "_ROUTE_CACHE", {})
-    monkeypatch.setattr(kernels, "_measure_onednn_faster", lambda d, i, o: calls.append((d, i, o)) or i == o)
-    want = {"8->8": {"forward": "onednn", "backward": "onednn"}, "8->32": {"forward": "blas", "backward": "blas"}}
-    assert kernels.cpu_matmul_routes(((8, 8), (8, 32))) == want
-    assert kernels.cpu_matmul_routes(((8, 8), (8, 32))) == want
-    assert sorted(calls) == [("backward", 8, 8), ("backward", 8, 32), ("forward", 8, 8), ("forward", 8, 32)]
-    with kernels.cpu_matmul_route("blas"):
-        assert kernels.cpu_matmul_routes(((8, 8),)) == {"8->8": {"forward": "blas", "backward": "blas"}}
-    # deterministic algorithms (Lightning's `deterministic=True`): no timing, the same route every run
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    assert kernels.cpu_matmul_routes(((8, 8), (4, 4))) == {
-        "8->8": {"forward": "blas", "backward": "blas"},
-        "4->4": {"forward": "blas", "backward": "blas"},
-    }
-    assert len(calls) == 4
-    with pytest.raises(ValueError, match="routes"):
-        with kernels.cpu_matmul_route("mkl"):
-            pass
-
-
-def test_measuring_the_routes_takes_onednn_only_when_it_is_clearly_faster(monkeypatch):
-    import time
-    from types import SimpleNamespace
-
-    def slow(fn):
-        def wrapped(*args):
-            time.sleep(0.02)
-            return fn(*args)
-
-        return wrapped
-
-    fast_linear = torch.nn.functional.linear
-    for direction, blas_name, onednn_name in (
-        ("forward", None, "_onednn_forward"),
-        ("backward", "_blas_grads", "_onednn_grads"),
-    ):
-        with monkeypatch.context() as m:  # oneDNN made slow: the BLAS
-            m.setattr(kernels, onednn_name, slow(getattr(kernels, onednn_name)))
-            assert kernels._measure_onednn_faster(direction, 64, 48, rows=256) is False
-        with monkeypatch.context() as m:  # the BLAS made slow: oneDNN
-            if blas_name is None:
-                m.setattr(kernels, "F", SimpleNamespace(linear=slow(fast_linear), conv2d=torch.nn.functional.conv2d))
-            else:
-                m.setattr(kernels, blas_name, slow(getattr(kernels, blas_name)))
-            assert kernels._measure_onednn_faster(direction, 64, 48, rows=256) is True
 
 
 @pytest.mark.slow

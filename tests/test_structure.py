@@ -35,8 +35,6 @@ PARSERS = ("argparse", "jsonargparse")
 # the test, so it is removed with the fix.
 KNOWN: set[str] = {
     # training
-    # speed
-    "module: tcclip/model/kernels.py",
     # command line
     "function: tcclip/experiments/sweep.py:main",
     "parser: tcclip/data/prepare.py",

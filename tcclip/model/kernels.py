@@ -3,8 +3,6 @@
 Nothing here states an idea of the paper; each function is checked against its plain form in float64 (design:
 docs/model.md, "The fast path"). What is here:
 
-- `linear`: `F.linear`; on the CPU in float32 each pass through oneDNN or the BLAS, whichever this machine runs
-  faster (measured once per process: oneDNN is about twice as fast on some CPUs and slower on others).
 - `clip_mlp`: CLIP's MLP with QuickGELU as a scaled SiLU and a backward pass that keeps one hidden-sized tensor.
 - `frame_attention`: TC attention (each frame's queries over [its own keys ; the video's context keys], with the
   local-global bias), without copying the context keys next to every frame's when a fused kernel that returns the
@@ -16,8 +14,6 @@ Shapes: B videos, T frames, H heads, N tokens per frame (class token first), K c
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -29,10 +25,7 @@ __all__ = [
     "GELU_SCALE",
     "clip_mlp",
     "copied_context_keys",
-    "cpu_matmul_route",
-    "cpu_matmul_routes",
     "frame_attention",
-    "linear",
     "split_context_attention",
     "split_context_supported",
 ]
@@ -41,190 +34,16 @@ GELU_SCALE = 1.702
 """QuickGELU: x * sigmoid(1.702 x), CLIP's approximation of GELU."""
 
 
-# -- matmuls ---------------------------------------------------------------------------------------------------------
-# On the CPU in float32 a matmul can go to the BLAS (`F.linear`) or to oneDNN (as a 1x1 convolution). Which is faster
-# depends on the CPU, the pass and the shape (measured: oneDNN 2.2x faster both ways on an AMD EPYC Zen 5 with
-# AVX-512; on an AVX2 EPYC host within 10% of the BLAS forward, faster or slower by shape, and 2.5x slower
-# backward). So each (pass, weight shape) takes the route that a short timing at its first use in the process finds
-# faster.
-_ROUTE_CACHE: dict[tuple[str, int, int, int], bool] = {}
-"""(pass, in features, out features, threads) -> True when oneDNN is the faster route."""
-_FORCED_ROUTE: list[dict[str, str]] = []
-VIT_B_SHAPES = ((768, 768), (768, 3072), (3072, 768))
-"""(in, out) features of ViT-B/16's vision matmuls: attention projections and the MLP."""
-
-
-@contextlib.contextmanager
-def cpu_matmul_route(forward: str, backward: str | None = None) -> Iterator[None]:
-    """Send the fast path's float32 CPU matmuls through the given routes ("onednn" or "blas"; `backward` defaults to
-    `forward`) instead of the measured faster ones: for tests and benchmarks that must exercise or compare a route
-    on any machine."""
-    routes = {"forward": forward, "backward": forward if backward is None else backward}
-    if not set(routes.values()) <= {"onednn", "blas"}:
-        raise ValueError(f"routes must be 'onednn' or 'blas', got {routes}")
-    _FORCED_ROUTE.append(routes)
-    try:
-        yield
-    finally:
-        _FORCED_ROUTE.pop()
-
-
-def cpu_matmul_routes(shapes: tuple[tuple[int, int], ...] = VIT_B_SHAPES) -> dict[str, dict[str, str]]:
-    """The route of each pass for each (in, out) weight shape on this machine at the current thread count, as
-    `{"768->3072": {"forward": "blas", "backward": "blas"}, ...}` (measuring where not yet done)."""
-    return {
-        f"{i}->{o}": {d: "onednn" if _onednn_faster(d, i, o) else "blas" for d in ("forward", "backward")}
-        for i, o in shapes
-    }
-
-
-def _onednn_faster(direction: str, in_features: int, out_features: int) -> bool:
-    if _FORCED_ROUTE:
-        return _FORCED_ROUTE[-1][direction] == "onednn"
-    if torch.are_deterministic_algorithms_enabled():
-        return False  # a timing may choose differently from run to run; the BLAS route gives the same run each time
-    key = (direction, in_features, out_features, torch.get_num_threads())
-    if key not in _ROUTE_CACHE:
-        if torch.compiler.is_compiling():
-            return False  # never time inside a trace; the compiler picks its own kernels anyway
-        _ROUTE_CACHE[key] = _measure_onednn_faster(direction, in_features, out_features)
-    return _ROUTE_CACHE[key]
-
-
-def _measure_onednn_faster(direction: str, in_features: int, out_features: int, rows: int = 1024) -> bool:
-    """Time both routes on `rows` rows (best of 2 after a warm-up; 0.1-0.7 s at ViT-B's sizes on one thread);
-    oneDNN must win by 10% to be taken (the BLAS is the simpler path)."""
-    import time
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, in_features, generator=gen)
-    w = torch.randn(out_features, in_features, generator=gen) * in_features**-0.5
-    g = torch.randn(rows, out_features, generator=gen)
-    images = _image_split(rows)
-    if direction == "forward":
-        routes = (lambda: F.linear(x, w), lambda: _onednn_forward(x, w, None, images))
-    else:
-        needs = (True, True, True)
-        routes = (lambda: _blas_grads(g, x, w, needs), lambda: _onednn_grads(g, x, w, needs, images))
-
-    def best(fn) -> float:
-        with torch.no_grad():
-            fn()
-            times = []
-            for _ in range(2):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-        return min(times)
-
-    blas, onednn = best(routes[0]), best(routes[1])
-    return onednn < 0.9 * blas
-
-
-def _onednn_images(x: Tensor, weight: Tensor, direction: str) -> int:
-    """How many images `x` [..., C] is split into for a oneDNN 1x1 convolution; 0: use the BLAS instead."""
-    if not (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() >= 2
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-    ):
-        return 0
-    images = _image_split(x.numel() // x.shape[-1])
-    return images if images and _onednn_faster(direction, weight.shape[1], weight.shape[0]) else 0
-
-
-@functools.lru_cache(maxsize=256)
-def _image_split(rows: int) -> int:
-    """The number of images to cut `rows` matrix rows into, or 0 when no split suits oneDNN.
-
-    torch hands a 1x1 convolution to oneDNN from 16 images on (any count with several threads; the other route,
-    im2col and the BLAS, is slower than `F.linear`), and oneDNN's weight gradient is fast with about 64 rows an
-    image and several times slower with hundreds (measured: 16 images of 788 rows reach 1/5 of the speed of 197
-    images of 64). So: the divisor of `rows` from 16 on, with at least 4 rows an image, that leaves closest to 64
-    rows an image.
-    """
-    divisors = {d for i in range(1, math.isqrt(rows) + 1) if rows % i == 0 for d in (i, rows // i)}
-    usable = [d for d in divisors if d >= 16 and rows // d >= 4]
-    return min(usable, key=lambda d: (abs(rows // d - 64), -d), default=0)
-
-
-def _as_image(x: Tensor, images: int) -> Tensor:
-    """[..., C] -> [I, C, R / I, 1]: the same memory seen as a channels-last batch of I images (no copy)."""
-    rows = x.numel() // x.shape[-1]
-    return x.reshape(images, rows // images, 1, x.shape[-1]).permute(0, 3, 1, 2)
-
-
-def _from_image(y: Tensor, leading: torch.Size) -> Tensor:
-    """Inverse of `_as_image`: [I, C, R / I, 1] -> [*leading, C] (a view when y is channels-last)."""
-    return y.permute(0, 2, 3, 1).reshape(*leading, y.shape[1])
-
-
-def _onednn_forward(x: Tensor, weight: Tensor, bias: Tensor | None, images: int) -> Tensor:
-    y = F.conv2d(_as_image(x, images), weight[:, :, None, None], bias)  # 1x1 convolution = matmul over channels
-    return _from_image(y, x.shape[:-1])
-
-
-def _onednn_grads(grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool], images: int):
-    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        _as_image(grad_out, images), _as_image(x, images), weight[:, :, None, None], [weight.shape[0]],
-        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(needs),
-    )  # fmt: skip
-    return (
-        _from_image(grad_x, x.shape[:-1]) if needs[0] else None,
-        grad_w.view_as(weight) if needs[1] else None,
-        grad_b if needs[2] else None,
-    )
-
-
-def _blas_grads(grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]):
+def _linear_grads(
+    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of `F.linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
     grad_2d = grad_out.reshape(-1, grad_out.shape[-1])  # [M, out]
     return (
         grad_out @ weight if needs[0] else None,
         grad_2d.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
         grad_2d.sum(0) if needs[2] else None,
     )
-
-
-class _LinearFunction(torch.autograd.Function):
-    """`F.linear` whose forward and backward passes each take their own faster route."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        images = _onednn_images(x, weight, "forward")
-        return _onednn_forward(x, weight, bias, images) if images else F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        return _linear_grads(grad_out.contiguous(), x, weight, (need_x, need_w, need_b and ctx.has_bias))
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x, weight, bias)`; on the CPU in float32 each pass through oneDNN (as a 1x1 channels-last
-    convolution) or the BLAS, whichever this machine runs faster: the same numbers up to float32 rounding."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        if _onednn_images(x, weight, "forward") or _onednn_images(x, weight, "backward"):
-            return _LinearFunction.apply(x, weight, bias)
-        return F.linear(x, weight, bias)
-    images = _onednn_images(x, weight, "forward")
-    return _onednn_forward(x, weight, bias, images) if images else F.linear(x, weight, bias)
-
-
-def _linear_grads(
-    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of `linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
-    images = _onednn_images(x, weight, "backward")
-    if images:
-        return _onednn_grads(grad_out, x, weight, needs, images)
-    return _blas_grads(grad_out, x, weight, needs)
 
 
 # -- CLIP's MLP ------------------------------------------------------------------------------------------------------
@@ -239,9 +58,9 @@ class _LeanMLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        hidden = linear(x, w1, b1)
+        hidden = F.linear(x, w1, b1)
         ctx.save_for_backward(x, hidden, w1, w2)
-        return linear(F.silu(hidden), w2, b2)
+        return F.linear(F.silu(hidden), w2, b2)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -268,7 +87,7 @@ def clip_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tenso
     here (autograd casts the gradients back to the parameters' dtype)."""
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2))):
         w1, b1, w2, b2 = _fold_gelu_scale(w1, b1, w2, b2)
-        return linear(F.silu(linear(x, w1, b1), inplace=True), w2, b2)
+        return F.linear(F.silu(F.linear(x, w1, b1), inplace=True), w2, b2)
     device = x.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)

@@ -66,11 +66,10 @@ class TCAttention(nn.Module):
         Returns:
             ([B, T, N, D] output, [B, T, P] class-token scores or None).
         """
-        linear = kernels.linear if self.fast else F.linear
-        q, k, v = (self._split_heads(linear(x, m.weight, m.bias)) for m in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (self._split_heads(F.linear(x, m.weight, m.bias)) for m in (self.q_proj, self.k_proj, self.v_proj))
         k_ctx = v_ctx = None  # [B, T, H, N, dh] above; the context's [B, H, K, dh], projected once per video
         if context is not None:
-            k_ctx, v_ctx = (self._split_heads(linear(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
+            k_ctx, v_ctx = (self._split_heads(F.linear(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
         scale = q.shape[-1] ** -0.5
         if self.fast:
             out, scores = kernels.frame_attention(
@@ -89,7 +88,7 @@ class TCAttention(nn.Module):
             probs = logits.softmax(dim=-1)
             out = probs @ v  # [B, T, H, N, dh]
             scores = probs[..., 0, 1:n].mean(dim=2).detach() if class_scores else None  # class row on the patches
-        return linear(out.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias), scores
+        return F.linear(out.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias), scores
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """[..., M, D] -> [..., H, M, dh] (a view)."""
