@@ -86,7 +86,7 @@ benchmarks: $(PY)
 	$(PY) benchmarks/protocols.py all $(BENCH_ARGS)
 
 # Speed of the fast path against the plain path (ViT-B/16, T=16, random weights; one table; docs/model.md).
-# SPEED_ARGS='--quick' (tiny settings), '--device cuda --dtype bf16', '--checkpointing', '--compile', '--json out.json'.
+# SPEED_ARGS='--quick' (tiny settings), '--device cuda --dtype bf16', '--checkpointing', '--official DIR', '--json out.json'.
 benchmark-speed: $(PY)
 	$(PY) benchmarks/throughput.py $(SPEED_ARGS)
 

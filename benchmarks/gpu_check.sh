@@ -64,7 +64,7 @@ else
     bench=(--train-batch 8)
     dtype=bf16
 fi
-step throughput 170 "$PYTHON" benchmarks/throughput.py --device "$DEVICE" --dtype "$dtype" --copied-keys \
+step throughput 170 "$PYTHON" benchmarks/throughput.py --device "$DEVICE" --dtype "$dtype" \
     "${bench[@]}" --json "$OUT/throughput.json"
 
 data="$OUT/synth"
