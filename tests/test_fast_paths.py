@@ -1,8 +1,8 @@
 """The fast path against the plain path and the test oracle (float64; docs/model.md, "Exactness").
 
-The fast path shares the text prefix across the batch, computes only the end-token rows of the last text block,
-runs the vision attention through fused kernels (the context keys kept apart) and a memory-lean MLP backward; the
-plain path is the straightforward form. Both must give the same logits and the same gradients.
+The fast path shares the text prefix across the batch, runs the vision attention through fused kernels (the context
+keys kept apart) and a memory-lean MLP backward; the plain path is the straightforward form. Both must give the same
+logits and the same gradients.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 from tcclip.model.layers import MLP
 from tcclip.model.tc_attention import TCAttention
-from tcclip.model.text import TextBlock, causal_mask
 
 NAMES = ["ApplyEyeMakeup", "playing_guitar", "abseiling", "YoYo", "riding a bike"]
 CFG = TCCLIPConfig(arch="test-tiny", num_frames=3, context_token_k=6, tome_r=2, prompt_generation_layer_level=(2,))
@@ -138,20 +137,6 @@ def test_fast_path_default_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("TCCLIP_FAST_PATH", "maybe")
     with pytest.raises(ValueError, match="TCCLIP_FAST_PATH must be 0 or 1"):
         MLP(8)
-
-
-def test_text_end_token_block_equals_the_full_block():
-    torch.manual_seed(0)
-    width, classes, videos, length, n = 16, 3, 2, 9, 2
-    block = TextBlock(width, heads=4).double()
-    shared = torch.randn(classes, length, width, dtype=torch.float64)
-    rows = torch.randn(videos, classes, n, width, dtype=torch.float64)
-    end = torch.tensor([5, 8, 4])
-    full = shared.expand(videos, -1, -1, -1).clone()
-    full[:, :, 1 : 1 + n] = rows
-    expected = block(full.flatten(0, 1), causal_mask(length)).unflatten(0, (videos, classes))
-    out = block.forward_end_tokens(shared, rows, 1, end)
-    _assert_close(out, expected[:, torch.arange(classes), end])
 
 
 def _saved_bytes(fn, module: torch.nn.Module) -> int:

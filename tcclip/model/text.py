@@ -5,9 +5,7 @@ vectors rewritten from that video's context tokens before each prompt-generation
 
 Fast (default), the same numbers in two halves: the blocks before the first prompt-generation level see only the
 class prompts, never the video, so they run once for the C classes (`encode_prefix`, [C, L, W]; the model caches it
-between no-grad calls, see `TCCLIP`). The remaining blocks (`encode_rest`) run per video: with the default level
-before the last block, only the n_ctx prompt rows of each (video, class) are rewritten and the last block is
-evaluated at the end token alone (`TextBlock.forward_end_tokens`); otherwise batched over videos x classes.
+between no-grad calls, see `TCCLIP`). The remaining blocks (`encode_rest`) run batched over videos x classes.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcclip.model.config import CLIPTextCfg
@@ -43,56 +40,6 @@ class TextBlock(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         h = self.ln_1(x)
         x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask, is_causal=True)[0]
-        return x + self.mlp(self.ln_2(x))
-
-    def forward_end_tokens(self, shared: Tensor, prompt_rows: Tensor, prompt_start: int, end: Tensor) -> Tensor:
-        """The block's output at each prompt's end token, for videos whose inputs differ only in the prompt rows.
-
-        The same numbers as `forward` on every (video, class) sequence followed by picking the end-token rows, for
-        far less work when nothing after this block reads other rows (the last block): under the causal mask the
-        end token's output depends only on its own input and the keys/values of the positions up to it. So the
-        query, out-projection and MLP run on one row per (video, class), and the keys/values of the shared rows
-        once per class instead of once per video.
-
-        Args:
-            shared: [C, L, W] block input shared by all videos (the prompts after the video-independent blocks).
-            prompt_rows: [B, C, n, W] each video's rows prompt_start .. prompt_start + n - 1, replacing `shared`'s.
-            prompt_start: first rewritten position.
-            end: [C] end-token position of each prompt (after the rewritten rows).
-
-        Returns:
-            [B, C, W] the block's output at the end tokens.
-        """
-        attn = self.attn
-        if attn.bias_k is not None or not attn._qkv_same_embed_dim:
-            raise ValueError("forward_end_tokens needs CLIP's text attention layout (packed in_proj, no bias_k/v)")
-        batch, num_classes, n, width = prompt_rows.shape
-        heads = attn.num_heads
-        head_dim = width // heads
-        lo, hi = prompt_start, prompt_start + n
-        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
-
-        def project(t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-            return F.linear(t, weight, bias).unflatten(-1, (heads, head_dim))  # [..., H, dh]
-
-        classes = torch.arange(num_classes, device=shared.device)
-        h = self.ln_1(shared)  # [C, L, W]
-        h_rows = self.ln_1(prompt_rows)  # [B, C, n, W]
-        q = project(h[classes, end], w_q, b_q) * head_dim**-0.5  # [C, H, dh] the end tokens' queries
-        k, v = project(h, w_k, b_k), project(h, w_v, b_v)  # [C, L, H, dh]
-        k_rows, v_rows = project(h_rows, w_k, b_k), project(h_rows, w_v, b_v)  # [B, C, n, H, dh]
-
-        logits = torch.einsum("chd,clhd->chl", q, k)  # [C, H, L]
-        after_end = torch.arange(shared.shape[1], device=shared.device) > end[:, None]  # [C, L] the causal mask row
-        logits = logits.masked_fill(after_end[:, None], float("-inf"))
-        logits_rows = torch.einsum("chd,bcnhd->bchn", q, k_rows)  # [B, C, H, n]
-        shared_logits = torch.cat([logits[..., :lo], logits[..., hi:]], dim=-1)  # [C, H, L - n]
-        probs = torch.cat([shared_logits.expand(batch, -1, -1, -1), logits_rows], dim=-1).softmax(dim=-1)
-        v_shared = torch.cat([v[:, :lo], v[:, hi:]], dim=1)  # [C, L - n, H, dh]
-        out = torch.einsum("bchl,clhd->bchd", probs[..., :-n], v_shared)
-        out = out + torch.einsum("bchn,bcnhd->bchd", probs[..., -n:], v_rows)  # [B, C, H, dh]
-        x = shared[classes, end] + attn.out_proj(out.flatten(-2))  # [B, C, W]
         return x + self.mlp(self.ln_2(x))
 
 
@@ -181,10 +128,8 @@ class VPTextEncoder(nn.Module):
     def encode_rest(
         self, prefix: Tensor, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
     ) -> Tensor:
-        """Finish the fast text encoder from `encode_prefix`'s output [C, L, W] (shared by all videos).
-
-        With the default single level before the last block, the per-video work is the prompt generation on the
-        n_ctx prompt rows and `TextBlock.forward_end_tokens`: every other row stays shared by all videos.
+        """Finish the fast text encoder from `encode_prefix`'s output [C, L, W] (shared by all videos): the blocks
+        from the first prompt-generation level on, batched over videos x classes.
 
         Args:
             prefix: [C, L, W] hidden states after the prefix blocks.
@@ -204,26 +149,13 @@ class VPTextEncoder(nn.Module):
         blocks = self.transformer.resblocks
         level_index = {level - 1: m for m, level in enumerate(self.levels)}
         mask = causal_mask(prefix.shape[1], prefix.device)
-        # x: the block input without the generated prompts, [C, L, W] while shared by all videos, else [B*C, L, W];
-        # prompts: [B*C, n_ctx, W] generated prompt rows that replace x's rows 1..n_ctx.
-        x, prompts, shared = prefix, None, True
+        x = prefix.expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, L, W]: from here on every video has its own
         for index in range(self.num_prefix_blocks, len(blocks)):
             if index in level_index:
                 m = level_index[index]
-                current = x[:, 1 : 1 + self.n_ctx] if prompts is None else prompts
-                if shared and prompts is None:
-                    current = current.expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, n_ctx, W]
-                prompts = self._generate_prompts(current, context_tokens[m], self.prompt_generation_layer[m], batch)
-            if index == len(blocks) - 1 and shared and prompts is not None:
-                rows = prompts.unflatten(0, (batch, num_classes))  # [B, C, n_ctx, W]
-                features = blocks[index].forward_end_tokens(x, rows, 1, end)  # [B, C, W]
-                return self.ln_final(features) @ self.text_projection
-            if shared:
-                x = x.expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, L, W]: from here on every video has its own
-                shared = False
-            if prompts is not None:
+                layer = self.prompt_generation_layer[m]
+                prompts = self._generate_prompts(x[:, 1 : 1 + self.n_ctx], context_tokens[m], layer, batch)
                 x = torch.cat([x[:, :1], prompts, x[:, 1 + self.n_ctx :]], dim=1)
-                prompts = None
             x = blocks[index](x, mask)
         x = x.unflatten(0, (batch, num_classes))[:, classes, end]  # [B, C, W]
         return self.ln_final(x) @ self.text_projection
