@@ -4,9 +4,9 @@
 
 Jobs:
 - `eval`: build the model, then answer one JSON line on stdout per request line on stdin: `{"classes": n}` sets
-  the class list (the first n names of the job's list); `{"path": "fast" | "plain", "logits": bool}` times one
-  no-grad forward pass of the job's batch. The model stays built between requests, so the calls of several
-  processes can be interleaved by the caller.
+  the class list (the first n names of the job's list); `{"path": p, "logits": bool}` times one no-grad forward
+  pass (p: "fast", "plain" or one of ABLATIONS) of the job's batch. The model stays built between requests, so
+  the calls of several processes can be interleaved by the caller.
 - `train`: a warm-up step, then `train_repeats` timed steps (forward, cross-entropy, backward, AdamW); prints
   the best step's seconds and the peak memory.
 - `memory`: one step; prints the peak memory (the caller runs it with glibc's default malloc).
@@ -31,6 +31,23 @@ import torch
 import torch.nn.functional as F
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _plain(*class_names: str) -> Callable[[torch.nn.Module], None]:
+    def apply(model: torch.nn.Module) -> None:
+        for module in model.modules():
+            if type(module).__name__ in class_names:
+                module.fast = False
+
+    return apply
+
+
+ABLATIONS = {
+    "fast, plain vision attention": _plain("TCAttention"),
+    "fast, plain MLP": _plain("MLP"),
+    "fast, plain text": _plain("TCCLIP", "VPTextEncoder"),
+}
+"""The fast path with one of its parts on its plain form: what that part gains, end to end."""
 
 
 class _Config(dict):
@@ -117,7 +134,9 @@ def build(job: dict, names: list[str], device: torch.device) -> tuple[torch.nn.M
     model.image_encoder.gradient_checkpointing = job.get("checkpointing", False)
 
     def forward(video: torch.Tensor, path: str) -> torch.Tensor:
-        model.set_fast_path(path == "fast")
+        model.set_fast_path(path != "plain")
+        if path in ABLATIONS:
+            ABLATIONS[path](model)
         return model(video)
 
     return model.to(device), model.set_class_names, forward, tcclip.__file__

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from speed_worker import ABLATIONS
 
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
@@ -157,8 +158,12 @@ class Impl:
     directory: str | None = None
 
     def variants(self) -> list[str]:
-        """Column names: one per path for this project's code, one for the official code."""
-        return [self.name] if self.kind == "official" else [f"{self.name}fast", f"{self.name}plain"]
+        """Row names: the official code; another checkout's two paths; this checkout's two paths and ablations."""
+        if self.kind == "official":
+            return [self.name]
+        if self.directory:
+            return [f"{self.name}fast", f"{self.name}plain"]
+        return ["fast", "plain", *ABLATIONS]
 
     def env(self, keep_freed_memory: bool) -> dict[str, str]:
         env = dict(os.environ)
@@ -173,6 +178,8 @@ class Impl:
 
 
 def _path(variant: str) -> str:
+    if variant in ABLATIONS:
+        return variant
     return "plain" if variant.endswith("plain") else "fast"
 
 
@@ -357,89 +364,100 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _ratio(value: float | None, target: tuple[str, float] | None = None) -> str:
-    if value is None:
-        return ""
+def _gain(numerator: float | None, denominator: float | None, target: tuple[str, float] | None = None) -> str:
+    """numerator / denominator as "1.23x", with a check mark against `target` (">=" or "<=", bound)."""
+    if numerator is None or denominator is None:
+        return "—"
+    value = numerator / denominator
     if target is None:
         return f"{value:.2f}x"
     kind, bound = target
     ok = value >= bound if kind == ">=" else value <= bound
-    return f"{value:.2f}x {'✓' if ok else '✗'} ({kind} {bound}x)"
+    return f"{value:.2f}x {'✓' if ok else '✗'} ({kind} {bound:g}x)"
+
+
+COMPARISONS = [
+    ("fast vs plain path", "fast", "plain"),
+    ("fused vision attention (fast vs fast with plain vision attention)", "fast", "fast, plain vision attention"),
+    ("lean MLP (fast vs fast with plain MLP)", "fast", "fast, plain MLP"),
+    ("shared text prefix (fast vs fast with plain text)", "fast", "fast, plain text"),
+]
 
 
 def render(results: dict) -> str:
-    """The markdown table and the notes under it."""
-    s, machine = results["settings"], results["machine"]
-    variants = list(next(iter(results["eval"].values())))
-    official = results.get("official_name")
-    train = results["train"]
-    header = ["measurement", *variants, "fast vs plain"] + (["fast vs official"] if official else [])
+    """The two markdown tables (measurements; gains and targets) and the notes under them."""
+    s, machine, train = results["settings"], results["machine"], results["train"]
+    counts = list(results["eval"])
+    variants = list(results["eval"][counts[0]])
+    clips = {c: {v: results["eval"][c][v]["clips_per_s"] for v in variants} for c in counts}
+    step = {v: train.get(v, {}).get("step_seconds") for v in variants}
+    memory = {v: train.get(v, {}).get("peak_memory_bytes") for v in variants}
+    batch = f"batch {results['train_batch']}, {s['train_classes']} classes"
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    header = [*(f"eval clips/s, {c} classes" for c in counts), f"train step s ({batch})", "train peak memory GB"]
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads"
         + (f", {machine['gpu']}" if "gpu" in machine else "")
         + f"; torch {machine['torch']} ({machine['cpu_capability']}); device {results['device']}, {results['dtype']}. "
-        + f"Model: {s['arch']}, T={s['frames']}, K={s['context_token_k']}, random weights (the same for every column). "
-        + f"Measured {results['date']}, {results['seconds'] / 60:.0f} minutes.",
+        + f"Model: {s['arch']}, T={s['frames']}, K={s['context_token_k']}, eval batch {s['eval_batch']}, random "
+        + f"weights (the same for every row). Measured {results['date']} in {results['seconds'] / 60:.0f} minutes: "
+        + f"`{results['command']}`.",
         "",
-        _row(header),
-        _row(["---"] * len(header)),
+        _row(["variant", *header]),
+        _row(["---"] * (len(header) + 1)),
     ]
-
-    def cells(values: dict[str, float | None], fmt: str) -> list[str]:
-        return [format(values[v], fmt) if values.get(v) is not None else "—" for v in variants]
-
-    for classes, row in results["eval"].items():
-        clips = {v: row[v]["clips_per_s"] for v in variants}
-        extra = [_ratio(clips["fast"] / clips["plain"])]
-        if official:
-            extra.append(_ratio(clips["fast"] / clips[official], (">=", 3.0) if classes == "400" else None))
-        lines.append(_row([f"eval clips/s, {classes} classes (batch {s['eval_batch']})", *cells(clips, ".3g"), *extra]))
-    batch = f"batch {results['train_batch']}, {s['train_classes']} classes"
-    step = {v: train.get(v, {}).get("step_seconds") for v in variants}
-    memory = {v: train.get(v, {}).get("peak_memory_bytes") for v in variants}
-    memory_gb = {v: m / 1e9 if m is not None else None for v, m in memory.items()}
-
-    def versus(values: dict, a: str, b: str, invert: bool, target=None) -> str:
-        if values.get(a) is None or values.get(b) is None:
-            return ""
-        return _ratio(values[b] / values[a] if invert else values[a] / values[b], target)
-
-    extra = [versus(step, "fast", "plain", True)]
-    extra += [versus(step, "fast", official, True, (">=", 1.4))] if official else []
-    lines.append(_row([f"train step seconds ({batch})", *cells(step, ".3g"), *extra]))
-    extra = [versus(memory, "fast", "plain", False)]
-    extra += [versus(memory, "fast", official, False, ("<=", 0.5))] if official else []
-    lines.append(_row([f"train peak memory GB ({batch})", *cells(memory_gb, ".3g"), *extra]))
+    for v in variants:
+        cells = [fmt(clips[c][v], ".3g") for c in counts]
+        cells += [fmt(step[v], ".3g"), fmt(None if memory[v] is None else memory[v] / 1e9, ".3g")]
+        lines.append(_row([v, *cells]))
+    comparisons = [row for row in COMPARISONS if row[2] in variants]
+    official = results.get("official_name")
+    if official:
+        comparisons.insert(1, ("fast vs official code", "fast", official))
+    baseline = [v for v in variants if v.startswith("baseline ")]
+    comparisons += [(f"fast vs {v}" if v.endswith("fast") else f"plain vs {v}", v.split()[-1], v) for v in baseline]
+    header = [*(f"eval speed-up, {c} classes" for c in counts), "train step speed-up", "train memory ratio"]
+    lines += ["", _row(["comparison", *header]), _row(["---"] * (len(header) + 1))]
+    for name, a, b in comparisons:
+        targets = {"eval": (">=", 3.0), "step": (">=", 1.4), "memory": ("<=", 0.5)} if b == official else {}
+        cells = [_gain(clips[c][a], clips[c][b], targets.get("eval") if c == counts[-1] else None) for c in counts]
+        cells.append(_gain(step[b], step[a], targets.get("step")))
+        cells.append(_gain(memory[a], memory[b], targets.get("memory")))
+        lines.append(_row([name, *cells]))
     for name, row in train.items():
         if "error" in row:
-            lines.append(_row([f"train step ({name})", row["error"], *[""] * (len(header) - 2)]))
-    if "fast + checkpointing" in train and "step_seconds" in train["fast + checkpointing"]:
-        row = train["fast + checkpointing"]
+            lines.append(f"Train step, {name}: {row['error']}")
+    checkpointed = train.get("fast + checkpointing", {})
+    if "step_seconds" in checkpointed:
         lines += [
             "",
-            f"Fast path with activation checkpointing per vision block ({batch}): step {row['step_seconds']:.3g} s, "
-            f"peak memory {row['peak_memory_bytes'] / 1e9:.3g} GB.",
+            f"Fast path with activation checkpointing per vision block ({batch}): step "
+            f"{checkpointed['step_seconds']:.3g} s, peak memory {checkpointed['peak_memory_bytes'] / 1e9:.3g} GB.",
         ]
     f64, agreement = results["float64"], results["agreement"]
+    differences = ", ".join(
+        f"{v} {max(r[v]['max_abs_logit_difference_to_fast'] for r in results['eval'].values()):.1e}"
+        for v in variants
+        if v != "fast"
+    )
     lines += [
         "",
         f"Fast vs plain path: float64 max logit difference {f64['max_abs']:.1e} (relative {f64['max_rel']:.1e}; "
-        f"{s['arch']}, T={s['f64_frames']}, batch 1, {s['class_counts'][0]} classes); fp32 top-1 agreement "
+        f"{s['arch']}, T={s['f64_frames']}, batch 1, {counts[0]} classes); fp32 top-1 agreement "
         f"{agreement['agreement']:.1%} over {agreement['videos']} random videos (test-tiny, "
-        f"T={AGREEMENT_CFG.num_frames}, K={AGREEMENT_CFG.context_token_k}). "
-        "fp32 max logit difference to the fast path in the eval calls: "
-        + ", ".join(
-            f"{v} {max(r[v]['max_abs_logit_difference_to_fast'] for r in results['eval'].values()):.1e}"
-            for v in variants
-            if v != "fast"
-        )
-        + " (in fp32, near-ties in seed selection and merging flip with the order of operations).",
+        f"T={AGREEMENT_CFG.num_frames}, K={AGREEMENT_CFG.context_token_k}). fp32 max logit difference to the fast "
+        f"path in the eval calls: {differences} (in fp32, near-ties in seed selection and merging flip with the "
+        "order of operations).",
         "",
         f"Eval: best of {s['repeats']} interleaved calls after a warm-up call (the fast path's text prefix is cached "
         f"per class list). Train step: forward, cross-entropy, backward and AdamW, best of {s['train_repeats']} "
-        "after a warm-up step, each column in a fresh process; peak memory = peak resident set minus the resident "
+        "after a warm-up step, each row in a fresh process; peak memory = peak resident set minus the resident "
         "set with model, optimiser and batch built, from a one-step process with glibc's default malloc (GPU: "
-        "max_memory_allocated): activations, gradients, AdamW state.",
+        "max_memory_allocated): activations, gradients, AdamW state. Speed-up = fast's clips/s over the other's "
+        "(train: the other's step seconds over fast's); memory ratio = fast's over the other's.",
     ]
     if results.get("sources"):
         lines.append("Imported from: " + ", ".join(f"{k}: {v}" for k, v in results["sources"].items()) + ".")
