@@ -72,29 +72,25 @@ def test_cuda_wrappers_with_plain_math_standins_give_the_explicit_attention_and_
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11, msg=name)
 
 
-@pytest.mark.parametrize("copied", [False, True], ids=["split", "copied-keys"])
-def test_frame_attention_class_scores_are_the_class_row_of_the_softmax(copied):
+@pytest.mark.parametrize("context", [True, False], ids=["split", "no-context"])
+def test_frame_attention_class_scores_are_the_class_row_of_the_softmax(context):
     q, k, v, k_ctx, v_ctx, _ = (x.detach() for x in _inputs(2))
     table = torch.randn(q.shape[2], 1, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    with kernels.copied_context_keys() if copied else torch.no_grad():
+    if not context:
+        k_ctx = v_ctx = None
+    with torch.no_grad():
         _, scores = kernels.frame_attention(q, k, v, k_ctx, v_ctx, table, 0.3, class_scores=True)
     t, n = q.shape[1], q.shape[-2]
-    logits = torch.cat(
-        [
-            q @ k.transpose(-2, -1) * 0.3 + table[..., :1],
-            q @ k_ctx[:, None].transpose(-2, -1) * 0.3 + table[..., 1:],
-        ],
-        dim=-1,
-    )  # [B, T, H, N, N + K]
+    logits = q @ k.transpose(-2, -1) * 0.3
+    if context:
+        logits = torch.cat([logits + table[..., :1], q @ k_ctx[:, None].transpose(-2, -1) * 0.3 + table[..., 1:]], -1)
     expected = logits.softmax(-1)[..., 0, 1:n].mean(2)  # [B, T, P]
     assert scores.shape == (q.shape[0], t, n - 1)
     torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_split_context_is_used_on_the_cpu_and_copied_keys_only_when_asked():
+def test_split_context_is_used_on_the_cpu_in_any_floating_dtype():
     q = torch.zeros(1, 1, 1, 2, 8)
     assert kernels.split_context_supported(q) and kernels.split_context_supported(q.double())
-    with kernels.copied_context_keys():
-        assert not kernels.split_context_supported(q)
-    assert kernels.split_context_supported(q)
+    assert not kernels.split_context_supported(q.long())
     assert not kernels.split_context_supported(q.to("meta"))  # no fused kernel with a log-sum-exp there

@@ -5,16 +5,15 @@ docs/model.md, "The fast path"). What is here:
 
 - `clip_mlp`: CLIP's MLP with QuickGELU as a scaled SiLU and a backward pass that keeps one hidden-sized tensor.
 - `frame_attention`: TC attention (each frame's queries over [its own keys ; the video's context keys], with the
-  local-global bias), without copying the context keys next to every frame's when a fused kernel that returns the
-  log-sum-exp exists for the device (CPU: flash attention; CUDA: memory-efficient attention), else with copies.
+  local-global bias), without copying the context keys next to every frame's, through fused kernels that return
+  the log-sum-exp (CPU: flash attention; CUDA: memory-efficient attention; `split_context_supported` says where).
 
 Shapes: B videos, T frames, H heads, N tokens per frame (class token first), K context tokens, dh head width.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -24,7 +23,6 @@ from torch import Tensor
 __all__ = [
     "GELU_SCALE",
     "clip_mlp",
-    "copied_context_keys",
     "frame_attention",
     "split_context_attention",
     "split_context_supported",
@@ -153,25 +151,10 @@ class _Kernel(NamedTuple):
 _KERNELS = {"cpu": _Kernel(_cpu_forward, _cpu_backward), "cuda": _Kernel(_cuda_forward, _cuda_backward)}
 """Per device: a fused attention that returns its log-sum-exp, and the backward kernel that takes it back."""
 
-_FORCE_COPIED = False
-
-
-@contextlib.contextmanager
-def copied_context_keys() -> Iterator[None]:
-    """Within this block the fast path copies the context keys next to every frame's (`_copied_keys_attention`)
-    instead of splitting the attention: to compare the two forms (tests, `benchmarks/throughput.py`), not an
-    option of the model."""
-    global _FORCE_COPIED
-    previous, _FORCE_COPIED = _FORCE_COPIED, True
-    try:
-        yield
-    finally:
-        _FORCE_COPIED = previous
-
 
 def split_context_supported(q: Tensor) -> bool:
     """Whether `split_context_attention` has kernels for queries like `q` (device, dtype, head width)."""
-    if _FORCE_COPIED or q.device.type not in _KERNELS:
+    if q.device.type not in _KERNELS:
         return False
     if q.device.type == "cuda":  # memory-efficient attention: half, bfloat16 and float32; 8-aligned head widths
         return q.dtype in (torch.float16, torch.bfloat16, torch.float32) and q.shape[-1] % 8 == 0
@@ -289,30 +272,6 @@ def split_context_attention(
     return _SplitContextAttention.apply(q, k, v, k_ctx, v_ctx, shift, scale)
 
 
-def _copied_keys_attention(
-    q: Tensor, k: Tensor, v: Tensor, k_ctx: Tensor | None, v_ctx: Tensor | None, bias: Tensor | None, scale: float
-) -> tuple[Tensor, Tensor]:
-    """The same attention through `F.scaled_dot_product_attention`, the context keys/values copied next to every
-    frame's (2*T*K*dh more elements per head and layer) and the bias as an additive mask (CUDA's memory-efficient
-    kernel gives the mask its gradient). Returns the output [B, T, H, N, dh] and the keys each frame saw."""
-    t = q.shape[1]
-    if k_ctx is not None:
-        k = torch.cat([k, k_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
-        v = torch.cat([v, v_ctx.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=-2)
-    mask = None if bias is None else bias[None, :, None]  # [1, H, 1, N + K]: over frames and queries
-    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale=scale)
-    return out.unflatten(0, q.shape[:2]), k
-
-
-def key_bias(table: Tensor | None, num_frame_keys: int, num_context: int, dtype: torch.dtype) -> Tensor | None:
-    """[H, N + K] additive logit bias from the local-global table [H, 1, 2]: b_local on the frame keys, b_global on
-    the context keys (None without a table or context)."""
-    if table is None or num_context == 0:
-        return None
-    table = table.to(dtype)
-    return torch.cat([table[..., 0].expand(-1, num_frame_keys), table[..., 1].expand(-1, num_context)], dim=-1)
-
-
 def frame_attention(
     q: Tensor,
     k: Tensor,
@@ -323,7 +282,8 @@ def frame_attention(
     scale: float,
     class_scores: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """The fast TC attention: what `TCAttention`'s plain branch computes, through fused kernels.
+    """The fast TC attention: what `TCAttention`'s plain branch computes, through fused kernels (with context
+    tokens only where `split_context_supported(q)`).
 
     Args:
         q, k, v: [B, T, H, N, dh] the frames' queries, keys, values.
@@ -336,22 +296,19 @@ def frame_attention(
         ([B, T, H, N, dh] output, [B, T, P] class-token scores or None). The scores carry no gradient: only their
         ranking is used (the seeds are indices).
     """
-    n = q.shape[-2]
-    if k_ctx is not None and split_context_supported(q):
-        # Only b_global - b_local matters: a shift shared by all keys of a query leaves the softmax unchanged.
-        shift = None if bias_table is None else bias_table[:, 0, 1] - bias_table[:, 0, 0]  # [H]
-        out, lse = split_context_attention(q, k, v, k_ctx, v_ctx, shift, scale)
+    if k_ctx is None:  # layer 0: each frame on its own keys
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), scale=scale)
+        out = out.unflatten(0, q.shape[:2])
         if not class_scores:
             return out, None
-        with torch.no_grad():  # p(class query -> patch j) = exp(logit - lse), the frame keys carrying no shift
-            logits = (q[..., :1, :] @ k[..., 1:n, :].transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, P]
-            return out, (logits - lse[..., :1].to(logits.dtype)).exp().mean(dim=2)
-    bias = key_bias(bias_table, n, 0 if k_ctx is None else k_ctx.shape[-2], q.dtype)
-    out, keys = _copied_keys_attention(q, k, v, k_ctx, v_ctx, bias, scale)
+        with torch.no_grad():
+            logits = (q[..., :1, :] @ k.transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, N]
+            return out, logits.softmax(dim=-1)[..., 1:].mean(dim=2)
+    # Only b_global - b_local matters: a shift shared by all keys of a query leaves the softmax unchanged.
+    shift = None if bias_table is None else bias_table[:, 0, 1] - bias_table[:, 0, 0]  # [H]
+    out, lse = split_context_attention(q, k, v, k_ctx, v_ctx, shift, scale)
     if not class_scores:
         return out, None
-    with torch.no_grad():  # normalised over every key the query sees, bias included, as in the attention itself
-        logits = (q[..., :1, :] @ keys.transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, N (+ K)]
-        if bias is not None:
-            logits = logits + bias
-        return out, logits.softmax(dim=-1)[..., 1:n].mean(dim=2)  # patch columns, mean over heads
+    with torch.no_grad():  # p(class query -> patch j) = exp(logit - lse), the frame keys carrying no shift
+        logits = (q[..., :1, :] @ k[..., 1:, :].transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, P]
+        return out, (logits - lse[..., :1].to(logits.dtype)).exp().mean(dim=2)

@@ -50,7 +50,8 @@ class TCAttention(nn.Module):
         else:
             self.register_parameter("local_global_bias_table", None)
         self.fast = fast_path_default()
-        """Fused kernels (`kernels.frame_attention`) instead of explicit attention matrices; the same function."""
+        """Fused kernels (`kernels.frame_attention`) instead of explicit attention matrices, where the device has
+        them (else the plain form); the same function."""
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, class_scores: bool = False
@@ -71,7 +72,7 @@ class TCAttention(nn.Module):
         if context is not None:
             k_ctx, v_ctx = (self._split_heads(F.linear(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
         scale = q.shape[-1] ** -0.5
-        if self.fast:
+        if self.fast and (k_ctx is None or kernels.split_context_supported(q)):
             out, scores = kernels.frame_attention(
                 q, k, v, k_ctx, v_ctx, self.local_global_bias_table, scale, class_scores
             )
