@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (under 8 minutes on an H200): install, `pytest -m gpu`, the bf16 throughput table at
-# ViT-B/16, T=16 (fast vs plain, context keys split vs copied, at the paper's per-GPU batch of 8), and a one-epoch
+# ViT-B/16, T=16 (fast vs plain and each fast part, at the paper's per-GPU batch of 8), and a one-epoch
 # `tcclip fit` on synthetic videos on the GPU. Everything goes under $OUT: gpu_check.json (per step: command, exit
 # status, seconds; the device, driver, torch and CUDA versions), gpu_check.log (all output), pytest_gpu.xml,
 # throughput.json, the fit run directory.

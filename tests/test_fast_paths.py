@@ -270,10 +270,13 @@ def test_throughput_benchmark_quick_run(tmp_path):
         [sys.executable, str(script), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| eval clips/s, 400 classes (batch 2) |" in proc.stdout
+    assert "| variant | eval clips/s, 51 classes | eval clips/s, 400 classes |" in proc.stdout
+    assert "| fast vs plain path |" in proc.stdout
     results = json.loads(out.read_text())
     assert results["float64"]["max_rel"] <= 1e-8
-    assert set(results["train"]) == {"fast", "plain"} and all("step_seconds" in r for r in results["train"].values())
+    variants = {"fast", "plain", "fast, plain vision attention", "fast, plain MLP", "fast, plain text"}
+    assert set(results["train"]) == variants and all("step_seconds" in r for r in results["train"].values())
+    assert all(set(row) == variants for row in results["eval"].values())
 
 
 def test_context_attention_in_bf16_stays_within_bf16_rounding():

@@ -1,0 +1,79 @@
+"""benchmarks/throughput.py's report: which numbers go where, the ratios and the targets' marks (no model runs)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def throughput(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("throughput")
+    yield module
+    sys.modules.pop("throughput", None)
+    sys.modules.pop("speed_worker", None)
+
+
+def _results(clips_400: dict[str, float]) -> dict:
+    variants = ["fast", "plain", "fast, plain vision attention", "fast, plain MLP", "fast, plain text"]
+    variants += ["baseline fast", "baseline plain", "official"]
+    eval_row = {v: {"clips_per_s": 0.2, "max_abs_logit_difference_to_fast": 1e-6} for v in variants}
+    return {
+        "settings": {"arch": "ViT-B-16", "frames": 16, "context_token_k": 96, "eval_batch": 1, "train_classes": 51,
+                     "f64_frames": 16, "repeats": 2, "train_repeats": 1},
+        "machine": {"cpu": "some CPU", "cores": "2", "threads": "1", "torch": "2.x", "cpu_capability": "AVX2"},
+        "device": "cpu", "dtype": "fp32", "date": "2026-12-04 19:30 UTC", "seconds": 1200.0,
+        "command": "python benchmarks/throughput.py", "train_batch": 1, "official_name": "official",
+        "eval": {"51": eval_row, "400": {v: {**eval_row[v], "clips_per_s": clips_400[v]} for v in variants}},
+        "train": {
+            v: {"step_seconds": 10.0 if v.endswith("fast") else 20.0, "peak_memory_bytes": 2e9 if v == "fast" else 5e9}
+            for v in variants
+        },
+        "float64": {"max_abs": 1e-15, "max_rel": 1e-15},
+        "agreement": {"videos": 300, "agreement": 1.0},
+        "sources": {"tcclip": "/here/tcclip/__init__.py"},
+    }  # fmt: skip
+
+
+def test_report_puts_every_variant_in_a_row_and_checks_the_targets_against_the_official_code(throughput):
+    clips = {"fast": 0.3, "plain": 0.1, "fast, plain vision attention": 0.25, "fast, plain MLP": 0.3,
+             "fast, plain text": 0.15, "baseline fast": 0.3, "baseline plain": 0.1, "official": 0.12}  # fmt: skip
+    text = throughput.render(_results(clips))
+    assert "| official | 0.2 | 0.12 | 20 | 5 |" in text
+    # fast 0.3 / official 0.12 = 2.5x < 3x; step 20 / 10 = 2x >= 1.4x; memory 2 / 5 = 0.4x <= 0.5x
+    assert "| fast vs official code | 1.00x | 2.50x ✗ (>= 3x) | 2.00x ✓ (>= 1.4x) | 0.40x ✓ (<= 0.5x) |" in text
+    assert "| shared text prefix (fast vs fast with plain text) | 1.00x | 2.00x | 2.00x | 0.40x |" in text
+    assert "| fast vs baseline fast | 1.00x | 1.00x | 1.00x | 0.40x |" in text
+    assert "| plain vs baseline plain |" in text
+    assert "`python benchmarks/throughput.py`" in text and "some CPU" in text
+
+
+def test_report_without_the_official_code_has_no_target_marks(throughput):
+    results = _results(
+        dict.fromkeys(
+            [
+                "fast",
+                "plain",
+                "fast, plain vision attention",
+                "fast, plain MLP",
+                "fast, plain text",
+                "baseline fast",
+                "baseline plain",
+                "official",
+            ],
+            0.2,
+        )
+    )
+    for row in (*results["eval"].values(), results["train"]):
+        for name in ("official", "baseline fast", "baseline plain"):
+            row.pop(name)
+    results["official_name"] = None
+    text = throughput.render(results)
+    assert "official" not in text and "✓" not in text and "✗" not in text
+    assert "| fast vs plain path | 1.00x | 1.00x | 2.00x | 0.40x |" in text
