@@ -230,6 +230,8 @@ def test_smoothing(tmp_path):
     assert [s.label for s in tl.segments] == ["red", "blue"] and abs(tl.segments[0].end - 3.0) <= 0.5
     with pytest.raises(tcclip.utils.errors.UserError, match="odd"):
         timeline(ColourModel(), tmp_path / "v.mp4", smooth=2)
+    with pytest.raises(tcclip.utils.errors.UserError, match="unknown video backend 'opencv'"):
+        timeline(ColourModel(), tmp_path / "v.mp4", backend="opencv")
 
 
 # ----------------------------------------------------------------------------------------------- boundary refinement

@@ -17,7 +17,7 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
-from tcclip.data.video_reader import declared_duration
+from tcclip.data.video_reader import declared_duration, resolve_backend
 from tcclip.inference.clips import Views, make_test_transform
 from tcclip.inference.openset import Rejector, calibrated_probabilities, check_reject_options
 from tcclip.inference.predictions import top_k_predictions
@@ -126,6 +126,7 @@ def timeline(
     check_window_options(window, stride, top_k, batch_size, smooth, refine)
     stride = window / 2 if stride is None else stride
     check_reject_options(reject, reject_threshold, reject_score)
+    resolve_backend(backend)  # an unknown or unusable decoder is named before the video is indexed
     path = Path(path)
     if not path.is_file():
         raise UserError("no such video file", path=path, fix="give a video file")
