@@ -1,7 +1,7 @@
 """Kernels of the fast path: the same functions as the plain forms in the modules, computed faster or leaner.
 
 Nothing here states an idea of the paper; each function is checked against its plain form in float64 (design:
-docs/model.md, "The fast path"). What is here:
+docs/model.md, "One switch: fast or plain"). What is here:
 
 - `clip_mlp`: CLIP's MLP with QuickGELU as a scaled SiLU and a backward pass that keeps one hidden-sized tensor.
 - `frame_attention`: TC attention (each frame's queries over [its own keys ; the video's context keys], with the
