@@ -17,10 +17,15 @@ import dataset_fixtures as fx
 import pytest
 from local_server import LocalServer
 
-from tcclip.cli.data import main as data_main
+from tcclip.cli.commands import run_command
 from tcclip.data import download
 from tcclip.data.acquire import Request, get_dataset, ssv2_parts
 from tcclip.utils.errors import UserError
+
+
+def data_main(argv: list[str]) -> int:
+    return run_command("data", argv)
+
 
 HMDB = [("Aussie_brush_hair_u_nm_np1_ba_med_3.avi", 0), ("Aussie_brush_hair_u_nm_np1_fr_goo_1.avi", 0),
         ("Boy_cartwheel_f_cm_np1_le_med_0.avi", 1)]  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tcclip.cli import commands as cli
-from tcclip.inference.convert import main as convert_main
+from tcclip.cli.commands import run_command
 from tcclip.model.clip_backbone import load_clip_state_dict
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.errors import ModelError
@@ -249,7 +249,7 @@ def test_lightning_checkpoint_loads(model, tmp_path):
 def test_convert_checkpoint_command(model, clip_file, tmp_path):
     src = official_file(tmp_path / "tc.pth", to_official_state_dict(model))
     out = tmp_path / "converted.ckpt"
-    assert convert_main([str(src), str(out), "--clip-weights", str(clip_file)]) == 0
+    assert run_command("convert-checkpoint", [str(src), str(out), "--clip-weights", str(clip_file)]) == 0
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["hyper_parameters"]["model_config"] == CFG.to_dict()
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 0 and ckpt["pytorch-lightning_version"]
@@ -263,7 +263,10 @@ def test_convert_checkpoint_with_yaml_config(model, clip_file, tmp_path):
     yaml.write_text("model_arch: test-tiny\nnum_frames: 3\ncontext_token_k: 4\ntome_r: 4\nn_ctx: 3\n"
                     "prompt_generation_layer_level: 2\n")  # fmt: skip
     out = tmp_path / "converted.ckpt"
-    assert convert_main([str(src), str(out), "--config", str(yaml), "--clip-weights", str(clip_file)]) == 0
+    assert (
+        run_command("convert-checkpoint", [str(src), str(out), "--config", str(yaml), "--clip-weights", str(clip_file)])
+        == 0
+    )
     assert_same_logits(load_model(out, NAMES), model)
 
 
@@ -310,7 +313,12 @@ def test_interpolations_in_an_official_config_are_never_resolved(model, clip_fil
     # The same setting given as a plain value in a YAML file: converts, and the secret is not in the file.
     yaml = tmp_path / "model.yaml"
     yaml.write_text("ctx_init: a photo of a\n")
-    assert convert_main([str(evil), str(out), "--config", str(yaml), "--clip-weights", str(clip_file)]) == 0
+    assert (
+        run_command(
+            "convert-checkpoint", [str(evil), str(out), "--config", str(yaml), "--clip-weights", str(clip_file)]
+        )
+        == 0
+    )
     assert SECRET.encode() not in out.read_bytes()
     assert_same_logits(load_model(out, NAMES), model)
 
@@ -319,7 +327,7 @@ def test_interpolations_in_an_official_config_are_never_resolved(model, clip_fil
     quiet = official_file(tmp_path / "quiet.pth", state, config=elsewhere)
     loaded = load_model(quiet, NAMES, clip_weights=clip_file)
     assert SECRET not in repr(loaded.cfg)
-    assert convert_main([str(quiet), str(out), "--clip-weights", str(clip_file)]) == 0
+    assert run_command("convert-checkpoint", [str(quiet), str(out), "--clip-weights", str(clip_file)]) == 0
     assert SECRET.encode() not in out.read_bytes()
 
 

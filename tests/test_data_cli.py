@@ -6,8 +6,12 @@ import shutil
 
 import pytest
 
-from tcclip.cli.data import main
+from tcclip.cli.commands import run_command
 from tcclip.data.families import Synthetic
+
+
+def main(argv: list[str]) -> int:
+    return run_command("data", argv)
 
 
 def test_synth_writes_videos_and_protocol_splits(tmp_path):

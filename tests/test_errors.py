@@ -18,7 +18,7 @@ def test_cli_prints_user_errors_without_traceback(monkeypatch, capsys):
         raise UserError("no such folder", path="/nowhere", fix="Pass --root.")
 
     monkeypatch.setitem(cli.EXTRA_COMMANDS, "boom", cli.Command("tests_boom", "raise an error"))
-    monkeypatch.setattr(cli, "_run", lambda module, argv: boom(argv))
+    monkeypatch.setattr(cli, "run_command", lambda name, argv: boom(argv))
     assert cli.main(["boom", "x"]) == 2
     err = capsys.readouterr().err
     assert err == "tcclip boom: error: /nowhere: no such folder. Pass --root.\n"
@@ -93,7 +93,7 @@ def test_model_core_errors_are_presented_as_user_errors(monkeypatch, capsys):
 
     # raised straight out of a command (no library wrapped it): one paragraph, exit code 2
     monkeypatch.setitem(cli.EXTRA_COMMANDS, "boom", cli.Command("tests_boom", "raise an error"))
-    monkeypatch.setattr(cli, "_run", lambda module, argv: TCCLIPConfig(context_token_k=0))
+    monkeypatch.setattr(cli, "run_command", lambda name, argv: TCCLIPConfig(context_token_k=0))
     assert cli.main(["boom"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tcclip boom: error: model_config.context_token_k: must be >= 1, got 0.")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tcclip.cli.commands import run_command
 from tcclip.data.synth import render_video, write_video
 from tcclip.inference import explain as ex
 from tcclip.inference.predict import load_clip_views
@@ -116,7 +117,7 @@ def test_cli_writes_pngs_a_gif_and_the_numbers(model, video, tmp_path):
     checkpoints.save_model(model, ckpt)
     out = tmp_path / "explain"
     args = [str(video), "--checkpoint", str(ckpt), "--labels", ",".join(CLASSES), "--out", str(out)]
-    assert ex.main([*args, "--format", "both", "--top-k", "3", "--device", "cpu"]) == 0
+    assert run_command("explain", [*args, "--format", "both", "--top-k", "3", "--device", "cpu"]) == 0
     for name in ("seeds", "context_tokens", "top_k", "summary"):
         with Image.open(out / f"{name}.png") as picture:
             assert picture.format == "PNG" and min(picture.size) > 100
@@ -136,4 +137,5 @@ def test_cli_reports_an_unreadable_video(model, tmp_path):
     checkpoints.save_model(model, ckpt)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"nothing")
-    assert ex.main([str(bad), "--checkpoint", str(ckpt), "--labels", "a,b", "--out", str(tmp_path / "o")]) == 1
+    argv = [str(bad), "--checkpoint", str(ckpt), "--labels", "a,b", "--out", str(tmp_path / "o")]
+    assert run_command("explain", argv) == 1

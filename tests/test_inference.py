@@ -139,7 +139,7 @@ def test_expand_video_paths(videos):
 
 def test_cli_prints_a_table_per_video_and_fails_at_the_end_for_a_broken_one(ckpt, videos, capsys):
     args = [str(videos), "--checkpoint", str(ckpt), "--labels", ",".join(CLASSES), "--top-k", "2"]
-    code = inference.main([*args, "--workers", "0", "--batch-size", "2", "--views", "1x1"])
+    code = cli.run_command("predict", [*args, "--workers", "0", "--batch-size", "2", "--views", "1x1"])
     out, err = capsys.readouterr()
     assert code == 1
     assert "a.mp4" in out and "b.avi" in out and "probability" in out
@@ -166,7 +166,7 @@ def test_cli_json_lines_through_the_tcclip_command(ckpt, videos, tmp_path, capsy
 
 
 def test_cli_without_labels_uses_the_checkpoint_classes_and_exits_zero(ckpt, videos, capsys):
-    code = inference.main([str(videos / "a.mp4"), "--checkpoint", str(ckpt), "--workers", "0", "--json"])
+    code = cli.run_command("predict", [str(videos / "a.mp4"), "--checkpoint", str(ckpt), "--workers", "0", "--json"])
     (line,) = capsys.readouterr().out.splitlines()
     assert code == 0 and {p["label"] for p in json.loads(line)["predictions"]} == set(CLASSES)
 

@@ -36,7 +36,7 @@ def test_manifest_lists_every_mirror_file(upstream_mirror):
 
 
 def test_download_from_mirror_then_skip_valid(upstream_mirror, tmp_path):
-    assert splits.main(["download", "--mirror", str(upstream_mirror), "--dest", str(tmp_path)]) == 0
+    assert cli.run_command("splits", ["download", "--mirror", str(upstream_mirror), "--dest", str(tmp_path)]) == 0
     manifest = splits.load_manifest()
     assert all(splits.is_valid(tmp_path / e.path, e) for e in manifest.files)
     report = splits.download_splits(tmp_path, mirror=upstream_mirror)
@@ -57,7 +57,9 @@ def test_missing_mirror_file_fails_with_its_name(upstream_mirror, tmp_path, caps
     (mirror / "datasets_splits/hmdb_splits").mkdir(parents=True)
     source = upstream_mirror / "datasets_splits/hmdb_splits/val1.txt"
     (mirror / "datasets_splits/hmdb_splits/val1.txt").write_bytes(source.read_bytes())
-    code = splits.main(["download", "--mirror", str(mirror), "--dest", str(tmp_path / "out"), "--only", HMDB_ONLY])
+    code = cli.run_command(
+        "splits", ["download", "--mirror", str(mirror), "--dest", str(tmp_path / "out"), "--only", HMDB_ONLY]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "failed datasets_splits/hmdb_splits/val2.txt" in err and "not in the mirror folder" in err
@@ -109,7 +111,7 @@ def test_make_few_shot_and_base_novel(custom_list):
     out = custom_list / "out"
     args = ["make", "--list", str(custom_list / "full.txt"), "--labels", str(custom_list / "labels.csv")]
     args += ["--out", str(out), "--shots", "2,4", "--base-novel", "--eval-list", str(custom_list / "test.txt")]
-    assert splits.main([*args, "--base-shots", "3"]) == 0
+    assert cli.run_command("splits", [*args, "--base-shots", "3"]) == 0
     for k in (2, 4):
         few = read_annotations(out / f"train_few_shot_{k}.txt")
         assert Counter(a.label for a in few) == dict.fromkeys(range(5), k)
@@ -122,7 +124,7 @@ def test_make_few_shot_and_base_novel(custom_list):
         train = read_annotations(out / f"base2novel/fs_base_s{n}_train.txt")
         assert Counter(a.label for a in train) == {0: 3, 1: 3, 2: 3}
     first = (out / "train_few_shot_2.txt").read_text()
-    splits.main([*args, "--base-shots", "3"])
+    cli.run_command("splits", [*args, "--base-shots", "3"])
     assert (out / "train_few_shot_2.txt").read_text() == first  # seeded: same files again
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcclip.experiments import protocols, slurm_arrays, sweep
+from tcclip.cli.commands import run_command
+from tcclip.experiments import protocols, slurm_arrays
 from tcclip.experiments.cells import SweepSettings, find_eval_checkpoint, write_plan
 from tcclip.experiments.protocols import Selection, build_grid
 from tcclip.experiments.slurm_arrays import SlurmOptions, planned, render_job_script
@@ -145,7 +146,7 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
         assert line in sbatch
     assert text.splitlines()[0] == "#!/usr/bin/env bash" and text.index("#SBATCH") < text.index("set -euo")
     assert (
-        text.rstrip().splitlines()[-1] == f"exec {sys.executable} -m tcclip.experiments.cells {tmp_path}/plan.json "
+        text.rstrip().splitlines()[-1] == f"exec {sys.executable} -m tcclip.cli sweep run-cell {tmp_path}/plan.json "
         "\"$SLURM_ARRAY_TASK_ID\" --plan-id ''"
     )
     # What each task runs: srun over all its GPUs, Lightning's SLURM environment with requeue.
@@ -163,24 +164,24 @@ def test_slurm_script_has_array_resources_srun_and_requeue(tmp_path: Path) -> No
 def test_sweep_slurm_submits_pretrained_source_first(fake: dict[str, Path]) -> None:
     args = ["--grid", "few_shot", "--datasets", "hmdb51", "--shots", "2", "--slurm", "--partition", "gpu"]
     args += ["--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]
-    assert sweep.main(args) == 0
+    assert sweep_main(args) == 0
     first, second = fake["sbatch_log"].read_text().splitlines()
     assert first.startswith("--parsable ") and "tcclip-few_shot-prerequisites" in first
     assert second.startswith("--parsable --dependency=afterok:1001 ")
     script = Path(second.split()[-1]).read_text()
     assert "#SBATCH --array=0-2" in script
-    plan = json.loads(Path(script.split("-m tcclip.experiments.cells ")[1].split()[0]).read_text())
+    plan = json.loads(Path(script.split("-m tcclip.cli sweep run-cell ")[1].split()[0]).read_text())
     assert [c["requires"] for c in plan["cells"]] == [None, None, "zero_shot/k400_plain"]  # plain, llm, (P)
     assert plan["settings"]["launcher"] == ["srun", "--kill-on-bad-exit=1"]
     # A second sweep needing the same K400 model waits for the queued job instead of training it again.
-    assert sweep.main([args[0], "base2novel", "--datasets", "ucf101", "--seeds", "1", *args[6:]]) == 0
+    assert sweep_main([args[0], "base2novel", "--datasets", "ucf101", "--seeds", "1", *args[6:]]) == 0
     third = fake["sbatch_log"].read_text().splitlines()[2:]
     assert len(third) == 1 and third[0].startswith("--parsable --dependency=afterok:1001_0 ")
 
 
 def test_dry_run_writes_a_script_that_runs_as_printed(fake: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     args = ["--grid", "base2novel", "--datasets", "ucf101", "--variants", "plain", "--slurm", "--dry-run"]
-    assert sweep.main([*args, "--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]) == 0
+    assert sweep_main([*args, "--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]) == 0
     out = capsys.readouterr().out
     assert "#SBATCH --array=0-2" in out and f"srun --kill-on-bad-exit=1 {sys.executable} -m tcclip.cli fit" in out
     assert not fake["sbatch_log"].exists()  # nothing submitted
@@ -189,7 +190,7 @@ def test_dry_run_writes_a_script_that_runs_as_printed(fake: dict[str, Path], cap
     assert script in out
     # The plan it names exists and is its own: a task of it runs (here: the fake tcclip, through the plan's id).
     task = script.rstrip().splitlines()[-1].removeprefix("exec ").replace('"$SLURM_ARRAY_TASK_ID"', "0")
-    plan = Path(task.split()[3])
+    plan = Path(task.split()[5])  # python -m tcclip.cli sweep run-cell PLAN
     assert json.loads(plan.read_text())["cells"][0]["key"] == "base2novel/ucf101_s1_plain"
     data = json.loads(plan.read_text())
     data["settings"]["launcher"] = []  # no srun here
@@ -200,17 +201,21 @@ def test_dry_run_writes_a_script_that_runs_as_printed(fake: dict[str, Path], cap
     assert [line.split()[0] for line in fake["log"].read_text().splitlines()] == ["fit", "test"]
 
 
+def sweep_main(argv: list[str]) -> int:
+    return run_command("sweep", argv)
+
+
 def _submit(fake: dict[str, Path], shots: str, *more: str) -> int:
     args = ["--grid", "few_shot", "--datasets", "hmdb51", "--variants", "plain", "--shots", shots, "--slurm"]
     args += ["--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"]), *more]
-    return sweep.main(args)
+    return sweep_main(args)
 
 
 def _run_task(script: Path, index: int, fake: dict[str, Path]) -> subprocess.CompletedProcess:
     """Array task `index` of a written job script, without srun, tcclip being the fake."""
     line = script.read_text().rstrip().splitlines()[-1].removeprefix("exec ")
     words = [w.strip("'") for w in line.replace('"$SLURM_ARRAY_TASK_ID"', str(index)).split()]
-    plan = Path(words[3])
+    plan = Path(words[5])  # python -m tcclip.cli sweep run-cell PLAN
     data = json.loads(plan.read_text())
     data["settings"].update(launcher=[], tcclip=[str(fake["tcclip"])])
     plan.write_text(json.dumps(data))
@@ -272,7 +277,7 @@ def test_setup_lines_add_to_the_environment_activation_and_grace_sets_the_signal
     if sys.prefix != sys.base_prefix:  # the environment of this Python is activated first, then the user's lines
         activate = next(i for i, line in enumerate(lines) if line.startswith("source ") and "activate" in line)
         assert activate < lines.index("module load ffmpeg")
-    assert f"exec {sys.executable} -m tcclip.experiments.cells" in script
+    assert f"exec {sys.executable} -m tcclip.cli sweep run-cell" in script
 
 
 @pytest.mark.parametrize(
@@ -375,7 +380,7 @@ def test_sigterm_to_an_array_task_reaches_the_fit_and_stops_the_cell(fake: dict[
     write_plan(plan, cells, settings, "p1")
     ready = fake["root"] / "fit-started"
     task = subprocess.Popen(
-        [sys.executable, "-m", "tcclip.experiments.cells", str(plan), "0", "--plan-id", "p1"],
+        [sys.executable, "-m", "tcclip.cli", "sweep", "run-cell", str(plan), "0", "--plan-id", "p1"],
         env={**os.environ, "FAKE_WAIT": str(ready)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -404,7 +409,7 @@ def test_array_task_resumes_a_dead_run_and_skips_finished_cells(fake: dict[str, 
         "tcclip.experiments.cells",
         str(plan),
         "0",
-    ]  # what the job script runs in array task 0
+    ]  # what job scripts written before `tcclip sweep run-cell` run in array task 0: still works
     run = lambda **env: subprocess.run(task, env={**os.environ, **env}, capture_output=True)  # noqa: E731
     assert run(FAKE_DIE="1").returncode == 3  # the fit dies after writing last.ckpt
     assert run().returncode == 0
@@ -442,7 +447,7 @@ def test_local_sweep_runs_cells_and_collects(fake: dict[str, Path]) -> None:
     args = ["--grid", "few_shot", "--datasets", "ucf101", "--variants", "plain,pretrained", "--shots", "2,4"]
     args += ["--runs-dir", str(fake["root"] / "runs"), "--results-dir", str(fake["root"] / "results")]
     args += ["--config-dir", str(fake["configs"]), "--tcclip", str(fake["tcclip"])]
-    assert sweep.main(args) == 0
+    assert sweep_main(args) == 0
     log = fake["log"].read_text().splitlines()
     assert log[0].startswith("fit --config") and "zero_shot_k400.yaml" in log[0]  # the pretrained source first
     init = [line.split()[0] for line in log if "--model.init_checkpoint" in line]
@@ -451,7 +456,7 @@ def test_local_sweep_runs_cells_and_collects(fake: dict[str, Path]) -> None:
     table = (fake["root"] / "results" / "few_shot.md").read_text()
     assert "| TC-CLIP (P) | UCF-101 | 42.0 / 94.1 (-52.1) | 42.0 / 95.6 (-53.6) |" in table
     calls = len(log)
-    assert sweep.main(args) == 0  # everything finished: nothing runs again
+    assert sweep_main(args) == 0  # everything finished: nothing runs again
     assert len(fake["log"].read_text().splitlines()) == calls
 
 
@@ -482,7 +487,7 @@ def test_eval_only_sweep_tests_the_checkpoints_it_finds(fake: dict[str, Path]) -
     (ckpts / "ucf101_k4_plain.ckpt").touch()
     args = ["--grid", "few_shot", "--datasets", "ucf101", "--variants", "plain", "--ckpt-dir", str(ckpts)]
     args += ["--runs-dir", str(fake["root"] / "runs"), "--results-dir", str(fake["root"] / "results")]
-    assert sweep.main([*args, "--config-dir", str(fake["configs"]), "--tcclip", str(fake["tcclip"])]) == 0
+    assert sweep_main([*args, "--config-dir", str(fake["configs"]), "--tcclip", str(fake["tcclip"])]) == 0
     log = fake["log"].read_text().splitlines()
     assert [line.split()[0] for line in log] == ["test", "test"]  # no training
     assert f"--model.init_checkpoint {ckpts}/few_shot_ucf101_2shot_tc_clip.pth" in log[0]
@@ -494,7 +499,7 @@ def test_eval_only_sweep_tests_the_checkpoints_it_finds(fake: dict[str, Path]) -
 def test_local_runner_pins_one_gpu_per_cell(fake: dict[str, Path]) -> None:
     args = ["--grid", "base2novel", "--datasets", "hmdb51", "--variants", "plain", "--gpus", "0,1", "--no-collect"]
     args += ["--runs-dir", str(fake["root"] / "runs"), "--config-dir", str(fake["configs"])]
-    assert sweep.main([*args, "--tcclip", str(fake["tcclip"])]) == 0
+    assert sweep_main([*args, "--tcclip", str(fake["tcclip"])]) == 0
     gpus = Path(f"{fake['log']}.gpus").read_text().split()
     assert len(gpus) == 3 * 2 and set(gpus) <= {"0", "1"}  # 3 seeds x (fit, test), each on one of the two GPUs
 

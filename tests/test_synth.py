@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pytest
 
+from tcclip.cli import main as cli_main
+from tcclip.cli.commands import run_command
 from tcclip.data.synth import (
     CLASS_COLOURS,
     CLASS_NAMES,
@@ -14,7 +16,6 @@ from tcclip.data.synth import (
     make_synthetic_dataset,
     read_index_stamp,
     render_video,
-    synth_main,
     write_video,
 )
 from tcclip.data.video_reader import open_video
@@ -203,13 +204,11 @@ def test_cli(tmp_path, capsys):
         "--size",
         "32x48",
     ]
-    assert synth_main(argv) == 0
+    assert run_command("data", ["synth", *argv]) == 0
     assert "wrote 9 videos of 3 classes" in capsys.readouterr().out
     first = (out / "train.txt").read_text().split()[0]
     assert open_video(out / first, "pyav").get_frames([0]).shape == (1, 32, 48, 3)
-    assert synth_main(["--out", str(out / "named"), "--classes", "Grow,Shrink", "--class-colours",
+    assert run_command("data", ["synth", "--out", str(out / "named"), "--classes", "Grow,Shrink", "--class-colours",
                        "--videos-per-class", "3", "--num-frames", "4", "--size", "32"]) == 0  # fmt: skip
     assert (out / "named" / "labels.csv").read_text() == "id,name\n0,Grow\n1,Shrink\n"
-    with pytest.raises(SystemExit) as info:
-        synth_main(["--out", str(out), "--num-classes", "99"])
-    assert info.value.code == 2
+    assert cli_main(["data", "synth", "--out", str(out), "--num-classes", "99"]) == 2

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tcclip.cli.data import main as data_main
+from tcclip.cli.commands import run_command
+
+
+def data_main(argv: list[str]) -> int:
+    return run_command("data", argv)
 
 
 @pytest.fixture

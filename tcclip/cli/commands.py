@@ -3,8 +3,9 @@
 Two mechanisms, each used the same way by every command it serves:
 - `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`); `score` is Lightning's predict loop (a
   config's test sets -> predictions.json) under its own name, so that `predict` means one program;
-- `EXTRA_COMMANDS` name a module with `build_parser()` (a `jsonargparse.ArgumentParser`) and `main(argv)`; the module
-  is imported only when its command runs, so `tcclip --help` and `tcclip CMD --help` stay fast.
+- `EXTRA_COMMANDS` map every other name to a typed function (`module:function`): its signature and docstring are
+  the command's options and help (`tcclip.cli.typed`). The module is imported only when its command runs, so
+  `tcclip --help` and `tcclip CMD --help` stay fast.
 `tcclip --help` lists every command once and an unknown word gets the list of the ones that exist.
 """
 
@@ -25,8 +26,9 @@ INTERRUPTED_EXIT_CODE = 130
 class Command(NamedTuple):
     """One `tcclip` sub-command that is not LightningCLI's."""
 
-    module: str
-    """The module that runs it: `build_parser()` -> its `jsonargparse.ArgumentParser`, `main(argv)` -> exit code."""
+    target: str | dict[str, str]
+    """`module:function`, the typed function that runs it; {sub-command: `module:function`} for a group such as
+    `tcclip data synth|check|...`; or (until it moves) a module with `build_parser()` and `main(argv)`."""
     summary: str
     """One line for `tcclip --help`."""
 
@@ -40,27 +42,79 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 }
 
 EXTRA_COMMANDS: dict[str, Command] = {
-    "predict": Command("tcclip.inference.predict", "classify video files: tcclip predict VIDEO... --checkpoint CKPT"),
-    "splits": Command("tcclip.data.splits", "download the official split files; make splits of your own data"),
-    "data": Command("tcclip.cli.data", "make a synthetic dataset; check that every video of a dataset decodes"),
-    "convert-checkpoint": Command("tcclip.inference.convert", "turn an official TC-CLIP .pth into a tcclip .ckpt"),
-    "explain": Command(
-        "tcclip.inference.explain", "draw the seed patches, context tokens and top-k classes of a video"
+    "predict": Command("tcclip.cli.apps:predict", "classify video files: tcclip predict VIDEO... --checkpoint CKPT"),
+    "splits": Command(
+        {"download": "tcclip.cli.splits:download", "make": "tcclip.cli.splits:make"},
+        "download the official split files; make splits of your own data",
     ),
-    "sweep": Command("tcclip.experiments.sweep", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
-    "export": Command("tcclip.inference.export", "write model.safetensors + config.json + model card (and ONNX)"),
+    "data": Command(
+        {
+            "synth": "tcclip.cli.data_make:synth",
+            "prepare": "tcclip.cli.data_make:prepare",
+            "check": "tcclip.cli.data:check",
+            "download": "tcclip.cli.data_get:download",
+            "verify": "tcclip.cli.data_get:verify",
+        },
+        "make a synthetic dataset; download, check, verify or re-encode a dataset",
+    ),
+    "convert-checkpoint": Command(
+        "tcclip.cli.checkpoints:convert_checkpoint", "turn an official TC-CLIP .pth into a tcclip .ckpt"
+    ),
+    "explain": Command("tcclip.cli.apps:explain", "draw the seed patches, context tokens and top-k classes of a video"),
+    "sweep": Command("tcclip.cli.sweep:sweep", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
+    "export": Command("tcclip.cli.checkpoints:export", "write model.safetensors + config.json + model card (and ONNX)"),
     "calibrate": Command("tcclip.cli.calibrate", "fit a temperature and rejection thresholds on a validation list"),
-    "timeline": Command("tcclip.inference.timeline", "label a long video window by window: CSV, JSON, segments, plot"),
+    "timeline": Command("tcclip.cli.apps:timeline", "label a long video window by window: CSV, JSON, segments, plot"),
 }
 
 
-def _run(module: str, argv: list[str]) -> int:
-    return int(importlib.import_module(module).main(argv) or 0)
+HIDDEN_COMMANDS: dict[tuple[str, str], str] = {
+    # What each task of a `tcclip sweep --slurm` job array runs (tcclip/experiments/templates/sweep.sbatch).
+    ("sweep", "run-cell"): "tcclip.experiments.cells:run_planned_cell",
+}
+"""Commands that are not listed by `tcclip --help`: (command, sub-command) -> `module:function`."""
+
+
+def _function(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run one of `EXTRA_COMMANDS` (`tcclip NAME ARGV...`); its exceptions propagate (`main` reports them)."""
+    from tcclip.cli.typed import run
+
+    hidden = HIDDEN_COMMANDS.get((name, argv[0] if argv else ""))
+    if hidden is not None:
+        return run(_function(hidden), argv[1:], f"tcclip {name} {argv[0]}")
+    target = EXTRA_COMMANDS[name].target
+    if isinstance(target, dict):
+        if argv[:1] and argv[0] in target:
+            return run(_function(target[argv[0]]), argv[1:], f"tcclip {name} {argv[0]}")
+        if argv[:1] and not argv[0].startswith("-"):
+            close = difflib.get_close_matches(argv[0], list(target), n=1)
+            guess = f"Did you mean `tcclip {name} {close[0]}`? " if close else ""
+            raise UserError(f"unknown command 'tcclip {name} {argv[0]}'",
+                            fix=f"{guess}The {name} commands are {', '.join(target)}.")  # fmt: skip
+        build_parser(name).parse_args(argv)  # --help, or the usage error of a missing sub-command
+        return 2
+    if ":" not in target:
+        return int(importlib.import_module(target).main(argv) or 0)
+    return run(_function(target), argv, f"tcclip {name}")
 
 
 def build_parser(name: str):
-    """The `jsonargparse.ArgumentParser` of one of `EXTRA_COMMANDS` (for its --help, tests and docs)."""
-    return importlib.import_module(EXTRA_COMMANDS[name].module).build_parser()
+    """The `jsonargparse.ArgumentParser` of one of `EXTRA_COMMANDS` (for its --help, tests and docs); a group's
+    parser has one sub-command per function."""
+    from tcclip.cli.typed import function_parser, group_parser
+
+    target = EXTRA_COMMANDS[name].target
+    if isinstance(target, dict):
+        functions = {sub: _function(t) for sub, t in target.items()}
+        return group_parser(functions, f"tcclip {name}", EXTRA_COMMANDS[name].summary)
+    if ":" not in target:
+        return importlib.import_module(target).build_parser()
+    return function_parser(_function(target), f"tcclip {name}")
 
 
 def known_commands() -> list[str]:
@@ -155,7 +209,7 @@ def _dispatch(argv: list[str]) -> int:
             "--config ...`; to classify videos, `tcclip predict VIDEO... --checkpoint CKPT`.",
         )
     if argv[0] in EXTRA_COMMANDS:
-        return _run(EXTRA_COMMANDS[argv[0]].module, argv[1:])
+        return run_command(argv[0], argv[1:])
     if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
         close = difflib.get_close_matches(argv[0], known_commands(), n=1)
         guess = f"Did you mean `tcclip {close[0]}`? " if close else ""

@@ -1,6 +1,7 @@
-"""Make the synthetic dataset (synth), find unreadable or misdecoded videos (check), re-encode for speed (prepare).
+"""``tcclip data check``: find unreadable or misdecoded videos of a config's lists (before a long run).
 
-``tcclip data synth|check|prepare``; ``check`` runs before a long run, ``prepare`` before training on real footage.
+The other ``tcclip data`` commands: ``synth`` and ``prepare`` (`tcclip.cli.data_make`), ``download`` and ``verify``
+(`tcclip.cli.data_get`).
 """
 
 from __future__ import annotations
@@ -8,15 +9,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
-if TYPE_CHECKING:
-    import jsonargparse
+from tcclip.cli.types import Spelling
 
 log = logging.getLogger(__name__)
 
@@ -169,70 +168,54 @@ def load_datamodule(configs: Sequence[Path], overrides: dict[str, Any] | None = 
     return cls(**(data["init_args"] | (overrides or {})))
 
 
-def build_parser() -> jsonargparse.ArgumentParser:
-    """``tcclip data synth|prepare|check``: one jsonargparse parser, each sub-command's options from its module."""
-    from jsonargparse import ArgumentParser
+def check(
+    *,
+    config: Annotated[list[str], Spelling("--config", "-c")] = (),
+    stage: Literal["fit", "validate", "test", "all"] = "all",
+    lists: Annotated[list[str], Spelling("--list")] = (),
+    root: Path | None = None,
+    backend: str | None = None,
+    verify_frames: bool = False,
+    num_frames: int | None = None,
+    workers: int | None = None,
+    out: Path | None = None,
+) -> int:
+    """Decode every video of a config's splits (or of one list).
 
-    from tcclip.cli.data_get import download_parser, verify_parser
-    from tcclip.data.prepare import build_parser as prepare_parser
-    from tcclip.data.synth import build_parser as synth_parser
+    Exit status 1 if a video is unreadable (or, with --verify-frames, decodes to other frames).
 
-    check = ArgumentParser(description="Decode every video of a config's splits (or of one list).")
-    check.add_argument("--config", "-c", action="append", default=[], help="LightningCLI YAML (repeat)")
-    check.add_argument("--stage", choices=tuple(PARTS), default="all", help="which lists of the config (default all)")
-    check.add_argument("--list", action="append", default=[], dest="lists", help="annotation list (repeat)")
-    check.add_argument("--root", type=Path, default=None, help="dataset root (overrides the config's)")
-    check.add_argument(
-        "--backend", default=None, help="auto, torchcodec, pyav or decord (default: the config's, else auto)"
-    )
-    check.add_argument(
-        "--verify-frames",
-        action="store_true",
-        help="also decode sampled frames with a second backend and sequentially, and list files where they differ",
-    )
-    check.add_argument("--num-frames", type=int, default=None, help="frames per view to decode (default: config's)")
-    check.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
-    check.add_argument("--out", type=Path, default=None, help="also write the broken videos to this file")
-
-    parser = ArgumentParser(prog="tcclip data", description=__doc__.splitlines()[0])
-    sub = parser.add_subcommands(dest="command")
-    sub.add_subcommand("synth", synth_parser(), help="write the synthetic dataset")
-    sub.add_subcommand("prepare", prepare_parser(), help="re-encode a dataset for fast training")
-    sub.add_subcommand("check", check, help="decode every video of a config's splits (or of one list)")
-    sub.add_subcommand("download", download_parser(), help="download and lay out hmdb51, ucf101, k400, k600 or ssv2")
-    sub.add_subcommand("verify", verify_parser(), help="listed / present / decodable / exact videos of a config")
-    return parser
+    Args:
+        config: LightningCLI YAML (repeat)
+        stage: which lists of the config
+        lists: annotation list (repeat), with --root instead of a config
+        root: dataset root (overrides the config's)
+        backend: auto, torchcodec, pyav or decord (default: the config's, else auto)
+        verify_frames: also decode sampled frames with a second backend and sequentially, and list files where they
+            differ
+        num_frames: frames per view to decode (default: the config's)
+        workers: processes (default: up to 8)
+        out: also write the broken videos to this file
+    """
+    return _check(CheckRequest(list(config), stage, list(lists), root, backend, verify_frames, num_frames, workers,
+                               out))  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip data synth ...`` / ``check ...`` / ``prepare ...``; returns the exit code."""
-    parser = build_parser()
-    parsed = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    args = parsed[parsed.command]
-    if parsed.command == "synth":
-        from tcclip.data.custom_splits import make_synthetic_protocol_splits
-        from tcclip.data.synth import run as synth
+@dataclass(frozen=True)
+class CheckRequest:
+    """What `tcclip data check` was asked to check."""
 
-        code = synth(args, parser)
-        if code == 0:
-            make_synthetic_protocol_splits(args.out)  # so the Synthetic DataModule can run every protocol
-        return code
-    if parsed.command == "prepare":
-        from tcclip.data.prepare import run as prepare
-
-        return prepare(args)
-    if parsed.command == "download":
-        from tcclip.cli.data_get import run_download
-
-        return run_download(args)
-    if parsed.command == "verify":
-        from tcclip.cli.data_get import run_verify
-
-        return run_verify(args, load_datamodule, check_video, PARTS)
-    return _check(args)
+    config: list[str]
+    stage: str
+    lists: list[str]
+    root: Path | None
+    backend: str | None
+    verify_frames: bool
+    num_frames: int | None
+    workers: int | None
+    out: Path | None
 
 
-def _check(args: jsonargparse.Namespace) -> int:
+def _check(args: CheckRequest) -> int:
     from rich.console import Console
     from rich.table import Table
 

@@ -1,63 +1,18 @@
-"""The command lines of ``tcclip data download`` and ``tcclip data verify`` (parsers, progress display, output)."""
+"""``tcclip data download`` and ``tcclip data verify``: typed functions over `tcclip.data.acquire` and
+`tcclip.data.verify` (progress display, output)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Annotated, Literal
 
-from tcclip.data.acquire import DATASETS, Request, Ui, get_dataset
+from tcclip.cli.types import Spelling
+from tcclip.data.acquire import Request, Ui, get_dataset
 
-if TYPE_CHECKING:
-    import jsonargparse
-
-
-def download_parser() -> jsonargparse.ArgumentParser:
-    from jsonargparse import ArgumentParser
-
-    p = ArgumentParser(
-        description="Download, extract and lay out one dataset of the paper so that the official split lists read it "
-        "as they are. Rerun the same command after any failure: finished steps are kept, downloads resume."
-    )
-    p.add_argument("dataset", choices=DATASETS, help="hmdb51, ucf101, k400, k600 or ssv2")
-    p.add_argument("--root", type=Path, required=True, help="dataset folder (data.init_args.root of the configs)")
-    p.add_argument("--downloads", type=Path, default=None, help="where archives go (default: ROOT/archives)")
-    p.add_argument(
-        "--url", action="append", default=[], help="source of the archive (hmdb51, ucf101), replaces the built-in "
-        "ones; repeat for mirrors, tried in order"
-    )  # fmt: skip
-    p.add_argument(
-        "--mirror", default=None, help="base URL of a copy of the provider's tree, tried before the official "
-        "source for every file (e.g. an institutional cache of s3.amazonaws.com/kinetics)"
-    )  # fmt: skip
-    p.add_argument("--from", type=Path, default=None, dest="source_dir", help="ssv2: folder of the downloaded parts")
-    p.add_argument(
-        "--splits-dir", type=Path, default=None, help="official split/label files (default: tcclip splits download's "
-        "folder); k400's training list is written there"
-    )  # fmt: skip
-    p.add_argument("--splits", default=None, help="Kinetics splits to get, comma-separated (k400: train,val)")
-    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (expired ones)")
-    p.add_argument("--delete-archives", action="store_true", help="remove each downloaded archive once extracted")
-    return p
-
-
-def verify_parser() -> jsonargparse.ArgumentParser:
-    from jsonargparse import ArgumentParser
-
-    p = ArgumentParser(
-        description="For every list a config reads: videos listed, present, decodable and exact under the configured "
-        "reader; classes losing videos; files no list names. Exit status 1 if a listed video is missing, "
-        "unreadable or decodes to other frames."
-    )
-    p.add_argument("--config", "-c", action="append", default=[], required=True, help="LightningCLI YAML (repeat)")
-    p.add_argument("--root", type=Path, default=None, help="dataset root (overrides the config's)")
-    p.add_argument("--stage", choices=("fit", "validate", "test", "all"), default="all")
-    p.add_argument("--backend", default=None, help="video reader (default: the config's)")
-    p.add_argument("--presence-only", action="store_true", help="only count present files (seconds, no decoding)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 8)")
-    p.add_argument("--out", type=Path, default=None, help="also write the missing/unreadable videos to this file")
-    return p
+Dataset = Literal["hmdb51", "ucf101", "k400", "k600", "ssv2"]
+"""`tcclip.data.acquire.DATASETS` (a test keeps the two equal)."""
 
 
 class RichUi(Ui):
@@ -91,21 +46,51 @@ class RichUi(Ui):
         self.console.print(text)
 
 
-def run_download(args: jsonargparse.Namespace) -> int:
+def download(
+    dataset: Dataset,
+    *,
+    root: Path,
+    downloads: Path | None = None,
+    url: list[str] = (),
+    mirror: str | None = None,
+    source_dir: Annotated[Path | None, Spelling("--from")] = None,
+    splits_dir: Path | None = None,
+    splits: str | None = None,
+    insecure: bool = False,
+    delete_archives: bool = False,
+) -> int:
+    """Download, extract and lay out one dataset of the paper so that the official split lists read it as they are.
+
+    Rerun the same command after any failure: finished steps are kept, downloads resume.
+
+    Args:
+        dataset: hmdb51, ucf101, k400, k600 or ssv2
+        root: dataset folder (data.init_args.root of the configs)
+        downloads: where archives go (default: ROOT/archives)
+        url: source of the archive (hmdb51, ucf101), replaces the built-in ones; repeat for mirrors, tried in order
+        mirror: base URL of a copy of the provider's tree, tried before the official source for every file (e.g. an
+            institutional cache of s3.amazonaws.com/kinetics)
+        source_dir: ssv2: folder of the downloaded parts
+        splits_dir: official split/label files (default: tcclip splits download's folder); k400's training list is
+            written there
+        splits: Kinetics splits to get, comma-separated (k400: train,val)
+        insecure: do not verify TLS certificates (expired ones)
+        delete_archives: remove each downloaded archive once extracted
+    """
     from rich.console import Console
 
     console = Console(stderr=True)
     request = Request(
-        dataset=args.dataset,
-        root=args.root,
-        downloads=args.downloads,
-        urls=tuple(args.url),
-        mirror=args.mirror,
-        source_dir=args.source_dir,
-        splits_dir=args.splits_dir,
-        splits=tuple(s for s in (args.splits or "").split(",") if s),
-        insecure=args.insecure,
-        delete_archives=args.delete_archives,
+        dataset=dataset,
+        root=root,
+        downloads=downloads,
+        urls=tuple(url),
+        mirror=mirror,
+        source_dir=source_dir,
+        splits_dir=splits_dir,
+        splits=tuple(s for s in (splits or "").split(",") if s),
+        insecure=insecure,
+        delete_archives=delete_archives,
     )
     outcome = get_dataset(request, RichUi(console))
     for line in outcome.lines:
@@ -113,35 +98,51 @@ def run_download(args: jsonargparse.Namespace) -> int:
     return 0
 
 
-def run_verify(args: jsonargparse.Namespace, load_datamodule, check_video, parts: dict[str, tuple[str, ...]]) -> int:
-    """``tcclip data verify``; ``tcclip.cli.data`` passes its DataModule loader, video check and stage table."""
+def verify(
+    *,
+    config: Annotated[list[str], Spelling("--config", "-c")],
+    root: Path | None = None,
+    stage: Literal["fit", "validate", "test", "all"] = "all",
+    backend: str | None = None,
+    presence_only: bool = False,
+    workers: int | None = None,
+    out: Path | None = None,
+) -> int:
+    """For every list a config reads: videos listed, present, decodable and exact under the configured reader;
+    classes losing videos; files no list names.
+
+    Exit status 1 if a listed video is missing, unreadable or decodes to other frames.
+
+    Args:
+        config: LightningCLI YAML (repeat)
+        root: dataset root (overrides the config's)
+        stage: which lists of the config
+        backend: video reader (default: the config's)
+        presence_only: only count present files (seconds, no decoding)
+        workers: decoding processes (default: up to 8)
+        out: also write the missing/unreadable videos to this file
+    """
     import os
 
     from rich.console import Console
 
-    from tcclip.data.verify import datamodule_lists, kinetics_notes, verify
+    from tcclip.cli.data import PARTS, check_video, load_datamodule
+    from tcclip.data.verify import datamodule_lists, kinetics_notes
+    from tcclip.data.verify import verify as verify_lists
     from tcclip.data.video_reader import resolve_backend
     from tcclip.utils.progress import progress_bar
 
     console = Console(stderr=True)
-    overrides = {"root": str(args.root)} if args.root else {}
-    dm = load_datamodule([Path(c) for c in args.config], overrides)
-    backend = resolve_backend(args.backend or dm.backend)
-    specs = datamodule_lists(dm, parts[args.stage])
-    workers = args.workers or max(1, min(8, os.cpu_count() or 1))
+    dm = load_datamodule([Path(c) for c in config], {"root": str(root)} if root else {})
+    backend = resolve_backend(backend or dm.backend)
+    specs = datamodule_lists(dm, PARTS[stage])
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
     with progress_bar(console=console) as progress:
         task = progress.add_task(f"decoding videos under {dm.root}", total=None)
-        report = verify(
-            dm.dataset_name,
-            dm.root,
-            specs,
-            backend,
-            dm.num_frames,
-            check=None if args.presence_only else check_video,
-            workers=workers,
-            on_start=lambda n: progress.update(task, total=n),
-            on_done=lambda: progress.advance(task),
-        )
+        report = verify_lists(dm.dataset_name, dm.root, specs, backend, dm.num_frames,
+                              check=None if presence_only else check_video, workers=workers,
+                              on_start=lambda n: progress.update(task, total=n),
+                              on_done=lambda: progress.advance(task))  # fmt: skip
     if dm.dataset_name == "k400":
         report.notes.extend(kinetics_notes(report, dm.splits_dir))
     if dm.dataset_name == "k600":
@@ -152,7 +153,7 @@ def run_verify(args: jsonargparse.Namespace, load_datamodule, check_video, parts
             f"k600 zero-shot labels: {len(check.new_classes)} K600 classes not in K400 ({CASE_ONLY_RENAMING!r} is "
             f"K400's, not a 221st); the three splits use {', '.join(map(str, check.split_classes.values()))} of them"
         )
-    _print_report(report, console, args.out)
+    _print_report(report, console, out)
     return 0 if report.ok else 1
 
 

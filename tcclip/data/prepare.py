@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -40,9 +38,6 @@ from tcclip.data.video_frames import (
     upright,
 )
 from tcclip.utils.errors import UserError
-
-if TYPE_CHECKING:
-    import jsonargparse
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 FAILURES_FILE = "prepare_failures.txt"
@@ -268,90 +263,3 @@ def prepare_dataset(
     pool.shutdown()
     order = {v: i for i, v in enumerate(videos)}
     return sorted(results, key=lambda r: order[r.path])
-
-
-def build_parser() -> jsonargparse.ArgumentParser:
-    """The options of ``tcclip data prepare``."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="tcclip data prepare", description=__doc__.splitlines()[0])
-    # (jsonargparse applies `type` to the appended list as a whole, so the strings become paths in `run`)
-    parser.add_argument("--list", action="append", default=[], dest="lists", help="annotation list (repeat)")
-    parser.add_argument("--root", type=Path, default=None, help="dataset root of the lists' paths")
-    parser.add_argument("--folder", type=Path, default=None, help="re-encode every video under this folder instead")
-    parser.add_argument("--out", type=Path, required=True, help="new dataset root (created; originals untouched)")
-    defaults = PrepareSettings()
-    parser.add_argument("--short-side", type=int, default=defaults.short_side, help="pixels (default 320; or 256)")
-    parser.add_argument("--keyframe-interval", type=int, default=defaults.keyframe_interval, help="frames (16)")
-    parser.add_argument("--crf", type=int, default=defaults.crf, help="x264 quality, lower is better (default 23)")
-    parser.add_argument("--preset", default=defaults.preset, help="x264 preset (default veryfast)")
-    parser.add_argument(
-        "--fast-decode",
-        type=bool,
-        default=defaults.fast_decode,
-        help="no B-frames, x264 tune fastdecode: faster training reads, larger files (default true)",
-    )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 8)")
-    return parser
-
-
-def _size(num_bytes: int) -> str:
-    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
-
-
-def run(args: jsonargparse.Namespace) -> int:
-    """``tcclip data prepare`` with its parsed options; returns the exit code (1 if any video failed)."""
-    from rich.console import Console
-
-    from tcclip.data.labels import read_annotations
-    from tcclip.utils.progress import progress_bar
-
-    lists = [Path(p) for p in args.lists]
-    settings = PrepareSettings(args.short_side, args.keyframe_interval, args.crf, args.preset, args.fast_decode)
-    out = args.out
-    if args.folder is not None:
-        if lists:
-            raise UserError("give either --folder or --list/--root, not both")
-        root = args.folder
-        if not root.is_dir():
-            raise UserError("folder not found", path=root)
-        videos = find_videos(root, exclude=out.resolve() if out.resolve() != root.resolve() else None)
-    elif lists and args.root is not None:
-        root = args.root
-        videos = list(dict.fromkeys(a.path for lst in lists for a in read_annotations(lst)))
-    else:
-        raise UserError("nothing to prepare", fix="Give --list FILE --root DIR (repeat --list), or --folder DIR.")
-    if out.resolve() == root.resolve():
-        raise UserError("--out is the dataset root itself", path=out, fix="Choose a new folder: originals are kept.")
-    out.mkdir(parents=True, exist_ok=True)
-    workers = args.workers or max(1, min(8, os.cpu_count() or 1))
-
-    console = Console(stderr=True)
-    with progress_bar(console=console, transient=False) as progress:
-        task = progress.add_task(f"re-encoding into {out}", total=len(videos))
-        results = prepare_dataset(videos, root, out, settings, workers, lambda _: progress.advance(task))
-    for lst in lists:  # the same relative paths: the lists hold for the new root as they are
-        if not (out / lst.name).exists() or (out / lst.name).resolve() != lst.resolve():
-            shutil.copyfile(lst, out / lst.name)
-
-    done = [r for r in results if r.status == "done"]
-    skipped = [r for r in results if r.status == "skipped"]
-    failed = [r for r in results if r.status == "failed"]
-    size_in = sum(r.size_in for r in done + skipped)
-    size_out = sum(r.size_out for r in done + skipped)
-    console.print(
-        f"{len(done)} re-encoded, {len(skipped)} already prepared, {len(failed)} failed, of {len(results)} videos; "
-        f"{_size(size_in)} -> {_size(size_out)}"
-        + (f" ({size_out / size_in:.0%})" if size_in else "")
-        + f"; short side {settings.short_side}, a key frame every {settings.keyframe_interval} frames"
-    )
-    failures = out / FAILURES_FILE
-    if failed:
-        failures.write_text("".join(f"{r.path}\t{r.reason}\n" for r in failed))
-        for r in failed[:10]:
-            console.print(f"  failed: {r.path}: {r.reason}")
-        console.print(f"all failures listed in {failures}; rerun the same command to retry them")
-        return 1
-    failures.unlink(missing_ok=True)
-    console.print(f"new dataset root: {out}")
-    return 0

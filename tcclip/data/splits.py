@@ -11,26 +11,19 @@ writes them atomically to ``data_splits/files`` (or ``$TCCLIP_SPLITS_DIR``), whe
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tcclip.data.download import file_digest
 from tcclip.utils.errors import UserError
-from tcclip.utils.outputs import check_writable_folder
-
-if TYPE_CHECKING:
-    import jsonargparse
 
 log = logging.getLogger(__name__)
 
@@ -241,143 +234,3 @@ def _fetch_one(entry: ManifestEntry, target: Path, manifest: Manifest, mirror: s
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Command line: tcclip splits download|make
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be >= 1, got {value}" + (" (that would write empty lists)" * (value == 0))
-        )
-    return value
-
-
-def _shot_list(text: str | list[int]) -> list[int]:
-    if isinstance(text, list):  # jsonargparse passes the (already parsed) default through the type too
-        return text
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected shots per class such as 2,4,8,16, got {text!r}")
-    try:
-        return [_positive_int(part) for part in parts]
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"every shot count {e}") from None
-
-
-def build_parser() -> jsonargparse.ArgumentParser:
-    """`tcclip splits download|make`: one jsonargparse parser per sub-command."""
-    from jsonargparse import ArgumentParser
-
-    dl = ArgumentParser(
-        prog="tcclip splits download", description="Fetch and verify the official split and label files."
-    )
-    dl.add_argument(
-        "--dest",
-        type=Path,
-        default=None,
-        help=f"target folder (default: ${SPLITS_DIR_ENV} or data_splits/files)",
-    )
-    dl.add_argument("--mirror", type=Path, default=None, help="copy from this local folder instead of GitHub")
-    dl.add_argument("--only", action="append", default=[], metavar="PATTERN", help="glob/substring of paths (repeat)")
-    dl.add_argument("--manifest", type=Path, default=None, help="manifest file (default: the one shipped with tcclip)")
-
-    mk = ArgumentParser(
-        prog="tcclip splits make", description="Make few-shot and base/novel splits of a custom dataset."
-    )
-    mk.add_argument("--list", type=Path, required=True, dest="full_list", help="full training annotation list")
-    mk.add_argument("--labels", type=Path, required=True, help="label CSV (id,name) of that list")
-    mk.add_argument("--out", type=Path, required=True, help="output folder")
-    mk.add_argument(
-        "--shots", type=_shot_list, default="2,4,8,16", help="comma-separated shots per class (default 2,4,8,16)"
-    )
-    mk.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the draws (default 0)")
-    mk.add_argument("--base-novel", action="store_true", help="also write base/novel splits")
-    mk.add_argument("--eval-list", type=Path, default=None, help="test list to split into base_val/novel_val")
-    mk.add_argument("--class-split", choices=("first-half", "seeded"), default="first-half")
-    mk.add_argument(
-        "--base-shots", type=_positive_int, default=16, help="videos per base class in fs_base_s{n}_train.txt"
-    )
-    mk.add_argument("--allow-fewer", action="store_true", help="classes with too few videos give all they have")
-
-    parser = ArgumentParser(prog="tcclip splits", description=__doc__.splitlines()[0])
-    sub = parser.add_subcommands(dest="command")
-    sub.add_subcommand("download", dl, help="fetch and verify the official split and label files")
-    sub.add_subcommand("make", mk, help="make few-shot and base/novel splits of a custom dataset")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip splits download|make``; returns the exit code (a `UserError` for bad input)."""
-    from rich.console import Console
-
-    parsed = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    args = parsed[parsed.command]
-    console = Console(stderr=True)
-    if parsed.command == "make":
-        from tcclip.data.custom_splits import make_splits
-
-        files = make_splits(
-            args.full_list,
-            args.labels,
-            args.out,
-            shots=args.shots,
-            seed=args.seed,
-            base_novel=args.base_novel,
-            eval_list=args.eval_list,
-            class_split=args.class_split,
-            base_shots=args.base_shots,
-            allow_fewer=args.allow_fewer,
-        )
-        for f in files:
-            print(f"wrote {f}", file=sys.stderr)
-        return 0
-    return _download_cli(args, console)
-
-
-def _download_cli(args: jsonargparse.Namespace, console) -> int:
-    from tcclip.utils.progress import progress_bar
-
-    manifest = load_manifest(args.manifest)
-    dest = args.dest if args.dest is not None else default_splits_dir()
-    entries = select_entries(manifest, args.only)
-    if not entries:
-        raise UserError(
-            f"no file of the manifest matches --only {' '.join(args.only)}",
-            path=args.manifest or MANIFEST_PATH,
-            fix="Use a glob or a part of a path listed in the manifest, e.g. --only 'labels/*'.",
-        )
-    check_writable_folder(dest, "--dest" if args.dest is not None else f"the splits folder (${SPLITS_DIR_ENV})")
-    source = f"mirror {args.mirror}" if args.mirror else f"naver-ai/tc-clip@{manifest.commit[:10]}"
-    with progress_bar(console=console, eta=False) as progress:
-        task = progress.add_task(f"split files from {source}", total=len(entries))
-        report = download_splits(
-            dest, args.mirror, args.only, manifest, on_file=lambda entry, outcome: progress.advance(task)
-        )
-    console.print(
-        f"{len(report.fetched)} fetched, {len(report.skipped)} already valid, {len(report.failed)} failed -> {dest}"
-    )
-    for path, reason in report.failed:
-        console.print(f"[red]failed[/red] {path}: {reason}")
-    if report.failed:
-        hint = "check the network or the --mirror folder" if args.mirror is None else "check the --mirror folder"
-        console.print(f"Fix: {hint}, then run the same command again (valid files are kept).")
-        return 1
-    return 0

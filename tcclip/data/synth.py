@@ -27,20 +27,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from tcclip.utils.outputs import atomic_write_texts
-
-if TYPE_CHECKING:
-    import jsonargparse
 
 logger = logging.getLogger(__name__)
 
@@ -416,75 +411,3 @@ def make_synthetic_dataset(
 
 MIN_SIZE = 16
 """Smallest frame side (pixels) of a synthetic video: room for a shape that moves."""
-
-
-def _parse_size(text: str | int | tuple[int, int]) -> int | tuple[int, int]:
-    if not isinstance(text, str):  # the default, already parsed
-        return text
-    if "x" in text:
-        h, w = text.lower().split("x")
-        return int(h), int(w)
-    return int(text)
-
-
-def _parse_frames(text: str | int | tuple[int, int]) -> int | tuple[int, int]:
-    if not isinstance(text, str):  # jsonargparse passes the (already parsed) default through the type too
-        return text
-    if "-" in text:
-        lo, hi = text.split("-")
-        return int(lo), int(hi)
-    return int(text)
-
-
-def build_parser() -> jsonargparse.ArgumentParser:
-    """The options of ``tcclip data synth``."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="tcclip data synth", description=make_synthetic_dataset.__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(CLASS_NAMES)} (default 10)")
-    parser.add_argument(
-        "--classes", default=None, help=f"comma-separated class names instead of --num-classes: {','.join(CLASS_NAMES)}"
-    )
-    parser.add_argument(
-        "--class-colours", action="store_true", help="each class's shape in its own colour (one frame tells the class)"
-    )
-    parser.add_argument("--videos-per-class", type=int, default=10, help="split 60/20/20 (default 10)")
-    parser.add_argument("--formats", default="mp4,avi,webm", help="comma-separated containers (default mp4,avi,webm)")
-    parser.add_argument("--num-frames", type=_parse_frames, default=(24, 32), help="N or MIN-MAX (default 24-32)")
-    parser.add_argument("--size", type=_parse_size, default=(48, 64), help="S or HxW, even (default 48x64)")
-    parser.add_argument("--fps", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stamp-index", action="store_true", help="write each frame's index into its top rows")
-    return parser
-
-
-def synth_main(argv: Sequence[str] | None = None) -> int:
-    """``tcclip data synth --out DIR``: write the synthetic dataset; returns the exit status."""
-    parser = build_parser()
-    return run(parser.parse_args(list(sys.argv[1:] if argv is None else argv)), parser)
-
-
-def run(args: jsonargparse.Namespace, parser: jsonargparse.ArgumentParser) -> int:
-    """Write the dataset `args` (parsed by `parser`, which reports a bad value) describe."""
-    try:
-        result = make_synthetic_dataset(
-            args.out,
-            num_classes=args.num_classes,
-            videos_per_class=args.videos_per_class,
-            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-            num_frames=args.num_frames,
-            size=args.size,
-            seed=args.seed,
-            fps=args.fps,
-            stamp_index=args.stamp_index,
-            classes=None if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()],
-            class_colours=args.class_colours,
-        )
-    except ValueError as err:
-        parser.error(str(err))
-    print(f"wrote {result.num_videos} videos of {len(result.class_names)} classes to {result.root}")
-    for split, path in result.lists.items():
-        print(f"  {split}: {path}")
-    print(f"  labels: {result.labels_csv}")
-    return 0

@@ -1,9 +1,8 @@
 """Running one cell of a protocol grid: skip what is finished, resume a stopped fit, evaluate what has no results.
 
-The same function runs a cell for the local runner and inside a SLURM array task (`python -m tcclip.experiments.cells
-PLAN INDEX`,
-called by the job script `tcclip/experiments/templates/sweep.sbatch`), so both share one definition of "finished" and
-"resume":
+The same function runs a cell for the local runner and inside a SLURM array task (`tcclip sweep run-cell PLAN
+INDEX`, called by the job script `tcclip/experiments/templates/sweep.sbatch`), so both share one definition of
+"finished" and "resume":
 
 - a cell is finished when each of its evaluations has `<run dir>/eval/<name>/results.json`;
 - a fit is finished when `<run dir>/fit.done` exists; otherwise it starts again from the newest readable
@@ -426,39 +425,33 @@ def _name_the_log(cell: Cell) -> None:
         pass  # a name for convenience only
 
 
-USAGE = "usage: python -m tcclip.experiments.cells PLAN INDEX [--plan-id ID]"
+def run_planned_cell(plan: Path, index: int, *, plan_id: str | None = None) -> int:
+    """Run cell INDEX of a sweep plan: what each SLURM array task of `tcclip sweep --slurm` does.
 
+    The cell is skipped when finished, its fit resumed from its newest checkpoint when stopped, and what has no
+    results yet is evaluated. Exit code 143 when SIGTERM (scancel, preemption) stopped it; 2 for a plan that cannot
+    be read or has no such cell.
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tcclip.experiments.cells PLAN INDEX [--plan-id ID]`: run cell INDEX of a plan (what a SLURM array
-    task does).
-
-    With `--plan-id` (the job script passes the id it was written with), a plan file that is not that script's own
-    is refused instead of running another submission's cell."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    expected_id = None
-    if len(argv) == 4 and argv[2] == "--plan-id":
-        expected_id = argv[3]
-        argv = argv[:2]
-    if len(argv) != 2 or not argv[1].isdigit():
-        print(USAGE, file=sys.stderr)
-        return 2
-    plan = Path(argv[0])
+    Args:
+        plan: the plan file the job script names (cells and settings, written by `tcclip sweep --slurm`)
+        index: the cell's index in the plan ($SLURM_ARRAY_TASK_ID)
+        plan_id: the id the job script was written with: a plan file that is not that script's own is refused
+            instead of running another submission's cell
+    """
     try:
-        cells, settings, plan_id = read_plan_with_id(plan)
+        cells, settings, stored_id = read_plan_with_id(Path(plan))
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"tcclip sweep: cannot read the plan {plan}: {err}", file=sys.stderr)
         return 2
-    if expected_id is not None and plan_id != expected_id:
+    if plan_id is not None and stored_id != plan_id:
         print(
-            f"tcclip sweep: {plan} is plan {plan_id!r}, but this job script was written for plan {expected_id!r}; "
+            f"tcclip sweep: {plan} is plan {stored_id!r}, but this job script was written for plan {plan_id!r}; "
             "not running a cell another submission planned. Fix: submit again with `tcclip sweep --slurm`.",
             file=sys.stderr,
         )
         return 2
-    index = int(argv[1])
-    if index >= len(cells):
-        print(f"{argv[0]}: no cell {index} (the plan has {len(cells)})", file=sys.stderr)
+    if not 0 <= index < len(cells):
+        print(f"{plan}: no cell {index} (the plan has {len(cells)})", file=sys.stderr)
         return 2
     cell = cells[index]
     _name_the_log(cell)
@@ -473,4 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Job scripts written before `tcclip sweep run-cell` existed (a requeued task runs its script again) call this
+    # module: the command line is `tcclip sweep run-cell`'s, run by name so that this layer imports no command code.
+    import runpy
+
+    sys.argv = ["tcclip", "sweep", "run-cell", *sys.argv[1:]]
+    runpy.run_module("tcclip.cli", run_name="__main__", alter_sys=True)

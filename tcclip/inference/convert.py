@@ -8,13 +8,11 @@ as written, never resolved (see `tcclip.model.official`); settings it lacks, or 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser
 
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.errors import ModelError
@@ -104,31 +102,3 @@ def convert(
     checkpoint = lightning_checkpoint(model)
     atomic_write(out, lambda f: torch.save(checkpoint, f), what="converted checkpoint")
     return out, cfg, len(state)
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="tcclip convert-checkpoint",
-        description="Convert an official TC-CLIP checkpoint into a tcclip Lightning checkpoint (state_dict + "
-        "model_config), loadable by tcclip.load_model and by `tcclip validate/test --ckpt_path`.",
-    )
-    parser.add_argument("official", type=Path, help="official .pth (dict with 'model' and 'config')")
-    parser.add_argument("out", type=Path, help="output .ckpt")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML with model settings (official keys like trainer_name/model_arch, or tcclip field names) that "
-        "replace the ones read from the checkpoint's embedded config",
-    )
-    parser.add_argument(
-        "--clip-weights", default="openai", help="CLIP weights for the token embedding table (default: openai)"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`tcclip convert-checkpoint OFFICIAL.pth OUT.ckpt [--config YAML] [--clip-weights W]`; errors are UserErrors."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    out, cfg, count = convert(args.official, args.out, args.config, args.clip_weights)
-    print(f"wrote {out} ({cfg.model}, {cfg.arch}, {count} tensors)")
-    return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,16 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from jsonargparse import ArgumentParser
-from rich.markup import escape
 from torch import Tensor, nn
 
 from tcclip.inference.clips import VideoInput, make_test_transform, sample_frames
-from tcclip.inference.predict import add_model_arguments, check_model_args, load_model_from_args
 from tcclip.inference.predictions import Prediction, top_k_predictions
 from tcclip.inference.scoring import evaluating, model_input_size, model_num_frames, use_labels
-from tcclip.utils.errors import UserError
-from tcclip.utils.outputs import check_writable_folder, staged_files
+from tcclip.utils.outputs import staged_files
 
 log = logging.getLogger(__name__)
 
@@ -382,65 +377,3 @@ def save_explanation(expl: Explanation, out_dir: str | Path, formats: Sequence[s
         text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n"
         stage(written[-1]).write_text(text, encoding="utf-8")
     return written
-
-
-# ----------------------------------------------------------------------------------------------- command line
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="tcclip explain",
-        description="Draw the seed patches, context tokens and top-k classes of TC-CLIP on one video.",
-        epilog="Example: tcclip explain clip.mp4 --checkpoint tc_clip.ckpt --label-file labels.csv --out explain/",
-    )
-    parser.add_argument("video", metavar="VIDEO", help="a video file")
-    add_model_arguments(parser)
-    parser.add_argument("--out", required=True, help="folder for the pictures (created if missing)")
-    parser.add_argument("--layer", type=int, default=-1, help="0-based vision layer to show; -1 (default) is the last")
-    parser.add_argument("--top-k", type=int, default=5, help="classes in the bar chart (default 5)")
-    parser.add_argument("--format", choices=("png", "gif", "both"), default="png", help="png (default), gif or both")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`tcclip explain VIDEO --checkpoint CKPT [--labels a,b | --label-file F] --out DIR`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    from rich.console import Console
-
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    err = Console(stderr=True, soft_wrap=True)
-    if args.top_k < 1:
-        parser.error("--top-k must be >= 1")
-    check_model_args(args)
-    if not Path(args.video).is_file():
-        what = "is a folder" if Path(args.video).is_dir() else "no such file"
-        raise UserError(f"{what}", path=args.video, fix="Give explain one video file.")
-    out = check_writable_folder(args.out, "--out")  # before the model runs, not after
-    model = load_model_from_args(args)
-    num_layers = int(model.cfg.clip.vision.layers)
-    if not -num_layers <= args.layer < num_layers:
-        raise UserError(
-            f"--layer {args.layer}: the vision encoder of this checkpoint has layers 0..{num_layers - 1}",
-            fix="Pick one of those, or a negative number to count from the last (-1).",
-        )
-    try:
-        expl = explain(model, args.video, layer=args.layer, top_k=args.top_k, backend=args.backend)
-    except (RuntimeError, OSError, ValueError) as error:
-        err.print(f"[red]cannot explain {escape(args.video)}:[/] {escape(str(error))}", highlight=False)
-        return 1
-    formats = ("png", "gif") if args.format == "both" else (args.format,)
-    try:
-        written = save_explanation(expl, out, formats)
-    except OSError as error:  # a full disk, a quota: nothing was written (save_explanation stages every file)
-        raise UserError(
-            f"--out {out}: cannot write the pictures ({error.strerror or error}); none was written",
-            fix="Free some space or choose another folder, then run the same command again.",
-        ) from None
-    for path in written:
-        err.print(f"wrote {path}", highlight=False)
-    label, prob = expl.predictions[0]
-    err.print(f"top-1: {label} ({prob:.1%})", highlight=False)
-    return 0

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser
 from torch import nn
 
 from tcclip.training.calibration_record import Calibration, model_calibration
@@ -361,37 +360,3 @@ def _is_previous_export(folder: Path) -> bool:
         return json.loads((folder / "config.json").read_text()).get("format") == EXPORT_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="tcclip export",
-        description="Write model.safetensors + config.json + README.md (model card), loadable without pickle by "
-        "tcclip.load_model(OUT_DIR); with --onnx also model.onnx for a fixed class list.",
-        epilog="Example: tcclip export runs/demo/.../last.ckpt exported/ --onnx",
-    )
-    parser.add_argument("checkpoint", type=Path, help="a tcclip .ckpt, a save_model file, or an official .pth")
-    parser.add_argument("out_dir", type=Path, help="output directory (created)")
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", help="class names separated by commas (default: the checkpoint's own classes)")
-    labels.add_argument("--label-file", help="CSV with an id,name header, or JSON {id: name}")
-    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs tcclip[onnx])")
-    parser.add_argument("--onnx-batch", type=int, default=1, help="fixed batch size of the ONNX graph (default 1)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from tcclip.inference.predict import read_labels
-
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    if args.onnx_batch < 1:
-        parser.error("--onnx-batch must be >= 1")
-    try:
-        names = read_labels(args.labels, args.label_file)
-    except ValueError as err:
-        parser.error(str(err))
-    out = export(args.checkpoint, args.out_dir, names, onnx=args.onnx, onnx_batch=args.onnx_batch)
-    files = sorted(p.name for p in out.iterdir())  # the folder holds exactly what this export wrote
-    print(f"wrote {out}: {', '.join(files)}")
-    return 0

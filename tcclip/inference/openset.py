@@ -315,21 +315,6 @@ def decide(rejector: Rejector, view_logits: Tensor, top_k: Sequence[Sequence]) -
     return out
 
 
-def add_reject_arguments(parser) -> None:
-    """`--reject`, `--reject-threshold`, `--reject-score` (shared by `tcclip predict` and `tcclip timeline`)."""
-    parser.add_argument(
-        "--reject",
-        action="store_true",
-        help='answer "none of the above" when the rejection score is under the threshold stored by tcclip calibrate',
-    )
-    parser.add_argument(
-        "--reject-threshold", type=float, help="threshold to use instead of the stored one (implies --reject)"
-    )
-    parser.add_argument(
-        "--reject-score", choices=SCORES, help=f"rejection score (default: the calibrated one, else {DEFAULT_SCORE})"
-    )
-
-
 def check_reject_options(reject: bool, reject_threshold: float | None, reject_score: str | None) -> None:
     """A rejection score without rejection asked for would be ignored: refuse it (the same for the CLI and API)."""
     if reject_score is not None and not reject and reject_threshold is None:

@@ -7,14 +7,12 @@ official evaluation sums them, which ranks the classes the same way; the mean st
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from jsonargparse import ArgumentParser, Namespace
 from torch import Tensor, nn
 
 from tcclip.inference.clips import (
@@ -28,9 +26,6 @@ from tcclip.inference.clips import (
 from tcclip.inference.openset import OpenSetPrediction, Rejector, calibrated_probabilities, decide
 from tcclip.inference.predictions import (
     Prediction,
-    prediction_json,
-    prediction_table,
-    report_failure,
     top_k_predictions,
 )
 from tcclip.inference.scoring import (
@@ -57,6 +52,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class ModelArgs(Protocol):
+    """The model options the applications share (`tcclip.cli.app_console.ModelOptions`)."""
+
+    checkpoint: str
+    labels: str | None
+    label_file: str | None
+    device: str
+    backend: str | None
+    clip_weights: str | None
 
 
 def predict(
@@ -137,25 +143,6 @@ def batched_view_logits(
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def add_model_arguments(parser: ArgumentParser) -> None:
-    """The options `tcclip predict` and `tcclip explain` share: checkpoint, classes, device, decoder."""
-    parser.add_argument("--checkpoint", required=True, help="our .ckpt / save_model file, or an official TC-CLIP .pth")
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", help="class names separated by commas, e.g. 'riding a bike,swimming'")
-    labels.add_argument(
-        "--label-file", help="CSV with an id,name header, or JSON {id: name} (default: the checkpoint's own classes)"
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument(
-        "--backend",
-        choices=("auto", "torchcodec", "pyav", "decord"),
-        help="video decoder (default auto: torchcodec where it works, else pyav; decord matches the official code)",
-    )
-    parser.add_argument(
-        "--clip-weights", help="where an official checkpoint's token embedding comes from (default: openai)"
-    )
-
-
 def read_labels(labels: str | None, label_file: str | None) -> list[str] | None:
     """Class names from `--labels a,b,c` or `--label-file F`; None when neither is given.
 
@@ -195,15 +182,15 @@ def check_checkpoint_path(checkpoint: str | Path) -> Path:
     return path
 
 
-def check_model_args(args: Namespace) -> None:
+def check_model_args(args: ModelArgs) -> None:
     """Find a bad --device, --checkpoint path or class list before any slow work (`UserError`)."""
     resolve_device(args.device)
     check_checkpoint_path(args.checkpoint)
     read_labels(args.labels, args.label_file)
 
 
-def load_model_from_args(args: Namespace) -> nn.Module:
-    """The model that `add_model_arguments`' options ask for, on its device.
+def load_model_from_args(args: ModelArgs) -> nn.Module:
+    """The model that the options of `tcclip predict`, `timeline` and `explain` ask for, on its device.
 
     Raises:
         UserError: a bad --device, --checkpoint, --labels or --label-file, or a checkpoint that cannot be loaded.
@@ -248,33 +235,6 @@ class _VideoFiles(torch.utils.data.Dataset):
         return i, clips, None
 
 
-def _keep_list(batch: list) -> list:
-    return batch
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="tcclip predict",
-        description="Classify video files with a trained checkpoint (ours or an official TC-CLIP .pth).",
-        epilog="Example: tcclip predict clips/ --checkpoint tc_clip.ckpt --label-file labels.csv --top-k 3",
-    )
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or "
-                        "glob patterns such as 'clips/**/*.mp4' (quote them)")  # fmt: skip
-    add_model_arguments(parser)
-    parser.add_argument("--top-k", type=int, default=5, help="classes shown per video (default 5)")
-    parser.add_argument(
-        "--views", default="2x1", help="temporal clips x spatial crops (1 or 3) per video (default 2x1)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object per video instead of tables")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default 4)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2; 0: decode in this one)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    from tcclip.inference.openset import add_reject_arguments
-
-    add_reject_arguments(parser)
-    return parser
-
-
 def resolve_device(name: str) -> torch.device:
     """`--device`: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps.
 
@@ -303,85 +263,6 @@ def resolve_device(name: str) -> torch.device:
             f"--device {name!r}: tcclip runs on cpu, cuda or mps", fix="Use auto, cpu, cuda, cuda:N or mps."
         )
     return device
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`tcclip predict VIDEO [VIDEO ...] --checkpoint CKPT [--labels a,b | --label-file F]`; 1 if any video failed."""
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    from tcclip.utils.progress import progress_bar
-
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    out, err = Console(), Console(stderr=True, soft_wrap=True)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err)])
-    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
-        parser.error("--top-k and --batch-size must be >= 1 and --workers >= 0")
-    try:
-        views = Views.parse(args.views)
-    except ValueError as error:
-        parser.error(f"argument --views: {error}")
-
-    check_model_args(args)
-    from tcclip.inference.openset import check_reject_options
-
-    check_reject_options(args.reject, args.reject_threshold, args.reject_score)
-    paths, problems = expand_video_paths(args.videos)
-    failed = 0
-    for item, reason in problems:
-        failed += 1
-        report_failure(out, err, item, reason, args.json)
-    if not paths:
-        err.print(f"[red]no videos to classify[/] ({failed} input(s) named none)")
-        return 1
-
-    model = load_model_from_args(args)
-    check_views_memory(model, views, min(args.batch_size, len(paths)))
-    names = list(model.class_names)
-    from tcclip.inference.openset import decide, rejector_from_args, verdict_text
-
-    rejector = rejector_from_args(args, model)
-    verdicts = {}
-
-    dataset = _VideoFiles(paths, model_num_frames(model), model_input_size(model), views, args.backend)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_keep_list
-    )
-    progress = progress_bar("classifying", console=err, enabled=not (args.quiet or len(paths) < 2))
-    with progress, evaluating(model):
-        task = progress.add_task("videos", total=len(paths))
-        for batch in loader:
-            good = [(i, clips) for i, clips, _ in batch if clips is not None]
-            logits = video_view_logits(model, torch.stack([c for _, c in good])) if good else None
-            probs = calibrated_probabilities(logits, model_temperature(model)) if good else []
-            ranked = {i: top_k_predictions(p, names, args.top_k) for (i, _), p in zip(good, probs, strict=True)}
-            if rejector is not None and good:
-                verdicts = dict(zip(ranked, decide(rejector, logits, list(ranked.values())), strict=True))
-            for i, _, error in batch:  # in input order, failures where they occur
-                if error is not None:
-                    failed += 1
-                    report_failure(out, err, str(paths[i]), error, args.json)
-                elif args.json:
-                    record = {"video": str(paths[i]), "predictions": [prediction_json(p) for p in ranked[i]]}
-                    record.update(verdicts[i].to_json() if i in verdicts else {})
-                    out.file.write(json.dumps(record) + "\n")
-                else:
-                    out.print(str(paths[i]), style="bold", soft_wrap=True, highlight=False)
-                    if i in verdicts:
-                        out.print(verdict_text(verdicts[i]), soft_wrap=True, highlight=False)
-                    out.print(prediction_table(ranked[i]))
-                    out.print()
-            progress.advance(task, len(batch))
-    out.file.flush()
-    done = len(paths) + len(problems) - failed
-    if failed:
-        err.print(f"[red]{failed} of {len(paths) + len(problems)} input(s) failed[/], {done} classified")
-        return 1
-    if len(paths) > 1:
-        err.print(f"{done} videos classified")
-    return 0
 
 
 def predict_open_set(

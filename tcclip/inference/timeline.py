@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 from tcclip.data.video_reader import declared_duration, resolve_backend
@@ -30,7 +29,7 @@ from tcclip.inference.scoring import (
     use_labels,
     video_view_logits,
 )
-from tcclip.inference.timeline_outputs import TIMELINE_FILES, Timeline, save_timeline
+from tcclip.inference.timeline_outputs import Timeline, save_timeline
 from tcclip.inference.timeline_segments import (
     Segment,
     WindowResult,
@@ -42,7 +41,6 @@ from tcclip.inference.timeline_segments import (
 )
 from tcclip.inference.timeline_windows import WindowFrames, check_window_count, check_window_options, stream_windows
 from tcclip.utils.errors import UserError
-from tcclip.utils.outputs import check_output_folder
 
 __all__ = ["Segment", "Timeline", "WindowResult", "merge_segments", "save_timeline", "stream_windows", "timeline"]
 
@@ -201,85 +199,3 @@ def _progress(total: float, enabled: bool):
     bar = progress_bar("timeline", unit="seconds", enabled=enabled)
     task = bar.add_task("video", total=total or None)
     return bar, (lambda t: bar.update(task, completed=t)) if enabled else None
-
-
-# ----------------------------------------------------------------------------------------------- command line
-
-
-def build_parser() -> ArgumentParser:
-    from tcclip.inference.openset import add_reject_arguments
-    from tcclip.inference.predict import add_model_arguments
-
-    parser = ArgumentParser(
-        prog="tcclip timeline",
-        description="Slide a window of the model's T frames over a long video: per-window top-k (CSV, JSON), merged "
-        "segments and a PNG timeline plot.",
-        epilog="Example: tcclip timeline match.mp4 --checkpoint tc_clip.ckpt --labels 'serve,rally,break' --window 3",
-    )
-    parser.add_argument("video", help="the video file")
-    add_model_arguments(parser)
-    parser.add_argument("--window", type=float, default=2.0, help="window length in seconds (default 2)")
-    parser.add_argument("--stride", type=float, help="seconds between window starts (default: half the window)")
-    parser.add_argument("--top-k", type=int, default=3, help="classes kept per window (default 3)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument(
-        "--smooth", type=int, default=1, help="label windows from the mean of this many windows' probabilities (odd)"
-    )
-    parser.add_argument(
-        "--refine",
-        type=int,
-        default=4,
-        help="place each change with windows this many times shorter (default 4; 0: half-way between windows)",
-    )
-    parser.add_argument("--out", type=Path, help="output folder (default: <video name>_timeline/ next to the video)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_reject_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from tcclip.inference.predict import check_model_args, load_model_from_args
-
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    out = Console()
-    video = Path(args.video)
-    out_dir = args.out or video.with_name(video.stem + "_timeline")
-    # Every option and the output folder checked before the model is loaded or a frame decoded.
-    check_window_options(args.window, args.stride, args.top_k, args.batch_size, args.smooth, args.refine)
-    check_reject_options(args.reject, args.reject_threshold, args.reject_score)
-    if not video.is_file():
-        raise UserError("no such video file" if not video.exists() else "is a folder, not a video file", path=video,
-                        fix="Give a video file.")  # fmt: skip
-    check_window_count(declared_duration(video), args.window, args.stride, video)
-    check_model_args(args)
-    check_output_folder(out_dir, "--out", TIMELINE_FILES)
-    model = load_model_from_args(args)
-    tl = timeline(
-        model,
-        args.video,
-        window=args.window,
-        stride=args.stride,
-        top_k=args.top_k,
-        reject=args.reject,
-        reject_threshold=args.reject_threshold,
-        reject_score=args.reject_score,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        smooth=args.smooth,
-        refine=args.refine,
-        backend=args.backend,
-    )
-    files = save_timeline(tl, out_dir)
-    table = Table(title=f"{escape(str(video))}: {len(tl.windows)} windows of {tl.window:g} s every {tl.stride:g} s")
-    for column in ("start", "end", "label", "mean prob."):
-        table.add_column(column, justify="right" if column != "label" else "left")
-    for s in tl.segments:
-        table.add_row(f"{s.start:.2f}", f"{s.end:.2f}", escape(s.label), f"{s.mean_probability:.3f}")
-    out.print(table)
-    out.print("wrote " + ", ".join(str(f) for f in files), highlight=False, soft_wrap=True)
-    return 0
