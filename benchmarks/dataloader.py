@@ -23,7 +23,6 @@ flicker) and encoded by the ffmpeg command line with the encoders and sizes of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -134,7 +134,7 @@ def generate(root: Path) -> dict[str, list[str]]:
 
 
 def time_cells(
-    sources: dict[str, Path], paths: list[str], backends: list[str], train: bool, args: argparse.Namespace
+    sources: dict[str, Path], paths: list[str], backends: list[str], train: bool, args: Options
 ) -> dict[tuple[str, str], dict]:
     """Decode and transform --clips clips (cycling over the videos) in every (source, backend) cell, the cells taking
     turns clip by clip (so that a busy moment of a shared machine falls on all of them alike); median per-clip
@@ -178,19 +178,43 @@ def _ratio(rows: list[dict], row: dict) -> str:
     return f"{row['clips_per_s'] / ref['clips_per_s']:.2f}" if ref else "-"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="dataset root (default: generated clips in a temporary folder)")
-    parser.add_argument("--list", default=None, help="annotation list under --data (default: every video)")
-    parser.add_argument("--backends", default=",".join(available_backends()), help="comma-separated backends")
-    parser.add_argument("--pipelines", default="train,test")
-    parser.add_argument("--clips", type=int, default=8, help="clips per cell (the videos are cycled)")
-    parser.add_argument("--frames", type=int, default=16, help="T, frames per clip")
-    parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--short-side", type=int, default=320, help="prepared copies (tcclip data prepare)")
-    parser.add_argument("--keyframe-interval", type=int, default=16, help="prepared copies")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class Options:
+    """What to measure.
+
+    Args:
+        data: dataset root (default: generated clips in a temporary folder)
+        list: annotation list under --data (default: every video)
+        backends: comma-separated backends (default: every one available)
+        pipelines: comma-separated pipelines: train, test
+        clips: clips per cell (the videos are cycled)
+        frames: T, frames per clip
+        input_size: the network's input size
+        short_side: prepared copies (tcclip data prepare)
+        keyframe_interval: prepared copies
+        json: also write the results here
+    """
+
+    data: Path | None = None
+    list: str | None = None
+    backends: str | None = None
+    pipelines: str = "train,test"
+    clips: int = 8
+    frames: int = 16
+    input_size: int = 224
+    short_side: int = 320
+    keyframe_interval: int = 16
+    json: Path | None = None
+
+
+def measure(args: Options) -> int:
+    """Clips per second of every video reader and pipeline, on the originals and on prepared copies.
+
+    Args:
+        args: the options
+    """
+    if args.backends is None:
+        args = replace(args, backends=",".join(available_backends()))
     torch.set_num_threads(1)  # one DataLoader worker
     console = Console()
 
@@ -287,6 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = {"rows": rows, "index_ms": index_ms, "prepare_s": prepare_s, "sizes": sizes}
         args.json.write_text(json.dumps(record, indent=1))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python benchmarks/dataloader.py [options]` (`--help`)."""
+    from tcclip.cli.typed import run
+
+    return run(measure, sys.argv[1:] if argv is None else argv, "python benchmarks/dataloader.py",
+               epilog=__doc__.split("\n", 1)[1])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,14 +46,31 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, help="checkpoint to export (default: a random demo network)")
-    parser.add_argument("--videos", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Options:
+    """What to measure.
+
+    Args:
+        ckpt: checkpoint to export (default: a random demo network)
+        videos: videos whose predictions are compared
+        repeats: timed runs per latency (the median is reported)
+        threads: CPU threads of both runtimes
+        json: also write every number to this file
+    """
+
+    ckpt: Path | None = None
+    videos: int = 50
+    repeats: int = 20
+    threads: int = 1
+    json: Path | None = None
+
+
+def main(args: Options) -> None:
+    """Export a checkpoint to ONNX and compare it with the eager model: agreement and latency.
+
+    Args:
+        args: the options
+    """
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
@@ -125,4 +143,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tcclip.cli.typed import run
+
+    sys.exit(run(main, sys.argv[1:], "python benchmarks/export_onnx.py", epilog=__doc__.split("\n", 1)[1]))

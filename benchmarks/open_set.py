@@ -25,8 +25,9 @@ Prints one table per step; `--json` keeps every number. The README's figures com
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,15 +64,33 @@ def score_list(model, root: Path, lists: list[str], views: str) -> tuple[torch.T
     return torch.stack(logits), torch.tensor(labels)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="in-distribution dataset (val.txt, test.txt)")
-    parser.add_argument("--ood", type=Path, required=True, help="videos of held-out classes")
-    parser.add_argument("--views", default="1x1")
-    parser.add_argument("--recall", type=float, default=0.95)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Options:
+    """What to measure.
+
+    Args:
+        ckpt: the trained checkpoint
+        data: in-distribution dataset (val.txt, test.txt)
+        ood: videos of held-out classes
+        views: temporal clips x spatial crops per video
+        recall: in-distribution recall of the thresholds
+        json: also write every number to this file
+    """
+
+    ckpt: Path
+    data: Path
+    ood: Path
+    views: str = "1x1"
+    recall: float = 0.95
+    json: Path | None = None
+
+
+def main(args: Options) -> None:
+    """Open-set rejection and calibration of a trained checkpoint on known and held-out classes.
+
+    Args:
+        args: the options
+    """
 
     model = load_model(args.ckpt)
     scale = logit_scale(model)
@@ -140,4 +159,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tcclip.cli.typed import run
+
+    sys.exit(run(main, sys.argv[1:], "python benchmarks/open_set.py", epilog=__doc__.split("\n", 1)[1]))

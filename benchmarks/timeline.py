@@ -13,13 +13,14 @@ memory (VmHWM) and its growth over the resident memory before the timeline start
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from rich.console import Console
@@ -133,19 +134,41 @@ def memory(ckpt: Path, out: Path, window: float, stride: float, minutes: list[fl
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--window", type=float, default=1.0, help="seconds (the demo clips last 1.3-2 s)")
-    parser.add_argument("--stride", type=float, default=0.5)
-    parser.add_argument("--stretches", type=int, default=16)
-    parser.add_argument("--smooth", type=int, default=1, help="windows averaged for each label (tcclip timeline)")
-    parser.add_argument("--refine", type=int, default=4, help="boundary refinement factor (tcclip timeline; 0: off)")
-    parser.add_argument("--minutes", default="1,10")
-    parser.add_argument("--only", choices=("accuracy", "memory"), help="run one part")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Options:
+    """What to measure.
+
+    Args:
+        ckpt: the trained checkpoint
+        window: window length in seconds (the demo clips last 1.3-2 s)
+        stride: seconds between window starts
+        stretches: clips stitched into the long test video
+        smooth: windows averaged for each label (tcclip timeline)
+        refine: boundary refinement factor (tcclip timeline; 0: off)
+        minutes: lengths of the memory test videos, comma-separated
+        only: run one part
+        out: working folder (default: a temporary one)
+        json: also write every number to this file
+    """
+
+    ckpt: Path
+    window: float = 1.0
+    stride: float = 0.5
+    stretches: int = 16
+    smooth: int = 1
+    refine: int = 4
+    minutes: str = "1,10"
+    only: Literal["accuracy", "memory"] | None = None
+    out: Path | None = None
+    json: Path | None = None
+
+
+def main(args: Options) -> None:
+    """Accuracy of `tcclip timeline`'s segments and its memory on long videos.
+
+    Args:
+        args: the options
+    """
     out = args.out or Path(tempfile.mkdtemp(prefix="tcclip-timeline-"))
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
@@ -186,4 +209,6 @@ def print_memory(console: Console, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tcclip.cli.typed import run
+
+    sys.exit(run(main, sys.argv[1:], "python benchmarks/timeline.py", epilog=__doc__.split("\n", 1)[1]))

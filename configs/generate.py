@@ -11,7 +11,6 @@ recipe or add a cell, edit `tcclip/experiments/protocols.py` (or the wording her
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,21 +217,29 @@ def drifted(folder: Path = HERE) -> list[str]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only report files that differ from the table")
-    args = parser.parse_args(argv)
-    if args.check:
+def generate(*, check: bool = False) -> int:
+    """Write the experiment files of configs/ from the protocol table; exit code 1 when --check finds a file that
+    differs from it.
+
+    Args:
+        check: only report files that differ from the table
+    """
+    if check:
         stale = drifted()
         for name in stale:
-            print(
-                f"configs/{name}: differs from tcclip/experiments/protocols.py; run `python configs/generate.py`",
-                file=sys.stderr,
-            )
+            print(f"configs/{name}: differs from tcclip/experiments/protocols.py; run `python configs/generate.py`",
+                  file=sys.stderr)  # fmt: skip
         return 1 if stale else 0
     for name, text in all_configs().items():
         (HERE / name).write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python configs/generate.py [--check]`."""
+    from tcclip.cli.typed import run
+
+    return run(generate, sys.argv[1:] if argv is None else argv, "python configs/generate.py")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,15 @@ had keeps its spelling (dashes, and LightningCLI's underscores too), and message
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
 
 from tcclip.cli import commands as cli
-from tcclip.cli.typed import call, dashed_options, function_parser, run
-from tcclip.cli.types import at_least
+from tcclip.cli.typed import call, dashed_options, function_parser, parse, run
+from tcclip.cli.types import Hidden, Spelling, at_least
 
 # Every option each project command had before the typed functions (from the hand-built parsers): all still exist.
 OLD_OPTIONS = {
@@ -146,3 +147,47 @@ def test_a_group_names_its_commands_for_an_unknown_word(capsys):
     err = capsys.readouterr().err
     assert "unknown command 'tcclip data chek'. Did you mean `tcclip data check`?" in err
     assert "synth, prepare, check, download, verify" in err
+
+
+@dataclass(frozen=True)
+class GroupOptions:
+    """Options.
+
+    Args:
+        batch_size: videos per step
+        worker: internal
+    """
+
+    batch_size: int = 4
+    worker: Annotated[str | None, Spelling("--_worker"), Hidden] = None
+
+
+def group_command(o: GroupOptions, passthrough: list[str] = ()) -> int:
+    """A command.
+
+    Args:
+        o: the options
+        passthrough: the words after --
+    """
+    group_command.seen = (o, list(passthrough))
+    return 0
+
+
+def test_a_dataclass_is_a_group_of_options_and_hidden_ones_stay_out_of_help():
+    text = function_parser(group_command, "tcclip x").format_help()
+    assert "--batch-size" in text and "videos per step" in text and "--_worker" not in text
+    assert run(group_command, ["--batch_size", "2", "--_worker", "w", "--", "--seed", "3"], "tcclip x") == 0
+    assert group_command.seen == (GroupOptions(2, "w"), ["--seed", "3"])
+    assert parse(GroupOptions, ["--batch-size", "8"], "x") == {"batch_size": 8, "worker": None}
+
+
+def test_the_job_scripts_old_module_runs_the_new_command(tmp_path):
+    # Job scripts written before `tcclip sweep run-cell` call `python -m tcclip.experiments.cells`: same behaviour.
+    import subprocess
+    import sys
+
+    for argv in (["-m", "tcclip.experiments.cells"], ["-m", "tcclip.cli", "sweep", "run-cell"]):
+        done = subprocess.run(
+            [sys.executable, *argv, str(tmp_path / "no-plan.json"), "0"], capture_output=True, text=True
+        )
+        assert done.returncode == 2 and "cannot read the plan" in done.stderr, done.stderr

@@ -13,6 +13,7 @@
   `Annotated[..., Spelling("--from")]` names an option otherwise (a keyword, a short `-c`);
 - `x: bool = True` takes a value, `--x false` (`true`/`false`, `yes`/`no`, `1`/`0`);
 - a parameter named `passthrough` is no option: it receives the words after `--` (`tcclip sweep ... -- --seed 3`);
+- `Annotated[..., Hidden]` keeps an internal option out of `--help`;
 - a keyword parameter typed by a frozen dataclass is a group of options, one per field (documented by the
   dataclass's `Args:`): a command with many options keeps them together and its function short.
 
@@ -21,6 +22,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import types
@@ -29,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
-from tcclip.cli.types import Spelling, WordParser
+from tcclip.cli.types import Hidden, Spelling, WordParser
 
 _PLAIN = (str, int, float, Path)
 
@@ -110,7 +112,7 @@ def _argument(hint: Any, default: Any) -> dict[str, Any]:
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *meta = typing.get_args(hint)
-        parsers = [m for m in meta if callable(m) and not isinstance(m, Spelling)]
+        parsers = [m for m in meta if callable(m) and not isinstance(m, (Spelling, type))]
         # the word parser reads the whole word (`--shots 2,4`: one list), so it replaces the base type's spelling
         return {"type": parsers[0]} if parsers else _argument(base, default)
     if hint is bool:
@@ -149,9 +151,15 @@ def _docstring(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     return description, {p.arg_name.lstrip("*"): " ".join((p.description or "").split()) for p in doc.params}
 
 
+class _RawEpilog(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description and epilog kept as written."""
+
+
 def function_parser(fn: Callable[..., Any], prog: str, epilog: str | None = None) -> ArgumentParser:
     """The parser of the command that runs `fn` (see the module docstring)."""
-    parser = ArgumentParser(prog=prog, description=_docstring(fn)[0], epilog=epilog)
+    # an epilog (a script's module docstring, with its example commands) is printed as written
+    formatter = {"formatter_class": _RawEpilog} if epilog else {}
+    parser = ArgumentParser(prog=prog, description=_docstring(fn)[0], epilog=epilog, **formatter)
     spellings = _spellings(fn)
     for name, kind, hint, default, text, _ in _parameters(fn):  # jsonargparse's help adds the type and default
         kwargs = _argument(hint, default)
@@ -164,6 +172,8 @@ def function_parser(fn: Callable[..., Any], prog: str, epilog: str | None = None
             extra = {} if required or kwargs.get("action") == "store_true" else {"default": default}
             if kwargs.get("action") == "append" and not required and default is not None:
                 extra["default"] = list(default)  # argparse appends to (a copy of) the default
+            hidden = typing.get_origin(hint) is Annotated and Hidden in typing.get_args(hint)
+            text = argparse.SUPPRESS if hidden else text
             parser.add_argument(*spellings[name], dest=name, required=required, help=text, **kwargs, **extra)
     return parser
 
@@ -198,13 +208,19 @@ def call(fn: Callable[..., Any], values: dict[str, Any]) -> int:
     return int(fn(*args, **kwargs) or 0)
 
 
-def run(fn: Callable[..., Any], argv: Sequence[str], prog: str) -> int:
-    """Parse `argv` with `function_parser(fn, prog)` and call `fn`."""
+def parse(fn: Callable[..., Any], argv: Sequence[str], prog: str, epilog: str | None = None) -> dict[str, Any]:
+    """The values `run` would call `fn` with (`fn` may be a dataclass: its fields are the options)."""
+    return function_parser(fn, prog, epilog).parse_args(dashed_options(argv, fn)).as_dict()
+
+
+def run(fn: Callable[..., Any], argv: Sequence[str], prog: str, epilog: str | None = None) -> int:
+    """Parse `argv` with `function_parser(fn, prog, epilog)` and call `fn` (the commands, the benchmark scripts and
+    configs/generate.py)."""
     argv, extra = list(argv), []
     if PASSTHROUGH in inspect.signature(fn).parameters and "--" in argv:
         at = argv.index("--")
         argv, extra = argv[:at], argv[at + 1 :]
-    parsed = function_parser(fn, prog).parse_args(dashed_options(argv, fn))
+    parsed = function_parser(fn, prog, epilog).parse_args(dashed_options(argv, fn))
     values = parsed.as_dict()
     if PASSTHROUGH in inspect.signature(fn).parameters:
         values[PASSTHROUGH] = extra

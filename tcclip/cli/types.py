@@ -18,6 +18,10 @@ class Spelling(tuple):
         return super().__new__(cls, strings)
 
 
+class Hidden:
+    """`Annotated` metadata: an option `--help` does not list (an internal one, such as a worker's)."""
+
+
 class WordParser:
     """A named parser of one word (`parse(text)`), shown in `--help` by `name`."""
 
