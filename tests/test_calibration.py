@@ -130,7 +130,38 @@ def test_calibrate_command_end_to_end(tmp_path, data_synth, own_tmpdir):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert [label for label, _ in calibrated] == [label for label, _ in plain]
     assert cli_main(["calibrate", "--config", str(tmp_path / "missing.yaml"), "--ckpt_path", str(tmp_path)]) == 2
+    # The spellings of before calibrate ran through LightningCLI, and the new ones, give the same record.
+    first = sidecar_path(tmp_path / "tiny.ckpt").read_bytes()
+    old = ["--quiet", "--target-recall", "0.8", "--min-videos", "3", "--device", "cpu", "--set", "val"]
+    assert cli_main([*args[:3], "--ckpt-path", args[4], *root, *old]) == 0
+    assert sidecar_path(tmp_path / "tiny.ckpt").read_bytes() == first
+    new = ["--quiet=true", "--target_recall", "0.8", "--min_videos", "3", "--trainer.accelerator", "cpu"]
+    assert cli_main([*args, *root, *new, "--set_name", "val"]) == 0
+    assert sidecar_path(tmp_path / "tiny.ckpt").read_bytes() == first
     assert list(own_tmpdir.iterdir()) == []  # a command without a run folder leaves nothing in the temp dir
+
+
+def test_calibrate_translates_the_options_it_had_before_lightningcli():
+    from tcclip.cli.calibrate import translate_old_options
+
+    assert translate_old_options(["--target-recall=0.9", "--min-videos", "5", "--set", "a", "--quiet"]) == [
+        "--target_recall=0.9", "--min_videos", "5", "--set_name", "a", "--quiet=true",
+    ]  # fmt: skip
+    assert translate_old_options(["--quiet", "false", "--ckpt-path", "x"]) == ["--quiet", "false", "--ckpt_path", "x"]
+    assert translate_old_options(["--device", "cuda:1"]) == [
+        "--trainer.accelerator", "gpu", "--trainer.devices", "[1]",
+    ]  # fmt: skip
+    assert translate_old_options(["--device=auto"]) == ["--trainer.accelerator", "auto"]
+    with pytest.raises(UserError, match="--trainer.accelerator"):
+        translate_old_options(["--device", "warp"])
+
+
+def test_calibrate_is_a_lightningcli_command(capsys):
+    with pytest.raises(SystemExit) as exited:  # LightningCLI's --help exits, as for tcclip fit --help
+        cli_main(["calibrate", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "--trainer.accelerator" in out and "--target_recall" in out and "--data" in out
 
 
 def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(caplog):

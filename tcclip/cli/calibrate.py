@@ -10,13 +10,11 @@ result is written next to the checkpoint as `<ckpt>.calibration.json` (`tcclip.t
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 from tcclip.inference.openset import (
@@ -126,50 +124,6 @@ def check_calibration_set(labels: Tensor, class_names: Sequence[str], min_videos
 # ----------------------------------------------------------------------------------------------- data
 
 
-def read_config_files(configs: Sequence[str | Path], overrides: Sequence[str]) -> dict[str, Any]:
-    """configs/defaults.yaml (as `tcclip fit` reads it), then each --config file, then `key=value` overrides."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from tcclip.cli.config_files import check_config_file
-    from tcclip.cli.lightning import defaults_files
-
-    merged = OmegaConf.create({})
-    for path in [*defaults_files(), *map(str, configs)]:
-        check_config_file(path)  # missing, empty, not a mapping, bad YAML: named with the file (and line)
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        except (OmegaConfBaseException, ValueError) as err:
-            raise UserError(f"not a valid YAML config ({err})", path=path, fix="fix the YAML") from err
-    try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_container(merged, resolve=True)
-    except (OmegaConfBaseException, ValueError) as err:
-        raise UserError(f"bad override ({err})", fix="write overrides as --data.init_args.root DIR") from err
-
-
-def build_datamodule(config: dict[str, Any], model: nn.Module) -> Any:
-    """The config's data module, with the model's frame count and input size (as `tcclip fit` links them)."""
-    import importlib
-
-    data = config.get("data") or {}
-    class_path = data.get("class_path") if isinstance(data, dict) else None
-    if not class_path:
-        raise UserError("the config has no data.class_path", fix="use an experiment config (e.g. configs/demo.yaml)")
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"data.class_path {class_path!r} cannot be imported ({err})", fix="fix the config") from err
-    init_args = dict(data.get("init_args") or {})
-    init_args["num_frames"] = int(model.cfg.num_frames)
-    init_args["input_size"] = int(model.cfg.clip.vision.image_size)
-    try:
-        return cls(**init_args)
-    except (TypeError, ValueError, OSError) as err:
-        raise UserError(f"cannot build {class_name}: {err}", fix="check data.init_args in the config") from err
-
-
 def validation_logits(
     model: nn.Module, datamodule: Any, set_name: str | None, quiet: bool = False, min_videos: int | None = None
 ):
@@ -203,118 +157,48 @@ def validation_logits(
     return torch.cat(logits), torch.cat(labels), class_names
 
 
-# ----------------------------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------------------------- the command
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="tcclip calibrate",
-        description="Fit a temperature (NLL) and choose rejection thresholds on the config's validation list; "
-        "writes <ckpt>.calibration.json next to the checkpoint. Extra --data.init_args.KEY VALUE pairs override "
-        "the config, as for tcclip fit: --data.init_args.root DIR sets the dataset root ($TCCLIP_DATA_ROOT is "
-        "used only when the config sets none).",
-        epilog="Example: tcclip calibrate --config configs/demo.yaml --ckpt_path runs/demo/.../last.ckpt",
-    )
-    parser.add_argument("--config", action="append", required=True, help="experiment YAML (repeatable)")
-    parser.add_argument(
-        "--ckpt_path",
-        "--ckpt-path",
-        dest="ckpt_path",
-        required=True,
-        help="the checkpoint file, or last / best: looked up under the config's trainer.default_root_dir, as by "
-        "tcclip test",
-    )
-    parser.add_argument("--set", help="validation set name (default: the first)")
-    parser.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE, help=f"default score ({DEFAULT_SCORE})")
-    parser.add_argument(
-        "--target-recall", type=float, default=0.95, help="in-distribution recall of the thresholds (default 0.95)"
-    )
-    parser.add_argument(
-        "--min-videos",
-        type=int,
-        default=MIN_VIDEOS,
-        help=f"the fewest validation videos to fit on (default {MIN_VIDEOS}; fewer give a meaningless temperature)",
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def resolve_checkpoint(ckpt_path: str, config: dict[str, Any], configs: Sequence[str | Path]) -> Path:
-    """`--ckpt_path`: a file, or `last` / `best` under the config's trainer.default_root_dir (runs/<config name>
-    when null), as `tcclip test` finds them; nothing found is an error naming the folder searched."""
-    from tcclip.cli.lightning import RUNS_DIR, no_checkpoint_message
-    from tcclip.training.runs import find_checkpoint
-
-    if ckpt_path in ("last", "best"):
-        root = (config.get("trainer") or {}).get("default_root_dir") or RUNS_DIR / Path(str(configs[-1])).stem
-        found = find_checkpoint(ckpt_path, root)
-        if found is None:
-            raise UserError(
-                no_checkpoint_message(ckpt_path, root),
-                fix="Give the run's folder with --trainer.default_root_dir DIR, or the checkpoint file with "
-                "--ckpt_path PATH.",
-            )
-        log.info("--ckpt_path %s: %s", ckpt_path, found)
-        return Path(found)
-    ckpt = Path(ckpt_path)
-    if not ckpt.is_file():
-        what = "is a folder, not a checkpoint file" if ckpt.is_dir() else "no such checkpoint file"
-        raise UserError(what, path=ckpt, fix="Give the .ckpt to calibrate, or last / best.")
-    return ckpt
-
-
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(calibrate's own options, config overrides): `--data.init_args.root DIR` / `--data.init_args.root=DIR` pairs
-    (any `--a.b` option: calibrate's own have no dot) become omegaconf dot-list items `data.init_args.root=DIR`."""
-    own: list[str] = []
-    overrides: list[str] = []
-    i = 0
-    while i < len(argv):
-        item = argv[i]
-        if not (item.startswith("--") and "." in item.split("=", 1)[0]):
-            own.append(item)
-            i += 1
-        elif "=" in item:
-            overrides.append(item[2:])
-            i += 1
-        elif i + 1 < len(argv):
-            overrides.append(f"{item[2:]}={argv[i + 1]}")
-            i += 2
-        else:
-            raise UserError(f"{item} needs a value", fix=f"Give it one: {item} VALUE (or {item}=VALUE).")
-    return own, overrides
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+def calibrate_checkpoint(
+    datamodule: Any,
+    ckpt_path: str | Path,
+    device: torch.device,
+    set_name: str | None = None,
+    score: str = DEFAULT_SCORE,
+    target_recall: float = 0.95,
+    min_videos: int = MIN_VIDEOS,
+    quiet: bool = False,
+) -> Path:
+    """What `tcclip calibrate` does once LightningCLI has built the config's data module (linked to the
+    checkpoint's network) and resolved `--ckpt_path`: score the validation set, fit, write the sidecar, print the
+    tables. Returns the sidecar's path."""
     from tcclip.inference.openset import logit_scale
-    from tcclip.inference.predict import resolve_device
     from tcclip.training.checkpoints import CheckpointError, load_model
 
-    parser = build_parser()
-    own, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(own)
-    if not 0.0 < args.target_recall <= 1.0:
-        parser.error("--target-recall must be in (0, 1]")
-    if args.min_videos < 2:
-        parser.error(f"argument --min-videos: must be >= 2, got {args.min_videos}")
-    config = read_config_files(args.config, overrides)
-    ckpt = resolve_checkpoint(args.ckpt_path, config, args.config)
+    if not 0.0 < target_recall <= 1.0:
+        raise UserError(f"--target-recall must be in (0, 1], got {target_recall}", fix="e.g. --target-recall 0.95")
+    if min_videos < 2:
+        raise UserError(f"argument --min-videos: must be >= 2, got {min_videos}", fix="e.g. --min-videos 20")
+    if score not in SCORES:
+        raise UserError(f"unknown rejection score {score!r}", fix=f"Choose one of {', '.join(SCORES)}.")
+    ckpt = Path(ckpt_path)
     try:
         model = load_model(ckpt, None, calibration=False)  # a stale record beside it is about to be replaced
     except CheckpointError as err:
         raise UserError(str(err), fix="give a checkpoint written by tcclip fit or convert-checkpoint") from err
-    model = model.to(resolve_device(args.device))
-    datamodule = build_datamodule(config, model)
-    logits, labels, names = validation_logits(model, datamodule, args.set, args.quiet, args.min_videos)
-    calibration = fit_calibration(
-        logits, labels, names, logit_scale(model), args.score, args.target_recall, args.min_videos
-    )
+    model = model.to(device)
+    logits, labels, names = validation_logits(model, datamodule, set_name, quiet, min_videos)
+    calibration = fit_calibration(logits, labels, names, logit_scale(model), score, target_recall, min_videos)
     calibration = Calibration(**{**vars(calibration), "checkpoint_sha256": file_sha256(ckpt)})
     path = write_sidecar(calibration, ckpt)
+    _print_report(calibration, target_recall, path)
+    return path
+
+
+def _print_report(calibration: Calibration, target_recall: float, path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
     rep = calibration.report
     out = Console()
@@ -326,11 +210,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.add_row("NLL", f"{rep['nll_before']:.4f}", f"{rep['nll_after']:.4f}")
     table.add_row("top-1 %", f"{rep['top1_before']:.2f}", f"{rep['top1_after']:.2f}")
     out.print(table)
-    thresholds = Table(title=f"rejection thresholds at {100 * args.target_recall:g}% in-distribution recall")
+    thresholds = Table(title=f"rejection thresholds at {100 * target_recall:g}% in-distribution recall")
     thresholds.add_column("score")
     thresholds.add_column("threshold", justify="right")
     for name, value in calibration.thresholds.items():
         thresholds.add_row(name + (" (default)" if name == calibration.score else ""), f"{value:.6g}")
     out.print(thresholds)
     out.print(f"wrote {path}", highlight=False)
-    return 0
+
+
+# Options of the calibrate command before it ran through LightningCLI, and their LightningCLI spelling.
+OLD_SPELLINGS = {
+    "--target-recall": "--target_recall",
+    "--min-videos": "--min_videos",
+    "--ckpt-path": "--ckpt_path",
+    "--set": "--set_name",
+}
+
+
+def translate_old_options(argv: Sequence[str]) -> list[str]:
+    """`tcclip calibrate` options as users typed them before (dashes, `--set`, `--quiet` alone, `--device`) in
+    LightningCLI's spelling: `--device cpu|cuda[:N]|auto` becomes `--trainer.accelerator` (and `--trainer.devices
+    [N]`)."""
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        name, eq, value = word.partition("=")
+        if name in OLD_SPELLINGS:
+            out.append(OLD_SPELLINGS[name] + eq + value)
+        elif word == "--quiet" and (i + 1 >= len(words) or words[i + 1].lower() not in ("true", "false")):
+            out.append("--quiet=true")  # a flag before; LightningCLI's booleans take a value
+        elif name == "--device":
+            if not eq:
+                if i + 1 >= len(words):
+                    raise UserError("--device needs a value", fix="e.g. --trainer.accelerator cpu (or gpu)")
+                i += 1
+                value = words[i]
+            out.extend(_device_options(value))
+        else:
+            out.append(word)
+        i += 1
+    return out
+
+
+def _device_options(device: str) -> list[str]:
+    kind, _, index = device.partition(":")
+    accelerator = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps", "auto": "auto"}.get(kind)
+    if accelerator is None or (index and not index.isdigit()):
+        raise UserError(
+            f"--device {device!r} is not a device",
+            fix="Use --trainer.accelerator cpu|gpu|auto (and --trainer.devices [N] for one GPU), as tcclip test does.",
+        )
+    return ["--trainer.accelerator", accelerator, *(["--trainer.devices", f"[{index}]"] if index else [])]

@@ -1,8 +1,9 @@
-"""The `tcclip` command: LightningCLI for fit/validate/test/score, one table for the project's own sub-commands.
+"""The `tcclip` command: LightningCLI for what takes an experiment config, one table for the other sub-commands.
 
 Two mechanisms, each used the same way by every command it serves:
-- `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`); `score` is Lightning's predict loop (a
-  config's test sets -> predictions.json) under its own name, so that `predict` means one program;
+- `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`): fit, validate, test, `score` (Lightning's
+  predict loop, a config's test sets -> predictions.json, under its own name so that `predict` means one program)
+  and `calibrate` (methods of `TCCLIPTrainer`);
 - `EXTRA_COMMANDS` map every other name to a typed function (`module:function`): its signature and docstring are
   the command's options and help (`tcclip.cli.typed`). The module is imported only when its command runs, so
   `tcclip --help` and `tcclip CMD --help` stay fast.
@@ -28,7 +29,7 @@ class Command(NamedTuple):
 
     target: str | dict[str, str]
     """`module:function`, the typed function that runs it; {sub-command: `module:function`} for a group such as
-    `tcclip data synth|check|...`; or (until it moves) a module with `build_parser()` and `main(argv)`."""
+    `tcclip data synth|check|...`."""
     summary: str
     """One line for `tcclip --help`."""
 
@@ -39,6 +40,7 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "validate": "evaluate a checkpoint on the validation split of a config",
     "test": "evaluate a checkpoint on the test split of a config and write results.json",
     "score": "per-video top-k of a config's test sets into predictions.json (tcclip score --config ... --ckpt_path)",
+    "calibrate": "fit a temperature and rejection thresholds on a config's validation list",
 }
 
 EXTRA_COMMANDS: dict[str, Command] = {
@@ -63,7 +65,6 @@ EXTRA_COMMANDS: dict[str, Command] = {
     "explain": Command("tcclip.cli.apps:explain", "draw the seed patches, context tokens and top-k classes of a video"),
     "sweep": Command("tcclip.cli.sweep:sweep", "run a protocol's grid of runs locally, on SLURM or as a smoke test"),
     "export": Command("tcclip.cli.checkpoints:export", "write model.safetensors + config.json + model card (and ONNX)"),
-    "calibrate": Command("tcclip.cli.calibrate", "fit a temperature and rejection thresholds on a validation list"),
     "timeline": Command("tcclip.cli.apps:timeline", "label a long video window by window: CSV, JSON, segments, plot"),
 }
 
@@ -98,8 +99,6 @@ def run_command(name: str, argv: list[str]) -> int:
                             fix=f"{guess}The {name} commands are {', '.join(target)}.")  # fmt: skip
         build_parser(name).parse_args(argv)  # --help, or the usage error of a missing sub-command
         return 2
-    if ":" not in target:
-        return int(importlib.import_module(target).main(argv) or 0)
     return run(_function(target), argv, f"tcclip {name}")
 
 
@@ -112,8 +111,6 @@ def build_parser(name: str):
     if isinstance(target, dict):
         functions = {sub: _function(t) for sub, t in target.items()}
         return group_parser(functions, f"tcclip {name}", EXTRA_COMMANDS[name].summary)
-    if ":" not in target:
-        return importlib.import_module(target).build_parser()
     return function_parser(_function(target), f"tcclip {name}")
 
 
@@ -219,6 +216,10 @@ def _dispatch(argv: list[str]) -> int:
         )
     from tcclip.cli.config_files import check_config_files
 
+    if argv[0] == "calibrate":
+        from tcclip.cli.calibrate import translate_old_options
+
+        argv = [argv[0], *translate_old_options(argv[1:])]
     check_config_files(argv[1:])  # an empty or malformed --config named before LightningCLI reads it
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 

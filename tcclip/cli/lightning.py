@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yaml"
 DEFAULTS_ENV = "TCCLIP_DEFAULTS"
 """Environment variable: the defaults file to use instead of tcclip/cli/defaults.yaml (empty: none)."""
-SUBCOMMANDS = ("fit", "validate", "test", "score")
+SUBCOMMANDS = ("fit", "validate", "test", "score", "calibrate")
 RUNS_DIR = Path("runs")
 # Hyper-parameters of a checkpoint that define its network; the others (evaluation options) come from the user.
 NETWORK_HPARAMS = ("model_config", "clip_weights")
@@ -200,6 +200,40 @@ class TCCLIPTrainer(Trainer):
         """
         return self.predict(model, dataloaders, datamodule, return_predictions, ckpt_path)
 
+    def calibrate(
+        self,
+        model: Any = None,
+        datamodule: Any = None,
+        ckpt_path: str | None = None,
+        set_name: str | None = None,
+        score: str = "msp",
+        target_recall: float = 0.95,
+        min_videos: int = 20,
+        quiet: bool = False,
+    ) -> Path:
+        """Fit a temperature (NLL) and choose rejection thresholds on the config's validation list; writes
+        <ckpt>.calibration.json next to the checkpoint (`tcclip.load_model`, predict, timeline and export use it).
+
+        Args:
+            model: built from the config (the network's settings come from the checkpoint); unused, the weights are
+                read from `ckpt_path`.
+            datamodule: the config's data module, whose validation list is scored with its test pipeline.
+            ckpt_path: the checkpoint to calibrate: a file, or last / best (looked up under
+                trainer.default_root_dir, as by tcclip test).
+            set_name: the validation set to fit on (default: the first).
+            score: the rejection score whose threshold becomes the default (msp, max_logit, energy, mcm).
+            target_recall: the fraction of validation videos every threshold accepts, in (0, 1].
+            min_videos: the fewest validation videos to fit on (fewer give a meaningless temperature).
+            quiet: no progress bar.
+        """
+        from tcclip.cli.calibrate import calibrate_checkpoint
+
+        if ckpt_path is None:
+            raise UserError("tcclip calibrate needs --ckpt_path", fix="Give the .ckpt to calibrate, or last / best.")
+        return calibrate_checkpoint(
+            datamodule, ckpt_path, self.strategy.root_device, set_name, score, target_recall, min_videos, quiet
+        )
+
 
 class TCCLIPLightningCLI(LightningCLI):
     """LightningCLI with the project's links and run-time defaults (see the module docstring); public hooks only."""
@@ -215,6 +249,7 @@ class TCCLIPLightningCLI(LightningCLI):
             "validate": {"model", "dataloaders", "datamodule"},
             "test": {"model", "dataloaders", "datamodule"},
             "score": {"model", "dataloaders", "datamodule"},
+            "calibrate": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -238,7 +273,8 @@ class TCCLIPLightningCLI(LightningCLI):
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "tcclip"
             trainer.default_root_dir = str(RUNS_DIR / name)
-        check_writable(trainer.default_root_dir, "trainer.default_root_dir")
+        if subcommand != "calibrate":  # calibrate writes beside the checkpoint only
+            check_writable(trainer.default_root_dir, "trainer.default_root_dir")
         ckpt = cfg.get("ckpt_path")
         if ckpt in ("last", "best"):
             found = find_checkpoint(ckpt, trainer.default_root_dir)
@@ -300,6 +336,15 @@ class TCCLIPLightningCLI(LightningCLI):
         init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
         wanted = init_args.get("num_frames") if init_args is not None and hasattr(init_args, "get") else None
         joint = model_config.get("positional_embedding_type") == "joint"
+        if subcommand == "calibrate":
+            # Every weight comes from the checkpoint (read by tcclip.load_model): the module built from the config
+            # needs no CLIP weights of its own.
+            network["clip_weights"] = None
+        if subcommand == "calibrate" and stored is not None:
+            # Calibration is for predict and timeline, which sample the model's own frame count: score with it.
+            if init_args is not None:
+                init_args.num_frames = stored
+            wanted = stored
         if stored is not None and wanted is not None and stored != wanted and (subcommand == "fit" or joint):
             why = (
                 "a resumed training must keep it"
