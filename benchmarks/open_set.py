@@ -5,7 +5,7 @@
 `--data` is the dataset the checkpoint was trained on (`tcclip data synth` layout: labels.csv, val.txt, test.txt);
 `--ood` holds videos of classes the model never saw (every list of that folder is used). Steps:
 
-1. calibration on the in-distribution validation list (`tcclip.cli.calibrate.fit_calibration`: temperature by NLL,
+1. calibration on the in-distribution validation list (`tcclip.inference.calibrate.fit_calibration`: temperature by NLL,
    thresholds at 95% recall), evaluated on the held-out test list: ECE before/after, top-1 before/after;
 2. rejection, in-distribution test videos against the held-out-class videos, per score: AUROC, the false-positive
    rate at 95% true-positive rate (threshold set on the test videos themselves, the usual definition), and the
@@ -34,8 +34,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tcclip.cli.calibrate import fit_calibration
 from tcclip.data.labels import read_annotations
+from tcclip.inference.calibrate import fit_calibration
 from tcclip.inference.clips import load_clip_views
 from tcclip.inference.openset import (
     SCORES,

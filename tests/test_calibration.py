@@ -10,7 +10,7 @@ import torch
 
 import tcclip
 from tcclip.cli import main as cli_main
-from tcclip.cli.calibrate import fit_calibration
+from tcclip.inference.calibrate import fit_calibration
 from tcclip.inference.openset import (
     calibrated_probabilities,
     expected_calibration_error,
@@ -176,7 +176,7 @@ def test_degenerate_calibration_sets_are_refused_and_the_temperature_is_bounded(
     # A model always confidently wrong: the NLL falls as T grows without end; the fit stops at the bound and warns.
     labels = torch.arange(30) % 3
     wrong = 10.0 * torch.nn.functional.one_hot((labels + 1) % 3, 3).float()[:, None]
-    with caplog.at_level("WARNING", logger="tcclip.cli.calibrate"):
+    with caplog.at_level("WARNING", logger="tcclip.inference.calibrate"):
         cal = fit_calibration(wrong, labels, names, scale=100.0)
     assert cal.temperature == TEMPERATURE_BOUNDS[1]
     assert "reached the bound" in caplog.text and cal.report["warnings"]

@@ -226,7 +226,7 @@ class TCCLIPTrainer(Trainer):
             min_videos: the fewest validation videos to fit on (fewer give a meaningless temperature).
             quiet: no progress bar.
         """
-        from tcclip.cli.calibrate import calibrate_checkpoint
+        from tcclip.inference.calibrate import calibrate_checkpoint
 
         if ckpt_path is None:
             raise UserError("tcclip calibrate needs --ckpt_path", fix="Give the .ckpt to calibrate, or last / best.")
