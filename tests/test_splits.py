@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -41,6 +42,16 @@ def test_download_from_mirror_then_skip_valid(upstream_mirror, tmp_path):
     assert all(splits.is_valid(tmp_path / e.path, e) for e in manifest.files)
     report = splits.download_splits(tmp_path, mirror=upstream_mirror)
     assert (report.fetched, report.failed, len(report.skipped)) == ([], [], len(manifest.files))
+
+
+def test_downloaded_split_files_are_readable_by_everyone_the_umask_allows(upstream_mirror, tmp_path):
+    old = os.umask(0o022)
+    try:
+        splits.download_splits(tmp_path, mirror=upstream_mirror, only=[HMDB_ONLY])
+    finally:
+        os.umask(old)
+    modes = {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "datasets_splits").rglob("*.txt")}
+    assert modes == {"0o644"}  # not mkstemp's 0600
 
 
 def test_corrupted_file_is_fetched_again(upstream_mirror, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import av
@@ -241,9 +242,14 @@ def test_frame_index_is_cached_on_disk_and_follows_the_file(stamped_videos, tmp_
     path = tmp_path / "clip.mp4"
     shutil.copy(stamped_videos["mp4"][0], path)
     vf._read_cached.cache_clear()
-    first = vf.read_video_frames(path)
+    umask = os.umask(0o002)  # a group-shared cache on a cluster
+    try:
+        first = vf.read_video_frames(path)
+    finally:
+        os.umask(umask)
     files = list((tmp_path / "cache" / "frame-index").glob("*.npz"))
     assert len(files) == 1
+    assert files[0].stat().st_mode & 0o777 == 0o664  # the group can read it (not mkstemp's 0600)
     vf._read_cached.cache_clear()
     monkeypatch.setattr(vf, "_read", lambda p: pytest.fail("decoded again"))
     again = vf.read_video_frames(path)

@@ -102,7 +102,7 @@ def classify(
     p.check_views_memory(model, views, min(batch_size, len(paths)))
     names = list(model.class_names)
     rejector = rejector_from_args(rejection, model)
-    dataset = p._VideoFiles(paths, p.model_num_frames(model), p.model_input_size(model), views, options.backend)
+    dataset = p.VideoFiles(paths, p.model_num_frames(model), p.model_input_size(model), views, options.backend)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_list)
     verdicts: dict[int, Any] = {}
     progress = progress_bar("classifying", console=err, enabled=not (quiet or len(paths) < 2))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tcclip.data.download import file_digest
 from tcclip.utils.errors import UserError
+from tcclip.utils.outputs import give_usual_mode
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def _fetch_one(entry: ManifestEntry, target: Path, manifest: Manifest, mirror: s
         got = sha256_file(tmp)
         if got != entry.sha256:
             raise ValueError(f"checksum mismatch (sha256 {got[:12]}..., expected {entry.sha256[:12]}...)")
+        give_usual_mode(tmp)  # mkstemp's file is private; a split file is read by everyone who runs the lists
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,9 +26,8 @@ anything else (a placeholder flagged as key frame, an open GOP, a decoder that b
 seek) is caught and that file is decoded from its start. Files whose pictures carry no labels, or repeated
 ones, are always decoded from the start.
 
-The index is cached per process and on disk (:func:`cache_dir`), keyed by the file's path, size and modification
-time and by the FFmpeg version that decoded it, so each file is decoded in full once, not once per worker or
-epoch.
+The index is cached per process and on disk (:func:`cache_dir`), keyed by the file's path, size, modification time
+and the FFmpeg version that decoded it, so each file is decoded in full once, not once per worker or epoch.
 
 Also judged here, once per file:
 
@@ -38,8 +37,7 @@ Also judged here, once per file:
   declares (for AVI, the header's frame count, which a cut file keeps) by more than two frames and 5%.
   Zero-size "repeat the previous frame" chunks of variable-frame-rate AVIs therefore never look truncated.
 - **Decode errors**: packets whose decoding failed or logged an error (damage FFmpeg concealed), and pictures
-  flagged as corrupt.
-  Such a file is read, as players read it; ``tcclip data check`` lists it.
+  flagged as corrupt. Such a file is read, as players read it; ``tcclip data check`` lists it.
 - **Rotation** (phones): frames are returned upright (:attr:`VideoFrames.rotation`).
 """
 
@@ -60,6 +58,8 @@ from typing import Any
 import av
 import av.logging
 import numpy as np
+
+from tcclip.utils.outputs import give_usual_mode
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,7 @@ def _store(file: Path, frames: VideoFrames) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta)), **{name: getattr(frames, name) for name in _ARRAYS})
+            give_usual_mode(tmp)  # mkstemp's file is private; a cache shared on a cluster is read by everyone
             os.replace(tmp, file)  # workers indexing the same file at once each write whole files
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -214,7 +214,7 @@ def load_model_from_args(args: ModelArgs) -> nn.Module:
     return model.to(device)
 
 
-class _VideoFiles(torch.utils.data.Dataset):
+class VideoFiles(torch.utils.data.Dataset):
     """Decodes one file per item; a failure becomes the item's error message instead of an exception."""
 
     def __init__(
