@@ -31,7 +31,6 @@ Method:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -41,10 +40,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from speed_worker import ABLATIONS
@@ -183,7 +182,7 @@ def _path(variant: str) -> str:
     return "plain" if variant.endswith("plain") else "fast"
 
 
-def _job(args: argparse.Namespace, impl: Impl, settings: Settings, weights: Path, job: str, **extra: Any) -> str:
+def _job(args: Options, impl: Impl, settings: Settings, weights: Path, job: str, **extra: Any) -> str:
     cfg = settings.model_config()
     defaults = TCCLIPConfig()
     spec = {
@@ -214,7 +213,7 @@ def _job(args: argparse.Namespace, impl: Impl, settings: Settings, weights: Path
 class EvalWorker:
     """A `speed_worker.py` eval process: the model stays built, requests go one line at a time."""
 
-    def __init__(self, args: argparse.Namespace, impl: Impl, settings: Settings, weights: Path) -> None:
+    def __init__(self, args: Options, impl: Impl, settings: Settings, weights: Path) -> None:
         cmd = [sys.executable, str(WORKER), _job(args, impl, settings, weights, "eval")]
         self.impl = impl
         self.proc = subprocess.Popen(
@@ -340,7 +339,7 @@ def top1_agreement(settings: Settings, batch: int = 50) -> dict[str, float]:
 
 
 # -- reporting -----------------------------------------------------------------------------------------------------
-def machine_description(args: argparse.Namespace) -> dict[str, str]:
+def machine_description(args: Options) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -465,30 +464,46 @@ def render(results: dict) -> str:
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--dtype", default="fp32", choices=DTYPES, help="fp32 (default), bf16 (autocast)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings for a fast check that everything runs")
-    parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: torch's)")
-    parser.add_argument(
-        "--checkpointing",
-        action="store_true",
-        help="also measure a fast-path training step with activation checkpointing per vision block",
-    )
-    parser.add_argument("--train-batch", type=int, help="videos per training step (default: 1, quick: 2)")
-    parser.add_argument("--official", type=Path, help="also measure the official TC-CLIP code in this checkout")
-    parser.add_argument("--baseline", type=Path, help="also measure this project's checkout in this folder")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class Options:
+    """What to measure.
+
+    Args:
+        device: cpu or cuda
+        dtype: fp32, or bf16 (autocast)
+        quick: tiny settings for a fast check that everything runs
+        json: also write every number to this JSON file
+        threads: CPU threads (default: torch's)
+        checkpointing: also measure a fast-path training step with activation checkpointing per vision block
+        train_batch: videos per training step (default: 1, quick: 2)
+        official: also measure the official TC-CLIP code in this checkout
+        baseline: also measure this project's checkout in this folder
+    """
+
+    device: str = "cpu"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    quick: bool = False
+    json: Path | None = None
+    threads: int | None = None
+    checkpointing: bool = False
+    train_batch: int | None = None
+    official: Path | None = None
+    baseline: Path | None = None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def main(args: Options) -> int:
+    """Speed and memory of the fast and the plain path (and the official code), eval and train, side by side.
+
+    Args:
+        args: what to measure
+    """
     settings = QUICK if args.quick else FULL
-    if args.train_batch is None:
-        args.train_batch = settings.train_batch
+    args = replace(
+        args,
+        threads=torch.get_num_threads() if args.threads is None else args.threads,
+        train_batch=settings.train_batch if args.train_batch is None else args.train_batch,
+    )
+    torch.set_num_threads(args.threads)
     impls = [Impl("", "tcclip")]
     if args.baseline:
         impls.append(Impl("baseline ", "tcclip", str(args.baseline.resolve())))
@@ -498,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"benchmarks/throughput.py: {settings.arch}, T={settings.frames}, {args.device}, {args.dtype}", flush=True)
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
         "device": args.device,
         "dtype": args.dtype,
         "settings": {**asdict(settings), "class_counts": list(settings.class_counts)},
@@ -532,4 +547,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tcclip.cli.typed import run
+
+    sys.exit(run(main, sys.argv[1:], "python benchmarks/throughput.py", epilog=__doc__.split("\n", 1)[1]))
