@@ -137,8 +137,10 @@ def test_training_numbers_match_the_earlier_module(tiny_fit: dict) -> None:
     assert cli.trainer.accumulate_grad_batches == 2  # 6 = 3 per batch x 1 device x 2, settled before the Trainer
     # Before the first optimiser step (batches 0 and 1) the loss depends on the data, augmentation, mixup and loss
     # only; after it, a loaded machine was seen to move the sums of some kernels by ~1e-3 relative between runs of
-    # one release (one thread or not), so the later numbers are compared to that precision.
-    assert recorder.losses[:2] == pytest.approx(EARLIER_LOSSES[:2], rel=1e-5)
+    # one release (one thread or not), so the later numbers are compared to that precision. The first two are
+    # compared to 1e-4: they were recorded before the fast path's text and attention kernels were simplified, which
+    # changed their float32 rounding by ~2e-5 (the fast and plain paths stay equal in float64, test_fast_paths.py).
+    assert recorder.losses[:2] == pytest.approx(EARLIER_LOSSES[:2], rel=1e-4)
     assert recorder.losses == pytest.approx(EARLIER_LOSSES, rel=2e-3)
     assert recorder.groups == EARLIER_GROUPS
     assert tiny_fit["weight_sum"] == pytest.approx(EARLIER_WEIGHT_SUM, rel=1e-4)
