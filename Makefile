@@ -85,8 +85,8 @@ benchmark-fully-supervised: $(PY)
 benchmarks: $(PY)
 	$(PY) benchmarks/protocols.py all $(BENCH_ARGS)
 
-# Speed of the fast path against the plain path (ViT-B/16, T=16, random weights; one table; docs/model.md).
-# SPEED_ARGS='--quick' (tiny settings), '--device cuda --dtype bf16', '--checkpointing', '--official DIR', '--json out.json'.
+# Speed and memory of the fast and the plain path, and of the official code with --official DIR (ViT-B/16, T=16, the
+# same weights; docs/benchmarks.md). SPEED_ARGS='--quick', '--device cuda --dtype bf16', '--checkpointing', '--official DIR', '--baseline DIR', '--json out.json'.
 benchmark-speed: $(PY)
 	$(PY) benchmarks/throughput.py $(SPEED_ARGS)
 
