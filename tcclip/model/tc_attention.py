@@ -54,7 +54,7 @@ class TCAttention(nn.Module):
         them (else the plain form); the same function."""
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, class_scores: bool = False
+        self, x: Tensor, context: Tensor | None = None, class_scores: bool = False, queries: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Attention output for the frame tokens, and optionally the class token's attention on the patches.
 
@@ -63,11 +63,14 @@ class TCAttention(nn.Module):
             context: [B, K, D] layer-normed context tokens (keys/values shared by all frames), or None.
             class_scores: also return the class query's attention probabilities on the frame's P patch keys,
                 averaged over heads (the seed-selection score).
+            queries: [B, T, M, D] layer-normed rows to compute the output for instead of all of x (each attends to
+                its frame's keys like a row of x); with `class_scores`, the class token must be row 0.
 
         Returns:
-            ([B, T, N, D] output, [B, T, P] class-token scores or None).
+            ([B, T, N or M, D] output, [B, T, P] class-token scores or None).
         """
-        q, k, v = (self._split_heads(F.linear(x, m.weight, m.bias)) for m in (self.q_proj, self.k_proj, self.v_proj))
+        q = self._split_heads(F.linear(x if queries is None else queries, self.q_proj.weight, self.q_proj.bias))
+        k, v = (self._split_heads(F.linear(x, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
         k_ctx = v_ctx = None  # [B, T, H, N, dh] above; the context's [B, H, K, dh], projected once per video
         if context is not None:
             k_ctx, v_ctx = (self._split_heads(F.linear(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))

@@ -3,9 +3,13 @@
 Plain (`fast=False`): for each video in turn, every class prompt runs every block at its full length, the prompt
 vectors rewritten from that video's context tokens before each prompt-generation level (`_forward_plain`).
 
-Fast (default), the same numbers in two halves: the blocks before the first prompt-generation level see only the
-class prompts, never the video, so they run once for the C classes (`encode_prefix`, [C, L, W]; the model caches it
-between no-grad calls, see `TCCLIP`). The remaining blocks (`encode_rest`) run batched over videos x classes.
+Fast (default), the same numbers with the work that the causal mask makes redundant left out:
+- the blocks before the first prompt-generation level see only the class prompts, never the video, so they run
+  once for the C classes (`encode_prefix`, [C, L, W]; the model caches it between no-grad calls, see `TCCLIP`);
+- from there on (`encode_rest`), the first 1 + n_ctx positions (start token and prompt vectors) see only each
+  other, so they are the same in every class's prompt: they run once per video (the "head", [B, S, W]), and the
+  rest of each prompt (the "tail") attends to its video's head as extra keys (`TextBlock.forward_shared_head`);
+- the last block computes only each prompt's end-token row, the only one read out.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcclip.model.config import CLIPTextCfg
@@ -41,6 +46,57 @@ class TextBlock(nn.Module):
         h = self.ln_1(x)
         x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask, is_causal=True)[0]
         return x + self.mlp(self.ln_2(x))
+
+    def forward_shared_head(self, head: Tensor, tail: Tensor, end: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """The block on prompts whose first S positions are the same in every class (the same numbers as `forward`
+        on the whole prompts, under the causal mask).
+
+        Args:
+            head: [B, S, W] the shared positions, one copy per video.
+            tail: [B or 1, C, M, W] positions S.. of every class prompt (1: the same for every video so far).
+            end: None for every row, or [C] the position of each prompt's end token within the tail: then only
+                that row is computed (a last block, whose other rows nobody reads).
+
+        Returns:
+            (the new head [B, S, W], or None when `end` is given; the new tail [B, C, M, W], or [B, C, W] at `end`).
+        """
+        batch, shared, width = head.shape
+        num_classes, length = tail.shape[1], tail.shape[2]
+        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+        heads = self.attn.num_heads
+
+        def split(x: Tensor) -> Tensor:  # [..., L, W] -> [..., H, L, dh]
+            return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+        h_head, h_tail = self.ln_1(head), self.ln_1(tail)
+        k_head, v_head = split(F.linear(h_head, w_k, b_k)), split(F.linear(h_head, w_v, b_v))  # [B, H, S, dh]
+        k_tail, v_tail = split(F.linear(h_tail, w_k, b_k)), split(F.linear(h_tail, w_v, b_v))  # [B', C, H, M, dh]
+        # Every tail row sees the whole head and the tail causally: keys [head ; tail] per video and class.
+        keys = torch.cat(
+            [k_head[:, None].expand(-1, num_classes, -1, -1, -1), k_tail.expand(batch, -1, -1, -1, -1)], -2
+        )
+        values = torch.cat(
+            [v_head[:, None].expand(-1, num_classes, -1, -1, -1), v_tail.expand(batch, -1, -1, -1, -1)], -2
+        )
+        visible = torch.ones(length, length, dtype=torch.bool, device=tail.device).tril_()  # [M, M], True: attend
+        if end is None:
+            rows, h_rows = tail, h_tail
+        else:
+            classes = torch.arange(num_classes, device=tail.device)
+            rows, h_rows = tail[:, classes, end, None], h_tail[:, classes, end, None]  # [B', C, 1, W]
+            visible = visible[end, None]  # [C, 1, M]
+        mask = torch.cat([visible.new_ones(*visible.shape[:-1], shared), visible], -1)  # [..., S + M]
+        q = split(F.linear(h_rows, w_q, b_q)).expand(batch, -1, -1, -1, -1)  # [B, C, H, M or 1, dh]
+        mask = mask[:, None] if end is not None else mask  # [C, 1, 1, S + M] or [M, S + M]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        rows = rows + self.attn.out_proj(out.transpose(-3, -2).flatten(-2))  # [B, C, M or 1, W]
+        rows = rows + self.mlp(self.ln_2(rows))
+        if end is not None:
+            return None, rows.squeeze(-2)
+        head_out = F.scaled_dot_product_attention(split(F.linear(h_head, w_q, b_q)), k_head, v_head, is_causal=True)
+        head = head + self.attn.out_proj(head_out.transpose(-3, -2).flatten(-2))
+        return head + self.mlp(self.ln_2(head)), rows
 
 
 class TextTransformer(nn.Module):
@@ -129,7 +185,7 @@ class VPTextEncoder(nn.Module):
         self, prefix: Tensor, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
     ) -> Tensor:
         """Finish the fast text encoder from `encode_prefix`'s output [C, L, W] (shared by all videos): the blocks
-        from the first prompt-generation level on, batched over videos x classes.
+        from the first prompt-generation level on, the shared head once per video (see the module docstring).
 
         Args:
             prefix: [C, L, W] hidden states after the prefix blocks.
@@ -141,24 +197,25 @@ class VPTextEncoder(nn.Module):
         """
         num_classes = tokenized_prompts.shape[0]
         end = tokenized_prompts.argmax(dim=-1).to(prefix.device)  # [C]
-        classes = torch.arange(num_classes, device=prefix.device)
         if not self.levels:
-            return self.ln_final(prefix[classes, end]) @ self.text_projection  # [C, E]
+            return self.ln_final(prefix[torch.arange(num_classes, device=prefix.device), end]) @ self.text_projection
         self._check_context(context_tokens)
         batch = context_tokens[0].shape[0]
+        shared = 1 + self.n_ctx  # the start token and the prompt vectors see only each other (causal mask)
+        if int(end.min()) < shared:
+            raise ValueError(f"a prompt ends at position {int(end.min())}, inside its {shared} shared positions")
         blocks = self.transformer.resblocks
         level_index = {level - 1: m for m, level in enumerate(self.levels)}
-        mask = causal_mask(prefix.shape[1], prefix.device)
-        x = prefix.expand(batch, -1, -1, -1).flatten(0, 1)  # [B*C, L, W]: from here on every video has its own
+        head = prefix[:1, :shared].expand(batch, -1, -1)  # [B, S, W]: the same rows in every class's prompt
+        tail = prefix[None, :, shared:]  # [1, C, M, W]: the same for every video until a block mixes the head in
         for index in range(self.num_prefix_blocks, len(blocks)):
             if index in level_index:
                 m = level_index[index]
-                layer = self.prompt_generation_layer[m]
-                prompts = self._generate_prompts(x[:, 1 : 1 + self.n_ctx], context_tokens[m], layer, batch)
-                x = torch.cat([x[:, :1], prompts, x[:, 1 + self.n_ctx :]], dim=1)
-            x = blocks[index](x, mask)
-        x = x.unflatten(0, (batch, num_classes))[:, classes, end]  # [B, C, W]
-        return self.ln_final(x) @ self.text_projection
+                prompts = self._generate_prompts(head[:, 1:], context_tokens[m], self.prompt_generation_layer[m], batch)
+                head = torch.cat([head[:, :1], prompts], dim=1)
+            last = index == len(blocks) - 1
+            head, tail = blocks[index].forward_shared_head(head, tail, end - shared if last else None)
+        return self.ln_final(tail) @ self.text_projection  # [B, C, E]
 
     def _check_context(self, context_tokens: Sequence[Tensor] | None) -> None:
         if context_tokens is None or len(context_tokens) != len(self.levels):

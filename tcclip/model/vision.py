@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tcclip.model.config import CLIPVisionCfg, TCCLIPConfig
-from tcclip.model.layers import MLP, LayerNorm
+from tcclip.model.layers import MLP, LayerNorm, fast_path_default
 from tcclip.model.tc_attention import TCAttention
 from tcclip.model.token_merging import summarise, take_rows
 
@@ -66,9 +66,14 @@ class VisionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio)
 
-    def forward(self, frames: Tensor) -> Tensor:
-        """Plain CLIP block on every frame: [B, T, N, D] -> [B, T, N, D]."""
-        frames = frames + self.attn(self.ln_1(frames))[0]
+    def forward(self, frames: Tensor, class_only: bool = False) -> Tensor:
+        """Plain CLIP block on every frame: [B, T, N, D] -> [B, T, N, D] ([B, T, 1, D], the class tokens, with
+        `class_only`: the same rows, the others left out)."""
+        h = self.ln_1(frames)
+        if class_only:
+            frames = frames[:, :, :1] + self.attn(h, queries=h[:, :, :1])[0]
+        else:
+            frames = frames + self.attn(h)[0]
         return frames + self.mlp(self.ln_2(frames))
 
     def forward_tc(
@@ -79,6 +84,7 @@ class VisionBlock(nn.Module):
         num_context: int,
         tome_r: int,
         track_sources: bool,
+        class_only: bool = False,
     ) -> _LayerResult:
         """One TC layer: context infusion, seed selection, context summarisation, MLP (docs/model.md).
 
@@ -89,18 +95,29 @@ class VisionBlock(nn.Module):
             num_context: K, context tokens to produce.
             tome_r: tokens merged per bipartite step.
             track_sources: also return the seed indices and the merge source maps.
+            class_only: compute only the rows that a last layer's readout needs: the class tokens and the seeds
+                (the same numbers); the frames returned are then the class tokens, [B, T, 1, D].
         """
         b, t, n, d = frames.shape
         num_patches = n - 1
-        h_context = None if context is None else self.ln_1(context)
-        attended, scores = self.attn(self.ln_1(frames), h_context, class_scores=True)
-        frames = frames + attended  # context infusion: the incoming context tokens serve as keys/values only
-
+        h, h_context = self.ln_1(frames), None if context is None else self.ln_1(context)
         # Informative token selection: the s patches with the highest class-token attention in each frame, best first.
+        if class_only:
+            attended, scores = self.attn(h, h_context, class_scores=True, queries=h[:, :, :1])
+        else:
+            attended, scores = self.attn(h, h_context, class_scores=True)
         seeds = scores.topk(num_seeds, dim=-1, sorted=True).indices  # [B, T, s]
         # Temporal context summarisation: the seed tokens, frame by frame in seed order, merged down to K tokens.
-        rows = seeds + 1 + torch.arange(t, device=seeds.device)[:, None] * n  # [B, T, s] token t*N + 1 + p
-        seed_tokens = take_rows(frames.flatten(1, 2), rows.flatten(1))  # [B, T*s, D]
+        rows = (seeds + 1 + torch.arange(t, device=seeds.device)[:, None] * n).flatten(1)  # [B, T*s]: t*N + 1 + p
+        if class_only:  # context infusion for the seed rows alone
+            h_seeds = take_rows(h.flatten(1, 2), rows).unflatten(1, (t, num_seeds))  # [B, T, s, D]
+            seed_tokens = take_rows(frames.flatten(1, 2), rows) + self.attn(h, h_context, queries=h_seeds)[0].flatten(
+                1, 2
+            )
+            frames = frames[:, :, :1] + attended
+        else:
+            frames = frames + attended  # context infusion: the incoming context tokens serve as keys/values only
+            seed_tokens = take_rows(frames.flatten(1, 2), rows)  # [B, T*s, D]
         sources = None
         if track_sources:
             patch_ids = seeds + torch.arange(t, device=seeds.device)[:, None] * num_patches  # t*P + p, [B, T, s]
@@ -173,6 +190,8 @@ class _CLIPViT(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
         self.gradient_checkpointing = False
         """Recompute each block's activations in the backward pass instead of storing them (saves memory)."""
+        self.fast = fast_path_default()
+        """Compute the last block's rows that the readout reads only (the class tokens, and TC-CLIP's seeds)."""
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -246,9 +265,11 @@ class TCVisionEncoder(_CLIPViT):
         context_by_layer: dict[int, Tensor] = {}
         seeds, sources = [], []
         for i, block in enumerate(self.blocks):
+            class_only = self.fast and i == num_layers - 1
             result = self._run_block(
-                block.forward_tc, frames, context, self.num_seeds, self.context_token_k, self.tome_r, return_details
-            )
+                block.forward_tc,
+                frames, context, self.num_seeds, self.context_token_k, self.tome_r, return_details, class_only,
+            )  # fmt: skip
             frames, context = result.frames, result.context
             if i in readout_layers:
                 context_by_layer[i] = self.readout(context)  # [B, K, E]
@@ -276,7 +297,7 @@ class FrameVisionEncoder(_CLIPViT):
         if readout_layers:
             raise ValueError("the per-frame encoder has no context tokens to read out")
         frames = self.embed(video)
-        for block in self.blocks:
-            frames = self._run_block(block, frames)
+        for i, block in enumerate(self.blocks):
+            frames = self._run_block(block, frames, self.fast and i == len(self.blocks) - 1)
         embedding = self.readout(frames[:, :, 0]).mean(dim=1)  # per-frame embeddings, mean over T
         return VisionOutput(video_embedding=F.normalize(embedding, dim=-1), context_tokens=[])
