@@ -32,67 +32,58 @@ GELU_SCALE = 1.702
 """QuickGELU: x * sigmoid(1.702 x), CLIP's approximation of GELU."""
 
 
-def _linear_grads(
-    grad_out: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of `F.linear(x, weight, bias)` for the input, weight and bias (None where not needed)."""
-    grad_2d = grad_out.reshape(-1, grad_out.shape[-1])  # [M, out]
-    return (
-        grad_out @ weight if needs[0] else None,
-        grad_2d.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
-        grad_2d.sum(0) if needs[2] else None,
-    )
-
-
 # -- CLIP's MLP ------------------------------------------------------------------------------------------------------
-class _LeanMLPFunction(torch.autograd.Function):
-    """linear(silu(linear(x, w1, b1)), w2, b2) that keeps only x and the pre-activation for the backward pass.
+def _scaled_mm(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """alpha * (a @ b) with the scale applied inside the matrix product (no pass over the result)."""
+    return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
 
-    With w1, b1 scaled by a = 1.702 and w2 by 1/a this is CLIP's MLP, since x * sigmoid(a x) = silu(a x) / a. Plain
-    autograd keeps four hidden-sized tensors per token (pre-activation, its sigmoid, the activation, and the scaled
-    copy); this keeps one and recomputes the activation, so an MLP costs 5 widths of stored activations per token
-    instead of 13.
+
+class _LeanMLPFunction(torch.autograd.Function):
+    """CLIP's MLP on rows x [M, D] that keeps only x and the pre-activation for the backward pass.
+
+    With a = 1.702, x * sigmoid(a x) = silu(a x) / a: the MLP is c_proj(silu(z)) / a with z = a * c_fc(x), the two
+    scales applied inside the matrix products. Plain autograd keeps four hidden-sized tensors per token
+    (pre-activation, its sigmoid, the activation, and the scaled copy); this keeps one and recomputes the
+    activation, so an MLP costs 5 widths of stored activations per token instead of 13.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        hidden = F.linear(x, w1, b1)
-        ctx.save_for_backward(x, hidden, w1, w2)
-        return F.linear(F.silu(hidden), w2, b2)
+        z = torch.addmm(b1 * GELU_SCALE, x, w1.t(), alpha=GELU_SCALE)
+        ctx.save_for_backward(x, z, w1, w2)
+        return torch.addmm(b2, F.silu(z), w2.t(), alpha=1 / GELU_SCALE)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, hidden, w1, w2 = ctx.saved_tensors
+        x, z, w1, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         with torch.autocast(grad_out.device.type, enabled=False):
-            act = F.silu(hidden)  # recomputed
-            grad_act, grad_w2, grad_b2 = _linear_grads(grad_out.contiguous(), act, w2, (True, need_w2, need_b2))
+            g = grad_out.contiguous()
+            act = F.silu(z)  # recomputed
+            grad_w2 = _scaled_mm(g.t(), act, 1 / GELU_SCALE) if need_w2 else None
             del act
-            grad_hidden = torch.ops.aten.silu_backward(grad_act, hidden)
-            del grad_act
-            grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, w1, (need_x, need_w1, need_b1))
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
-
-
-def _fold_gelu_scale(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """c_fc scaled by a, c_proj's weight by 1/a: then c_proj(silu(c_fc(x))) is CLIP's MLP (QuickGELU)."""
-    return w1 * GELU_SCALE, b1 * GELU_SCALE, w2 / GELU_SCALE, b2
+            grad_z = torch.ops.aten.silu_backward(_scaled_mm(g, w2, 1 / GELU_SCALE), z)
+            grad_x = _scaled_mm(grad_z, w1, GELU_SCALE) if need_x else None
+            grad_w1 = _scaled_mm(grad_z.t(), x, GELU_SCALE) if need_w1 else None
+            grad_b1 = grad_z.sum(0) * GELU_SCALE if need_b1 else None
+        return grad_x, grad_w1, grad_b1, grad_w2, g.sum(0) if need_b2 else None
 
 
 def clip_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """CLIP's MLP `c_proj(quick_gelu(c_fc(x)))` as silu(a h) / a with a folded into the weights (one activation pass
-    instead of three); when gradients are recorded, through `_LeanMLPFunction`. Under autocast the casts happen
-    here (autograd casts the gradients back to the parameters' dtype)."""
+    """CLIP's MLP `c_proj(quick_gelu(c_fc(x)))` as c_proj(silu(a c_fc(x))) / a, the scales inside the matrix
+    products (one activation pass instead of three); when gradients are recorded, through `_LeanMLPFunction`. Under
+    autocast the casts happen here (autograd casts the gradients back to the parameters' dtype)."""
+    rows = x.reshape(-1, x.shape[-1])
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2))):
-        w1, b1, w2, b2 = _fold_gelu_scale(w1, b1, w2, b2)
-        return F.linear(F.silu(F.linear(x, w1, b1), inplace=True), w2, b2)
+        hidden = F.silu(torch.addmm(b1 * GELU_SCALE, rows, w1.t(), alpha=GELU_SCALE), inplace=True)
+        return torch.addmm(b2, hidden, w2.t(), alpha=1 / GELU_SCALE).reshape(*x.shape[:-1], -1)
     device = x.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
-        x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
+        rows, w1, b1, w2, b2 = (t.to(dtype) for t in (rows, w1, b1, w2, b2))
         with torch.autocast(device, enabled=False):
-            return _LeanMLPFunction.apply(x, *_fold_gelu_scale(w1, b1, w2, b2))
-    return _LeanMLPFunction.apply(x, *_fold_gelu_scale(w1, b1, w2, b2))
+            return _LeanMLPFunction.apply(rows, w1, b1, w2, b2).reshape(*x.shape[:-1], -1)
+    return _LeanMLPFunction.apply(rows, w1, b1, w2, b2).reshape(*x.shape[:-1], -1)
 
 
 # -- TC attention ----------------------------------------------------------------------------------------------------
@@ -186,8 +177,7 @@ def merge_parts(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor,
     """
     lse = torch.logaddexp(l1, l2)
     w2 = (l2 - lse).exp()
-    out = o1.to(lse.dtype) + w2[..., None] * (o2.to(lse.dtype) - o1.to(lse.dtype))
-    return out, lse, w2
+    return torch.lerp(o1.to(lse.dtype), o2.to(lse.dtype), w2[..., None]), lse, w2
 
 
 class _SplitContextAttention(torch.autograd.Function):
@@ -302,13 +292,25 @@ def frame_attention(
         if not class_scores:
             return out, None
         with torch.no_grad():
-            logits = (q[..., :1, :] @ k.transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, N]
-            return out, logits.softmax(dim=-1)[..., 1:].mean(dim=2)
+            return out, _class_logits(q, k, scale).softmax(dim=-1)[..., 1:].mean(dim=2)
     # Only b_global - b_local matters: a shift shared by all keys of a query leaves the softmax unchanged.
     shift = None if bias_table is None else bias_table[:, 0, 1] - bias_table[:, 0, 0]  # [H]
     out, lse = split_context_attention(q, k, v, k_ctx, v_ctx, shift, scale)
     if not class_scores:
         return out, None
     with torch.no_grad():  # p(class query -> patch j) = exp(logit - lse), the frame keys carrying no shift
-        logits = (q[..., :1, :] @ k[..., 1:, :].transpose(-2, -1)).squeeze(-2) * scale  # [B, T, H, P]
+        logits = _class_logits(q, k, scale)[..., 1:]  # [B, T, H, P]
         return out, (logits - lse[..., :1].to(logits.dtype)).exp().mean(dim=2)
+
+
+def _class_logits(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """The class query's (row 0 of q) logits on every key of its frame, [B, T, H, N].
+
+    One product per frame of the keys [N, D], in the layout their projection wrote them, with a block-diagonal
+    [D, H] matrix of the class query's heads: the same sums, without copying the keys into per-head matrices.
+    """
+    heads = q.shape[2]
+    keys = k.transpose(2, 3).flatten(-2)  # [B, T, N, D], a view of the projection's output
+    eye = torch.eye(heads, dtype=q.dtype, device=q.device)
+    blocks = (q[:, :, :, 0, :, None] * eye[:, None, :]).flatten(2, 3)  # [B, T, D, H]: head h's query in column h
+    return (keys @ blocks).transpose(-2, -1) * scale

@@ -18,7 +18,7 @@ from tcclip.model.clip_backbone import build_tokenizer
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.layers import fast_path_default, set_fast_path
 from tcclip.model.prompting import PromptLearner, Tokenizer
-from tcclip.model.text import VPTextEncoder
+from tcclip.model.text import SharedPrompts, VPTextEncoder
 from tcclip.model.vision import FrameVisionEncoder, TCVisionEncoder, VisionOutput
 
 # Parameter-name prefixes of the parts TC-CLIP adds to CLIP (trained with a 10x learning rate, as in the official
@@ -35,7 +35,7 @@ class _TextCache:
     address cannot be reused by another tensor while the entry exists.
     """
 
-    def __init__(self, inputs: Sequence[Tensor], value: Tensor) -> None:
+    def __init__(self, inputs: Sequence[Tensor], value: SharedPrompts) -> None:
         self.aliases = [t.detach() for t in inputs]
         self.versions = [_version(t) for t in inputs]
         self.autocast = _autocast_state(inputs[0].device)
@@ -110,8 +110,8 @@ class _VideoTextModel(nn.Module):
             tensors.append(pl.ctx)
         return tensors + self.text_encoder.prefix_tensors()
 
-    def _text_prefix(self) -> Tensor:
-        """Hidden states [C, L', W] of the class prompts after the video-independent text blocks.
+    def _text_prefix(self) -> SharedPrompts:
+        """Hidden states of the class prompts (positions 0..L'-1) after the video-independent text blocks.
 
         L' stops at the last end token of the class list: under the causal mask later positions cannot change any
         end-token feature, so dropping them gives the same features for less work.

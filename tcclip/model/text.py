@@ -4,17 +4,20 @@ Plain (`fast=False`): for each video in turn, every class prompt runs every bloc
 vectors rewritten from that video's context tokens before each prompt-generation level (`_forward_plain`).
 
 Fast (default), the same numbers with the work that the causal mask makes redundant left out:
+- the first S = 1 + n_ctx positions (start token and prompt vectors) see only each other, so they are the same in
+  every class's prompt: they run once (the "head", [1, S, W], and from the first prompt-generation level on one
+  per video, [B, S, W]), and the rest of each prompt (the "tail", [C, M, W]) attends to the head as extra keys
+  (`TextBlock.forward_shared_head`);
 - the blocks before the first prompt-generation level see only the class prompts, never the video, so they run
-  once for the C classes (`encode_prefix`, [C, L, W]; the model caches it between no-grad calls, see `TCCLIP`);
-- from there on (`encode_rest`), the first 1 + n_ctx positions (start token and prompt vectors) see only each
-  other, so they are the same in every class's prompt: they run once per video (the "head", [B, S, W]), and the
-  rest of each prompt (the "tail") attends to its video's head as extra keys (`TextBlock.forward_shared_head`);
+  once for all videos (`encode_prefix`; the model caches its result between no-grad calls, see `TCCLIP`); the
+  others run per video (`encode_rest`);
 - the last block computes only each prompt's end-token row, the only one read out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,16 @@ from tcclip.model.config import CLIPTextCfg
 from tcclip.model.layers import MLP, LayerNorm, fast_path_default
 from tcclip.model.prompting import PromptGenerationLayer
 
-__all__ = ["TextBlock", "TextTransformer", "VPTextEncoder", "causal_mask"]
+__all__ = ["SharedPrompts", "TextBlock", "TextTransformer", "VPTextEncoder", "causal_mask"]
+
+
+class SharedPrompts(NamedTuple):
+    """Hidden states of the class prompts on the fast path: the positions every prompt shares, and the rest."""
+
+    head: Tensor
+    """[1 or B, S, W] positions 0..S-1 (start token and prompt vectors), one copy (per video once they depend on it)."""
+    tail: Tensor
+    """[1 or B, C, M, W] positions S.. of each class prompt."""
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
@@ -172,49 +184,48 @@ class VPTextEncoder(nn.Module):
         for layer, level in zip(self.prompt_generation_layer if self.levels else [], self.levels, strict=True):
             layer.init_from_text_block(self.transformer.resblocks[level - 1])
 
-    def encode_prefix(self, prompts: Tensor) -> Tensor:
-        """Prompt embeddings [C, L, W] -> hidden states [C, L, W] after the video-independent blocks."""
-        length = prompts.shape[1]
-        mask = causal_mask(length, prompts.device)
-        x = prompts + self.positional_embedding[:length]
+    def encode_prefix(self, prompts: Tensor) -> SharedPrompts:
+        """Prompt embeddings [C, L, W] -> their hidden states after the video-independent blocks."""
+        shared = 1 + self.n_ctx
+        x = prompts + self.positional_embedding[: prompts.shape[1]]
+        head, tail = x[:1, :shared], x[None, :, shared:]  # every prompt's first S rows are the same: keep one
         for block in self.transformer.resblocks[: self.num_prefix_blocks]:
-            x = block(x, mask)
-        return x
+            head, tail = block.forward_shared_head(head, tail, None)
+        return SharedPrompts(head, tail)
 
     def encode_rest(
-        self, prefix: Tensor, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
+        self, prefix: SharedPrompts, tokenized_prompts: Tensor, context_tokens: Sequence[Tensor] | None = None
     ) -> Tensor:
-        """Finish the fast text encoder from `encode_prefix`'s output [C, L, W] (shared by all videos): the blocks
-        from the first prompt-generation level on, the shared head once per video (see the module docstring).
+        """Finish the fast text encoder from `encode_prefix`'s output (shared by all videos): the blocks from the
+        first prompt-generation level on, the shared head once per video (see the module docstring).
 
         Args:
-            prefix: [C, L, W] hidden states after the prefix blocks.
+            prefix: the hidden states after the prefix blocks.
             tokenized_prompts: [C, context_length] token ids (the end token has the largest id).
             context_tokens: one [B, K, E] tensor per prompt-generation level, in level order.
 
         Returns:
             Text features [B, C, E] with levels, [C, E] without.
         """
-        num_classes = tokenized_prompts.shape[0]
-        end = tokenized_prompts.argmax(dim=-1).to(prefix.device)  # [C]
+        head, tail = prefix
+        shared = head.shape[1]
+        end = tokenized_prompts.argmax(dim=-1).to(tail.device) - shared  # [C] the end token's row in the tail
+        if int(end.min()) < 0:
+            raise ValueError(f"a prompt ends at position {int(end.min()) + shared}, inside the {shared} shared ones")
         if not self.levels:
-            return self.ln_final(prefix[torch.arange(num_classes, device=prefix.device), end]) @ self.text_projection
+            return self.ln_final(tail[0, torch.arange(tail.shape[1], device=tail.device), end]) @ self.text_projection
         self._check_context(context_tokens)
         batch = context_tokens[0].shape[0]
-        shared = 1 + self.n_ctx  # the start token and the prompt vectors see only each other (causal mask)
-        if int(end.min()) < shared:
-            raise ValueError(f"a prompt ends at position {int(end.min())}, inside its {shared} shared positions")
         blocks = self.transformer.resblocks
         level_index = {level - 1: m for m, level in enumerate(self.levels)}
-        head = prefix[:1, :shared].expand(batch, -1, -1)  # [B, S, W]: the same rows in every class's prompt
-        tail = prefix[None, :, shared:]  # [1, C, M, W]: the same for every video until a block mixes the head in
+        head = head.expand(batch, -1, -1)  # [B, S, W]: from the first level on every video has its own
         for index in range(self.num_prefix_blocks, len(blocks)):
             if index in level_index:
                 m = level_index[index]
                 prompts = self._generate_prompts(head[:, 1:], context_tokens[m], self.prompt_generation_layer[m], batch)
                 head = torch.cat([head[:, :1], prompts], dim=1)
             last = index == len(blocks) - 1
-            head, tail = blocks[index].forward_shared_head(head, tail, end - shared if last else None)
+            head, tail = blocks[index].forward_shared_head(head, tail, end if last else None)
         return self.ln_final(tail) @ self.text_projection  # [B, C, E]
 
     def _check_context(self, context_tokens: Sequence[Tensor] | None) -> None:

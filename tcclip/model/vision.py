@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tcclip.model.config import CLIPVisionCfg, TCCLIPConfig
-from tcclip.model.layers import MLP, LayerNorm, fast_path_default
+from tcclip.model.layers import MLP, LayerNorm
 from tcclip.model.tc_attention import TCAttention
 from tcclip.model.token_merging import summarise, take_rows
 
@@ -190,8 +190,6 @@ class _CLIPViT(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
         self.gradient_checkpointing = False
         """Recompute each block's activations in the backward pass instead of storing them (saves memory)."""
-        self.fast = fast_path_default()
-        """Compute the last block's rows that the readout reads only (the class tokens, and TC-CLIP's seeds)."""
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -265,7 +263,7 @@ class TCVisionEncoder(_CLIPViT):
         context_by_layer: dict[int, Tensor] = {}
         seeds, sources = [], []
         for i, block in enumerate(self.blocks):
-            class_only = self.fast and i == num_layers - 1
+            class_only = i == num_layers - 1  # the last layer: only the rows read out (class tokens, seeds)
             result = self._run_block(
                 block.forward_tc,
                 frames, context, self.num_seeds, self.context_token_k, self.tome_r, return_details, class_only,
@@ -298,6 +296,6 @@ class FrameVisionEncoder(_CLIPViT):
             raise ValueError("the per-frame encoder has no context tokens to read out")
         frames = self.embed(video)
         for i, block in enumerate(self.blocks):
-            frames = self._run_block(block, frames, self.fast and i == len(self.blocks) - 1)
+            frames = self._run_block(block, frames, i == len(self.blocks) - 1)  # last: class tokens only
         embedding = self.readout(frames[:, :, 0]).mean(dim=1)  # per-frame embeddings, mean over T
         return VisionOutput(video_embedding=F.normalize(embedding, dim=-1), context_tokens=[])
