@@ -100,8 +100,8 @@ FULL = Settings(
     eval_batch=1,
     train_batch=1,
     train_classes=51,
-    repeats=2,
-    train_repeats=1,
+    repeats=3,
+    train_repeats=3,  # one step's time varies by 10% or more between processes on a 2-core host
     f64_frames=16,
     agreement_videos=300,
 )
@@ -155,6 +155,21 @@ class Impl:
     name: str
     kind: str
     directory: str | None = None
+
+    def label(self) -> str:
+        """How the records name this implementation's folder (never a path of the machine that measured)."""
+        return (
+            {"official": "<official checkout>", "tcclip": "<baseline checkout>"}[self.kind] if self.directory else "."
+        )
+
+    def public(self, source: str) -> str:
+        """`source` (a file or folder the worker imported from) relative to this implementation's folder."""
+        folder = Path(self.directory) if self.directory else Path(__file__).resolve().parents[1]
+        try:
+            relative = Path(source).resolve().relative_to(folder.resolve())
+        except ValueError:  # this checkout installed elsewhere (e.g. a wheel): say where, not which folder
+            return f"<installed>/{Path(*Path(source).parts[-2:])}"
+        return str(Path(self.label()) / relative) if str(relative) != "." else self.label()
 
     def variants(self) -> list[str]:
         """Row names: the official code; another checkout's two paths; this checkout's two paths and ablations."""
@@ -219,7 +234,7 @@ class EvalWorker:
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=impl.env(keep_freed_memory=True)
         )
-        self.source = self.ask(None)["source"]
+        self.source = impl.public(self.ask(None)["source"])
 
     def ask(self, request: dict | None) -> dict:
         if request is not None:
@@ -280,7 +295,10 @@ def run_train_job(args, impl: Impl, settings: Settings, weights: Path, variant: 
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0][:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "source" in result:
+        result["source"] = impl.public(result["source"])
+    return result
 
 
 def measure_train(args, impls: list[Impl], settings: Settings, weights: Path) -> dict:
@@ -302,6 +320,23 @@ def measure_train(args, impls: list[Impl], settings: Settings, weights: Path) ->
             row.update(memory if "error" not in memory else {"memory_error": memory["error"]})
             print(f"  train {variant} memory: {memory}", flush=True)
     return results
+
+
+def public_command(argv: Sequence[str]) -> str:
+    """The command line as recorded: the other checkouts named by their labels, the JSON path relative to here."""
+    labels = {"--baseline": "<baseline checkout>", "--official": "<official checkout>"}
+    words, previous = ["python", "benchmarks/throughput.py"], ""
+    for word in argv:
+        option, _, value = word.partition("=")
+        if previous in labels:
+            word = labels[previous]
+        elif option in labels and value:
+            word = f"{option}={labels[option]}"
+        elif previous == "--json" and os.path.isabs(word):
+            word = os.path.relpath(word) if Path(word).resolve().is_relative_to(Path.cwd()) else Path(word).name
+        words.append(word)
+        previous = word if word.startswith("--") else ""
+    return " ".join(words)
 
 
 # -- exactness -----------------------------------------------------------------------------------------------------
@@ -379,7 +414,7 @@ COMPARISONS = [
     ("fast vs plain path", "fast", "plain"),
     ("fused vision attention (fast vs fast with plain vision attention)", "fast", "fast, plain vision attention"),
     ("lean MLP (fast vs fast with plain MLP)", "fast", "fast, plain MLP"),
-    ("shared text prefix (fast vs fast with plain text)", "fast", "fast, plain text"),
+    ("shared text work (fast vs fast with plain text)", "fast", "fast, plain text"),
 ]
 
 
@@ -513,7 +548,7 @@ def main(args: Options) -> int:
     print(f"benchmarks/throughput.py: {settings.arch}, T={settings.frames}, {args.device}, {args.dtype}", flush=True)
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+        "command": public_command(sys.argv[1:]),
         "device": args.device,
         "dtype": args.dtype,
         "settings": {**asdict(settings), "class_counts": list(settings.class_counts)},

@@ -48,7 +48,7 @@ def test_report_puts_every_variant_in_a_row_and_checks_the_targets_against_the_o
     assert "| official | 0.2 | 0.12 | 20 | 5 |" in text
     # fast 0.3 / official 0.12 = 2.5x < 3x; step 20 / 10 = 2x >= 1.4x; memory 2 / 5 = 0.4x <= 0.5x
     assert "| fast vs official code | 1.00x | 2.50x ✗ (>= 3x) | 2.00x ✓ (>= 1.4x) | 0.40x ✓ (<= 0.5x) |" in text
-    assert "| shared text prefix (fast vs fast with plain text) | 1.00x | 2.00x | 2.00x | 0.40x |" in text
+    assert "| shared text work (fast vs fast with plain text) | 1.00x | 2.00x | 2.00x | 0.40x |" in text
     assert "| fast vs baseline fast | 1.00x | 1.00x | 1.00x | 0.40x |" in text
     assert "| plain vs baseline plain |" in text
     assert "`python benchmarks/throughput.py`" in text and "some CPU" in text
@@ -77,3 +77,24 @@ def test_report_without_the_official_code_has_no_target_marks(throughput):
     text = throughput.render(results)
     assert "official" not in text and "✓" not in text and "✗" not in text
     assert "| fast vs plain path | 1.00x | 1.00x | 2.00x | 0.40x |" in text
+
+
+def test_records_name_the_checkouts_not_this_machines_folders(throughput, tmp_path):
+    here = Path(throughput.__file__).resolve().parents[1]
+    assert throughput.Impl("", "tcclip").public(str(here / "tcclip" / "__init__.py")) == "tcclip/__init__.py"
+    other = tmp_path / "old-checkout"
+    baseline = throughput.Impl("baseline ", "tcclip", str(other))
+    assert baseline.public(str(other / "tcclip" / "__init__.py")) == "<baseline checkout>/tcclip/__init__.py"
+    official = throughput.Impl("official", "official", str(tmp_path / "tc-clip"))
+    assert official.public(str(tmp_path / "tc-clip")) == "<official checkout>"
+    assert throughput.Impl("", "tcclip").public("/opt/venv/lib/site-packages/tcclip/__init__.py") == (
+        "<installed>/tcclip/__init__.py"
+    )
+    command = throughput.public_command(
+        ["--threads", "1", "--baseline", str(other), f"--official={tmp_path}", "--json", str(tmp_path / "speed.json")]
+    )
+    assert command == (
+        "python benchmarks/throughput.py --threads 1 --baseline <baseline checkout> --official=<official checkout> "
+        "--json speed.json"
+    )
+    assert str(tmp_path) not in command
