@@ -221,9 +221,9 @@ TINY = [
 
 
 def _lists(splits: Path, config: str) -> list[tuple[str, int]]:
-    from tcclip.cli.data import load_datamodule
+    from tcclip.cli.data_config import datamodule_from_config
 
-    dm = load_datamodule([Path("configs") / config], {"root": "/"})
+    dm = datamodule_from_config([Path("configs") / config], "--data.init_args.root=/")
     rows = {}
     for _, path in dm.annotation_files():
         rows.update(fx.read_list(path))

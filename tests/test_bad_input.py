@@ -62,6 +62,11 @@ class Case:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 LABELS_3 = "id,name\n0,run\n1,jump\n2,swim\n"
+LIST_CONFIG = (
+    "data:\n  class_path: tcclip.data.datamodule.VideoListDataModule\n"
+    "  init_args: {labels: labels.csv, val_lists: [list.txt], root: ., backend: pyav}\n"
+)
+"""An experiment config's data section over ./list.txt (for `tcclip data check --config`)."""
 LIST_3x2 = "".join(f"v/{c}{i}.mp4 {c}\n" for c in range(3) for i in range(2))
 
 
@@ -573,6 +578,55 @@ CASES: list[Case] = [
         "│ v/gone.mp4 │ list.txt:2 │ file not found",
         files={"list.txt": "v/folder.mp4 0\nv/gone.mp4 1\n", "v/folder.mp4": DIR},
         setup=wide_terminal,
+    ),
+    Case(
+        "data-check-config-missing-video-named-with-its-line",
+        ("data", "check", "--config", "c.yaml", "--workers", "1"),
+        1,
+        "│ v/gone.mp4 │ val/list:2, test/list:2 │ file not found",
+        files={
+            "c.yaml": LIST_CONFIG,
+            "labels.csv": LABELS_3,
+            "list.txt": "v/folder.mp4 0\nv/gone.mp4 1\n",
+            "v/folder.mp4": DIR,
+        },
+        setup=wide_terminal,
+    ),
+    Case(
+        "data-check-config-without-data-section",
+        ("data", "check", "--config", "c.yaml"),
+        2,
+        "tcclip data: error: no 'data:' section in c.yaml. Pass the run's config file(s) with --config",
+        files={"c.yaml": "trainer: {max_epochs: 1}\n"},
+    ),
+    Case("data-check-config-missing", ("data", "check", "--config", "no.yaml"), 2, "no.yaml: no such config file"),
+    Case(
+        "data-check-config-list-missing",
+        ("data", "check", "--config", "c.yaml"),
+        2,
+        "list.txt: list or label file not found",
+        files={"c.yaml": LIST_CONFIG, "labels.csv": LABELS_3},
+    ),
+    Case(
+        "data-check-config-unknown-stage",
+        ("data", "check", "--config", "c.yaml", "--stage", "train"),
+        2,
+        "--stage",
+        files={"c.yaml": LIST_CONFIG, "labels.csv": LABELS_3, "list.txt": "v/a.mp4 0\n"},
+    ),
+    Case(
+        "data-check-config-root-needs-a-value",
+        ("data", "check", "--config", "c.yaml", "--root"),
+        2,
+        "--root needs a value. e.g. --data.init_args.root VALUE",
+        files={"c.yaml": LIST_CONFIG},
+    ),
+    Case(
+        "data-verify-config-without-data-section",
+        ("data", "verify", "--config", "c.yaml", "--presence-only"),
+        2,
+        "no 'data:' section in c.yaml",
+        files={"c.yaml": "model: {clip_weights: null}\n"},
     ),
     # --- checkpoints: conversion -------------------------------------------------------------------------------
     Case(

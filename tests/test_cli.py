@@ -16,11 +16,12 @@ from tcclip.cli import commands as cli
 PACKAGE = Path(__file__).resolve().parents[1] / "tcclip"
 
 # Sub-commands of the commands that have them: each has its own --help too.
-NESTED = {"splits": ("download", "make"), "data": ("synth", "prepare", "check")}
+NESTED = {"splits": ("download", "make"), "data": ("synth", "prepare", "check", "verify")}
 
 
 @pytest.mark.parametrize("name", sorted(cli.EXTRA_COMMANDS))
-def test_every_project_command_has_one_jsonargparse_parser_and_a_help(name, capsys):
+def test_every_project_command_has_one_jsonargparse_parser_and_a_help(name, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["tcclip"])  # `tcclip data verify` is LightningCLI's, which warns of pytest's
     assert isinstance(cli.build_parser(name), jsonargparse.ArgumentParser)
     for words in ([name], *([name, sub] for sub in NESTED.get(name, ()))):
         with pytest.raises(SystemExit) as done:
@@ -131,11 +132,29 @@ def test_lightning_cli_uses_only_public_hooks():
     # break parsing silently on an upgrade.
     from lightning.pytorch.cli import LightningCLI
 
+    from tcclip.cli.data_config import DataModuleCLI
     from tcclip.cli.lightning import TCCLIPLightningCLI, TCCLIPTrainer
 
-    overridden = {name for name in vars(TCCLIPLightningCLI) if hasattr(LightningCLI, name)}
-    assert overridden, "the walk found the overrides"
-    assert {name for name in overridden if name.startswith("_") and not name.startswith("__")} == set()
+    for cli_class in (TCCLIPLightningCLI, DataModuleCLI):
+        overridden = {name for name in vars(cli_class) if hasattr(LightningCLI, name)}
+        assert overridden, "the walk found the overrides"
+        assert {name for name in overridden if name.startswith("_") and not name.startswith("__")} == set()
     # `score` is a sub-command because the Trainer has a method of that name, running Lightning's predict loop
     assert "score" in TCCLIPLightningCLI.subcommands() and "predict" not in TCCLIPLightningCLI.subcommands()
     assert TCCLIPTrainer.score.__doc__.splitlines()[0].startswith("Per-video top-k")
+
+
+def test_data_check_of_a_config_is_lightning_clis_with_its_own_options(capsys, monkeypatch):
+    # `tcclip data check --config C.yaml` reads the experiment config through LightningCLI; `--list` is the typed form
+    monkeypatch.setattr(sys, "argv", ["tcclip"])
+    with pytest.raises(SystemExit) as done:
+        cli.main(["data", "check", "--config", "configs/demo.yaml", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tcclip data check [-c CONFIG]") and "--data CONFIG | CLASS_PATH_OR_NAME" in out
+    assert "no network is built" in " ".join(out.split())
+    assert all(option in out for option in ("--stage {fit,validate,test,all}", "--verify_frames", "--workers", "--out"))
+    assert cli.reads_config("data", "check", ["-c", "c.yaml"]) and cli.reads_config("data", "verify", [])
+    assert cli.reads_config("data", "check", ["--data.init_args.root=/d"])
+    assert not cli.reads_config("data", "check", ["--list", "l.txt", "--root", "."])
+    assert not cli.reads_config("data", "check", ["--help"]) and not cli.reads_config("data", "synth", ["-c", "x"])

@@ -70,11 +70,11 @@ def test_missing_corrupt_and_extra_files(copy, capsys, tmp_path: Path) -> None:
 
 
 def test_presence_only_and_start_of_run_summary_from_cache(copy, capsys) -> None:
-    from tcclip.cli.data import load_datamodule
+    from tcclip.cli.data_config import datamodule_from_config
     from tcclip.data.verify import start_of_run_summary
 
     root, config = copy
-    dm = load_datamodule([config])
+    dm = datamodule_from_config([config])
     assert "decoding not checked" in start_of_run_summary(dm, "test")  # nothing verified yet: no decoding at start
     assert data_main(["verify", "--config", str(config), "--presence-only"]) == 0
     assert "decoding not checked" in _summary(capsys)

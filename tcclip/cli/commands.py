@@ -3,7 +3,9 @@
 Two mechanisms, each used the same way by every command it serves:
 - `LIGHTNING_COMMANDS` run through LightningCLI (`tcclip.cli.lightning`): fit, validate, test, `score` (Lightning's
   predict loop, a config's test sets -> predictions.json, under its own name so that `predict` means one program)
-  and `calibrate` (methods of `TCCLIPTrainer`);
+  and `calibrate` (methods of `TCCLIPTrainer`); `CONFIG_COMMANDS`, `tcclip data check|verify --config C.yaml`, read
+  the experiment config through the same LightningCLI, which builds its data module alone (`tcclip.cli.data_config`:
+  no Trainer, no network);
 - `EXTRA_COMMANDS` map every other name to a typed function (`module:function`): its signature and docstring are
   the command's options and help (`tcclip.cli.typed`). The module is imported only when its command runs, so
   `tcclip --help` and `tcclip CMD --help` stay fast.
@@ -16,6 +18,7 @@ import difflib
 import importlib
 import signal
 import sys
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from tcclip.utils.errors import UserError, as_user_error, environment_error, user_error_in_chain
@@ -55,7 +58,6 @@ EXTRA_COMMANDS: dict[str, Command] = {
             "prepare": "tcclip.cli.data_make:prepare",
             "check": "tcclip.cli.data:check",
             "download": "tcclip.cli.data_get:download",
-            "verify": "tcclip.cli.data_get:verify",
         },
         "make a synthetic dataset; download, check, verify or re-encode a dataset",
     ),
@@ -67,6 +69,36 @@ EXTRA_COMMANDS: dict[str, Command] = {
     "export": Command("tcclip.cli.checkpoints:export", "write model.safetensors + config.json + model card (and ONNX)"),
     "timeline": Command("tcclip.cli.apps:timeline", "label a long video window by window: CSV, JSON, segments, plot"),
 }
+
+
+CONFIG_COMMANDS: dict[tuple[str, str], Command] = {
+    ("data", "check"): Command("tcclip.cli.data_config:check", "Decode every video of a config's splits."),
+    ("data", "verify"): Command(
+        "tcclip.cli.data_config:verify",
+        "For every list a config reads: videos listed, present, decodable and exact; classes losing videos.",
+    ),
+}
+"""Sub-commands of a group that read an experiment config: LightningCLI parses it as for `tcclip fit` and builds its
+data module alone (`tcclip.cli.data_config`); `module:function` runs with it and the command's options. `tcclip data
+check` given `--list` instead of a config is the typed function of `EXTRA_COMMANDS`."""
+
+CONFIG_OPTIONS = ("-c", "--config", "--print_config", "--seed_everything")
+CONFIG_PREFIXES = ("--data.", "--model.", "--trainer.")
+"""Options that only the LightningCLI form of a `CONFIG_COMMANDS` command reads (with `CONFIG_OPTIONS`)."""
+
+
+def reads_config(command: str, sub: str, argv: Sequence[str]) -> bool:
+    """Whether `tcclip COMMAND SUB ARGV` runs through LightningCLI (`CONFIG_COMMANDS`): always when the group has
+    no typed function of that name, else when a config (or a LightningCLI setting) is given and no `--list`."""
+    if (command, sub) not in CONFIG_COMMANDS:
+        return False
+    target = EXTRA_COMMANDS[command].target
+    if not isinstance(target, dict) or sub not in target:
+        return True
+    names = [word.partition("=")[0] for word in argv]
+    if "--list" in names:
+        return False
+    return any(name in CONFIG_OPTIONS or name.startswith(CONFIG_PREFIXES) for name in names)
 
 
 HIDDEN_COMMANDS: dict[tuple[str, str], str] = {
@@ -88,18 +120,37 @@ def run_command(name: str, argv: list[str]) -> int:
     hidden = HIDDEN_COMMANDS.get((name, argv[0] if argv else ""))
     if hidden is not None:
         return run(_function(hidden), argv[1:], f"tcclip {name} {argv[0]}")
+    if argv[:1] and reads_config(name, argv[0], argv[1:]):
+        return run_config_command(name, argv[0], argv[1:])
     target = EXTRA_COMMANDS[name].target
     if isinstance(target, dict):
         if argv[:1] and argv[0] in target:
             return run(_function(target[argv[0]]), argv[1:], f"tcclip {name} {argv[0]}")
         if argv[:1] and not argv[0].startswith("-"):
-            close = difflib.get_close_matches(argv[0], list(target), n=1)
+            subs = subcommands(name)
+            close = difflib.get_close_matches(argv[0], subs, n=1)
             guess = f"Did you mean `tcclip {name} {close[0]}`? " if close else ""
             raise UserError(f"unknown command 'tcclip {name} {argv[0]}'",
-                            fix=f"{guess}The {name} commands are {', '.join(target)}.")  # fmt: skip
+                            fix=f"{guess}The {name} commands are {', '.join(subs)}.")  # fmt: skip
         build_parser(name).parse_args(argv)  # --help, or the usage error of a missing sub-command
         return 2
     return run(_function(target), argv, f"tcclip {name}")
+
+
+def subcommands(name: str) -> list[str]:
+    """The sub-commands of the group `tcclip NAME`: its typed functions and its `CONFIG_COMMANDS`."""
+    target = EXTRA_COMMANDS[name].target
+    return list(dict.fromkeys([*target, *(sub for group, sub in CONFIG_COMMANDS if group == name)]))
+
+
+def run_config_command(name: str, sub: str, argv: list[str]) -> int:
+    """`tcclip NAME SUB --config C.yaml ...` through LightningCLI (`CONFIG_COMMANDS`); its exit code."""
+    from tcclip.cli.config_files import check_config_files
+
+    check_config_files(argv)  # an empty or malformed --config named before LightningCLI reads it
+    from tcclip.cli.data_config import run_data_command
+
+    return run_data_command(f"{name} {sub}", _function(CONFIG_COMMANDS[name, sub].target), argv)
 
 
 def build_parser(name: str):
@@ -110,7 +161,8 @@ def build_parser(name: str):
     target = EXTRA_COMMANDS[name].target
     if isinstance(target, dict):
         functions = {sub: _function(t) for sub, t in target.items()}
-        return group_parser(functions, f"tcclip {name}", EXTRA_COMMANDS[name].summary)
+        config_only = {sub: CONFIG_COMMANDS[name, sub].summary for sub in subcommands(name) if sub not in target}
+        return group_parser(functions, f"tcclip {name}", EXTRA_COMMANDS[name].summary, config_only)
     return function_parser(_function(target), f"tcclip {name}")
 
 

@@ -1,25 +1,24 @@
-"""``tcclip data check``: find unreadable or misdecoded videos of a config's lists (before a long run).
+"""``tcclip data check``: find unreadable or misdecoded videos of annotation lists (before a long run).
 
-The other ``tcclip data`` commands: ``synth`` and ``prepare`` (`tcclip.cli.data_make`), ``download`` and ``verify``
-(`tcclip.cli.data_get`).
+`check` is the typed command for lists given with ``--list``/``--root``; a config's lists are checked through
+LightningCLI (`tcclip.cli.data_config`), and both print with `report`. The other ``tcclip data`` commands: ``synth``
+and ``prepare`` (`tcclip.cli.data_make`), ``download`` (`tcclip.cli.data_get`) and ``verify``
+(`tcclip.cli.data_config`).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from tcclip.cli.types import Spelling
 
 log = logging.getLogger(__name__)
-
-PARTS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "all": ("train", "val", "test")}
 
 
 @dataclass(frozen=True)
@@ -145,38 +144,13 @@ def check_lists(
     return [VideoCheck(v, tuple(owners[v]), *result) for v, result in zip(videos, results, strict=True)]
 
 
-def load_datamodule(configs: Sequence[Path], overrides: dict[str, Any] | None = None) -> Any:
-    """Build the DataModule of LightningCLI config files (their ``data: {class_path, init_args}`` section)."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    for config in configs:
-        section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
-        if section is None:
-            continue
-        if not isinstance(section, dict) or "class_path" not in section:
-            raise ValueError(f"{config}: the data section needs class_path and init_args (LightningCLI subclass form)")
-        if section["class_path"] != data.get("class_path"):
-            data = {"class_path": section["class_path"], "init_args": {}}
-        data["init_args"].update(section.get("init_args") or {})
-    if not data:
-        raise ValueError(f"no 'data:' section in {', '.join(map(str, configs))}. Fix: pass the run's config file(s).")
-    module_name, _, class_name = data["class_path"].rpartition(".")
-    if not module_name:  # a short name, as LightningCLI allows: look among the families
-        module_name = "tcclip.data.families" if class_name != "VideoListDataModule" else "tcclip.data.datamodule"
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**(data["init_args"] | (overrides or {})))
-
-
 def check(
     *,
-    config: Annotated[list[str], Spelling("--config", "-c")] = (),
-    stage: Literal["fit", "validate", "test", "all"] = "all",
     lists: Annotated[list[str], Spelling("--list")] = (),
     root: Path | None = None,
-    backend: str | None = None,
+    backend: str = "auto",
     verify_frames: bool = False,
-    num_frames: int | None = None,
+    num_frames: int = 16,
     workers: int | None = None,
     out: Path | None = None,
 ) -> int:
@@ -184,38 +158,46 @@ def check(
 
     Exit status 1 if a video is unreadable (or, with --verify-frames, decodes to other frames).
 
+    A config's lists: `tcclip data check --config C.yaml [--stage fit|validate|test|all] [--root DIR] [--workers N]
+    [--out FILE] [--verify-frames]`, read through LightningCLI as `tcclip fit` reads it (any --data.init_args.*
+    setting too; `tcclip data check --config C.yaml --help` lists its options). No network is built.
+
     Args:
-        config: LightningCLI YAML (repeat)
-        stage: which lists of the config
-        lists: annotation list (repeat), with --root instead of a config
-        root: dataset root (overrides the config's)
-        backend: auto, torchcodec, pyav or decord (default: the config's, else auto)
+        lists: annotation list (repeat), with --root
+        root: dataset root
+        backend: auto, torchcodec, pyav or decord
         verify_frames: also decode sampled frames with a second backend and sequentially, and list files where they
             differ
-        num_frames: frames per view to decode (default: the config's)
+        num_frames: frames per view to decode
         workers: processes (default: up to 8)
         out: also write the broken videos to this file
     """
-    return _check(CheckRequest(list(config), stage, list(lists), root, backend, verify_frames, num_frames, workers,
-                               out))  # fmt: skip
+    from rich.console import Console
+
+    if not (lists and root):
+        Console(stderr=True).print("[red]error:[/red] give --config CONFIG.yaml, or --list FILE --root DIR")
+        return 2
+    return report([(str(Path(p)), Path(p)) for p in lists], root, backend, num_frames, verify_frames, workers, out)
 
 
-@dataclass(frozen=True)
-class CheckRequest:
-    """What `tcclip data check` was asked to check."""
+def report(
+    lists: Sequence[tuple[str, Path]],
+    root: Path,
+    backend: str,
+    num_frames: int,
+    verify_frames: bool = False,
+    workers: int | None = None,
+    out: Path | None = None,
+) -> int:
+    """Check every video of the lists (`check_lists`) and print what is unreadable or decodes to other frames.
 
-    config: list[str]
-    stage: str
-    lists: list[str]
-    root: Path | None
-    backend: str | None
-    verify_frames: bool
-    num_frames: int | None
-    workers: int | None
-    out: Path | None
+    Args:
+        lists: (name, annotation list) pairs; a missing or malformed list is an error (exit status 2).
+        root: the folder the lists' paths start from.
 
-
-def _check(args: CheckRequest) -> int:
+    Returns:
+        The exit status: 1 if a video is unreadable or decodes to other frames, 2 for a list it cannot read, else 0.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -224,29 +206,18 @@ def _check(args: CheckRequest) -> int:
 
     console = Console(stderr=True)
     try:
-        if args.config:
-            overrides = {"root": str(args.root)} if args.root else {}
-            dm = load_datamodule([Path(c) for c in args.config], overrides)
-            lists, root = dm.annotation_files(PARTS[args.stage]), dm.root
-            backend, num_frames = args.backend or dm.backend, args.num_frames or dm.num_frames
-        elif args.lists and args.root:
-            lists, root = [(str(Path(p)), Path(p)) for p in args.lists], args.root
-            backend, num_frames = args.backend or "auto", args.num_frames or 16
-        else:
-            console.print("[red]error:[/red] give --config CONFIG.yaml, or --list FILE --root DIR")
-            return 2
         total = len(collect_videos(lists))
-    except (ValueError, OSError, ImportError, AttributeError) as e:
+    except (ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
     backend = resolve_backend(backend)  # a backend that cannot run here is a UserError with the fix, before any work
     verify_with = None
-    if args.verify_frames:
+    if verify_frames:
         verify_with = next((b for b in available_backends() if b != backend), backend)
     with progress_bar(console=console, transient=False) as progress:
         task = progress.add_task(f"checking videos under {root}", total=total)
         results = check_lists(
-            lists, Path(root), backend, num_frames, args.workers, lambda: progress.advance(task), verify_with
+            lists, Path(root), backend, num_frames, workers, lambda: progress.advance(task), verify_with
         )
     broken = [r for r in results if r.error is not None]
     differ = [r for r in results if r.mismatch is not None]
@@ -261,9 +232,9 @@ def _check(args: CheckRequest) -> int:
         for r in broken:
             table.add_row(r.path, ", ".join(r.lists), r.error)
         console.print(table)
-        if args.out:
-            args.out.write_text("".join(f"{r.path}\t{','.join(r.lists)}\t{r.error}\n" for r in broken))
-            console.print(f"broken list written to {args.out}")
+        if out:
+            out.write_text("".join(f"{r.path}\t{','.join(r.lists)}\t{r.error}\n" for r in broken))
+            console.print(f"broken list written to {out}")
     names = ", ".join(name for name, _ in lists)
     console.print(f"{len(results) - len(broken)} of {len(results)} videos readable ({names}; backend {backend})")
     damaged = [r for r in results if r.decode_errors]

@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+import tcclip.data.families  # noqa: F401  (a config's short class names, `class_path: HMDB51`, resolve among them)
 from tcclip.data.datamodule import VideoDataModule
 from tcclip.data.resumable import RestoreLoaderPosition
 from tcclip.model.config import CLIPCfg

@@ -151,6 +151,11 @@ def _docstring(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     return description, {p.arg_name.lstrip("*"): " ".join((p.description or "").split()) for p in doc.params}
 
 
+def description(fn: Callable[..., Any]) -> str:
+    """The description of a command function's help: its docstring without the `Args:` section."""
+    return _docstring(fn)[0]
+
+
 class _RawEpilog(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help, with the description and epilog kept as written."""
 
@@ -178,13 +183,19 @@ def function_parser(fn: Callable[..., Any], prog: str, epilog: str | None = None
     return parser
 
 
-def group_parser(functions: dict[str, Callable[..., Any]], prog: str, description: str) -> ArgumentParser:
-    """A parser with one sub-command per function (`tcclip data synth|check|...`), for `tcclip data --help`."""
+def group_parser(
+    functions: dict[str, Callable[..., Any]], prog: str, description: str, others: dict[str, str] | None = None
+) -> ArgumentParser:
+    """A parser with one sub-command per function (`tcclip data synth|check|...`), for `tcclip data --help`;
+    `others` names the group's sub-commands that another parser reads (LightningCLI's), with their summary."""
     parser = ArgumentParser(prog=prog, description=description)
     subcommands = parser.add_subcommands(dest="command")
     for name, fn in functions.items():
         summary = _docstring(fn)[0].split("\n")[0]
         subcommands.add_subcommand(name, function_parser(fn, f"{prog} {name}"), help=summary)
+    for name, summary in (others or {}).items():
+        where = f"`{prog} {name} --config C.yaml --help` lists its options (LightningCLI's)."
+        subcommands.add_subcommand(name, ArgumentParser(prog=f"{prog} {name}", description=where), help=summary)
     return parser
 
 
