@@ -253,7 +253,7 @@ class EvalWorker:
 def measure_eval(args, impls: list[Impl], settings: Settings, weights: Path) -> tuple[dict, dict]:
     """Best seconds per batch and clips/s of every variant at each class count, and where each came from."""
     workers = [EvalWorker(args, impl, settings, weights) for impl in impls]
-    sources = {w.impl.name or "tcclip": w.source for w in workers}
+    sources = {w.impl.name.strip() or "tcclip": w.source for w in workers}
     print(f"  eval workers: {sources}", flush=True)
     results: dict[str, dict] = {}
     try:
