@@ -3,7 +3,9 @@ had keeps its spelling (dashes, and LightningCLI's underscores too), and message
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -97,6 +99,10 @@ def test_every_typed_command_documents_every_parameter(name):
     fn = cli._function(cli.EXTRA_COMMANDS[name].target)
     documented = {p.arg_name.lstrip("*") for p in parse(inspect.getdoc(fn)).params}
     assert set(inspect.signature(fn).parameters) == documented
+    for hint in typing.get_type_hints(fn).values():  # an option group documents its fields in its own docstring
+        if dataclasses.is_dataclass(hint):
+            fields = {f.name for f in dataclasses.fields(hint)}
+            assert fields == {p.arg_name for p in parse(inspect.getdoc(hint)).params}, hint
 
 
 def test_reject_score_choices_are_the_library_scores():

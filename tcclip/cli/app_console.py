@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tcclip.utils.errors import UserError
 
@@ -16,15 +16,29 @@ if TYPE_CHECKING:
     from tcclip.inference.predict import Views
 
 
+Backend = Literal["auto", "torchcodec", "pyav", "decord"]
+RejectScore = Literal["msp", "max_logit", "energy", "mcm"]
+"""`tcclip.inference.openset.SCORES` (a test keeps the two equal)."""
+
+
 @dataclass(frozen=True)
 class ModelOptions:
-    """The options every application shares: which model, which classes, where it runs, how videos are read."""
+    """The options every application shares: which model, which classes, where it runs, how videos are read.
+
+    Args:
+        checkpoint: our .ckpt / save_model file, a `tcclip export` folder, or an official TC-CLIP .pth
+        labels: class names separated by commas, e.g. 'riding a bike,swimming'
+        label_file: CSV with an id,name header, or JSON {id: name} (default: the checkpoint's own classes)
+        device: cpu, cuda, cuda:1, ... (default auto: cuda if available)
+        backend: video decoder (default auto: torchcodec where it works, else pyav; decord matches the official code)
+        clip_weights: where an official checkpoint's token embedding comes from (default: openai)
+    """
 
     checkpoint: str
     labels: str | None = None
     label_file: str | None = None
     device: str = "auto"
-    backend: str | None = None
+    backend: Backend | None = None
     clip_weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -37,11 +51,17 @@ class ModelOptions:
 
 @dataclass(frozen=True)
 class RejectOptions:
-    """Open-set rejection: "none of the above" under a threshold (`tcclip.inference.openset`)."""
+    """Open-set rejection: "none of the above" under a threshold (`tcclip.inference.openset`).
+
+    Args:
+        reject: answer "none of the above" when the rejection score is under the threshold stored by tcclip calibrate
+        reject_threshold: threshold to use instead of the stored one (implies --reject)
+        reject_score: rejection score (default: the calibrated one, else msp)
+    """
 
     reject: bool = False
     reject_threshold: float | None = None
-    reject_score: str | None = None
+    reject_score: RejectScore | None = None
 
 
 def _keep_list(batch: list) -> list:

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from tcclip.cli.app_console import ModelOptions, RejectOptions
+from tcclip.cli.app_console import Backend, ModelOptions, RejectOptions, RejectScore
 from tcclip.utils.errors import UserError
 
-Backend = Literal["auto", "torchcodec", "pyav", "decord"]
-RejectScore = Literal["msp", "max_logit", "energy", "mcm"]
-"""`tcclip.inference.openset.SCORES` (a test keeps the two equal)."""
+__all__ = ["Backend", "ModelOptions", "RejectOptions", "RejectScore", "explain", "predict", "timeline"]
+
+NO_REJECTION = RejectOptions()
+"""Every video gets a class unless --reject, --reject-threshold or --reject-score say otherwise."""
 
 
 def _positive(**values: int) -> None:
@@ -26,21 +27,14 @@ def _positive(**values: int) -> None:
 
 def predict(
     *videos: str,
-    checkpoint: str,
-    labels: str | None = None,
-    label_file: str | None = None,
-    device: str = "auto",
-    backend: Backend | None = None,
-    clip_weights: str | None = None,
+    model: ModelOptions,
     top_k: int = 5,
     views: str = "2x1",
     json: bool = False,
     batch_size: int = 4,
     workers: int = 2,
     quiet: bool = False,
-    reject: bool = False,
-    reject_threshold: float | None = None,
-    reject_score: RejectScore | None = None,
+    rejection: RejectOptions = NO_REJECTION,
 ) -> int:
     """Classify video files with a trained checkpoint (ours or an official TC-CLIP .pth).
 
@@ -48,21 +42,14 @@ def predict(
 
     Args:
         videos: video files, folders (searched recursively) or glob patterns such as 'clips/**/*.mp4' (quote them)
-        checkpoint: our .ckpt / save_model file, a `tcclip export` folder, or an official TC-CLIP .pth
-        labels: class names separated by commas, e.g. 'riding a bike,swimming'
-        label_file: CSV with an id,name header, or JSON {id: name} (default: the checkpoint's own classes)
-        device: cpu, cuda, cuda:1, ... (default auto: cuda if available)
-        backend: video decoder (default auto: torchcodec where it works, else pyav; decord matches the official code)
-        clip_weights: where an official checkpoint's token embedding comes from (default: openai)
+        model: the model, its classes, the device and the video decoder (the options of `ModelOptions`)
         top_k: classes shown per video
         views: temporal clips x spatial crops (1 or 3) per video
         json: print one JSON object per video instead of tables
         batch_size: videos per forward pass
         workers: decoding processes (0: decode in this one)
         quiet: no progress bar
-        reject: answer "none of the above" when the rejection score is under the threshold stored by tcclip calibrate
-        reject_threshold: threshold to use instead of the stored one (implies --reject)
-        reject_score: rejection score (default: the calibrated one, else msp)
+        rejection: open-set rejection (the options of `RejectOptions`)
     """
     from tcclip.cli.app_console import classify
     from tcclip.inference.predict import Views
@@ -76,20 +63,13 @@ def predict(
         parsed_views = Views.parse(views)
     except ValueError as error:  # Views owns the rule (clips >= 1, crops 1 or 3)
         raise UserError(f"argument --views: {error}", fix="Give clips x crops, e.g. --views 2x1 or 4x3.") from None
-    model = ModelOptions(checkpoint, labels, label_file, device, backend, clip_weights)
-    return classify(videos, model, RejectOptions(reject, reject_threshold, reject_score), top_k, parsed_views, json,
-                    batch_size, workers, quiet)  # fmt: skip
+    return classify(videos, model, rejection, top_k, parsed_views, json, batch_size, workers, quiet)
 
 
 def timeline(
     video: str,
     *,
-    checkpoint: str,
-    labels: str | None = None,
-    label_file: str | None = None,
-    device: str = "auto",
-    backend: Backend | None = None,
-    clip_weights: str | None = None,
+    model: ModelOptions,
     window: float = 2.0,
     stride: float | None = None,
     top_k: int = 3,
@@ -98,21 +78,14 @@ def timeline(
     refine: int = 4,
     out: Path | None = None,
     quiet: bool = False,
-    reject: bool = False,
-    reject_threshold: float | None = None,
-    reject_score: RejectScore | None = None,
+    rejection: RejectOptions = NO_REJECTION,
 ) -> int:
     """Slide a window of the model's T frames over a long video: per-window top-k (CSV, JSON), merged segments and a
     PNG timeline plot.
 
     Args:
         video: the video file
-        checkpoint: our .ckpt / save_model file, a `tcclip export` folder, or an official TC-CLIP .pth
-        labels: class names separated by commas, e.g. 'serve,rally,break'
-        label_file: CSV with an id,name header, or JSON {id: name} (default: the checkpoint's own classes)
-        device: cpu, cuda, cuda:1, ... (default auto: cuda if available)
-        backend: video decoder (default auto: torchcodec where it works, else pyav; decord matches the official code)
-        clip_weights: where an official checkpoint's token embedding comes from (default: openai)
+        model: the model, its classes, the device and the video decoder (the options of `ModelOptions`)
         window: window length in seconds
         stride: seconds between window starts (default: half the window)
         top_k: classes kept per window
@@ -121,29 +94,20 @@ def timeline(
         refine: place each change with windows this many times shorter (0: half-way between windows)
         out: output folder (default: <video name>_timeline/ next to the video)
         quiet: no progress bar
-        reject: answer "none of the above" when the rejection score is under the threshold stored by tcclip calibrate
-        reject_threshold: threshold to use instead of the stored one (implies --reject)
-        reject_score: rejection score (default: the calibrated one, else msp)
+        rejection: open-set rejection (the options of `RejectOptions`)
     """
     from tcclip.cli.app_console import label_timeline
 
-    model = ModelOptions(checkpoint, labels, label_file, device, backend, clip_weights)
     options = {"window": window, "stride": stride, "top_k": top_k, "batch_size": batch_size, "smooth": smooth,
                "refine": refine}  # fmt: skip
-    return label_timeline(Path(video), model, RejectOptions(reject, reject_threshold, reject_score), options, out,
-                          quiet)  # fmt: skip
+    return label_timeline(Path(video), model, rejection, options, out, quiet)
 
 
 def explain(
     video: str,
     *,
-    checkpoint: str,
+    model: ModelOptions,
     out: str,
-    labels: str | None = None,
-    label_file: str | None = None,
-    device: str = "auto",
-    backend: Backend | None = None,
-    clip_weights: str | None = None,
     layer: int = -1,
     top_k: int = 5,
     format: Literal["png", "gif", "both"] = "png",
@@ -152,13 +116,8 @@ def explain(
 
     Args:
         video: a video file
-        checkpoint: our .ckpt / save_model file, a `tcclip export` folder, or an official TC-CLIP .pth
+        model: the model, its classes, the device and the video decoder (the options of `ModelOptions`)
         out: folder for the pictures (created if missing)
-        labels: class names separated by commas, e.g. 'riding a bike,swimming'
-        label_file: CSV with an id,name header, or JSON {id: name} (default: the checkpoint's own classes)
-        device: cpu, cuda, cuda:1, ... (default auto: cuda if available)
-        backend: video decoder (default auto: torchcodec where it works, else pyav; decord matches the official code)
-        clip_weights: where an official checkpoint's token embedding comes from (default: openai)
         layer: 0-based vision layer to show; -1 is the last
         top_k: classes in the bar chart
         format: png, gif or both
@@ -166,5 +125,4 @@ def explain(
     from tcclip.cli.app_console import draw_explanation
 
     _positive(top_k=top_k)
-    model = ModelOptions(checkpoint, labels, label_file, device, backend, clip_weights)
     return draw_explanation(video, model, out, layer, top_k, format)

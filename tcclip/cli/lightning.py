@@ -65,6 +65,10 @@ DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yaml"
 DEFAULTS_ENV = "TCCLIP_DEFAULTS"
 """Environment variable: the defaults file to use instead of tcclip/cli/defaults.yaml (empty: none)."""
 SUBCOMMANDS = ("fit", "validate", "test", "score", "calibrate")
+FOR_PREDICTION = frozenset({"calibrate"})
+"""Sub-commands that evaluate a checkpoint as `tcclip predict` and `timeline` will use it: every weight comes from the
+checkpoint (the network built from the config needs no CLIP weights), and the data is sampled at the checkpoint's
+own frame count (predict and timeline sample that many frames)."""
 RUNS_DIR = Path("runs")
 # Hyper-parameters of a checkpoint that define its network; the others (evaluation options) come from the user.
 NETWORK_HPARAMS = ("model_config", "clip_weights")
@@ -337,15 +341,12 @@ class TCCLIPLightningCLI(LightningCLI):
         init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
         wanted = init_args.get("num_frames") if init_args is not None and hasattr(init_args, "get") else None
         joint = model_config.get("positional_embedding_type") == "joint"
-        if subcommand == "calibrate":
-            # Every weight comes from the checkpoint (read by tcclip.load_model): the module built from the config
-            # needs no CLIP weights of its own.
+        if subcommand in FOR_PREDICTION:  # every weight from the checkpoint, its own frame count
             network["clip_weights"] = None
-        if subcommand == "calibrate" and stored is not None:
-            # Calibration is for predict and timeline, which sample the model's own frame count: score with it.
-            if init_args is not None:
-                init_args.num_frames = stored
-            wanted = stored
+            if stored is not None:
+                if init_args is not None:
+                    init_args.num_frames = stored
+                wanted = stored
         if stored is not None and wanted is not None and stored != wanted and (subcommand == "fit" or joint):
             why = (
                 "a resumed training must keep it"

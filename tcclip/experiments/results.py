@@ -343,6 +343,11 @@ def _plot_few_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_title(DATASET_LABEL[dataset])
         ax.grid(alpha=0.3)
     _legend(axes)
+    _save(plt, fig, path, title)
+
+
+def _save(plt, fig, path: Path, title: str) -> None:
+    """Title the figure, write it as a PNG and free it (the ending every plot shares)."""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
@@ -393,10 +398,7 @@ def _plot_base2novel(rows: list[dict[str, Any]], path: Path, title: str) -> None
         ax.set_ylabel("top-1 (%)")
         ax.set_title(VARIANT_LABEL[variant])
     _legend(axes)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def _plot_zero_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -420,10 +422,7 @@ def _plot_zero_shot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_ylabel("top-1 (%), mean over splits")
         ax.set_title(VARIANT_LABEL[variant])
     _legend(axes)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def _plot_fully_supervised(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -432,10 +431,7 @@ def _plot_fully_supervised(rows: list[dict[str, Any]], path: Path, title: str) -
     _grouped_bars(axes[0], ["top-1", "top-5"], series, {"paper"})
     axes[0].set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
