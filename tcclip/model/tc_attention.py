@@ -15,6 +15,8 @@ dh = D / H.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +24,16 @@ from torch import Tensor, nn
 from tcclip.model import kernels
 from tcclip.model.layers import fast_path_default
 
-__all__ = ["TCAttention"]
+__all__ = ["KeysValues", "TCAttention"]
+
+
+class KeysValues(NamedTuple):
+    """A layer's keys and values, per head: the frames' [B, T, H, N, dh], the context's [B, H, K, dh] or None."""
+
+    k: Tensor
+    v: Tensor
+    k_ctx: Tensor | None
+    v_ctx: Tensor | None
 
 
 class TCAttention(nn.Module):
@@ -54,7 +65,7 @@ class TCAttention(nn.Module):
         them (else the plain form); the same function."""
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, class_scores: bool = False, queries: Tensor | None = None
+        self, x: Tensor, context: Tensor | None = None, class_scores: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """Attention output for the frame tokens, and optionally the class token's attention on the patches.
 
@@ -63,34 +74,43 @@ class TCAttention(nn.Module):
             context: [B, K, D] layer-normed context tokens (keys/values shared by all frames), or None.
             class_scores: also return the class query's attention probabilities on the frame's P patch keys,
                 averaged over heads (the seed-selection score).
-            queries: [B, T, M, D] layer-normed rows to compute the output for instead of all of x (each attends to
-                its frame's keys like a row of x); with `class_scores`, the class token must be row 0.
 
         Returns:
-            ([B, T, N or M, D] output, [B, T, P] class-token scores or None).
+            ([B, T, N, D] output, [B, T, P] class-token scores or None).
         """
-        q = self._split_heads(F.linear(x if queries is None else queries, self.q_proj.weight, self.q_proj.bias))
+        return self.attend(x, self.keys_values(x, context), class_scores)
+
+    def keys_values(self, x: Tensor, context: Tensor | None = None) -> KeysValues:
+        """The keys and values of frame tokens x [B, T, N, D] and context tokens [B, K, D] (both layer-normed), for
+        `attend`: computed once, they serve several sets of queries."""
         k, v = (self._split_heads(F.linear(x, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
-        k_ctx = v_ctx = None  # [B, T, H, N, dh] above; the context's [B, H, K, dh], projected once per video
-        if context is not None:
-            k_ctx, v_ctx = (self._split_heads(F.linear(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
+        if context is None:
+            return KeysValues(k, v, None, None)
+        k_ctx, v_ctx = (self._split_heads(F.linear(context, m.weight, m.bias)) for m in (self.k_proj, self.v_proj))
+        return KeysValues(k, v, k_ctx, v_ctx)  # [B, T, H, N, dh] and the context's [B, H, K, dh]
+
+    def attend(self, queries: Tensor, kv: KeysValues, class_scores: bool = False) -> tuple[Tensor, Tensor | None]:
+        """`forward` for some rows only: queries [B, T, M, D] (layer-normed; each attends to its frame's keys and the
+        context like a row of x) -> ([B, T, M, D] output, [B, T, P] scores of the class query, row 0, or None)."""
+        q = self._split_heads(F.linear(queries, self.q_proj.weight, self.q_proj.bias))
+        k, v, k_ctx, v_ctx = kv
         scale = q.shape[-1] ** -0.5
         if self.fast and (k_ctx is None or kernels.split_context_supported(q)):
             out, scores = kernels.frame_attention(
                 q, k, v, k_ctx, v_ctx, self.local_global_bias_table, scale, class_scores
             )
         else:
-            n, t = x.shape[2], x.shape[1]
-            logits = (q * scale) @ k.transpose(-2, -1)  # [B, T, H, N, N] each frame on its own keys
+            n, t = k.shape[-2], k.shape[1]
+            logits = (q * scale) @ k.transpose(-2, -1)  # [B, T, H, M, N] each frame on its own keys
             if k_ctx is not None:
-                logits_ctx = (q * scale) @ k_ctx[:, None].transpose(-2, -1)  # [B, T, H, N, K] on the context keys
+                logits_ctx = (q * scale) @ k_ctx[:, None].transpose(-2, -1)  # [B, T, H, M, K] on the context keys
                 if self.local_global_bias_table is not None:
                     b_local, b_global = self.local_global_bias_table.to(q.dtype).unbind(-1)  # [H, 1] each
                     logits, logits_ctx = logits + b_local[:, None], logits_ctx + b_global[:, None]
-                logits = torch.cat([logits, logits_ctx], dim=-1)  # [B, T, H, N, N + K]
+                logits = torch.cat([logits, logits_ctx], dim=-1)  # [B, T, H, M, N + K]
                 v = torch.cat([v, v_ctx[:, None].expand(-1, t, -1, -1, -1)], dim=-2)  # [B, T, H, N + K, dh]
             probs = logits.softmax(dim=-1)
-            out = probs @ v  # [B, T, H, N, dh]
+            out = probs @ v  # [B, T, H, M, dh]
             scores = probs[..., 0, 1:n].mean(dim=2).detach() if class_scores else None  # class row on the patches
         return F.linear(out.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias), scores
 

@@ -71,7 +71,7 @@ class VisionBlock(nn.Module):
         `class_only`: the same rows, the others left out)."""
         h = self.ln_1(frames)
         if class_only:
-            frames = frames[:, :, :1] + self.attn(h, queries=h[:, :, :1])[0]
+            frames = frames[:, :, :1] + self.attn.attend(h[:, :, :1], self.attn.keys_values(h))[0]
         else:
             frames = frames + self.attn(h)[0]
         return frames + self.mlp(self.ln_2(frames))
@@ -100,20 +100,16 @@ class VisionBlock(nn.Module):
         """
         b, t, n, d = frames.shape
         num_patches = n - 1
-        h, h_context = self.ln_1(frames), None if context is None else self.ln_1(context)
+        h = self.ln_1(frames)
+        kv = self.attn.keys_values(h, None if context is None else self.ln_1(context))
         # Informative token selection: the s patches with the highest class-token attention in each frame, best first.
-        if class_only:
-            attended, scores = self.attn(h, h_context, class_scores=True, queries=h[:, :, :1])
-        else:
-            attended, scores = self.attn(h, h_context, class_scores=True)
+        attended, scores = self.attn.attend(h[:, :, :1] if class_only else h, kv, class_scores=True)
         seeds = scores.topk(num_seeds, dim=-1, sorted=True).indices  # [B, T, s]
         # Temporal context summarisation: the seed tokens, frame by frame in seed order, merged down to K tokens.
         rows = (seeds + 1 + torch.arange(t, device=seeds.device)[:, None] * n).flatten(1)  # [B, T*s]: t*N + 1 + p
         if class_only:  # context infusion for the seed rows alone
             h_seeds = take_rows(h.flatten(1, 2), rows).unflatten(1, (t, num_seeds))  # [B, T, s, D]
-            seed_tokens = take_rows(frames.flatten(1, 2), rows) + self.attn(h, h_context, queries=h_seeds)[0].flatten(
-                1, 2
-            )
+            seed_tokens = take_rows(frames.flatten(1, 2), rows) + self.attn.attend(h_seeds, kv)[0].flatten(1, 2)
             frames = frames[:, :, :1] + attended
         else:
             frames = frames + attended  # context infusion: the incoming context tokens serve as keys/values only
