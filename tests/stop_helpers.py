@@ -1,4 +1,8 @@
-"""A callback for tests that stop a run from outside (SIGTERM, SIGUSR1, `scancel`) at a chosen training step.
+"""Helpers for tests that stop a run or a command from outside.
+
+`default_sigint`: a `preexec_fn` that gives a child process Ctrl-C as a terminal session has it.
+
+A callback for tests that stop a run from outside (SIGTERM, SIGUSR1, `scancel`) at a chosen training step.
 
 `PauseAt(step, folder)`: after training step `step` (once per run folder), writes `<folder>/paused-<pid>` and waits
 (up to `wait_s`) until a stop signal has been noted by `tcclip.training.preemption.Preemption`, so the signal lands
@@ -9,12 +13,23 @@ known batches. Used through `--trainer.callbacks+=stop_helpers.PauseAt` with `te
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 import lightning as L
 
 from tcclip.training.preemption import Preemption
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test will Ctrl-C: SIGINT back to its default disposition.
+
+    A shell starts the background jobs of a script (`cmd &` without job control) with SIGINT ignored, an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler: under such a runner the
+    child would shrug off the test's SIGINT and finish its whole job.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class PauseAt(L.Callback):

@@ -1253,9 +1253,11 @@ def test_a_real_ctrl_c_ends_in_one_line_exit_130_and_no_partial_file(tmp_path):
     import subprocess
     import time
 
+    from stop_helpers import default_sigint
+
     argv = [str(console_script()), "data", "synth", "--out", "synth", "--num-classes", "12"]
     child = subprocess.Popen([*argv, "--videos-per-class", "40", "--size", "96"], cwd=tmp_path, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)  # fmt: skip
     videos = tmp_path / "synth" / "videos"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (videos.is_dir() and any(videos.rglob("*.mp4"))):

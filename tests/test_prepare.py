@@ -136,6 +136,8 @@ def test_ctrl_c_stops_prepare_with_whole_files_only(quirk_videos, tmp_path):
     import time
     from pathlib import Path
 
+    from stop_helpers import default_sigint
+
     root = tmp_path / "original"
     root.mkdir()
     for k in range(40):  # enough work that Ctrl-C lands in the middle
@@ -144,7 +146,9 @@ def test_ctrl_c_stops_prepare_with_whole_files_only(quirk_videos, tmp_path):
     out = tmp_path / "prepared"
     tcclip = [sys.executable, "-c", "import sys; from tcclip.cli import main; sys.exit(main())"]
     command = [*tcclip, "data", "prepare", "--folder", str(root), "--out", str(out), "--workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (
         out.is_dir() and any(p.suffix for p in out.iterdir() if p.name[0] != ".")
