@@ -11,20 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tcclip.training.hparams import config_paths
 from tcclip.utils.errors import UserError
 
 __all__ = ["check_config_file", "check_config_files", "config_paths"]
-
-
-def config_paths(argv: Sequence[str]) -> list[str]:
-    """The files given with `--config F`, `--config=F`, `-c F` or `-c=F`."""
-    paths = []
-    for i, word in enumerate(argv):
-        if word in ("--config", "-c") and i + 1 < len(argv):
-            paths.append(argv[i + 1])
-        elif word.startswith(("--config=", "-c=")):
-            paths.append(word.split("=", 1)[1])
-    return paths
 
 
 def check_config_file(path: str | Path) -> None:

@@ -148,7 +148,8 @@ def _legacy_error(old: str, where: str, path: str | Path | None = None) -> Confi
     )
 
 
-def _config_files(args: Iterable[str]) -> list[str]:
+def config_paths(args: Iterable[str]) -> list[str]:
+    """The files given with `--config F`, `--config=F`, `-c F` or `-c=F`."""
     words, files = list(args), []
     for i, word in enumerate(words):
         if word in ("--config", "-c") and i + 1 < len(words):
@@ -166,7 +167,7 @@ def check_legacy_keys(args: Iterable[str], default_files: Iterable[str] = ()) ->
         key = word.split("=", 1)[0]
         if key.startswith("--model.") and key.removeprefix("--model.") in LEGACY_KEYS:
             raise _legacy_error(key.removeprefix("--model."), "on the command line")
-    for path in [*default_files, *_config_files(words)]:
+    for path in [*default_files, *config_paths(words)]:
         try:
             body = yaml.safe_load(Path(path).read_text())
         except (OSError, ValueError, yaml.YAMLError):
