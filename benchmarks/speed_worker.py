@@ -7,8 +7,9 @@ Jobs:
   the class list (the first n names of the job's list); `{"path": p, "logits": bool}` times one no-grad forward
   pass (p: "fast", "plain" or one of ABLATIONS) of the job's batch. The model stays built between requests, so
   the calls of several processes can be interleaved by the caller.
-- `train`: a warm-up step, then `train_repeats` timed steps (forward, cross-entropy, backward, AdamW); prints
-  the best step's seconds and the peak memory.
+- `train`: a warm-up step, then `train_repeats` timed steps (forward, cross-entropy, backward, and the optimizer
+  step of the implementation's own training code, `build_optimizer`); prints the best step's seconds and the peak
+  memory.
 - `memory`: one step; prints the peak memory (the caller runs it with glibc's default malloc).
 
 Implementations (`impl`): `tcclip`, whatever `import tcclip` finds (the caller sets PYTHONPATH to measure another
@@ -142,6 +143,41 @@ def build(job: dict, names: list[str], device: torch.device) -> tuple[torch.nn.M
     return model.to(device), model.set_class_names, forward, tcclip.__file__
 
 
+_LR = 2e-6
+"""The few-shot recipe's learning rate (its value does not change a step's time)."""
+
+
+def build_optimizer(job: dict, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, str]:
+    """(the optimizer each implementation's training code builds for `model`, what it is).
+
+    The official code: its `build_optimizer` (torch's default AdamW: a per-tensor loop on a CPU, foreach on a GPU).
+    This project: `tcclip.training.schedule.build_optimizer` (fused AdamW where the device has it); a checkout from
+    before that function existed built torch's default AdamW, and gets it here.
+    """
+    betas, weight_decay = (0.9, 0.98), 0.001  # the paper's recipe, in both implementations
+    if job["impl"] == "official":
+        from utils.optimizer import build_optimizer as official_build  # from official_dir, on sys.path since build()
+
+        class _Log:
+            def info(self, *args: Any) -> None:
+                pass
+
+        config = _Config(lr=_LR, weight_decay=weight_decay, betas=betas, lr_10x=True)
+        optimizer = official_build(_Log(), config, model)
+    else:
+        try:
+            from tcclip.training.hparams import Optimization
+            from tcclip.training.schedule import build_optimizer as tcclip_build
+        except ImportError:
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=_LR, betas=betas, eps=1e-8, weight_decay=weight_decay)
+        else:
+            recipe = Optimization(lr=_LR, lr_min=_LR / 100, warmup_epochs=5, weight_decay=weight_decay, betas=betas)
+            optimizer = tcclip_build(recipe, model)
+    fused = any(g.get("fused") for g in optimizer.param_groups)
+    return optimizer, "fused AdamW" if fused else "AdamW (torch's default)"
+
+
 def _video(job: dict, batch: int, device: torch.device) -> torch.Tensor:
     s = job["settings"]
     gen = torch.Generator().manual_seed(1)
@@ -205,8 +241,7 @@ def train(job: dict, device: torch.device, dtype: torch.dtype) -> dict:
     names = job["class_names"][: s["train_classes"]]
     model, _, forward, source = build(job, names, device)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.001)  # official's
+    optimizer, optimizer_name = build_optimizer(job, model)
     video = _video(job, job["train_batch"], device)
     labels = torch.randint(0, len(names), (job["train_batch"],), generator=torch.Generator().manual_seed(2))
     labels = labels.to(device)
@@ -231,7 +266,7 @@ def train(job: dict, device: torch.device, dtype: torch.dtype) -> dict:
         peak = _status_bytes("VmHWM") - baseline
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # KiB
-    result = {"peak_memory_bytes": peak, "source": source}
+    result = {"peak_memory_bytes": peak, "source": source, "optimizer": optimizer_name}
     if job["job"] == "train":
         result.update(step_seconds=min(times[1:]), first_step_seconds=times[0])
     return result

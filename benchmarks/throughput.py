@@ -18,10 +18,12 @@ Method:
   also fills the fast path's per-class-list text cache, as in an evaluation loop over a dataset), the variants'
   calls take turns, `repeats` rounds, and the best call counts. Best-of, because other processes share the
   machine: the fastest call is the one least disturbed, alike for every variant.
-- Training step: forward, cross-entropy on random labels, backward and an AdamW step (the official betas, eps
-  and weight decay), each variant in a fresh process, the variants one after the other; a warm-up step, then the
-  best of `train_repeats` steps. These processes run with glibc malloc keeping freed memory (`MALLOC_MMAP_MAX_=0`,
-  `MALLOC_TRIM_THRESHOLD_`): by default every large tensor is a fresh mmap whose pages fault in again at each step.
+- Training step: forward, cross-entropy on random labels, backward and the optimizer step of the implementation's
+  own training code (the paper's AdamW settings; this project builds torch's fused AdamW, the official code torch's
+  default AdamW, a per-tensor loop on a CPU), each variant in a fresh process, the variants one after the other; a
+  warm-up step, then the best of `train_repeats` steps. These processes run with glibc malloc keeping freed memory
+  (`MALLOC_MMAP_MAX_=0`, `MALLOC_TRIM_THRESHOLD_`): by default every large tensor is a fresh mmap whose pages fault
+  in again at each step.
 - Peak memory (CPU): one more fresh process per variant runs one step with glibc's default malloc (freed large
   blocks return to the system at once, so the resident set follows the live memory): the peak resident set
   (VmHWM, reset once model, optimiser and batch exist) minus the resident set at that point, i.e. activations,
@@ -487,7 +489,8 @@ def render(results: dict) -> str:
         "order of operations).",
         "",
         f"Eval: best of {s['repeats']} interleaved calls after a warm-up call (the fast path's text prefix is cached "
-        f"per class list). Train step: forward, cross-entropy, backward and AdamW, best of {s['train_repeats']} "
+        f"per class list). Train step: forward, cross-entropy, backward and the optimizer step of each "
+        f"implementation's own training code ({_optimizers(results)}), best of {s['train_repeats']} "
         "after a warm-up step, each row in a fresh process; peak memory = peak resident set minus the resident "
         "set with model, optimiser and batch built, from a one-step process with glibc's default malloc (GPU: "
         "max_memory_allocated): activations, gradients, AdamW state. Speed-up = fast's clips/s over the other's "
@@ -496,6 +499,15 @@ def render(results: dict) -> str:
     if results.get("sources"):
         lines.append("Imported from: " + ", ".join(f"{k}: {v}" for k, v in results["sources"].items()) + ".")
     return "\n".join(lines)
+
+
+def _optimizers(results: dict) -> str:
+    """Which optimizer each training row stepped: "fast, plain, ...: fused AdamW; official: AdamW (...)"."""
+    by_name: dict[str, list[str]] = {}
+    for variant, row in results.get("train", {}).items():
+        if not variant.endswith(" memory") and "optimizer" in row:
+            by_name.setdefault(row["optimizer"], []).append(variant)
+    return "; ".join(f"{', '.join(v)}: {name}" for name, v in by_name.items()) or "AdamW"
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------

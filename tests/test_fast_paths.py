@@ -276,6 +276,8 @@ def test_throughput_benchmark_quick_run(tmp_path):
     assert results["float64"]["max_rel"] <= 1e-8
     variants = {"fast", "plain", "fast, plain vision attention", "fast, plain MLP", "fast, plain text"}
     assert set(results["train"]) == variants and all("step_seconds" in r for r in results["train"].values())
+    assert {r["optimizer"] for r in results["train"].values()} == {"fused AdamW"}  # the training code's own
+    assert "fast, plain, fast, plain vision attention, fast, plain MLP, fast, plain text: fused AdamW" in proc.stdout
     assert all(set(row) == variants for row in results["eval"].values())
 
 

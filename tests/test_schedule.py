@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from tcclip.training.hparams import Optimization
 from tcclip.training.schedule import (
     accumulation_from_config,
     accumulation_steps,
+    build_optimizer,
+    configure_optimizer,
     count_devices,
     param_groups,
     schedule_steps,
@@ -158,3 +163,89 @@ def test_param_groups_without_lr_10x_is_one_group() -> None:
         _Tiny().named_parameters(), lr=1e-3, weight_decay=1e-3, lr_10x=False, is_new_parameter=lambda n: True
     )
     assert len(groups) == 1 and len(groups[0]["params"]) == 3 and groups[0]["lr"] == 1e-3
+
+
+class _TinyModel(_Tiny):
+    def is_new_parameter(self, name: str) -> bool:
+        return name == "prompt"
+
+
+def _adamw_by_hand(p, grads, lr, betas, eps, weight_decay):
+    """AdamW (Loshchilov & Hutter, with Adam's bias corrections) written out, in float64."""
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        p = p * (1 - lr * weight_decay)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        p = p - lr * m_hat / (v_hat.sqrt() + eps)
+    return p
+
+
+def test_the_optimizer_is_fused_adamw_and_takes_the_paper_s_steps() -> None:
+    torch.manual_seed(0)
+    model = _TinyModel().double()
+    optim = Optimization(lr=1e-2, lr_min=0.0, warmup_epochs=0, weight_decay=0.05)
+    optimizer = build_optimizer(optim, model)
+    assert optimizer.defaults["fused"] is True  # on the CPU: one pass per tensor, not torch's per-tensor loop
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: [torch.randn_like(p) for _ in range(3)] for n, p in model.named_parameters() if p.requires_grad}
+    for step in range(3):
+        for n, p in model.named_parameters():
+            p.grad = grads[n][step] if p.requires_grad else None
+        optimizer.step()
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, start[n])
+            continue
+        lr = 1e-1 if n == "prompt" else 1e-2  # x10 for the new parts
+        expected = _adamw_by_hand(start[n], grads[n], lr, (0.9, 0.98), 1e-8, 0.05)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_checkpoint_of_the_unfused_optimizer_resumes_in_the_fused_one() -> None:
+    """Checkpoints written before the optimizer was fused carry the per-tensor loop's state: the same numbers."""
+    torch.manual_seed(1)
+    optim = Optimization(lr=1e-2, lr_min=0.0, warmup_epochs=0)
+    models = [_TinyModel().double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    old = build_optimizer(optim, models[0], fused=False)
+    grads = [{n: torch.randn_like(p) for n, p in models[0].named_parameters()} for _ in range(4)]
+
+    def step(model, optimizer, g):
+        for n, p in model.named_parameters():
+            p.grad = g[n] if p.requires_grad else None
+        optimizer.step()
+
+    for g in grads[:2]:
+        step(models[0], old, g)
+    models[1].load_state_dict(models[0].state_dict())
+    resumed = build_optimizer(optim, models[1])
+    resumed.load_state_dict(copy.deepcopy(old.state_dict()))  # as from a file: no tensor shared with `old`
+    assert all(g["fused"] for g in resumed.param_groups)
+    for g in grads[2:]:
+        step(models[0], old, g)
+        step(models[1], resumed, g)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_no_fused_optimizer_under_a_gradient_scaler() -> None:
+    """With trainer.precision=16-mixed a fused AdamW would unscale its gradients itself, which Lightning does not
+    allow together with gradient clipping: the optimizer is then torch's default AdamW."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    class _Trainer:
+        estimated_stepping_batches = 10
+        num_training_batches = 10
+        accumulate_grad_batches = 1
+        max_epochs = 1
+
+    optim = Optimization(lr=1e-3, lr_min=0.0, warmup_epochs=0)
+    trainer = _Trainer()
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+        trainer.precision_plugin = MixedPrecision("16-mixed", "cuda")
+    assert trainer.precision_plugin.scaler is not None
+    assert not configure_optimizer(optim, _TinyModel(), trainer)["optimizer"].defaults["fused"]
+    trainer.precision_plugin = MixedPrecision("bf16-mixed", "cpu")
+    assert configure_optimizer(optim, _TinyModel(), trainer)["optimizer"].defaults["fused"] is True
