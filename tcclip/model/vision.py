@@ -121,9 +121,12 @@ class VisionBlock(nn.Module):
             sources.scatter_(2, patch_ids.reshape(b, t * num_seeds, 1), 1.0)  # one-hot rows
         new_context, sources = summarise(seed_tokens, num_context, tome_r, sources)  # [B, K, D]
 
-        # MLP residual on the frame tokens and the new context tokens (token-wise, so applied to each).
-        frames = frames + self.mlp(self.ln_2(frames))
-        new_context = new_context + self.mlp(self.ln_2(new_context))
+        # MLP residual on the frame tokens and the new context tokens as one sequence: token-wise, so the same as
+        # applying it to each, but one product per weight (and one weight gradient, not two summed).
+        tokens = torch.cat([frames.flatten(1, 2), new_context], dim=1)  # [B, T*N + K, D]
+        tokens = tokens + self.mlp(self.ln_2(tokens))
+        num_frame_tokens = frames.shape[1] * frames.shape[2]
+        frames, new_context = tokens[:, :num_frame_tokens].unflatten(1, frames.shape[1:3]), tokens[:, num_frame_tokens:]
         return _LayerResult(frames, new_context, seeds if track_sources else None, sources)
 
 
