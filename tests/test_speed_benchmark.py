@@ -98,3 +98,33 @@ def test_records_name_the_checkouts_not_this_machines_folders(throughput, tmp_pa
         "--json speed.json"
     )
     assert str(tmp_path) not in command
+
+
+def test_training_rows_take_turns_and_the_best_step_of_all_processes_counts(throughput, monkeypatch):
+    """A disturbance in one process must not decide a row: every row runs `train_rounds` processes, in turns."""
+    calls: list[tuple[str, str]] = []
+    steps = {("fast", 0): 13.0, ("fast", 1): 12.0, ("official", 0): 17.0, ("official", 1): 18.0}
+
+    def fake_job(args, impl, settings, weights, variant, job, **extra):
+        calls.append((variant, job))
+        if job == "memory":
+            return {"peak_memory_bytes": 1}
+        done = sum(1 for v, j in calls[:-1] if v == variant and j == "train")
+        return {"step_seconds": steps[variant, done], "peak_memory_bytes": 2}
+
+    class _Impl:
+        def __init__(self, variant):
+            self.variant = variant
+
+        def variants(self):
+            return [self.variant]
+
+    monkeypatch.setattr(throughput, "run_train_job", fake_job)
+    settings = throughput.replace(throughput.QUICK, train_rounds=2)
+    args = type("Args", (), {"checkpointing": False, "device": "cpu"})()
+    results = throughput.measure_train(args, [_Impl("fast"), _Impl("official")], settings, Path("w"))
+    trains = [v for v, j in calls if j == "train"]
+    assert trains == ["fast", "official", "fast", "official"]  # turns, not one row's processes in a row
+    assert results["fast"]["step_seconds"] == 12.0 and results["official"]["step_seconds"] == 17.0
+    assert results["fast"]["step_seconds_per_process"] == [13.0, 12.0]
+    assert results["official"]["step_seconds_per_process"] == [17.0, 18.0]
