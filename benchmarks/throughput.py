@@ -96,7 +96,7 @@ class Settings:
 
 
 # The paper's model (ViT-B/16, T=16, K=96) with few repetitions and batch 1, so that the default table (this
-# checkout's two paths and three ablations) takes about 15 minutes on one CPU thread.
+# checkout's two paths and three ablations) takes about 25 minutes on one CPU thread.
 FULL = Settings(
     arch="ViT-B-16",
     frames=16,

@@ -27,7 +27,7 @@ def export(
         onnx: also write model.onnx (needs tcclip[onnx])
         onnx_batch: fixed batch size of the ONNX graph
     """
-    from tcclip.cli.apps import ModelOptions
+    from tcclip.cli.app_console import ModelOptions
     from tcclip.inference.export import export as write_export
     from tcclip.inference.predict import read_labels
 
