@@ -30,6 +30,7 @@ def test_every_project_command_has_one_jsonargparse_parser_and_a_help(name, caps
         out = capsys.readouterr().out
         assert out.startswith(f"usage: tcclip {name}") and "--help" in out, (words, out[:200])
         assert words[-1] in out.splitlines()[0]
+        assert "<class 'Path'>" not in out, words  # file options read "type: path", not a Python repr
 
 
 @pytest.mark.parametrize("name", ["fit", "score"])

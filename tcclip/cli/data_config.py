@@ -180,7 +180,7 @@ def check(
     stage: Stage = "all",
     verify_frames: bool = False,
     workers: int | None = None,
-    out: Path | None = None,
+    out: str | None = None,
 ) -> int:
     """Decode every video of a config's splits: a test view's frames and the last frame of each.
 
@@ -217,7 +217,7 @@ def verify(
     stage: Stage = "all",
     presence_only: bool = False,
     workers: int | None = None,
-    out: Path | None = None,
+    out: str | None = None,
 ) -> int:
     """For every list a config reads: videos listed, present, decodable and exact under the configured reader;
     classes losing videos; files no list names.

@@ -35,7 +35,10 @@ from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
 from tcclip.cli.types import Hidden, Spelling, WordParser
 
-_PLAIN = (str, int, float, Path)
+_PLAIN = (str, int, float)
+
+PATH = WordParser("path", Path)
+"""A file or folder name, shown as `path` in `--help` (jsonargparse would print pathlib's class repr)."""
 
 
 PASSTHROUGH = "passthrough"
@@ -122,7 +125,9 @@ def _argument(hint: Any, default: Any) -> dict[str, Any]:
         return {"choices": choices} if isinstance(choices[0], str) else {"choices": choices, "type": type(choices[0])}
     if origin in (list, Sequence, tuple) or (origin is not None and issubclass(origin, Sequence)):
         (item,) = typing.get_args(hint)[:1]
-        return {"action": "append", "type": item}
+        return {"action": "append", "type": PATH if item is Path else item}
+    if isinstance(hint, type) and issubclass(hint, Path):
+        return {"type": PATH}
     if hint in _PLAIN or (isinstance(hint, type) and issubclass(hint, _PLAIN)):
         return {"type": hint}
     raise TypeError(f"no command line spelling for the type {hint!r}")
