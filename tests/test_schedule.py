@@ -249,3 +249,34 @@ def test_no_fused_optimizer_under_a_gradient_scaler() -> None:
     assert not configure_optimizer(optim, _TinyModel(), trainer)["optimizer"].defaults["fused"]
     trainer.precision_plugin = MixedPrecision("bf16-mixed", "cpu")
     assert configure_optimizer(optim, _TinyModel(), trainer)["optimizer"].defaults["fused"] is True
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
+def test_gradient_clipping_trains_with_the_optimizer_lightning_allows(precision, fused, tmp_path) -> None:
+    """Lightning's mixed-precision plugins (bf16-mixed too) refuse to clip the gradients of a fused optimizer: with
+    trainer.gradient_clip_val set there the optimizer is the unfused AdamW, and training runs."""
+    import lightning.pytorch as pl
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = _TinyModel()
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            return (self.model.backbone(x) * self.model.prompt.sum()).pow(2).mean() + self.model.prompt.pow(2).sum()
+
+        def configure_optimizers(self):
+            return configure_optimizer(Optimization(lr=1e-2, lr_min=0.0, warmup_epochs=0), self.model, self.trainer)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    module = Module()
+    trainer = pl.Trainer(
+        accelerator="cpu", precision=precision, gradient_clip_val=0.5, max_epochs=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    before = module.model.backbone.weight.detach().clone()
+    trainer.fit(module, data)
+    optimizer = trainer.optimizers[0]
+    assert bool(optimizer.defaults["fused"]) is fused
+    assert trainer.global_step == 4 and not torch.equal(module.model.backbone.weight, before)

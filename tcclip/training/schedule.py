@@ -202,15 +202,28 @@ def _stay_fused(optimizer: torch.optim.Optimizer) -> None:
                 state["step"] = torch.as_tensor(state["step"], dtype=torch.float32, device=p.device)
 
 
+def fused_allowed(trainer: Any) -> bool:
+    """Whether a fused optimizer works under `trainer`'s precision settings.
+
+    Not under a gradient scaler (`trainer.precision=16-mixed`): a fused optimizer unscales its gradients itself.
+    Not with `trainer.gradient_clip_val` under Lightning's mixed-precision plugins (`bf16-mixed` too): they refuse
+    to clip the gradients of an optimizer that can unscale them.
+    """
+    from lightning.pytorch.plugins.precision import FSDPPrecision, MixedPrecision
+
+    plugin = getattr(trainer, "precision_plugin", None)
+    if getattr(plugin, "scaler", None) is not None:
+        return False
+    return not (getattr(trainer, "gradient_clip_val", None) and isinstance(plugin, (MixedPrecision, FSDPPrecision)))
+
+
 def configure_optimizer(optim: Optimization, model: nn.Module, trainer: Any) -> dict[str, Any]:
     """`LightningModule.configure_optimizers` for `optim`: `build_optimizer` for `model` and a per-step
     `warmup_cosine_scheduler` as long as the run (`trainer.max_epochs`, or `trainer.max_steps` when shorter).
 
-    The fused AdamW is left out under a gradient scaler (`trainer.precision=16-mixed`): a fused optimizer unscales
-    the gradients itself, and Lightning then refuses gradient clipping.
+    The fused AdamW is left out where Lightning would refuse it (`fused_allowed`).
     """
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-    optimizer = build_optimizer(optim, model, fused=False if scaler is not None else None)
+    optimizer = build_optimizer(optim, model, fused=None if fused_allowed(trainer) else False)
     total = trainer.estimated_stepping_batches  # also loads the train dataloader
     if not math.isfinite(total):
         raise ValueError("the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
