@@ -10,7 +10,9 @@
 #
 # Variables: PYTHON (default: .venv/bin/python if present, else python3), DEVICE (cuda), QUICK (0: tiny settings,
 # fp32), INSTALL (1: `pip install --no-deps -e .`, offline: torch, open_clip, lightning, ... must be installed
-# already; 0: skip), LIMIT_SCALE (1: multiplies every step's time limit; the limits sum to under 8 minutes).
+# already; 0: skip), LIMIT_SCALE (1: multiplies every step's time limit; the limits sum to under 8 minutes),
+# OFFICIAL_DIR (unset: a checkout of the official code, measured beside this project's in the throughput table;
+# not with QUICK=1, whose tiny model the official code cannot build).
 # A failing step does not stop the later ones; the script exits non-zero if any step failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -61,8 +63,18 @@ if [ "$QUICK" = 1 ]; then
     bench=(--quick)
     dtype=fp32   # bf16 on a CPU is very slow; the GPU run uses bf16
 else
-    bench=(--train-batch 8)
+    bench=(--train-batch 8 --train-rounds 1)   # one process per training row fits the step's time limit
     dtype=bf16
+    # The speed targets are against the official code: OFFICIAL_DIR names a checkout of it (naver-ai/tc-clip; e.g.
+    # .official/, which git ignores, so it can travel with the working tree), which needs einops, ftfy, regex and
+    # timm installed.
+    if [ -n "${OFFICIAL_DIR:-}" ]; then
+        if "$PYTHON" -c "import einops, ftfy, regex, timm" >> "$LOG" 2>&1; then
+            bench+=(--official "$OFFICIAL_DIR")
+        else
+            echo "warning: OFFICIAL_DIR is set but einops, ftfy, regex or timm is missing: no official rows" | tee -a "$LOG"
+        fi
+    fi
 fi
 step throughput 170 "$PYTHON" benchmarks/throughput.py --device "$DEVICE" --dtype "$dtype" \
     "${bench[@]}" --json "$OUT/throughput.json"

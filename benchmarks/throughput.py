@@ -47,11 +47,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from speed_worker import ABLATIONS
 
+from tcclip.cli.types import at_least
 from tcclip.model.config import TCCLIPConfig
 from tcclip.model.factory import create_model
 
@@ -537,6 +538,7 @@ class Options:
         train_batch: videos per training step (default: 1, quick: 2)
         official: also measure the official TC-CLIP code in this checkout
         baseline: also measure this project's checkout in this folder
+        train_rounds: fresh processes per training row, the rows taking turns (default: 2, quick: 1)
     """
 
     device: str = "cpu"
@@ -548,6 +550,7 @@ class Options:
     train_batch: int | None = None
     official: Path | None = None
     baseline: Path | None = None
+    train_rounds: Annotated[int, at_least(1)] | None = None
 
 
 def main(args: Options) -> int:
@@ -557,6 +560,8 @@ def main(args: Options) -> int:
         args: what to measure
     """
     settings = QUICK if args.quick else FULL
+    if args.train_rounds is not None:
+        settings = replace(settings, train_rounds=args.train_rounds)
     args = replace(
         args,
         threads=torch.get_num_threads() if args.threads is None else args.threads,
