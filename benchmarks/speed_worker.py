@@ -51,6 +51,13 @@ ABLATIONS = {
 """The fast path with one of its parts on its plain form: what that part gains, end to end."""
 
 
+class _QuietLog:
+    """The logger the official code's builders write to, silenced."""
+
+    def info(self, *args: Any) -> None:
+        pass
+
+
 class _Config(dict):
     """The attribute-and-`get` config object the official code reads."""
 
@@ -93,19 +100,15 @@ def _official_model(job: dict, state: dict[str, torch.Tensor], names: list[str])
         im_stop_grad=True, prompt_generation_layer_level=[text_layers], prompt_generation_layer_init="clip",
     )  # fmt: skip
 
-    class _Log:
-        def info(self, *args: Any) -> None:
-            pass
-
     with contextlib.redirect_stdout(sys.stderr):
-        model = TCCLIP(cfg, names, clip_model, _Log()).float()
+        model = TCCLIP(cfg, names, clip_model, _QuietLog()).float()
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if "token_embedding" not in k}, False)
     if unexpected or set(missing) != {"prompt_learner.token_prefix", "prompt_learner.token_suffix"}:
         raise SystemExit(f"the weights do not fit the official model: missing {missing}, unexpected {unexpected}")
 
     def set_classes(new: list[str]) -> None:
         with contextlib.redirect_stdout(sys.stderr):
-            model._rebuild_classnames(cfg, new, clip_model, _Log())
+            model._rebuild_classnames(cfg, new, clip_model, _QuietLog())
 
     return model, set_classes
 
@@ -158,12 +161,8 @@ def build_optimizer(job: dict, model: torch.nn.Module) -> tuple[torch.optim.Opti
     if job["impl"] == "official":
         from utils.optimizer import build_optimizer as official_build  # from official_dir, on sys.path since build()
 
-        class _Log:
-            def info(self, *args: Any) -> None:
-                pass
-
         config = _Config(lr=_LR, weight_decay=weight_decay, betas=betas, lr_10x=True)
-        optimizer = official_build(_Log(), config, model)
+        optimizer = official_build(_QuietLog(), config, model)
     else:
         try:
             from tcclip.training.hparams import Optimization
@@ -172,8 +171,8 @@ def build_optimizer(job: dict, model: torch.nn.Module) -> tuple[torch.optim.Opti
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=_LR, betas=betas, eps=1e-8, weight_decay=weight_decay)
         else:
-            recipe = Optimization(lr=_LR, lr_min=_LR / 100, warmup_epochs=5, weight_decay=weight_decay, betas=betas)
-            optimizer = tcclip_build(recipe, model)
+            # the recipe's own AdamW settings (its defaults), as `tcclip fit` uses them
+            optimizer = tcclip_build(Optimization(lr=_LR, lr_min=_LR / 100, warmup_epochs=5), model)
     fused = any(g.get("fused") for g in optimizer.param_groups)
     return optimizer, "fused AdamW" if fused else "AdamW (torch's default)"
 

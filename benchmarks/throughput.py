@@ -35,7 +35,6 @@ Method:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import random
@@ -314,16 +313,19 @@ def measure_train(args, impls: list[Impl], settings: Settings, weights: Path) ->
     runs = [(impl, variant, False) for impl in impls for variant in impl.variants()]
     if args.checkpointing:
         runs.append((impls[0], "fast + checkpointing", True))
-    results: dict[str, dict] = {}
+    tried: dict[str, list[dict]] = {variant: [] for _, variant, _ in runs}
     for _ in range(settings.train_rounds):
         for impl, variant, checkpointing in runs:
             result = run_train_job(args, impl, settings, weights, variant, "train", checkpointing=checkpointing)
             print(f"  train {variant}: {result}", flush=True)
-            best = results.get(variant)
-            rounds = (best or {}).get("step_seconds_per_process", []) + [result.get("step_seconds")]
-            if best is None or "error" in best or result.get("step_seconds", math.inf) < best["step_seconds"]:
-                best = result
-            results[variant] = best if "error" in best else dict(best, step_seconds_per_process=rounds)
+            tried[variant].append(result)
+    results: dict[str, dict] = {}
+    for variant, attempts in tried.items():  # the best process of each row; an error only where all failed
+        done = [r for r in attempts if "step_seconds" in r]
+        seconds = [r["step_seconds"] for r in done]
+        results[variant] = (
+            dict(min(done, key=lambda r: r["step_seconds"]), step_seconds_per_process=seconds) if done else attempts[-1]
+        )
     if args.device == "cpu":
         for impl, variant, checkpointing in runs:
             if "error" in results[variant]:
@@ -518,7 +520,7 @@ def _optimizers(results: dict) -> str:
     """Which optimizer each training row stepped: "fast, plain, ...: fused AdamW; official: AdamW (...)"."""
     by_name: dict[str, list[str]] = {}
     for variant, row in results.get("train", {}).items():
-        if not variant.endswith(" memory") and "optimizer" in row:
+        if "optimizer" in row:
             by_name.setdefault(row["optimizer"], []).append(variant)
     return "; ".join(f"{', '.join(v)}: {name}" for name, v in by_name.items()) or "AdamW"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -243,7 +243,8 @@ def test_no_fused_optimizer_under_a_gradient_scaler() -> None:
 
     optim = Optimization(lr=1e-3, lr_min=0.0, warmup_epochs=0)
     trainer = _Trainer()
-    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+    with warnings.catch_warnings():  # without CUDA torch warns that the scaler is disabled; it exists all the same
+        warnings.simplefilter("ignore")
         trainer.precision_plugin = MixedPrecision("16-mixed", "cuda")
     assert trainer.precision_plugin.scaler is not None
     assert not configure_optimizer(optim, _TinyModel(), trainer)["optimizer"].defaults["fused"]

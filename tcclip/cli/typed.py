@@ -41,6 +41,11 @@ PATH = WordParser("path", Path)
 """A file or folder name, shown as `path` in `--help` (jsonargparse would print pathlib's class repr)."""
 
 
+def _word_type(hint: Any) -> Any:
+    """The `type=` of one word of type `hint`: `PATH` for paths, else the type itself."""
+    return PATH if isinstance(hint, type) and issubclass(hint, Path) else hint
+
+
 PASSTHROUGH = "passthrough"
 """The parameter that receives the words after `--`."""
 
@@ -125,11 +130,9 @@ def _argument(hint: Any, default: Any) -> dict[str, Any]:
         return {"choices": choices} if isinstance(choices[0], str) else {"choices": choices, "type": type(choices[0])}
     if origin in (list, Sequence, tuple) or (origin is not None and issubclass(origin, Sequence)):
         (item,) = typing.get_args(hint)[:1]
-        return {"action": "append", "type": PATH if item is Path else item}
-    if isinstance(hint, type) and issubclass(hint, Path):
-        return {"type": PATH}
-    if hint in _PLAIN or (isinstance(hint, type) and issubclass(hint, _PLAIN)):
-        return {"type": hint}
+        return {"action": "append", "type": _word_type(item)}
+    if isinstance(hint, type) and issubclass(hint, (*_PLAIN, Path)):
+        return {"type": _word_type(hint)}
     raise TypeError(f"no command line spelling for the type {hint!r}")
 
 

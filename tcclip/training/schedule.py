@@ -180,6 +180,7 @@ def build_optimizer(optim: Optimization, model: nn.Module, *, fused: bool | None
         params = [p for g in groups for p in g["params"]]
         fused = all(p.device.type in _FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
     betas = tuple(optim.betas)
+    # Not fused: None, not False, which would also turn off torch's default foreach update on a GPU.
     optimizer = torch.optim.AdamW(
         groups, lr=optim.lr, betas=betas, eps=optim.eps, weight_decay=optim.weight_decay, fused=fused or None
     )
